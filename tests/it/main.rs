@@ -1,0 +1,1 @@
+//! The one integration-test binary: every test talks to real PostgreSQL, Redis and RabbitMQ.
