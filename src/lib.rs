@@ -1,1 +1,29 @@
+//! Pipes: connected third-party accounts with always-fresh OAuth access tokens.
+//!
+//! Roles (`pipes serve`, `scheduler`, `worker`) share this library; the
+//! RabbitMQ job runtime lives in the `pipes-workers` crate.
 
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod ids;
+pub mod keys;
+pub mod metrics;
+pub mod redis_conn;
+pub mod roles;
+pub mod telemetry;
+pub mod time;
+
+/// Installs the process-wide TLS crypto provider (ring) once. Every TLS
+/// client in the tree (reqwest, lapin) then uses it.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

@@ -1,0 +1,139 @@
+-- Pipes schema. PostgreSQL is the only source of truth; every secret column is
+-- AES-256-GCM ciphertext (see src/crypto.rs) bound to its table, column and row.
+
+CREATE TABLE integrations (
+    id                  text PRIMARY KEY,
+    slug                text NOT NULL UNIQUE,
+    provider            text NOT NULL,
+    description         text NOT NULL DEFAULT '',
+    enabled             boolean NOT NULL DEFAULT true,
+    state               text NOT NULL DEFAULT 'valid' CHECK (state IN ('valid', 'invalid')),
+    state_reason        text,
+    scopes              text[] NOT NULL DEFAULT '{}',
+    client_id           text NOT NULL,
+    client_secret_enc   bytea,
+    redacted_secret     text NOT NULL DEFAULT '',
+    custom_provider     jsonb,
+    settings            jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE connected_accounts (
+    id                  text PRIMARY KEY,
+    integration_id      text NOT NULL REFERENCES integrations (id) ON DELETE CASCADE,
+    user_id             text NOT NULL,
+    organization_id     text,
+    state               text NOT NULL
+                        CHECK (state IN ('connected', 'needs_reauthorization', 'disconnected')),
+    access_token_enc    bytea,
+    refresh_token_enc   bytea,
+    expires_at          timestamptz,
+    -- When the scheduler should refresh: expires_at - min(lead, lifetime/2) - jitter.
+    refresh_at          timestamptz,
+    scopes              text[] NOT NULL DEFAULT '{}',
+    -- Fencing: bumped on every token write; a writer must present the version it read.
+    token_version       bigint NOT NULL DEFAULT 0,
+    -- Single-flight lease for refreshes (DESIGN 2.3); expires so a crash releases it.
+    lease_id            text,
+    lease_until         timestamptz,
+    -- Set when the scheduler published a refresh job; a lost job makes the account due again.
+    enqueued_at         timestamptz,
+    refresh_failures    integer NOT NULL DEFAULT 0,
+    last_refresh_error  text,
+    last_refreshed_at   timestamptz,
+    reauthorization_reason text,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT connected_accounts_owner_unique
+        UNIQUE NULLS NOT DISTINCT (integration_id, user_id, organization_id)
+);
+
+-- The scheduler's claim query walks this index only: its cost grows with the
+-- number of due accounts, not with the number stored.
+CREATE INDEX connected_accounts_due_idx
+    ON connected_accounts (refresh_at)
+    WHERE state = 'connected' AND refresh_at IS NOT NULL AND refresh_token_enc IS NOT NULL;
+
+CREATE INDEX connected_accounts_user_idx ON connected_accounts (user_id, organization_id);
+
+CREATE TABLE oauth_states (
+    state_hash          text PRIMARY KEY,
+    integration_id      text NOT NULL REFERENCES integrations (id) ON DELETE CASCADE,
+    user_id             text NOT NULL,
+    organization_id     text,
+    return_to           text,
+    scopes              text[] NOT NULL DEFAULT '{}',
+    pkce_verifier_enc   bytea,
+    expires_at          timestamptz NOT NULL,
+    used_at             timestamptz,
+    created_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX oauth_states_expires_idx ON oauth_states (expires_at);
+
+CREATE TABLE api_keys (
+    id                  text PRIMARY KEY,
+    name                text NOT NULL,
+    role                text NOT NULL CHECK (role IN ('admin', 'tokens')),
+    key_hash            text NOT NULL UNIQUE,
+    key_prefix          text NOT NULL,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    last_used_at        timestamptz,
+    revoked_at          timestamptz
+);
+
+CREATE TABLE webhook_endpoints (
+    id                  text PRIMARY KEY,
+    endpoint_url        text NOT NULL,
+    secret_enc          bytea NOT NULL,
+    status              text NOT NULL DEFAULT 'enabled' CHECK (status IN ('enabled', 'disabled')),
+    events              text[] NOT NULL DEFAULT '{}',
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now()
+);
+
+-- The event outbox: written in the same transaction as the change it describes,
+-- relayed to the webhook queue by the scheduler (relayed_at), kept for GET /events.
+CREATE TABLE events (
+    seq                 bigserial UNIQUE,
+    id                  text PRIMARY KEY,
+    event               text NOT NULL,
+    data                jsonb NOT NULL,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    relayed_at          timestamptz
+);
+CREATE INDEX events_unrelayed_idx ON events (seq) WHERE relayed_at IS NULL;
+CREATE INDEX events_event_idx ON events (event, seq);
+
+CREATE TABLE webhook_deliveries (
+    id                  text PRIMARY KEY,
+    event_id            text NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    endpoint_id         text NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+    status              text NOT NULL DEFAULT 'pending'
+                        CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts            integer NOT NULL DEFAULT 0,
+    last_attempt_at     timestamptz,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (event_id, endpoint_id)
+);
+CREATE INDEX webhook_deliveries_status_idx ON webhook_deliveries (status, updated_at);
+
+CREATE TABLE webhook_attempts (
+    id                  bigserial PRIMARY KEY,
+    delivery_id         text NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
+    attempt             integer NOT NULL,
+    status_code         integer,
+    latency_ms          integer NOT NULL,
+    error               text,
+    created_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX webhook_attempts_delivery_idx ON webhook_attempts (delivery_id);
+
+-- Roles report here so `pipes status` can say which were seen alive recently.
+CREATE TABLE role_heartbeats (
+    role                text NOT NULL,
+    instance            text NOT NULL,
+    last_seen           timestamptz NOT NULL,
+    PRIMARY KEY (role, instance)
+);

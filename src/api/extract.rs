@@ -1,0 +1,79 @@
+//! Request extractors whose rejections are `ApiError`s: malformed JSON is a
+//! 400, a body of the wrong shape a 422 naming the field, a bad query a 400.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, FieldError};
+
+/// A JSON body. Unknown fields are ignored (SDKs add new ones over time).
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::BadRequest { code: "payload_too_large", message: "The request body is too large.".into() }
+            } else {
+                ApiError::bad_request(format!("Could not read the request body: {e}"))
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses JSON with errors that name the offending field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest { code: "invalid_json", message: "The request body must be a JSON object.".into() });
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest {
+            code: "invalid_json",
+            message: format!("The request body is not valid JSON: {e}"),
+        })?
+    };
+    if !value.is_object() {
+        return Err(ApiError::BadRequest { code: "invalid_json", message: "The request body must be a JSON object.".into() });
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde names a missing field in its message rather than in the path.
+        let (field, code) = match inner.strip_prefix("missing field `") {
+            Some(rest) => {
+                let name = rest.split('`').next().unwrap_or_default();
+                let field = if path == "." || path.is_empty() { name.to_owned() } else { format!("{path}.{name}") };
+                (field, "required")
+            }
+            None => (if path == "." { "body".to_owned() } else { path }, "invalid"),
+        };
+        ApiError::invalid(vec![FieldError::new(field, code, inner)])
+    })
+}
+
+/// Query parameters with a 400 that says which one is wrong.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(ApiQuery)
+            .map_err(|e| ApiError::BadRequest { code: "invalid_query", message: format!("Invalid query parameter {}: {}", e.path(), e.inner()) })
+    }
+}

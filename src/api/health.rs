@@ -1,0 +1,80 @@
+//! Liveness, readiness (PostgreSQL, Redis, RabbitMQ, each with a short
+//! timeout) and the Prometheus scrape route.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::app::AppState;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+}
+
+#[utoipa::path(get, path = "/health/live", tag = "operations", responses((status = 200, description = "The process is up")))]
+pub async fn live() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/health/ready", tag = "operations",
+    responses((status = 200, description = "PostgreSQL, Redis and RabbitMQ reachable"), (status = 503, description = "A dependency is down")))]
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let (pg, redis, amqp) = tokio::join!(
+        postgres_ok(&state.db),
+        state.redis.ping(),
+        amqp_reachable(&state.config.amqp_url)
+    );
+    let checks = json!({"postgres": up(pg), "redis": up(redis), "rabbitmq": up(amqp)});
+    let down: Vec<&str> = [("postgres", pg), ("redis", redis), ("rabbitmq", amqp)]
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(name, _)| name)
+        .collect();
+    if down.is_empty() {
+        (StatusCode::OK, Json(json!({"status": "ready", "checks": checks}))).into_response()
+    } else {
+        let body = json!({
+            "code": "not_ready",
+            "message": format!("Not ready: {} unreachable.", down.join(", ")),
+            "checks": checks,
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+fn up(ok: bool) -> &'static str {
+    if ok { "up" } else { "down" }
+}
+
+pub async fn postgres_ok(db: &sqlx::PgPool) -> bool {
+    matches!(tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(db)).await, Ok(Ok(_)))
+}
+
+/// The broker is reachable when its AMQP port accepts a connection.
+pub async fn amqp_reachable(amqp_url: &str) -> bool {
+    let Ok(url) = url::Url::parse(amqp_url) else { return false };
+    let Some(host) = url.host_str() else { return false };
+    let port = url.port().unwrap_or(if url.scheme() == "amqps" { 5671 } else { 5672 });
+    matches!(tokio::time::timeout(CHECK_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await, Ok(Ok(_)))
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    render_metrics(&state.metrics)
+}
+
+/// Renders the process's metrics in the Prometheus text format.
+pub fn render_metrics(handle: &metrics_exporter_prometheus::PrometheusHandle) -> Response {
+    handle.run_upkeep();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+}

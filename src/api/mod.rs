@@ -1,0 +1,28 @@
+//! The HTTP API (DESIGN §3): one file per resource, assembled here.
+
+pub mod extract;
+pub mod health;
+pub mod openapi;
+
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Every route of `pipes serve`.
+pub fn routes() -> Router<AppState> {
+    Router::new().merge(health::routes()).merge(openapi::routes())
+}
+
+pub async fn not_found() -> Response {
+    ApiError::not_found("not_found", "No such route.").into_response()
+}
+
+pub async fn method_not_allowed() -> Response {
+    let mut response =
+        ApiError::BadRequest { code: "method_not_allowed", message: "This method is not allowed on this route.".into() }
+            .into_response();
+    *response.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    response
+}

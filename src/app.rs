@@ -1,0 +1,124 @@
+//! Shared state of the HTTP roles and the router with its middleware:
+//! request ids, body limit, request timeout, JSON fallbacks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::Router;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+
+use crate::auth::KeyVerifier;
+use crate::config::Config;
+use crate::crypto::KeyRing;
+use crate::redis_conn::Redis;
+
+/// Body size limit for every route.
+pub const BODY_LIMIT: usize = 256 * 1024;
+/// Upper bound of one request, on-demand refresh included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: PgPool,
+    pub redis: Redis,
+    pub keys: KeyVerifier,
+    /// Outbound HTTP to providers: never follows redirects.
+    pub http: reqwest::Client,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub cancel: CancellationToken,
+}
+
+impl AppState {
+    pub fn keyring(&self) -> &KeyRing {
+        &self.config.encryption_keys
+    }
+
+    /// Builds the state: lazy database pool, background Redis connection.
+    pub fn new(config: Config, cancel: CancellationToken) -> anyhow::Result<Self> {
+        let db = crate::db::pool(&config.database_url, 20)?;
+        let redis = Redis::start(&config.redis_url, &config.redis_prefix, config.redis_timeout, cancel.clone())?;
+        let http = provider_http_client(config.provider_timeout)?;
+        Ok(AppState {
+            keys: KeyVerifier::new(db.clone()),
+            config: Arc::new(config),
+            db,
+            redis,
+            http,
+            metrics: crate::metrics::recorder(),
+            cancel,
+        })
+    }
+}
+
+/// The HTTP client for providers and webhooks: no redirects (DESIGN §8), bounded time.
+pub fn provider_http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    crate::install_crypto_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("pipes/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+#[derive(Clone, Copy)]
+struct MakeUlidRequestId;
+
+impl MakeRequestId for MakeUlidRequestId {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        let id = format!("req_{}", ulid::Ulid::new());
+        axum::http::HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+/// The full HTTP application of `pipes serve`.
+pub fn router(state: AppState) -> Router {
+    crate::api::routes()
+        .fallback(crate::api::not_found)
+        .method_not_allowed_fallback(crate::api::method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeUlidRequestId))
+}
+
+/// Serves `router` on `listener` until `cancel` fires, then drains in-flight requests.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, cancel: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(async move { cancel.cancelled().await }).await
+}
+
+/// Cancels `cancel` on SIGINT or SIGTERM.
+pub fn cancel_on_signal(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
+        }
+        tracing::info!("shutdown requested; finishing in-flight work");
+        cancel.cancel();
+    });
+}

@@ -1,0 +1,198 @@
+//! API keys (DESIGN §3): `Authorization: Bearer <key>`, stored only as SHA-256
+//! hashes, with a role. Verified keys are remembered in memory for a few
+//! seconds so the token read path costs no database round trip, and a revoked
+//! key stops working within that bound.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::header::AUTHORIZATION;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+use crate::app::AppState;
+use crate::crypto::{random_token, sha256_hex};
+use crate::error::ApiError;
+use crate::ids::IdKind;
+
+/// How long a verification result is trusted before the database is asked again.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(3);
+const KEY_PREFIX: &str = "pipes_sk_";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    Tokens,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Tokens => "tokens",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "tokens" => Some(Role::Tokens),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Verdict {
+    role: Option<Role>,
+    checked: Instant,
+}
+
+/// Remembers recent verifications by key hash (never the key itself).
+#[derive(Clone)]
+pub struct KeyVerifier {
+    db: PgPool,
+    cache: Arc<quick_cache::sync::Cache<[u8; 32], Verdict>>,
+}
+
+impl KeyVerifier {
+    pub fn new(db: PgPool) -> Self {
+        KeyVerifier { db, cache: Arc::new(quick_cache::sync::Cache::new(10_000)) }
+    }
+
+    /// The role of a presented key, or `None` for unknown and revoked keys.
+    pub async fn verify(&self, presented: &str) -> Result<Option<Role>, ApiError> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
+        if let Some(v) = self.cache.get(&digest) {
+            if v.checked.elapsed() < KEY_CACHE_TTL {
+                return Ok(v.role);
+            }
+        }
+        let row = sqlx::query(
+            "UPDATE api_keys SET last_used_at = now()
+             WHERE key_hash = $1 AND revoked_at IS NULL
+             RETURNING role",
+        )
+        .bind(hex::encode(digest))
+        .fetch_optional(&self.db)
+        .await?;
+        let role = row.and_then(|r| Role::parse(r.get::<&str, _>("role")));
+        self.cache.insert(digest, Verdict { role, checked: Instant::now() });
+        Ok(role)
+    }
+}
+
+/// Any valid key: `admin` or `tokens`. For the two token routes.
+pub struct AnyKey(pub Role);
+
+/// An `admin` key.
+pub struct AdminKey;
+
+async fn role_of(parts: &Parts, state: &AppState) -> Result<Role, ApiError> {
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized("Missing Authorization header: send `Authorization: Bearer <api key>`."))?;
+    let value = header.to_str().map_err(|_| ApiError::Unauthorized("Malformed Authorization header."))?;
+    let key = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or(ApiError::Unauthorized("The Authorization header must be `Bearer <api key>`."))?;
+    state
+        .keys
+        .verify(key)
+        .await?
+        .ok_or(ApiError::Unauthorized("Unknown or revoked API key."))
+}
+
+impl FromRequestParts<AppState> for AnyKey {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        role_of(parts, state).await.map(AnyKey)
+    }
+}
+
+impl FromRequestParts<AppState> for AdminKey {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match role_of(parts, state).await? {
+            Role::Admin => Ok(AdminKey),
+            Role::Tokens => Err(ApiError::Forbidden("This API key may only read tokens; this route needs an admin key.")),
+        }
+    }
+}
+
+/// A stored key, as `pipes api-keys list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKeyInfo {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub key_prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Creates a key and returns it in clear, once, with its record.
+pub async fn create_key(db: &PgPool, name: &str, role: Role) -> Result<(String, ApiKeyInfo), sqlx::Error> {
+    let key = format!("{KEY_PREFIX}{}", random_token(32));
+    let id = IdKind::ApiKey.new_id();
+    let prefix: String = key.chars().take(KEY_PREFIX.len() + 6).collect();
+    let row = sqlx::query(
+        "INSERT INTO api_keys (id, name, role, key_hash, key_prefix) VALUES ($1, $2, $3, $4, $5)
+         RETURNING created_at",
+    )
+    .bind(&id)
+    .bind(name)
+    .bind(role.as_str())
+    .bind(sha256_hex(&key))
+    .bind(&prefix)
+    .fetch_one(db)
+    .await?;
+    let info = ApiKeyInfo {
+        id,
+        name: name.to_owned(),
+        role,
+        key_prefix: prefix,
+        created_at: row.get("created_at"),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    Ok((key, info))
+}
+
+pub async fn list_keys(db: &PgPool) -> Result<Vec<ApiKeyInfo>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, name, role, key_prefix, created_at, last_used_at, revoked_at FROM api_keys ORDER BY created_at",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ApiKeyInfo {
+            id: r.get("id"),
+            name: r.get("name"),
+            role: Role::parse(r.get::<&str, _>("role")).unwrap_or(Role::Tokens),
+            key_prefix: r.get("key_prefix"),
+            created_at: r.get("created_at"),
+            last_used_at: r.get("last_used_at"),
+            revoked_at: r.get("revoked_at"),
+        })
+        .collect())
+}
+
+/// Revokes a key by id or name; returns whether one was revoked.
+pub async fn revoke_key(db: &PgPool, id_or_name: &str) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE (id = $1 OR name = $1) AND revoked_at IS NULL")
+        .bind(id_or_name)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,291 @@
+//! Configuration: environment variables (DESIGN §5) over an optional TOML file
+//! with the same keys. Every setting has a local default except the encryption
+//! keys; a bad value stops start-up with a message naming the setting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::crypto::KeyRing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+    #[error("{key} is required: {hint}")]
+    Missing { key: &'static str, hint: &'static str },
+    #[error("config file {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting of every role. `Debug` is safe: the key ring redacts itself.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// PostgreSQL, the source of truth.
+    pub database_url: String,
+    /// Redis for the token cache (a `redis://` URL, or several comma-separated for a cluster).
+    pub redis_url: String,
+    /// RabbitMQ for refresh jobs and webhook deliveries.
+    pub amqp_url: String,
+    /// Address `pipes serve` listens on.
+    pub listen: SocketAddr,
+    /// Public origin of `pipes serve`; OAuth redirect URIs are built from it.
+    pub public_url: Url,
+    /// AES-256-GCM keys, newest first.
+    pub encryption_keys: KeyRing,
+    /// When the scheduler ticks (6 or 7 fields, seconds first).
+    pub scheduler_cron: cron::Schedule,
+    pub scheduler_cron_text: String,
+    /// How long before expiry a token is refreshed (capped at half its lifetime).
+    pub refresh_lead: Duration,
+    /// A served token stays valid at least this long after the response.
+    pub min_validity: Duration,
+    /// Jobs a worker runs at once (and its prefetch).
+    pub worker_concurrency: u16,
+    /// Origins that `return_to` may point at.
+    pub allowed_return_to: Vec<String>,
+    /// Where scheduler and worker serve `/metrics`.
+    pub metrics_listen: SocketAddr,
+    /// Allow webhook endpoints on loopback/private addresses (development only).
+    pub webhook_allow_private: bool,
+    /// Prefix of every queue name, so tenants and tests can share one broker.
+    pub queue_prefix: String,
+    /// Prefix of every Redis key.
+    pub redis_prefix: String,
+    pub log_format: LogFormat,
+    /// Delay steps of refresh-job retries; after the last one a job is dead-lettered.
+    pub refresh_retry_delays: Vec<Duration>,
+    /// Delay steps of webhook-delivery retries.
+    pub webhook_retry_delays: Vec<Duration>,
+    /// Timeout of one request to a provider's token endpoint.
+    pub provider_timeout: Duration,
+    /// How long a refresh lease is held at most; a crashed holder frees it after this.
+    pub refresh_lease: Duration,
+    /// A job published this long ago without a result makes its account due again.
+    pub requeue_after: Duration,
+    /// Timeout of one Redis command on the read path before falling back to PostgreSQL.
+    pub redis_timeout: Duration,
+    /// Lifetime of a widget token.
+    pub widget_token_ttl: Duration,
+    /// Where `pipes demo-provider` (and `pipes dev`) serve the demo OAuth provider.
+    pub demo_listen: SocketAddr,
+}
+
+/// Raw key/value settings, from a TOML file and then the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Settings(BTreeMap<String, String>);
+
+impl Settings {
+    /// Reads `PIPES_*` from the environment over the file named by `PIPES_CONFIG`, if any.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut settings = Settings::default();
+        if let Ok(path) = std::env::var("PIPES_CONFIG") {
+            settings.merge_file(Path::new(&path))?;
+        }
+        for (key, value) in std::env::vars() {
+            if key.starts_with("PIPES_") && key != "PIPES_CONFIG" {
+                settings.0.insert(key, value);
+            }
+        }
+        Ok(settings)
+    }
+
+    /// Adds the keys of a TOML file (`PIPES_LISTEN = "…"` or `listen = "…"`).
+    pub fn merge_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let file_error = |source: Box<dyn std::error::Error + Send + Sync>| ConfigError::File {
+            path: path.display().to_string(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(Box::new(e)))?;
+        let table: toml::Table = text.parse().map_err(|e| file_error(Box::new(e)))?;
+        for (key, value) in table {
+            let key = key.to_ascii_uppercase();
+            let key = if key.starts_with("PIPES_") { key } else { format!("PIPES_{key}") };
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.to_string(),
+            };
+            self.0.insert(key, value);
+        }
+        Ok(())
+    }
+
+    /// Adds every setting of `other`, replacing equal keys.
+    pub fn merge(&mut self, other: Settings) {
+        self.0.extend(other.0);
+    }
+
+    pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        self.0.insert(key.to_owned(), value.into());
+        self
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+}
+
+fn invalid(key: &'static str, problem: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid { key, problem: problem.to_string() }
+}
+
+fn duration(s: &Settings, key: &'static str, default: &str) -> Result<Duration, ConfigError> {
+    let text = s.get(key).unwrap_or(default);
+    humantime::parse_duration(text.trim())
+        .map_err(|e| invalid(key, format!("{e} (write durations like 90s, 10m, 1h)")))
+}
+
+fn durations(s: &Settings, key: &'static str, default: &str) -> Result<Vec<Duration>, ConfigError> {
+    let text = s.get(key).unwrap_or(default);
+    let steps = text
+        .split(',')
+        .map(|part| humantime::parse_duration(part.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(key, format!("{e} (a comma-separated list like 5s,30s,2m)")))?;
+    if steps.is_empty() || steps.iter().any(|d| d.is_zero()) {
+        return Err(invalid(key, "needs at least one non-zero delay"));
+    }
+    Ok(steps)
+}
+
+fn addr(s: &Settings, key: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+    let text = s.get(key).unwrap_or(default);
+    text.trim().parse().map_err(|e| invalid(key, format!("{e}: expected host:port like 127.0.0.1:8080")))
+}
+
+fn boolean(s: &Settings, key: &'static str) -> Result<bool, ConfigError> {
+    match s.get(key).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
+        Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
+        Some(v) => Err(invalid(key, format!("`{v}` is not a boolean (true or false)"))),
+    }
+}
+
+fn prefix(s: &Settings, key: &'static str) -> Result<String, ConfigError> {
+    let value = s.get(key).unwrap_or("pipes").trim().to_owned();
+    if value.is_empty()
+        || !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(invalid(key, "use letters, digits, '-', '_' or '.'"));
+    }
+    Ok(value)
+}
+
+/// Parses a cron expression and refuses one that never fires.
+pub fn parse_cron(key: &'static str, text: &str) -> Result<cron::Schedule, ConfigError> {
+    let schedule: cron::Schedule = text
+        .trim()
+        .parse()
+        .map_err(|e| invalid(key, format!("{e} (6 or 7 fields, seconds first: */5 * * * * *)")))?;
+    if schedule.upcoming(chrono::Utc).next().is_none() {
+        return Err(invalid(key, "the expression never fires"));
+    }
+    Ok(schedule)
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_settings(&Settings::from_env()?)
+    }
+
+    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+        let encryption_keys = match s.get("PIPES_ENCRYPTION_KEYS") {
+            Some(text) => KeyRing::parse(text).map_err(|e| invalid("PIPES_ENCRYPTION_KEYS", e))?,
+            None => {
+                return Err(ConfigError::Missing {
+                    key: "PIPES_ENCRYPTION_KEYS",
+                    hint: "generate one with `pipes keys generate` (format kid:base64-of-32-bytes, newest first)",
+                })
+            }
+        };
+        let public_url_text = s.get("PIPES_PUBLIC_URL").unwrap_or("http://localhost:8080");
+        let public_url = Url::parse(public_url_text.trim())
+            .map_err(|e| invalid("PIPES_PUBLIC_URL", format!("{e}: expected an absolute URL")))?;
+        if !matches!(public_url.scheme(), "http" | "https") || public_url.host().is_none() {
+            return Err(invalid("PIPES_PUBLIC_URL", "must be an http(s) URL with a host"));
+        }
+        let cron_text = s.get("PIPES_SCHEDULER_CRON").unwrap_or("*/5 * * * * *").trim().to_owned();
+        let scheduler_cron = parse_cron("PIPES_SCHEDULER_CRON", &cron_text)?;
+        let allowed_return_to = s
+            .get("PIPES_ALLOWED_RETURN_TO")
+            .unwrap_or("http://localhost:3000,http://127.0.0.1:3000")
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|o| {
+                let url = Url::parse(o).map_err(|e| invalid("PIPES_ALLOWED_RETURN_TO", format!("{o}: {e}")))?;
+                Ok(url.origin().ascii_serialization())
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let worker_concurrency = s
+            .get("PIPES_WORKER_CONCURRENCY")
+            .unwrap_or("16")
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| invalid("PIPES_WORKER_CONCURRENCY", "expected a whole number from 1 to 65535"))?;
+        let log_format = match s.get("PIPES_LOG_FORMAT").unwrap_or("text").trim() {
+            "text" | "pretty" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("PIPES_LOG_FORMAT", format!("`{other}`: use text or json"))),
+        };
+        let config = Config {
+            database_url: s.get("PIPES_DATABASE_URL").unwrap_or("postgres://postgres@127.0.0.1:5432/pipes").to_owned(),
+            redis_url: s.get("PIPES_REDIS_URL").unwrap_or("redis://127.0.0.1:6379").to_owned(),
+            amqp_url: s.get("PIPES_AMQP_URL").unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f").to_owned(),
+            listen: addr(s, "PIPES_LISTEN", "127.0.0.1:8080")?,
+            public_url,
+            encryption_keys,
+            scheduler_cron,
+            scheduler_cron_text: cron_text,
+            refresh_lead: duration(s, "PIPES_REFRESH_LEAD", "10m")?,
+            min_validity: duration(s, "PIPES_MIN_VALIDITY", "60s")?,
+            worker_concurrency,
+            allowed_return_to,
+            metrics_listen: addr(s, "PIPES_METRICS_LISTEN", "127.0.0.1:9090")?,
+            webhook_allow_private: boolean(s, "PIPES_WEBHOOK_ALLOW_PRIVATE")?,
+            queue_prefix: prefix(s, "PIPES_QUEUE_PREFIX")?,
+            redis_prefix: prefix(s, "PIPES_REDIS_PREFIX")?,
+            log_format,
+            refresh_retry_delays: durations(s, "PIPES_REFRESH_RETRY_DELAYS", "5s,30s,2m,10m,1h")?,
+            webhook_retry_delays: durations(s, "PIPES_WEBHOOK_RETRY_DELAYS", "5s,30s,2m,10m,1h,6h,12h")?,
+            provider_timeout: duration(s, "PIPES_PROVIDER_TIMEOUT", "15s")?,
+            refresh_lease: duration(s, "PIPES_REFRESH_LEASE", "60s")?,
+            requeue_after: duration(s, "PIPES_REQUEUE_AFTER", "5m")?,
+            redis_timeout: duration(s, "PIPES_REDIS_TIMEOUT", "250ms")?,
+            widget_token_ttl: duration(s, "PIPES_WIDGET_TOKEN_TTL", "30m")?,
+            demo_listen: addr(s, "PIPES_DEMO_LISTEN", "127.0.0.1:8090")?,
+        };
+        if config.refresh_lease <= config.provider_timeout {
+            return Err(invalid("PIPES_REFRESH_LEASE", "must be longer than PIPES_PROVIDER_TIMEOUT"));
+        }
+        Ok(config)
+    }
+
+    /// The redirect URI registered at the provider for an integration.
+    pub fn redirect_uri(&self, slug: &str) -> String {
+        let base = self.public_url.as_str().trim_end_matches('/');
+        format!("{base}/data-integrations/{slug}/callback")
+    }
+}

@@ -1,0 +1,39 @@
+//! Prefixed ULID identifiers, as the wire API spells them (DESIGN §3):
+//! `data_integration_…`, `data_installation_…`, `event_…`, `we_…`.
+
+use ulid::Ulid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    Integration,
+    ConnectedAccount,
+    Event,
+    WebhookEndpoint,
+    WebhookDelivery,
+    ApiKey,
+}
+
+impl IdKind {
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            IdKind::Integration => "data_integration",
+            IdKind::ConnectedAccount => "data_installation",
+            IdKind::Event => "event",
+            IdKind::WebhookEndpoint => "we",
+            IdKind::WebhookDelivery => "wd",
+            IdKind::ApiKey => "key",
+        }
+    }
+
+    /// A new, time-ordered id of this kind.
+    pub fn new_id(self) -> String {
+        format!("{}_{}", self.prefix(), Ulid::new())
+    }
+
+    /// True when `id` is this kind's prefix followed by a ULID.
+    pub fn matches(self, id: &str) -> bool {
+        id.strip_prefix(self.prefix())
+            .and_then(|rest| rest.strip_prefix('_'))
+            .is_some_and(|ulid| Ulid::from_string(ulid).is_ok())
+    }
+}

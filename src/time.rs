@@ -1,0 +1,35 @@
+//! Timestamps as the wire API writes them: RFC 3339 UTC with exactly three
+//! fractional digits and `Z`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn rfc3339_opt(t: Option<DateTime<Utc>>) -> Option<String> {
+    t.map(rfc3339)
+}
+
+/// Serde helpers for `#[serde(with = "crate::time::wire")]`.
+pub mod wire {
+    use chrono::{DateTime, Utc};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::rfc3339(*t))
+    }
+}
+
+/// Serde helpers for optional timestamps.
+pub mod wire_opt {
+    use chrono::{DateTime, Utc};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&super::rfc3339(*t)),
+            None => s.serialize_none(),
+        }
+    }
+}
