@@ -1,0 +1,3 @@
+//! Shared test helpers: a running app per test, a TCP proxy for fault tests.
+
+pub mod app;
