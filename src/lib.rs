@@ -14,6 +14,7 @@ pub mod error;
 pub mod ids;
 pub mod keys;
 pub mod metrics;
+pub mod oauth;
 pub mod redis_conn;
 pub mod roles;
 pub mod telemetry;

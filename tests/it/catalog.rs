@@ -1,0 +1,445 @@
+//! The built-in provider catalog: it parses, passes its own validation, holds the
+//! providers the service promises, and keeps each provider's quirks.
+
+use std::collections::BTreeMap;
+
+use pipes::oauth::catalog::{
+    BodyContentType, Catalog, CatalogError, ClientAuth, TokenResponseShape,
+};
+
+fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn provider(slug: &str) -> &'static pipes::oauth::catalog::ProviderSpec {
+    Catalog::builtin()
+        .get(slug)
+        .unwrap_or_else(|| panic!("the catalog has no `{slug}`"))
+}
+
+#[test]
+fn builtin_catalog_parses_and_has_no_problems() {
+    let catalog = Catalog::builtin();
+    let problems = catalog.validate();
+    assert!(
+        problems.is_empty(),
+        "catalog problems:\n{}",
+        problems.join("\n")
+    );
+    assert!(catalog.len() >= 30, "only {} providers", catalog.len());
+}
+
+#[test]
+fn builtin_catalog_holds_the_promised_providers() {
+    for slug in [
+        "github",
+        "gitlab",
+        "bitbucket",
+        "slack",
+        "discord",
+        "google",
+        "microsoft",
+        "microsoft-tenant",
+        "salesforce",
+        "hubspot",
+        "pipedrive",
+        "zendesk",
+        "intercom",
+        "linear",
+        "jira",
+        "confluence",
+        "asana",
+        "monday",
+        "clickup",
+        "notion",
+        "airtable",
+        "figma",
+        "dropbox",
+        "box",
+        "zoom",
+        "calendly",
+        "xero",
+        "quickbooks",
+        "shopify",
+        "linkedin",
+        "twitter",
+        "spotify",
+    ] {
+        let spec = provider(slug);
+        assert_eq!(spec.slug, slug, "slug is filled from the table key");
+    }
+}
+
+#[test]
+fn iteration_is_sorted_by_slug() {
+    let slugs: Vec<&str> = Catalog::builtin().iter().map(|p| p.slug.as_str()).collect();
+    let mut sorted = slugs.clone();
+    sorted.sort_unstable();
+    assert_eq!(slugs, sorted);
+}
+
+#[test]
+fn google_asks_for_offline_access_and_has_workspace_scope_sets() {
+    let google = provider("google");
+    assert_eq!(
+        google
+            .authorization_params
+            .get("access_type")
+            .map(String::as_str),
+        Some("offline")
+    );
+    assert_eq!(
+        google
+            .authorization_params
+            .get("prompt")
+            .map(String::as_str),
+        Some("consent")
+    );
+    for set in ["gmail", "drive", "calendar"] {
+        let scopes = google
+            .scope_set(set)
+            .unwrap_or_else(|| panic!("no `{set}` scope set"));
+        assert!(
+            scopes
+                .iter()
+                .all(|s| s.starts_with("https://www.googleapis.com/auth/")),
+            "{set}: {scopes:?}"
+        );
+    }
+    assert!(google.pkce);
+    assert_eq!(
+        google
+            .scope_string(&google.default_scopes)
+            .split(' ')
+            .count(),
+        google.default_scopes.len()
+    );
+}
+
+#[test]
+fn github_oauth_app_and_notion_tokens_never_expire() {
+    assert!(!provider("github").tokens_expire);
+    assert!(!provider("notion").tokens_expire);
+    // GitHub Apps issue expiring user tokens, so they are a separate entry.
+    assert!(provider("github-app").tokens_expire);
+    assert!(provider("google").tokens_expire);
+}
+
+#[test]
+fn notion_sends_json_with_basic_auth() {
+    let notion = provider("notion");
+    assert_eq!(notion.token_body_content_type, BodyContentType::Json);
+    assert_eq!(notion.client_auth, ClientAuth::BasicAuthHeader);
+    assert_eq!(
+        provider("github").token_body_content_type,
+        BodyContentType::Form
+    );
+}
+
+#[test]
+fn slack_user_tokens_use_the_slack_response_shape_and_error_codes() {
+    let slack = provider("slack");
+    assert_eq!(slack.token_response, TokenResponseShape::Slack);
+    assert_eq!(
+        slack.scope_param, "user_scope",
+        "user tokens need user_scope, not scope"
+    );
+    assert_eq!(slack.scope_separator, ",");
+    assert!(slack.is_invalid_grant("invalid_refresh_token"));
+    assert!(slack.is_invalid_grant("invalid_grant"));
+    assert!(!slack.is_invalid_grant("ratelimited"));
+    assert!(slack.is_invalid_client("bad_client_secret"));
+    assert!(slack.is_invalid_client("invalid_client"));
+    assert_eq!(
+        provider("github").token_response,
+        TokenResponseShape::Standard
+    );
+}
+
+#[test]
+fn every_provider_treats_invalid_grant_as_a_dead_grant() {
+    for spec in Catalog::builtin().iter() {
+        assert!(spec.is_invalid_grant("invalid_grant"), "{}", spec.slug);
+        assert!(
+            !spec.is_invalid_grant("temporarily_unavailable"),
+            "{}",
+            spec.slug
+        );
+    }
+    assert!(provider("hubspot").is_invalid_grant("BAD_REFRESH_TOKEN"));
+}
+
+#[test]
+fn atlassian_products_ask_for_the_api_audience_and_consent() {
+    for slug in ["jira", "confluence"] {
+        let spec = provider(slug);
+        assert_eq!(
+            spec.authorization_params
+                .get("audience")
+                .map(String::as_str),
+            Some("api.atlassian.com")
+        );
+        assert_eq!(
+            spec.authorization_params.get("prompt").map(String::as_str),
+            Some("consent")
+        );
+        assert!(
+            spec.default_scopes.iter().any(|s| s == "offline_access"),
+            "{slug} needs a refresh token"
+        );
+    }
+}
+
+#[test]
+fn dropbox_asks_for_offline_tokens_and_figma_refreshes_elsewhere() {
+    let dropbox = provider("dropbox");
+    assert_eq!(
+        dropbox
+            .authorization_params
+            .get("token_access_type")
+            .map(String::as_str),
+        Some("offline")
+    );
+
+    let figma = provider("figma")
+        .resolve_urls(&BTreeMap::new())
+        .expect("figma resolves");
+    assert_eq!(
+        figma.refresh_token_url.as_str(),
+        "https://api.figma.com/v1/oauth/refresh"
+    );
+    assert_ne!(figma.refresh_token_url, figma.token_url);
+}
+
+#[test]
+fn providers_without_placeholders_resolve_to_https_and_refresh_at_the_token_url() {
+    for spec in Catalog::builtin()
+        .iter()
+        .filter(|p| p.config_params.is_empty())
+    {
+        let urls = spec
+            .resolve_urls(&BTreeMap::new())
+            .unwrap_or_else(|e| panic!("{}: {e}", spec.slug));
+        assert_eq!(urls.authorization_url.scheme(), "https", "{}", spec.slug);
+        assert_eq!(urls.token_url.scheme(), "https", "{}", spec.slug);
+        if spec.refresh_token_url.is_none() {
+            assert_eq!(urls.refresh_token_url, urls.token_url, "{}", spec.slug);
+        }
+    }
+}
+
+#[test]
+fn zendesk_fills_the_subdomain_and_refuses_other_hosts() {
+    let zendesk = provider("zendesk");
+    assert_eq!(zendesk.config_params, ["subdomain"]);
+    let urls = zendesk
+        .resolve_urls(&params(&[("subdomain", "acme")]))
+        .expect("acme resolves");
+    assert_eq!(
+        urls.authorization_url.as_str(),
+        "https://acme.zendesk.com/oauth/authorizations/new"
+    );
+    assert_eq!(
+        urls.token_url.as_str(),
+        "https://acme.zendesk.com/oauth/tokens"
+    );
+
+    for evil in [
+        "evil.com/x",
+        "evil.com",
+        "evil.com#",
+        "acme.zendesk.com@evil.com",
+        "",
+        "-acme",
+        "a b",
+    ] {
+        let err = zendesk
+            .resolve_urls(&params(&[("subdomain", evil)]))
+            .expect_err(evil);
+        assert!(
+            matches!(&err, CatalogError::InvalidParam { param, .. } if param == "subdomain"),
+            "{evil:?}: {err}"
+        );
+    }
+    let err = zendesk
+        .resolve_urls(&BTreeMap::new())
+        .expect_err("missing subdomain");
+    assert!(
+        matches!(&err, CatalogError::MissingParam { param, .. } if param == "subdomain"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("subdomain"),
+        "the error names the parameter: {err}"
+    );
+}
+
+#[test]
+fn shopify_fills_the_shop_and_refuses_other_hosts() {
+    let shopify = provider("shopify");
+    let urls = shopify
+        .resolve_urls(&params(&[("shop", "my-store")]))
+        .expect("my-store resolves");
+    assert_eq!(
+        urls.authorization_url.host_str(),
+        Some("my-store.myshopify.com")
+    );
+    assert_eq!(
+        urls.token_url.as_str(),
+        "https://my-store.myshopify.com/admin/oauth/access_token"
+    );
+
+    assert!(shopify
+        .resolve_urls(&params(&[("shop", "evil.com/x")]))
+        .is_err());
+    assert!(shopify
+        .resolve_urls(&params(&[("shop", "evil.com?")]))
+        .is_err());
+    let err = shopify
+        .resolve_urls(&params(&[("subdomain", "acme")]))
+        .expect_err("wrong key");
+    assert!(
+        matches!(&err, CatalogError::MissingParam { param, .. } if param == "shop"),
+        "{err}"
+    );
+}
+
+#[test]
+fn microsoft_common_needs_nothing_and_tenant_specific_fills_the_tenant() {
+    let common = provider("microsoft")
+        .resolve_urls(&BTreeMap::new())
+        .expect("common resolves");
+    assert_eq!(
+        common.token_url.as_str(),
+        "https://login.microsoftonline.com/common/oauth2/v2.0/token"
+    );
+
+    let tenant = provider("microsoft-tenant");
+    for id in [
+        "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        "contoso.onmicrosoft.com",
+        "organizations",
+    ] {
+        let urls = tenant.resolve_urls(&params(&[("tenant", id)])).expect(id);
+        assert_eq!(
+            urls.authorization_url.host_str(),
+            Some("login.microsoftonline.com")
+        );
+        assert_eq!(
+            urls.token_url.as_str(),
+            format!("https://login.microsoftonline.com/{id}/oauth2/v2.0/token")
+        );
+    }
+    for evil in ["evil.com/x", "../common", "a..b", "x?y=1", "x/../../y"] {
+        assert!(
+            tenant.resolve_urls(&params(&[("tenant", evil)])).is_err(),
+            "{evil:?} accepted"
+        );
+    }
+    assert!(matches!(
+        tenant.resolve_urls(&BTreeMap::new()),
+        Err(CatalogError::MissingParam { .. })
+    ));
+}
+
+const BROKEN: &str = r##"
+[providers.Bad_Slug]
+name = "Bad"
+description = "   "
+logo_color = "red"
+authorization_url = "http://example.com/authorize"
+token_url = "https://{region}.example.com/token"
+revocation_url = "https://example.com/revoke?x={tenant}"
+scope_separator = ";"
+default_scopes = []
+authorization_params = { client_id = "x" }
+client_auth = "request_body"
+pkce = false
+token_response = "standard"
+token_body_content_type = "form"
+invalid_grant_errors = ["invalid_refresh_token"]
+tokens_expire = false
+refresh_token_url = "https://example.com/refresh"
+config_params = ["subdomain", "tenant"]
+
+[providers.evil-host]
+name = "Evil"
+description = "Placeholder owns the whole host."
+logo_color = "#000000"
+authorization_url = "https://{host}/authorize"
+token_url = "https://{host}.com/token"
+scope_separator = " "
+default_scopes = ["read", "read"]
+client_auth = "basic_auth_header"
+pkce = true
+token_response = "slack"
+token_body_content_type = "json"
+invalid_grant_errors = ["invalid_grant"]
+tokens_expire = true
+config_params = ["host"]
+"##;
+
+#[test]
+fn a_broken_catalog_reports_every_problem() {
+    let catalog =
+        Catalog::from_toml_str(BROKEN).expect("schema-valid, content-broken catalog parses");
+    let problems = catalog.validate();
+    let report = problems.join("\n");
+    for expected in [
+        "Bad_Slug: slug must be lowercase",
+        "Bad_Slug: description is empty",
+        "Bad_Slug: logo_color",
+        "Bad_Slug: authorization_url: \"http://example.com/authorize\" is not an absolute https URL",
+        "Bad_Slug: placeholder {region} is not declared",
+        "Bad_Slug: config_params declares `subdomain`, which no URL uses",
+        "Bad_Slug: revocation_url: \"https://example.com/revoke?x={tenant}\" has a placeholder in its query",
+        "Bad_Slug: scope_separator",
+        "Bad_Slug: default_scopes is empty",
+        "Bad_Slug: authorization_params may not set `client_id`",
+        "Bad_Slug: invalid_grant_errors must include \"invalid_grant\"",
+        "Bad_Slug: refresh_token_url is set but tokens_expire is false",
+        "evil-host: authorization_url: \"https://{host}/authorize\" must keep a fixed domain",
+        "evil-host: token_url: \"https://{host}.com/token\" must keep a fixed domain",
+        "evil-host: default_scopes has duplicates",
+    ] {
+        assert!(report.contains(expected), "missing {expected:?} in:\n{report}");
+    }
+}
+
+#[test]
+fn unknown_fields_and_unknown_enum_values_are_parse_errors() {
+    let typo = r##"
+[providers.x]
+name = "X"
+description = "X"
+logo_color = "#000000"
+authorization_url = "https://x.example.com/a"
+token_url = "https://x.example.com/t"
+scope_separator = " "
+default_scopes = ["a"]
+client_auth = "request_body"
+pkce = false
+token_response = "standard"
+token_body_content_type = "form"
+invalid_grant_errors = ["invalid_grant"]
+tokens_expire = true
+tokens_expires = true
+"##;
+    let err = Catalog::from_toml_str(typo).expect_err("a misspelt key must not be ignored");
+    assert!(matches!(err, CatalogError::Parse(_)));
+    assert!(err.to_string().contains("tokens_expires"), "{err}");
+
+    let bad_enum = typo
+        .replace("tokens_expires = true\n", "")
+        .replace("\"request_body\"", "\"query_string\"");
+    assert!(matches!(
+        Catalog::from_toml_str(&bad_enum),
+        Err(CatalogError::Parse(_))
+    ));
+    let ok = typo.replace("tokens_expires = true\n", "");
+    let catalog = Catalog::from_toml_str(&ok).expect("the corrected entry parses");
+    assert!(catalog.validate().is_empty(), "{:?}", catalog.validate());
+}
