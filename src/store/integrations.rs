@@ -1,0 +1,235 @@
+//! Integrations: a provider (from the catalog, or custom) with the
+//! application's OAuth client credentials and the scopes it asks for.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgRow;
+use sqlx::{PgExecutor, Row};
+use url::Url;
+
+use crate::crypto::{aad, KeyRing};
+use crate::keys::columns;
+use crate::oauth::catalog::{BodyContentType, Catalog, ClientAuth, ProviderSpec, ResolvedUrls, TokenResponseShape};
+
+/// A provider that is not in the catalog, described by the integration itself
+/// (the wire shape of DESIGN §3.4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomProvider {
+    pub name: String,
+    pub authorization_url: String,
+    pub token_url: String,
+    #[serde(default)]
+    pub refresh_token_url: Option<String>,
+    #[serde(default)]
+    pub revocation_url: Option<String>,
+    #[serde(default)]
+    pub pkce_enabled: bool,
+    /// `" "`, `","` or `"+"`.
+    #[serde(default = "space")]
+    pub request_scope_separator: String,
+    #[serde(default)]
+    pub scopes_required: bool,
+    #[serde(default = "yes")]
+    pub client_secret_required: bool,
+    #[serde(default)]
+    pub additional_authorization_parameters: BTreeMap<String, String>,
+    /// `form` (application/x-www-form-urlencoded) or `json`.
+    #[serde(default = "form")]
+    pub token_body_content_type: BodyContentType,
+    /// `request_body` or `basic_auth_header`.
+    #[serde(default = "body")]
+    pub authenticate_via: ClientAuth,
+}
+
+fn space() -> String {
+    " ".to_owned()
+}
+fn yes() -> bool {
+    true
+}
+fn form() -> BodyContentType {
+    BodyContentType::Form
+}
+fn body() -> ClientAuth {
+    ClientAuth::RequestBody
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntegrationState {
+    Valid,
+    Invalid,
+}
+
+/// One integration with its secret decrypted. `Debug` never shows the secret.
+#[derive(Debug, Clone)]
+pub struct Integration {
+    pub id: String,
+    pub slug: String,
+    /// The catalog slug, or the integration's own slug for a custom provider.
+    pub provider: String,
+    pub description: String,
+    pub enabled: bool,
+    pub state: IntegrationState,
+    pub state_reason: Option<String>,
+    pub scopes: Vec<String>,
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub redacted_secret: String,
+    pub custom_provider: Option<CustomProvider>,
+    /// Values of the catalog entry's `{placeholders}` (Zendesk subdomain, Shopify shop, …).
+    pub settings: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntegrationError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("integration {id}: the client secret does not decrypt: {source}")]
+    Secret {
+        id: String,
+        #[source]
+        source: crate::crypto::CryptoError,
+    },
+    #[error("integration {0}: its provider is not in the catalog and it has no custom_provider")]
+    UnknownProvider(String),
+    #[error("integration {slug}: {message}")]
+    Urls { slug: String, message: String },
+}
+
+pub const SELECT: &str = "SELECT id, slug, provider, description, enabled, state, state_reason, scopes, client_id,
+    client_secret_enc, redacted_secret, custom_provider, settings, created_at, updated_at FROM integrations";
+
+impl Integration {
+    pub fn from_row(row: &PgRow, ring: &KeyRing) -> Result<Self, IntegrationError> {
+        let id: String = row.get("id");
+        let secret: Option<Vec<u8>> = row.get("client_secret_enc");
+        let client_secret = secret
+            .map(|c| ring.open_string(&c, aad(columns::CLIENT_SECRET, &id)))
+            .transpose()
+            .map_err(|source| IntegrationError::Secret { id: id.clone(), source })?
+            .map(SecretString::from);
+        let custom: Option<serde_json::Value> = row.get("custom_provider");
+        let settings: serde_json::Value = row.get("settings");
+        Ok(Integration {
+            slug: row.get("slug"),
+            provider: row.get("provider"),
+            description: row.get("description"),
+            enabled: row.get("enabled"),
+            state: if row.get::<&str, _>("state") == "invalid" { IntegrationState::Invalid } else { IntegrationState::Valid },
+            state_reason: row.get("state_reason"),
+            scopes: row.get("scopes"),
+            client_id: row.get("client_id"),
+            client_secret,
+            redacted_secret: row.get("redacted_secret"),
+            custom_provider: custom.and_then(|v| serde_json::from_value(v).ok()),
+            settings: serde_json::from_value(settings).unwrap_or_default(),
+            created_at: row.get("created_at"),
+            updated_at: row.get("updated_at"),
+            id,
+        })
+    }
+
+    /// The provider's behaviour: the catalog entry, or one made from `custom_provider`.
+    pub fn spec(&self) -> Result<Cow<'static, ProviderSpec>, IntegrationError> {
+        if let Some(custom) = &self.custom_provider {
+            return Ok(Cow::Owned(custom_spec(&self.slug, custom)));
+        }
+        Catalog::builtin()
+            .get(&self.provider)
+            .map(Cow::Borrowed)
+            .ok_or_else(|| IntegrationError::UnknownProvider(self.slug.clone()))
+    }
+
+    /// The provider's endpoints, placeholders filled from the integration's settings.
+    pub fn urls(&self) -> Result<ResolvedUrls, IntegrationError> {
+        let urls_error = |message: String| IntegrationError::Urls { slug: self.slug.clone(), message };
+        match &self.custom_provider {
+            Some(c) => {
+                let parse = |s: &str| Url::parse(s).map_err(|e| urls_error(format!("{s}: {e}")));
+                let token_url = parse(&c.token_url)?;
+                Ok(ResolvedUrls {
+                    authorization_url: parse(&c.authorization_url)?,
+                    refresh_token_url: match &c.refresh_token_url {
+                        Some(u) => parse(u)?,
+                        None => token_url.clone(),
+                    },
+                    token_url,
+                    revocation_url: c.revocation_url.as_deref().map(parse).transpose()?,
+                })
+            }
+            None => self.spec()?.resolve_urls(&self.settings).map_err(|e| urls_error(e.to_string())),
+        }
+    }
+
+    /// Configured scopes that `granted` lacks.
+    pub fn missing_scopes(&self, granted: &[String]) -> Vec<String> {
+        self.scopes.iter().filter(|s| !granted.contains(s)).cloned().collect()
+    }
+
+    /// Display name (catalog name or custom provider name).
+    pub fn display_name(&self) -> String {
+        self.spec().map(|s| s.name.clone()).unwrap_or_else(|_| self.slug.clone())
+    }
+}
+
+/// A `ProviderSpec` for a custom provider: standard responses, `invalid_grant` only.
+pub fn custom_spec(slug: &str, c: &CustomProvider) -> ProviderSpec {
+    ProviderSpec {
+        slug: slug.to_owned(),
+        name: c.name.clone(),
+        description: String::new(),
+        logo_color: "#6B7280".to_owned(),
+        authorization_url: c.authorization_url.clone(),
+        token_url: c.token_url.clone(),
+        refresh_token_url: c.refresh_token_url.clone(),
+        revocation_url: c.revocation_url.clone(),
+        scope_separator: c.request_scope_separator.clone(),
+        scope_param: "scope".to_owned(),
+        scopes_configured_at_provider: false,
+        default_scopes: Vec::new(),
+        scope_sets: BTreeMap::new(),
+        authorization_params: c.additional_authorization_parameters.clone(),
+        client_auth: c.authenticate_via,
+        pkce: c.pkce_enabled,
+        token_response: TokenResponseShape::Standard,
+        token_body_content_type: c.token_body_content_type,
+        expires_in_as_string: false,
+        invalid_grant_errors: vec!["invalid_grant".to_owned()],
+        invalid_client_errors: Vec::new(),
+        tokens_expire: true,
+        config_params: Vec::new(),
+    }
+}
+
+pub async fn by_slug(db: impl PgExecutor<'_>, ring: &KeyRing, slug: &str) -> Result<Option<Integration>, IntegrationError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE slug = $1")))
+        .bind(slug)
+        .fetch_optional(db)
+        .await?;
+    row.map(|r| Integration::from_row(&r, ring)).transpose()
+}
+
+pub async fn by_id(db: impl PgExecutor<'_>, ring: &KeyRing, id: &str) -> Result<Option<Integration>, IntegrationError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    row.map(|r| Integration::from_row(&r, ring)).transpose()
+}
+
+/// Marks the integration's credentials as refused by the provider (DESIGN §2.4).
+pub async fn mark_invalid(db: impl PgExecutor<'_>, id: &str, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE integrations SET state = 'invalid', state_reason = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(reason)
+        .execute(db)
+        .await?;
+    Ok(())
+}

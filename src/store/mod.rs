@@ -1,0 +1,5 @@
+//! PostgreSQL access for the domain: integrations and connected accounts.
+//! Plain runtime-checked SQL next to the code that needs it.
+
+pub mod accounts;
+pub mod integrations;
