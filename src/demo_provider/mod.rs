@@ -14,6 +14,8 @@
 //! Knobs are global to one provider instance (not per client): the response [`Shape`], the
 //! access-token lifetime, auto-consent, the FIFO of injected [`Fault`]s and a clock offset.
 
+mod browser;
+mod error;
 mod html;
 mod pages;
 mod state;
@@ -196,7 +198,9 @@ impl std::fmt::Debug for DemoProvider {
 
 impl DemoProvider {
     pub fn new(config: DemoConfig) -> Self {
-        Self { state: Arc::new(Mutex::new(State::new(config))) }
+        Self {
+            state: Arc::new(Mutex::new(State::new(config))),
+        }
     }
 
     /// Binds `127.0.0.1:0`, serves the router in a background task and returns the handle with

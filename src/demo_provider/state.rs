@@ -13,12 +13,13 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::browser::{Pending, Session};
+use super::error::TokenError;
 use super::{ClientAuthMethod, ClientRegistration, DemoConfig, Fault, Shape, Stats};
 
 const CODE_TTL: Duration = Duration::from_secs(60);
 /// How long a login/consent page stays usable.
 pub(super) const PENDING_TTL: Duration = Duration::from_secs(600);
-const SESSION_TTL: Duration = Duration::from_secs(3600);
 
 /// 32 random bytes, base64url, behind a prefix that tells a human what the token is.
 pub(super) fn random_token(prefix: &str) -> String {
@@ -30,58 +31,6 @@ pub(super) fn random_token(prefix: &str) -> String {
 /// Constant-time comparison for secrets, so timing does not reveal matching prefixes.
 pub(super) fn ct_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
-}
-
-/// A `/token` refusal (RFC 6749 §5.2). The text is a fixed description: never a token.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum TokenError {
-    #[error("invalid_request: {0}")]
-    InvalidRequest(&'static str),
-    #[error("invalid_client: {0}")]
-    InvalidClient(&'static str),
-    #[error("invalid_grant: {0}")]
-    InvalidCode(&'static str),
-    #[error("invalid_grant: {0}")]
-    InvalidRefreshToken(&'static str),
-    #[error("invalid_scope: {0}")]
-    InvalidScope(&'static str),
-    #[error("unsupported_grant_type")]
-    UnsupportedGrantType,
-}
-
-impl TokenError {
-    pub(super) fn code(&self) -> &'static str {
-        match self {
-            Self::InvalidRequest(_) => "invalid_request",
-            Self::InvalidClient(_) => "invalid_client",
-            Self::InvalidCode(_) | Self::InvalidRefreshToken(_) => "invalid_grant",
-            Self::InvalidScope(_) => "invalid_scope",
-            Self::UnsupportedGrantType => "unsupported_grant_type",
-        }
-    }
-
-    pub(super) fn description(&self) -> &'static str {
-        match self {
-            Self::InvalidRequest(d)
-            | Self::InvalidClient(d)
-            | Self::InvalidCode(d)
-            | Self::InvalidRefreshToken(d)
-            | Self::InvalidScope(d) => d,
-            Self::UnsupportedGrantType => "grant_type must be authorization_code or refresh_token",
-        }
-    }
-
-    /// The error string Slack's `oauth.v2.access` uses for the same refusal.
-    pub(super) fn slack_code(&self) -> &'static str {
-        match self {
-            Self::InvalidRequest(_) => "invalid_arguments",
-            Self::InvalidClient(_) => "invalid_client_id",
-            Self::InvalidCode(_) => "invalid_code",
-            Self::InvalidRefreshToken(_) => "invalid_refresh_token",
-            Self::InvalidScope(_) => "invalid_scope",
-            Self::UnsupportedGrantType => "invalid_grant_type",
-        }
-    }
 }
 
 enum CodeStatus {
@@ -120,19 +69,6 @@ struct Refresh {
     used: bool,
 }
 
-/// An authorization request waiting for the user on the login and consent pages.
-pub(super) struct Pending {
-    pub client_id: String,
-    pub redirect_uri: String,
-    pub state: Option<String>,
-    pub scopes: Vec<String>,
-    pub challenge: Option<String>,
-    /// The browser session that started it; the forms only work from that browser.
-    pub session: String,
-    pub user: Option<String>,
-    pub expires_at: Instant,
-}
-
 /// What a successful token request returns; `refresh_token: None` means "omit it".
 pub(super) struct Issued {
     pub access_token: String,
@@ -140,11 +76,6 @@ pub(super) struct Issued {
     pub expires_in: Option<u64>,
     pub scopes: Vec<String>,
     pub user: String,
-}
-
-struct Session {
-    csrf: String,
-    expires_at: Instant,
 }
 
 pub(super) struct State {
@@ -162,8 +93,8 @@ pub(super) struct State {
     next_grant: u64,
     access: HashMap<String, Access>,
     refresh: HashMap<String, Refresh>,
-    pending: HashMap<String, Pending>,
-    sessions: HashMap<String, Session>,
+    pub(super) pending: HashMap<String, Pending>,
+    pub(super) sessions: HashMap<String, Session>,
 }
 
 impl State {
@@ -198,7 +129,8 @@ impl State {
     }
 
     pub(super) fn register(&mut self, registration: ClientRegistration) {
-        self.clients.insert(registration.client_id.clone(), registration);
+        self.clients
+            .insert(registration.client_id.clone(), registration);
     }
 
     pub(super) fn client(&self, client_id: &str) -> Option<&ClientRegistration> {
@@ -265,7 +197,9 @@ impl State {
         }
         match entry.status {
             CodeStatus::Fresh => {}
-            CodeStatus::Burnt => return Err(TokenError::InvalidCode("authorization code already used")),
+            CodeStatus::Burnt => {
+                return Err(TokenError::InvalidCode("authorization code already used"))
+            }
             CodeStatus::Redeemed(grant) => {
                 // §4.1.2: a replayed code revokes what was issued from it.
                 self.revoke(grant);
@@ -324,7 +258,9 @@ impl State {
             .get(&grant_id)
             .ok_or(TokenError::InvalidRefreshToken("unknown refresh token"))?;
         if grant.client_id != client_id {
-            return Err(TokenError::InvalidRefreshToken("refresh token was issued to another client"));
+            return Err(TokenError::InvalidRefreshToken(
+                "refresh token was issued to another client",
+            ));
         }
         if grant.revoked {
             return Err(TokenError::InvalidRefreshToken("grant revoked"));
@@ -340,7 +276,8 @@ impl State {
         let scopes = match scope {
             None => grant.scopes.clone(),
             Some(requested) => {
-                let requested: Vec<String> = requested.split_whitespace().map(str::to_owned).collect();
+                let requested: Vec<String> =
+                    requested.split_whitespace().map(str::to_owned).collect();
                 if requested.iter().any(|s| !grant.scopes.contains(s)) {
                     return Err(TokenError::InvalidScope("scope exceeds the original grant"));
                 }
@@ -359,7 +296,13 @@ impl State {
             None
         };
         self.stats.refreshes += 1;
-        Ok(Issued { access_token, refresh_token, expires_in, scopes, user })
+        Ok(Issued {
+            access_token,
+            refresh_token,
+            expires_in,
+            scopes,
+            user,
+        })
     }
 
     pub(super) fn new_grant(&mut self, client_id: &str, user: &str, scopes: Vec<String>) -> Issued {
@@ -378,20 +321,28 @@ impl State {
         );
         let (access_token, expires_in) = self.mint_access(id);
         let refresh_token = (self.shape != Shape::NonExpiring).then(|| self.mint_refresh(id));
-        Issued { access_token, refresh_token, expires_in, scopes, user: user.to_owned() }
+        Issued {
+            access_token,
+            refresh_token,
+            expires_in,
+            scopes,
+            user: user.to_owned(),
+        }
     }
 
     fn mint_access(&mut self, grant: u64) -> (String, Option<u64>) {
         let token = random_token("demo_at_");
         let ttl = (self.shape != Shape::NonExpiring).then_some(self.access_ttl);
         let expires_at = ttl.map(|ttl| self.now() + ttl);
-        self.access.insert(token.clone(), Access { grant, expires_at });
+        self.access
+            .insert(token.clone(), Access { grant, expires_at });
         (token, ttl.map(|ttl| ttl.as_secs()))
     }
 
     fn mint_refresh(&mut self, grant: u64) -> String {
         let token = random_token("demo_rt_");
-        self.refresh.insert(token.clone(), Refresh { grant, used: false });
+        self.refresh
+            .insert(token.clone(), Refresh { grant, used: false });
         token
     }
 
@@ -418,7 +369,11 @@ impl State {
     /// RFC 7009 §2.1: only the client the token was issued to may revoke it.
     pub(super) fn revoke_token_of_client(&mut self, client_id: &str, token: &str) {
         if let Some(grant) = self.grant_of_token(token) {
-            if self.grants.get(&grant).is_some_and(|g| g.client_id == client_id) {
+            if self
+                .grants
+                .get(&grant)
+                .is_some_and(|g| g.client_id == client_id)
+            {
                 self.revoke_on_request(grant);
             }
         }
@@ -441,13 +396,16 @@ impl State {
     }
 
     pub(super) fn refresh_usable(&self, token: &str) -> bool {
-        self.refresh.get(token).is_some_and(|r| {
-            !r.used && self.grants.get(&r.grant).is_some_and(|g| !g.revoked)
-        })
+        self.refresh
+            .get(token)
+            .is_some_and(|r| !r.used && self.grants.get(&r.grant).is_some_and(|g| !g.revoked))
     }
 
     pub(super) fn live_grants(&self) -> impl Iterator<Item = (u64, &Grant)> {
-        self.grants.iter().filter(|(_, g)| !g.revoked).map(|(id, g)| (*id, g))
+        self.grants
+            .iter()
+            .filter(|(_, g)| !g.revoked)
+            .map(|(id, g)| (*id, g))
     }
 
     pub(super) fn stats(&self) -> Stats {
@@ -457,50 +415,6 @@ impl State {
             grants_revoked: revoked,
             ..self.stats
         }
-    }
-
-    /// Returns `(session id, csrf token, newly created)` for the browser's session cookie.
-    pub(super) fn ensure_session(&mut self, existing: Option<&str>) -> (String, String, bool) {
-        let now = self.now();
-        if let Some(id) = existing {
-            if let Some(s) = self.sessions.get(id).filter(|s| s.expires_at > now) {
-                return (id.to_owned(), s.csrf.clone(), false);
-            }
-        }
-        self.sessions.retain(|_, s| s.expires_at > now);
-        let id = random_token("");
-        let csrf = random_token("");
-        self.sessions.insert(id.clone(), Session { csrf: csrf.clone(), expires_at: now + SESSION_TTL });
-        (id, csrf, true)
-    }
-
-    /// The anti-CSRF check of every form: the session cookie is known and the form's token is
-    /// that session's.
-    pub(super) fn csrf_ok(&self, session: Option<&str>, csrf: Option<&str>) -> bool {
-        match (session.and_then(|id| self.sessions.get(id)), csrf) {
-            (Some(s), Some(csrf)) => s.expires_at > self.now() && ct_eq(&s.csrf, csrf),
-            _ => false,
-        }
-    }
-
-    pub(super) fn add_pending(&mut self, pending: Pending) -> String {
-        let now = self.now();
-        self.pending.retain(|_, p| p.expires_at > now);
-        let id = random_token("");
-        self.pending.insert(id.clone(), pending);
-        id
-    }
-
-    /// The pending request `id`, if it is live and belongs to this browser session.
-    pub(super) fn pending_mut(&mut self, id: &str, session: Option<&str>) -> Option<&mut Pending> {
-        let now = self.now();
-        self.pending
-            .get_mut(id)
-            .filter(|p| p.expires_at > now && session.is_some_and(|s| ct_eq(s, &p.session)))
-    }
-
-    pub(super) fn take_pending(&mut self, id: &str) -> Option<Pending> {
-        self.pending.remove(id)
     }
 
     pub(super) fn revoke_grant_by_id(&mut self, id: u64) -> bool {

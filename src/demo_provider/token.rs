@@ -12,10 +12,15 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::state::{Issued, TokenError};
+use super::error::TokenError;
+use super::state::Issued;
 use super::{ClientAuthMethod, DemoProvider, Fault, Shape};
 
-pub(super) async fn token(State(provider): State<DemoProvider>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn token(
+    State(provider): State<DemoProvider>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let (fault, shape) = {
         let mut state = provider.lock();
         state.stats.token_requests += 1;
@@ -66,7 +71,11 @@ pub(super) async fn token(State(provider): State<DemoProvider>, headers: HeaderM
 }
 
 /// RFC 7009 §2: 200 whether or not the token was known, once the client is authenticated.
-pub(super) async fn revoke(State(provider): State<DemoProvider>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn revoke(
+    State(provider): State<DemoProvider>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut state = provider.lock();
     let result = parse_form(&headers, &body).and_then(|form| {
         let client_id = authenticate_client(&headers, &form, |id, secret, method| {
@@ -140,7 +149,9 @@ fn authenticate_client(
             }
             let (id, secret) = basic_credentials(value)?;
             if form.get("client_id").is_some_and(|body_id| *body_id != id) {
-                return Err(TokenError::InvalidClient("client_id does not match the Authorization header"));
+                return Err(TokenError::InvalidClient(
+                    "client_id does not match the Authorization header",
+                ));
             }
             (id, secret, ClientAuthMethod::Basic)
         }
@@ -159,7 +170,9 @@ fn basic_credentials(value: &HeaderValue) -> Result<(String, String), TokenError
     let value = value.to_str().map_err(|_| MALFORMED)?;
     let (scheme, encoded) = value.split_once(' ').ok_or(MALFORMED)?;
     if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(TokenError::InvalidClient("unsupported authentication scheme"));
+        return Err(TokenError::InvalidClient(
+            "unsupported authentication scheme",
+        ));
     }
     let decoded = STANDARD.decode(encoded.trim()).map_err(|_| MALFORMED)?;
     let decoded = String::from_utf8(decoded).map_err(|_| MALFORMED)?;
@@ -174,7 +187,10 @@ fn percent_decode(input: &str) -> String {
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
         match bytes[i] {
-            b'%' => match (bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b))) {
+            b'%' => match (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            ) {
                 (Some(h), Some(l)) => {
                     out.push((h * 16 + l) as u8);
                     i += 3;
@@ -198,8 +214,10 @@ fn percent_decode(input: &str) -> String {
 }
 
 /// §5.1: token responses must not be cached.
-const NO_STORE: [(header::HeaderName, &str); 2] =
-    [(header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")];
+const NO_STORE: [(header::HeaderName, &str); 2] = [
+    (header::CACHE_CONTROL, "no-store"),
+    (header::PRAGMA, "no-cache"),
+];
 
 fn success_response(issued: Issued, shape: Shape) -> Response {
     let body = match shape {
@@ -254,7 +272,12 @@ fn error_response(error: &TokenError, shape: Shape) -> Response {
 }
 
 fn slack_error(code: &str) -> Response {
-    (StatusCode::OK, NO_STORE, Json(json!({"ok": false, "error": code}))).into_response()
+    (
+        StatusCode::OK,
+        NO_STORE,
+        Json(json!({"ok": false, "error": code})),
+    )
+        .into_response()
 }
 
 fn fault_response(fault: Fault, shape: Shape) -> Response {
@@ -276,10 +299,21 @@ fn fault_response(fault: Fault, shape: Shape) -> Response {
                 json!({"error": "rate_limited", "error_description": "too many requests"})
             };
             let retry_after = [(header::RETRY_AFTER, retry_after_secs.to_string())];
-            (StatusCode::TOO_MANY_REQUESTS, NO_STORE, retry_after, Json(body)).into_response()
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                NO_STORE,
+                retry_after,
+                Json(body),
+            )
+                .into_response()
         }
-        Fault::InvalidGrant => error_response(&TokenError::InvalidRefreshToken("injected invalid_grant"), shape),
-        Fault::InvalidClient => error_response(&TokenError::InvalidClient("injected invalid_client"), shape),
+        Fault::InvalidGrant => error_response(
+            &TokenError::InvalidRefreshToken("injected invalid_grant"),
+            shape,
+        ),
+        Fault::InvalidClient => {
+            error_response(&TokenError::InvalidClient("injected invalid_client"), shape)
+        }
         Fault::SlackError(code) => slack_error(&code),
         // Handled by the caller before any state is touched.
         Fault::Delay(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),

@@ -1,1 +1,2 @@
 //! The one integration-test binary: every test talks to real PostgreSQL, Redis and RabbitMQ.
+mod demo_provider;
