@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod demo_provider;
 pub mod error;
 pub mod ids;
 pub mod keys;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod redis_conn;
 pub mod roles;
+pub mod store;
 pub mod telemetry;
 pub mod time;
 
