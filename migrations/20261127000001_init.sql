@@ -19,6 +19,11 @@ CREATE TABLE integrations (
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
 
+-- Token versions come from one sequence, so they only ever grow, across
+-- accounts too: a cache write can always tell which of two values is newer,
+-- even after an account is deleted and connected again.
+CREATE SEQUENCE token_versions;
+
 CREATE TABLE connected_accounts (
     id                  text PRIMARY KEY,
     integration_id      text NOT NULL REFERENCES integrations (id) ON DELETE CASCADE,
@@ -32,7 +37,7 @@ CREATE TABLE connected_accounts (
     -- When the scheduler should refresh: expires_at - min(lead, lifetime/2) - jitter.
     refresh_at          timestamptz,
     scopes              text[] NOT NULL DEFAULT '{}',
-    -- Fencing: bumped on every token write; a writer must present the version it read.
+    -- Bumped (from token_versions) on every token or state write; orders cache writes.
     token_version       bigint NOT NULL DEFAULT 0,
     -- Single-flight lease for refreshes (DESIGN 2.3); expires so a crash releases it.
     lease_id            text,

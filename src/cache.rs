@@ -1,0 +1,214 @@
+//! The Redis token cache: one encrypted entry per connected account, holding
+//! exactly what a token read answers. An entry lives until `min_validity`
+//! before the token expires, so a hit is always fresh.
+//!
+//! Every value starts with the account's token version (`{version}|…`), and
+//! writes go through a script that refuses to replace a newer version. A
+//! change that removes a token (reauthorization, disconnect) writes a
+//! tombstone (`{version}|` with no payload) instead of deleting, so a reader
+//! that loaded an older row from PostgreSQL can never put it back.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{aad, sha256_hex, KeyRing};
+use crate::keys::columns;
+use crate::redis_conn::Redis;
+use crate::secret::Secret;
+use crate::store::accounts::Account;
+use crate::store::integrations::Integration;
+
+/// How long a tombstone blocks stale writes.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+/// Entries of tokens that never expire are re-read from PostgreSQL this often.
+const NON_EXPIRING_TTL: Duration = Duration::from_secs(3600);
+
+/// SET the value unless the stored one carries a newer (or equal) version.
+const PUT_SCRIPT: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, '|', 1, true)
+  if sep and tonumber(string.sub(cur, 1, sep - 1)) >= tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+";
+
+/// What a token read answers, as cached.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedToken {
+    pub account_id: String,
+    pub version: i64,
+    pub access_token: Secret,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub scopes: Vec<String>,
+    pub missing_scopes: Vec<String>,
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.expose())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(CachedToken),
+    /// Nothing usable cached: read PostgreSQL.
+    Miss,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("redis is not connected")]
+    NotConnected,
+    #[error("redis timed out")]
+    Timeout,
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// The Redis key of an owner's entry. User and organization ids are hashed so
+/// no separator inside them can make two owners collide.
+pub fn entry_key(redis: &Redis, slug: &str, user_id: &str, organization_id: Option<&str>) -> String {
+    let owner = sha256_hex(&format!("{user_id}\u{0}{}", organization_id.unwrap_or("\u{0}")));
+    redis.key(&format!("tok:{slug}:{}", &owner[..32]))
+}
+
+#[derive(Clone)]
+pub struct TokenCache {
+    redis: Redis,
+    ring: KeyRing,
+    min_validity: Duration,
+    script: redis::Script,
+}
+
+impl TokenCache {
+    pub fn new(redis: Redis, ring: KeyRing, min_validity: Duration) -> Self {
+        TokenCache { redis, ring, min_validity, script: redis::Script::new(PUT_SCRIPT) }
+    }
+
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    /// Reads an owner's entry. Errors mean Redis failed: the caller reads PostgreSQL.
+    pub async fn get(&self, slug: &str, user_id: &str, organization_id: Option<&str>, now: DateTime<Utc>) -> Result<Lookup, CacheError> {
+        let key = entry_key(&self.redis, slug, user_id, organization_id);
+        let mut conn = self.redis.conn().ok_or(CacheError::NotConnected)?;
+        let value: Option<Vec<u8>> = tokio::time::timeout(self.redis.timeout(), redis::cmd("GET").arg(&key).query_async(&mut conn))
+            .await
+            .map_err(|_| CacheError::Timeout)??;
+        Ok(self.decode(&key, value.as_deref(), now))
+    }
+
+    /// Decodes a raw value; anything unusable (tombstone, other key, not fresh) is a miss.
+    pub fn decode(&self, key: &str, value: Option<&[u8]>, now: DateTime<Utc>) -> Lookup {
+        let Some(value) = value else { return Lookup::Miss };
+        let Some(sep) = value.iter().position(|b| *b == b'|') else { return Lookup::Miss };
+        let payload = &value[sep + 1..];
+        if payload.is_empty() {
+            return Lookup::Miss;
+        }
+        let Ok(plain) = self.ring.open(payload, aad(columns::CACHE_ENTRY, key)) else { return Lookup::Miss };
+        let plain = zeroize::Zeroizing::new(plain);
+        let Ok(entry) = serde_json::from_slice::<CachedToken>(&plain) else { return Lookup::Miss };
+        // The TTL already guarantees this; checking again costs nothing and
+        // keeps a clock-skewed entry from ever being served.
+        let fresh = entry.expires_at.is_none_or(|exp| {
+            exp > now + chrono::Duration::from_std(self.min_validity).unwrap_or_default()
+        });
+        if fresh { Lookup::Hit(entry) } else { Lookup::Miss }
+    }
+
+    /// The entry to cache for a fresh account, with its TTL; `None` if it must not be cached.
+    pub fn entry_for(&self, account: &Account, integration: &Integration, now: DateTime<Utc>) -> Option<(CachedToken, Duration)> {
+        if !account.is_fresh(now, self.min_validity) {
+            return None;
+        }
+        let ttl = match account.expires_at {
+            None => NON_EXPIRING_TTL,
+            Some(exp) => (exp - now - chrono::Duration::from_std(self.min_validity).ok()?).to_std().ok()?,
+        };
+        if ttl < Duration::from_millis(10) {
+            return None;
+        }
+        let entry = CachedToken {
+            account_id: account.id.clone(),
+            version: account.token_version,
+            access_token: account.access_token.clone()?,
+            expires_at: account.expires_at,
+            scopes: account.scopes.clone(),
+            missing_scopes: integration.missing_scopes(&account.scopes),
+        };
+        Some((entry, ttl))
+    }
+
+    /// Caches a connected account's fresh token (no-op when not fresh);
+    /// never replaces a newer version. Redis errors are logged and ignored:
+    /// PostgreSQL stays the truth.
+    pub async fn put(&self, account: &Account, integration: &Integration, now: DateTime<Utc>) {
+        let key = entry_key(&self.redis, &integration.slug, &account.user_id, account.organization_id.as_deref());
+        let Some((entry, ttl)) = self.entry_for(account, integration, now) else {
+            // Not cacheable (e.g. expiring soon): make sure no older copy lingers.
+            self.tombstone_key(&key, account.token_version).await;
+            return;
+        };
+        let Ok(plain) = serde_json::to_vec(&entry).map(zeroize::Zeroizing::new) else { return };
+        let Ok(sealed) = self.ring.seal(&plain, aad(columns::CACHE_ENTRY, &key)) else { return };
+        let mut value = format!("{}|", entry.version).into_bytes();
+        value.extend_from_slice(&sealed);
+        self.write(&key, value, entry.version, ttl).await;
+    }
+
+    /// Marks an owner's entry as gone as of `version` (reauthorization, disconnect).
+    pub async fn tombstone(&self, slug: &str, user_id: &str, organization_id: Option<&str>, version: i64) {
+        let key = entry_key(&self.redis, slug, user_id, organization_id);
+        self.tombstone_key(&key, version).await;
+    }
+
+    async fn tombstone_key(&self, key: &str, version: i64) {
+        self.write(key, format!("{version}|").into_bytes(), version, TOMBSTONE_TTL).await;
+    }
+
+    async fn write(&self, key: &str, value: Vec<u8>, version: i64, ttl: Duration) {
+        let Some(mut conn) = self.redis.conn() else { return };
+        let mut invocation = self.script.key(key);
+        invocation.arg(value).arg(version).arg(ttl.as_millis() as u64);
+        match tokio::time::timeout(Duration::from_secs(1), invocation.invoke_async::<i64>(&mut conn)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "token cache write failed"),
+            Err(_) => tracing::warn!("token cache write timed out"),
+        }
+    }
+
+    /// Drops every entry of an integration (its scopes changed, or it was deleted).
+    pub async fn evict_integration(&self, slug: &str) {
+        let Some(mut conn) = self.redis.conn() else { return };
+        let pattern = self.redis.key(&format!("tok:{slug}:*"));
+        let mut cursor: u64 = 0;
+        loop {
+            let step: Result<(u64, Vec<String>), _> =
+                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(500).query_async(&mut conn).await;
+            let Ok((next, keys)) = step else { return };
+            if !keys.is_empty() {
+                let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+            }
+            if next == 0 {
+                return;
+            }
+            cursor = next;
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Events (DESIGN §3.5) written to the outbox in the same transaction as the
+//! change they describe; the scheduler relays them to webhook deliveries.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::ids::IdKind;
+use crate::store::accounts::Account;
+use crate::store::integrations::Integration;
+use crate::time::rfc3339;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum EventKind {
+    #[serde(rename = "pipes.connected_account.connected")]
+    Connected,
+    #[serde(rename = "pipes.connected_account.disconnected")]
+    Disconnected,
+    #[serde(rename = "pipes.connected_account.reauthorization_needed")]
+    ReauthorizationNeeded,
+    #[serde(rename = "pipes.connected_account.connection_failed")]
+    ConnectionFailed,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] =
+        [EventKind::Connected, EventKind::Disconnected, EventKind::ReauthorizationNeeded, EventKind::ConnectionFailed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Connected => "pipes.connected_account.connected",
+            EventKind::Disconnected => "pipes.connected_account.disconnected",
+            EventKind::ReauthorizationNeeded => "pipes.connected_account.reauthorization_needed",
+            EventKind::ConnectionFailed => "pipes.connected_account.connection_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// The `data` of the three account events. `state` is the account's state
+/// after the change (`disconnected` for a disconnect).
+pub fn account_data(account: &Account, integration: &Integration, state: &str) -> Value {
+    json!({
+        "object": "connected_account",
+        "id": account.id,
+        "data_integration_id": integration.id,
+        "provider_slug": integration.slug,
+        "user_id": account.user_id,
+        "organization_id": account.organization_id,
+        "scopes": account.scopes,
+        "state": state,
+        "created_at": rfc3339(account.created_at),
+        "updated_at": rfc3339(account.updated_at),
+    })
+}
+
+/// Why a connection attempt failed, for `connection_failed`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionFailure {
+    /// Our code: `access_denied`, `exchange_failed`, `provider_error`, …
+    pub error_code: String,
+    pub error_reason: String,
+    pub provider_error: Option<String>,
+    pub provider_error_description: Option<String>,
+}
+
+pub fn connection_failed_data(
+    integration: &Integration,
+    user_id: &str,
+    organization_id: Option<&str>,
+    failure: &ConnectionFailure,
+    now: DateTime<Utc>,
+) -> Value {
+    json!({
+        "object": "connection_failed",
+        "data_integration_id": integration.id,
+        "provider_slug": integration.slug,
+        "user_id": user_id,
+        "organization_id": organization_id,
+        "error_code": failure.error_code,
+        "error_reason": failure.error_reason,
+        "provider_error": failure.provider_error,
+        "provider_error_description": failure.provider_error_description,
+        "created_at": rfc3339(now),
+    })
+}
+
+/// Writes an event to the outbox; call it inside the transaction of the change.
+pub async fn emit(tx: &mut sqlx::PgConnection, kind: EventKind, data: &Value) -> Result<String, sqlx::Error> {
+    let id = IdKind::Event.new_id();
+    sqlx::query("INSERT INTO events (id, event, data) VALUES ($1, $2, $3)")
+        .bind(&id)
+        .bind(kind.as_str())
+        .bind(data)
+        .execute(&mut *tx)
+        .await?;
+    Ok(id)
+}

@@ -1,0 +1,211 @@
+//! Talking to a provider's token endpoint. The `oauth2` crate builds every
+//! request (client authentication, PKCE verifier, redirect URI); our own HTTP
+//! function sends it — no redirects, bounded time — and keeps the raw answer,
+//! which `response.rs` reads with each provider's quirks and classifies.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oauth2::basic::BasicClient;
+use oauth2::{
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, HttpRequest, HttpResponse,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, TokenUrl,
+};
+use url::Url;
+
+use super::response::{classify, RawResponse, TokenError, TokenGrant};
+use crate::oauth::catalog::{BodyContentType, ClientAuth, ProviderSpec};
+use crate::secret::Secret;
+use crate::store::integrations::Integration;
+
+/// A PKCE pair: the challenge goes in the authorization URL, the verifier is
+/// kept (encrypted) with the state until the callback.
+pub struct Pkce {
+    pub challenge: PkceCodeChallenge,
+    pub verifier: Secret,
+}
+
+pub fn new_pkce() -> Pkce {
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    Pkce { challenge, verifier: Secret::new(verifier.secret().clone()) }
+}
+
+/// The provider's authorization URL for one connect attempt.
+pub fn authorization_url(
+    integration: &Integration,
+    spec: &ProviderSpec,
+    redirect_uri: &str,
+    state: &str,
+    scopes: &[String],
+    pkce: Option<&Pkce>,
+) -> Result<Url, TokenError> {
+    let urls = integration.urls().map_err(|e| TokenError::Config(e.to_string()))?;
+    let client = BasicClient::new(ClientId::new(integration.client_id.clone()))
+        .set_auth_uri(AuthUrl::from_url(urls.authorization_url))
+        .set_redirect_uri(RedirectUrl::new(redirect_uri.to_owned()).map_err(|e| TokenError::Config(e.to_string()))?);
+    let state = state.to_owned();
+    let mut request = client.authorize_url(move || CsrfToken::new(state));
+    // Scopes are joined with the provider's own separator (oauth2 would use a space).
+    if !spec.scopes_configured_at_provider && !scopes.is_empty() {
+        request = request.add_extra_param(spec.scope_param.clone(), spec.scope_string(scopes));
+    }
+    for (name, value) in &spec.authorization_params {
+        request = request.add_extra_param(name.clone(), value.clone());
+    }
+    if let Some(pkce) = pkce {
+        request = request.set_pkce_challenge(pkce.challenge.clone());
+    }
+    Ok(request.url().0)
+}
+
+/// What the token endpoint is asked for.
+pub enum Grant<'a> {
+    Code { code: &'a str, redirect_uri: &'a str, pkce_verifier: Option<&'a Secret> },
+    Refresh { refresh_token: &'a Secret, scopes: &'a [String] },
+}
+
+/// Calls the token endpoint and classifies the answer (DESIGN §2.4).
+pub async fn request_token(
+    http: &reqwest::Client,
+    integration: &Integration,
+    spec: &ProviderSpec,
+    grant: Grant<'_>,
+) -> Result<TokenGrant, TokenError> {
+    let urls = integration.urls().map_err(|e| TokenError::Config(e.to_string()))?;
+    let token_url = match grant {
+        Grant::Code { .. } => urls.token_url,
+        Grant::Refresh { .. } => urls.refresh_token_url,
+    };
+    let mut client = BasicClient::new(ClientId::new(integration.client_id.clone()))
+        .set_token_uri(TokenUrl::from_url(token_url))
+        .set_auth_type(match spec.client_auth {
+            ClientAuth::BasicAuthHeader => AuthType::BasicAuth,
+            ClientAuth::RequestBody => AuthType::RequestBody,
+        });
+    if let Some(secret) = &integration.client_secret {
+        use secrecy::ExposeSecret;
+        client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
+    }
+    let captured: Arc<Mutex<Option<Result<RawResponse, TokenError>>>> = Arc::default();
+    let sender = Sender { http: http.clone(), json_body: spec.token_body_content_type == BodyContentType::Json, captured: captured.clone() };
+    let send = |req: HttpRequest| sender.send(req);
+    // oauth2's own parse of the body is ignored: the raw answer is read below,
+    // with the provider's quirks (Slack envelopes, string expiries, errors in 200s).
+    let _ = match grant {
+        Grant::Code { code, redirect_uri, pkce_verifier } => {
+            let redirect = RedirectUrl::new(redirect_uri.to_owned()).map_err(|e| TokenError::Config(e.to_string()))?;
+            let mut req = client.set_redirect_uri(redirect).exchange_code(AuthorizationCode::new(code.to_owned()));
+            if let Some(v) = pkce_verifier {
+                req = req.set_pkce_verifier(PkceCodeVerifier::new(v.expose().to_owned()));
+            }
+            req.request_async(&send).await.map(|_| ())
+        }
+        Grant::Refresh { refresh_token, scopes: _ } => {
+            let token = RefreshToken::new(refresh_token.expose().to_owned());
+            client.exchange_refresh_token(&token).request_async(&send).await.map(|_| ())
+        }
+    };
+    let raw = captured
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or_else(|| Err(TokenError::Config("the token request could not be built".into())))?;
+    classify(spec, &raw)
+}
+
+/// Sends oauth2's request with our client and keeps a copy of the answer.
+struct Sender {
+    http: reqwest::Client,
+    json_body: bool,
+    captured: Arc<Mutex<Option<Result<RawResponse, TokenError>>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("token endpoint request failed")]
+struct SendFailed;
+
+impl Sender {
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, SendFailed> {
+        let result = self.round_trip(request).await;
+        let response = match &result {
+            Ok(raw) => {
+                let mut builder = http::Response::builder().status(raw.status);
+                if let Some(ct) = &raw.content_type {
+                    builder = builder.header(http::header::CONTENT_TYPE, ct.as_str());
+                }
+                builder.body(raw.body.clone()).map_err(|_| SendFailed)
+            }
+            Err(_) => Err(SendFailed),
+        };
+        *self.captured.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        response
+    }
+
+    async fn round_trip(&self, request: HttpRequest) -> Result<RawResponse, TokenError> {
+        let (parts, body) = request.into_parts();
+        let mut builder = self.http.request(parts.method, parts.uri.to_string());
+        for (name, value) in &parts.headers {
+            if self.json_body && name == http::header::CONTENT_TYPE {
+                continue;
+            }
+            builder = builder.header(name, value);
+        }
+        builder = if self.json_body {
+            // Some providers take the same fields as a JSON object.
+            let fields: serde_json::Map<String, serde_json::Value> = form_urlencoded::parse(&body)
+                .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
+                .collect();
+            builder.json(&fields)
+        } else {
+            builder.body(body)
+        };
+        let started = std::time::Instant::now();
+        let response = builder.send().await.map_err(|e| TokenError::Transient {
+            reason: if e.is_timeout() { "timeout".into() } else { "connection_error".into() },
+            retry_after: None,
+            status: None,
+        })?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = response.bytes().await.map_err(|e| TokenError::Transient {
+            reason: if e.is_timeout() { "timeout".into() } else { "connection_error".into() },
+            retry_after: None,
+            status: Some(status),
+        })?;
+        tracing::debug!(status, elapsed_ms = started.elapsed().as_millis() as u64, "token endpoint answered");
+        Ok(RawResponse { status, retry_after, content_type, body: body.to_vec() })
+    }
+}
+
+/// Revokes a token at the provider (RFC 7009). Failures are reported, not fatal.
+pub async fn revoke(http: &reqwest::Client, integration: &Integration, spec: &ProviderSpec, token: &Secret, hint: &str) -> Result<(), String> {
+    let urls = integration.urls().map_err(|e| e.to_string())?;
+    let Some(url) = urls.revocation_url else { return Ok(()) };
+    let mut form = vec![("token", token.expose().to_owned()), ("token_type_hint", hint.to_owned())];
+    let mut request = http.post(url);
+    match (spec.client_auth, &integration.client_secret) {
+        (ClientAuth::BasicAuthHeader, Some(secret)) => {
+            use secrecy::ExposeSecret;
+            request = request.basic_auth(&integration.client_id, Some(secret.expose_secret()));
+        }
+        (_, secret) => {
+            form.push(("client_id", integration.client_id.clone()));
+            if let Some(secret) = secret {
+                use secrecy::ExposeSecret;
+                form.push(("client_secret", secret.expose_secret().to_owned()));
+            }
+        }
+    }
+    let response = request.form(&form).send().await.map_err(|e| format!("revocation request failed: {}", e.without_url()))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("revocation answered HTTP {}", response.status().as_u16()))
+    }
+}
