@@ -172,19 +172,37 @@ impl Rig {
         }
     }
 
-    /// Stops consumers and deletes every queue of this test, over a direct connection
-    /// (the rig's own may go through a proxy).
+    /// Stops the consumer, waits for it, and deletes the queues (see `Drop`).
     async fn finish(self, consumer: Option<JoinHandle<Result<(), pipes_workers::ConsumerError>>>) -> Result<()> {
         self.cancel.cancel();
         if let Some(consumer) = consumer {
             tokio::time::timeout(Duration::from_secs(15), consumer).await.context("consumer did not stop")???;
         }
-        let direct = Broker::connect(&amqp_url(AMQP_ADDR), "pipes-tests-cleanup").await?;
-        let channel = direct.channel().await?;
-        for name in self.topology.queue_names() {
-            channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await?;
-        }
         Ok(())
+    }
+}
+
+impl Drop for Rig {
+    /// Deletes this test's queues even when an assertion failed, over a direct connection
+    /// (the rig's own may run through a cut proxy) on a thread of its own, because the
+    /// test's runtime may be unwinding.
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        let names = self.topology.queue_names();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let direct = Broker::connect(&amqp_url(AMQP_ADDR), "pipes-tests-cleanup").await?;
+                let channel = direct.channel().await?;
+                for name in names {
+                    channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await?;
+                }
+                anyhow::Ok(())
+            })
+        });
+        if let Ok(Err(error)) = cleanup.join() {
+            eprintln!("queue cleanup failed: {error:#}");
+        }
     }
 }
 

@@ -1,11 +1,12 @@
 //! The supervised broker connection.
 //!
 //! lapin's auto-recovery reconnects and replays channels, queues, QoS and consumers after
-//! a network failure, retrying on a short backoff. When it gives up (the broker stayed
-//! away longer than its retry budget) the connection is dead for good, so a supervisor
-//! task opens a fresh one; publishers and consumers notice the new generation and open
-//! new channels. Either way a working channel is available again within about two
-//! seconds of the broker coming back.
+//! a network blip. It is not enough on its own: it gives up after its retry budget, and
+//! a recovery attempt can stall in the handshake for many seconds. So when the
+//! connection has been down for longer than a short grace period, a supervisor task
+//! also tries a fresh connection and, if that works first, swaps it in under a new
+//! generation number; publishers and consumers notice and open new channels. Either way
+//! a working channel is available again a second or two after the broker comes back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,9 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the supervisor looks at the connection.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
-/// A connection that has not been usable for this long is replaced even if lapin still
-/// claims to be recovering it, so a stuck recovery cannot keep workers idle forever.
-const STUCK_AFTER: Duration = Duration::from_secs(30);
+/// How long lapin's own recovery has before the supervisor races it with a fresh connection.
+const RECOVERY_GRACE: Duration = Duration::from_secs(2);
+/// Limit for one fresh connection attempt (lapin retries inside it), so a handshake that
+/// stalls cannot stall the supervisor.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors from the connection layer.
 #[derive(Debug, thiserror::Error)]
@@ -149,20 +152,24 @@ async fn supervise(shared: Arc<Shared>, stop: CancellationToken) {
             () = tokio::time::sleep(SUPERVISE_EVERY) => {}
         }
         let current = shared.current.borrow().clone();
-        let status = current.connection.status();
-        if status.connected() {
+        if current.connection.status().connected() {
             down_since = None;
             continue;
         }
-        let since = *down_since.get_or_insert_with(Instant::now);
-        let recovering = status.reconnecting() || status.connecting();
-        if recovering && since.elapsed() < STUCK_AFTER {
+        if down_since.get_or_insert_with(Instant::now).elapsed() < RECOVERY_GRACE {
             continue;
         }
-        tracing::warn!(connection = %shared.name, "broker connection lost for good, opening a new one");
-        match open(&shared.url, &shared.name).await {
-            Ok(connection) => {
-                // Drop of the old Connection closes it if it is still half alive.
+        let attempt = tokio::select! {
+            () = stop.cancelled() => return,
+            attempt = tokio::time::timeout(CONNECT_TIMEOUT, open(&shared.url, &shared.name)) => attempt,
+        };
+        match attempt {
+            // lapin recovered the old one meanwhile: keep it (channels and consumers on
+            // it are intact) and let the new one close on drop.
+            Ok(Ok(_)) if current.connection.status().connected() => down_since = None,
+            Ok(Ok(connection)) => {
+                // The old connection closes once the last channel on it is dropped;
+                // publishers and consumers drop theirs when they see the new generation.
                 shared.current.send_replace(Current {
                     generation: current.generation + 1,
                     connection: Arc::new(connection),
@@ -170,9 +177,8 @@ async fn supervise(shared: Arc<Shared>, stop: CancellationToken) {
                 down_since = None;
                 tracing::info!(connection = %shared.name, "broker connection re-established");
             }
-            Err(error) => {
-                tracing::debug!(connection = %shared.name, %error, "broker still unreachable");
-            }
+            Ok(Err(error)) => tracing::debug!(connection = %shared.name, %error, "broker still unreachable"),
+            Err(_) => tracing::debug!(connection = %shared.name, "connecting to the broker timed out"),
         }
     }
 }

@@ -140,7 +140,13 @@ pub async fn run_consumer<H: Handler>(
         let (channel, consumer) = match start_session(&broker, &runtime, concurrency).await {
             Ok(session) => session,
             Err(error) => {
-                tracing::debug!(queue = %runtime.work_queue, error = %error, "consumer not started yet");
+                // An outage is expected and brief; anything else (a queue declared with
+                // other arguments, missing permissions) needs an operator, so say so loudly.
+                if let SessionError::Broker(BrokerError::Unavailable) = error {
+                    tracing::debug!(queue = %runtime.work_queue, "broker unavailable, consumer waiting");
+                } else {
+                    tracing::warn!(queue = %runtime.work_queue, error = %error, "cannot start consuming, retrying");
+                }
                 tokio::select! {
                     () = cancel.cancelled() => break,
                     () = tokio::time::sleep(RESTART_DELAY) => continue,
