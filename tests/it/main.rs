@@ -1,6 +1,7 @@
 //! The one integration-test binary: every test talks to real PostgreSQL, Redis and RabbitMQ.
 
-mod foundation;
-mod support;
 mod catalog;
 mod demo_provider;
+mod foundation;
+mod queue;
+mod support;
