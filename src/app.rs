@@ -13,6 +13,8 @@ use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, 
 use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::KeyVerifier;
+use crate::cache::TokenCache;
+use crate::refresh::Refresher;
 use crate::config::Config;
 use crate::crypto::KeyRing;
 use crate::redis_conn::Redis;
@@ -34,6 +36,10 @@ pub struct AppState {
     /// Outbound HTTP to providers: never follows redirects.
     pub http: reqwest::Client,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The Redis token cache (every account write updates it).
+    pub cache: TokenCache,
+    /// The per-account single flight for refreshes.
+    pub refresher: Refresher,
     pub cancel: CancellationToken,
 }
 
@@ -47,7 +53,11 @@ impl AppState {
         let db = crate::db::pool(&config.database_url, 20)?;
         let redis = Redis::start(&config.redis_url, &config.redis_prefix, config.redis_timeout, cancel.clone())?;
         let http = provider_http_client(config.provider_timeout)?;
+        let cache = TokenCache::new(redis.clone(), config.encryption_keys.clone(), config.min_validity);
+        let refresher = Refresher::new(db.clone(), config.encryption_keys.clone(), http.clone(), cache.clone(), &config);
         Ok(AppState {
+            cache,
+            refresher,
             keys: KeyVerifier::new(db.clone()),
             config: Arc::new(config),
             db,

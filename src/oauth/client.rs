@@ -88,21 +88,21 @@ pub async fn request_token(
     }
     let captured: Arc<Mutex<Option<Result<RawResponse, TokenError>>>> = Arc::default();
     let sender = Sender { http: http.clone(), json_body: spec.token_body_content_type == BodyContentType::Json, captured: captured.clone() };
-    let send = |req: HttpRequest| sender.send(req);
     // oauth2's own parse of the body is ignored: the raw answer is read below,
     // with the provider's quirks (Slack envelopes, string expiries, errors in 200s).
     let _ = match grant {
         Grant::Code { code, redirect_uri, pkce_verifier } => {
             let redirect = RedirectUrl::new(redirect_uri.to_owned()).map_err(|e| TokenError::Config(e.to_string()))?;
-            let mut req = client.set_redirect_uri(redirect).exchange_code(AuthorizationCode::new(code.to_owned()));
+            let client = client.set_redirect_uri(redirect);
+            let mut req = client.exchange_code(AuthorizationCode::new(code.to_owned()));
             if let Some(v) = pkce_verifier {
                 req = req.set_pkce_verifier(PkceCodeVerifier::new(v.expose().to_owned()));
             }
-            req.request_async(&send).await.map(|_| ())
+            req.request_async(&sender).await.map(|_| ())
         }
         Grant::Refresh { refresh_token, scopes: _ } => {
             let token = RefreshToken::new(refresh_token.expose().to_owned());
-            client.exchange_refresh_token(&token).request_async(&send).await.map(|_| ())
+            client.exchange_refresh_token(&token).request_async(&sender).await.map(|_| ())
         }
     };
     let raw = captured
@@ -123,6 +123,17 @@ struct Sender {
 #[derive(Debug, thiserror::Error)]
 #[error("token endpoint request failed")]
 struct SendFailed;
+
+// A named future type (rather than a closure) keeps the request future `Send`
+// for every lifetime, which axum handlers and spawned tasks need.
+impl<'c> oauth2::AsyncHttpClient<'c> for Sender {
+    type Error = SendFailed;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, SendFailed>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(self.send(request))
+    }
+}
 
 impl Sender {
     async fn send(&self, request: HttpRequest) -> Result<HttpResponse, SendFailed> {

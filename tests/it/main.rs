@@ -4,4 +4,5 @@ mod catalog;
 mod demo_provider;
 mod foundation;
 mod queue;
+mod refresh_core;
 mod support;

@@ -1,4 +1,5 @@
-//! Shared test helpers: a running app per test, a TCP proxy for fault tests.
+//! Shared test helpers: a running app per test, fixtures, a TCP proxy for fault tests.
 
 pub mod app;
+pub mod fixtures;
 pub mod proxy;

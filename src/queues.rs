@@ -1,0 +1,41 @@
+//! The queues of Pipes and their job payloads. Payloads are tagged, versioned
+//! and carry ids only — never a token.
+
+use pipes_workers::{QueueSpec, Topology};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+pub const REFRESH: &str = "refresh";
+pub const WEBHOOKS: &str = "webhooks";
+
+/// Redeliveries (e.g. consumers dying mid-job) before the broker dead-letters a
+/// message. Set explicitly: newer brokers default it and silently drop.
+const DELIVERY_LIMIT: u32 = 20;
+
+/// Both work queues with their delay steps, under `PIPES_QUEUE_PREFIX`.
+pub fn topology(config: &Config) -> Topology {
+    Topology {
+        prefix: config.queue_prefix.clone(),
+        queues: vec![
+            QueueSpec { name: REFRESH.to_owned(), retry_delays: config.refresh_retry_delays.clone(), delivery_limit: DELIVERY_LIMIT },
+            QueueSpec { name: WEBHOOKS.to_owned(), retry_delays: config.webhook_retry_delays.clone(), delivery_limit: DELIVERY_LIMIT },
+        ],
+    }
+}
+
+/// A refresh job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum RefreshJob {
+    #[serde(rename = "refresh.v1")]
+    V1 { account_id: String, integration_id: String },
+}
+
+/// A webhook delivery job: one event to one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum DeliveryJob {
+    #[serde(rename = "webhook_delivery.v1")]
+    V1 { delivery_id: String },
+}
