@@ -2,6 +2,7 @@
 
 mod api_keys;
 mod keys;
+mod status;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,16 @@ pub enum Command {
     /// Encryption keys: generate one, re-encrypt everything under the newest.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Due tokens, queue depths, failures, invalid integrations, roles alive.
+    Status {
+        /// The same fields as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Imports connected accounts from a JSON-lines file (one account per line).
+    Import {
+        file: std::path::PathBuf,
+    },
 }
 
 /// Loads the configuration: the file first, then the environment.
@@ -90,5 +101,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ApiKeys(cmd) => api_keys::run(&config, cmd).await,
         Command::Keys(cmd) => keys::run(&config, cmd).await,
+        Command::Status { json } => status::run(&config, json).await,
+        Command::Import { file } => import(config, &file, cancel).await,
     }
+}
+
+async fn import(config: Config, file: &std::path::Path, cancel: CancellationToken) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let state = crate::app::AppState::new(config, cancel.clone())?;
+    state.redis.wait_connected(std::time::Duration::from_secs(2)).await;
+    let bar = indicatif::ProgressBar::new(text.lines().count() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} importing [{bar:40}] {pos}/{len} ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = crate::import::import_lines(&state, &text, || bar.inc(1)).await?;
+    bar.finish();
+    for (line, problem) in &report.rejected {
+        eprintln!("line {line}: {problem}");
+    }
+    println!("imported {} account(s), rejected {}", report.imported, report.rejected.len());
+    cancel.cancel();
+    anyhow::ensure!(report.rejected.is_empty(), "{} line(s) were rejected", report.rejected.len());
+    Ok(())
 }
