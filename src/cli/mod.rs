@@ -4,6 +4,8 @@ mod api_keys;
 mod keys;
 mod status;
 
+pub use status::render as render_status;
+
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
