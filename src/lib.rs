@@ -12,6 +12,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod demo_provider;
+pub mod demo_setup;
 pub mod error;
 pub mod events;
 pub mod ids;

@@ -34,6 +34,9 @@ pub enum Command {
     Dev,
     /// Applies database migrations.
     Migrate,
+    /// Runs the built-in demo OAuth provider (and registers the `demo` integration).
+    #[command(name = "demo-provider")]
+    DemoProvider,
     /// API keys for the backend (`admin` or `tokens`).
     #[command(subcommand, name = "api-keys")]
     ApiKeys(api_keys::ApiKeysCommand),
@@ -73,11 +76,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let dev = matches!(cli.command, Command::Dev);
     let config = match load_config(&cli) {
         Ok(config) => config,
-        Err(err) if dev && std::env::var_os("PIPES_ENCRYPTION_KEYS").is_none() => {
-            let _ = err;
-            let key = crate::crypto::KeyRing::generate_key_text("dev");
-            eprintln!("WARNING: PIPES_ENCRYPTION_KEYS is not set; `pipes dev` generated a throw-away development key.");
-            eprintln!("WARNING: data encrypted under it cannot be read after this process exits. Never use this in production.");
+        Err(_) if dev && std::env::var_os("PIPES_ENCRYPTION_KEYS").is_none() => {
+            let key = dev_key()?;
             std::env::set_var("PIPES_ENCRYPTION_KEYS", key);
             load_config(&cli)?
         }
@@ -91,11 +91,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler => roles::run(config, RoleSet { serve: false, scheduler: true, worker: false }, cancel).await,
         Command::Worker => roles::run(config, RoleSet { serve: false, scheduler: false, worker: true }, cancel).await,
         Command::Dev => {
+            crate::db::ensure_database(&config.database_url).await?;
             let db = crate::db::pool(&config.database_url, 2)?;
             crate::db::migrate(&db).await?;
-            roles::run(config, RoleSet { serve: true, scheduler: true, worker: true }, cancel).await
+            crate::demo_setup::ensure_integration(&db, &config).await?;
+            let demo = {
+                let config = config.clone();
+                let cancel = cancel.clone();
+                tokio::spawn(async move { crate::demo_setup::run_provider(&config, cancel).await })
+            };
+            roles::run(config, RoleSet { serve: true, scheduler: true, worker: true }, cancel).await?;
+            demo.await??;
+            Ok(())
+        }
+        Command::DemoProvider => {
+            let db = crate::db::pool(&config.database_url, 2)?;
+            if let Err(err) = crate::demo_setup::ensure_integration(&db, &config).await {
+                tracing::warn!(error = %err, "could not register the demo integration (run `pipes migrate` first)");
+            }
+            crate::demo_setup::run_provider(&config, cancel).await
         }
         Command::Migrate => {
+            crate::db::ensure_database(&config.database_url).await?;
             let db = crate::db::pool(&config.database_url, 2)?;
             crate::db::migrate(&db).await?;
             println!("migrations applied");
@@ -127,4 +144,39 @@ async fn import(config: Config, file: &std::path::Path, cancel: CancellationToke
     cancel.cancel();
     anyhow::ensure!(report.rejected.is_empty(), "{} line(s) were rejected", report.rejected.len());
     Ok(())
+}
+
+/// A development key for `pipes dev`, generated once and kept in a file so a
+/// restart can still read what the last run stored. Loudly not for production.
+fn dev_key() -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let path = match std::env::var_os("PIPES_DEV_KEY_FILE") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => {
+            let base = std::env::var_os("XDG_DATA_HOME")
+                .map(std::path::PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/share")))
+                .unwrap_or_else(std::env::temp_dir);
+            base.join("pipes").join("dev-encryption-key")
+        }
+    };
+    let key = match std::fs::read_to_string(&path) {
+        Ok(text) if crate::crypto::KeyRing::parse(text.trim()).is_ok() => text.trim().to_owned(),
+        _ => {
+            let key = crate::crypto::KeyRing::generate_key_text("dev");
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::write(&path, &key).with_context(|| format!("writing {}", path.display()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+            }
+            key
+        }
+    };
+    eprintln!("WARNING: PIPES_ENCRYPTION_KEYS is not set; `pipes dev` uses a development key kept in {}.", path.display());
+    eprintln!("WARNING: never use it in production: set PIPES_ENCRYPTION_KEYS (see `pipes keys generate`).");
+    Ok(key)
 }
