@@ -1,6 +1,7 @@
 //! The `pipes` command line (DESIGN §6): the roles and the admin commands.
 
 mod api_keys;
+mod integrations;
 mod keys;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,14 @@ pub enum Command {
     /// Encryption keys: generate one, re-encrypt everything under the newest.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Integrations: provider configurations with the application's OAuth credentials.
+    #[command(subcommand)]
+    Integrations(integrations::IntegrationsCommand),
+    /// Lists the built-in provider catalog.
+    Providers {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Loads the configuration: the file first, then the environment.
@@ -56,6 +65,9 @@ pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Keys(keys::KeysCommand::Generate { id }) = &cli.command {
         return keys::generate(id.as_deref());
+    }
+    if let Command::Providers { json } = &cli.command {
+        return integrations::providers(*json);
     }
     let dev = matches!(cli.command, Command::Dev);
     let config = match load_config(&cli) {
@@ -90,5 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ApiKeys(cmd) => api_keys::run(&config, cmd).await,
         Command::Keys(cmd) => keys::run(&config, cmd).await,
+        Command::Integrations(cmd) => integrations::run(&config, cmd).await,
+        Command::Providers { json } => integrations::providers(json),
     }
 }
