@@ -1,8 +1,12 @@
 //! The one integration-test binary: every test talks to real PostgreSQL, Redis and RabbitMQ.
 
+mod auth;
 mod catalog;
+mod connect;
+mod connected_accounts;
 mod demo_provider;
 mod foundation;
+mod integrations;
 mod queue;
 mod refresh_core;
 mod support;
