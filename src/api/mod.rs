@@ -1,7 +1,10 @@
 //! The HTTP API (DESIGN §3): one file per resource, assembled here.
 
+pub mod connect;
+pub mod connected_accounts;
 pub mod extract;
 pub mod health;
+pub mod integrations;
 pub mod openapi;
 
 use axum::response::{IntoResponse, Response};
@@ -12,7 +15,12 @@ use crate::error::ApiError;
 
 /// Every route of `pipes serve`.
 pub fn routes() -> Router<AppState> {
-    Router::new().merge(health::routes()).merge(openapi::routes())
+    Router::new()
+        .merge(health::routes())
+        .merge(openapi::routes())
+        .merge(integrations::routes())
+        .merge(connect::routes())
+        .merge(connected_accounts::routes())
 }
 
 pub async fn not_found() -> Response {

@@ -11,7 +11,23 @@ use crate::app::AppState;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Pipes", description = "Connected accounts with always-fresh OAuth access tokens."),
-    paths(super::health::live, super::health::ready, super::health::metrics),
+    paths(
+        super::health::live,
+        super::health::ready,
+        super::health::metrics,
+        super::integrations::list,
+        super::integrations::create,
+        super::integrations::show,
+        super::integrations::update,
+        super::integrations::remove,
+        super::connect::authorize,
+        super::connect::callback,
+        super::connected_accounts::show,
+        super::connected_accounts::import,
+        super::connected_accounts::replace,
+        super::connected_accounts::disconnect,
+        super::connected_accounts::data_providers,
+    ),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -1,0 +1,343 @@
+//! Connected accounts (DESIGN §3.3):
+//! `GET|POST|PUT|DELETE /user_management/users/{user_id}/connected_accounts/{slug}?organization_id=…`
+//! and `GET /user_management/users/{user_id}/data_providers?organization_id=…`.
+//! Every write updates the token cache; tokens never appear in a response.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::api::connect::check_owner_id;
+use crate::api::extract::{ApiJson, ApiQuery};
+use crate::api::integrations::find;
+use crate::app::AppState;
+use crate::auth::AdminKey;
+use crate::error::{ApiError, ApiResult, FieldError};
+use crate::events::{self, EventKind};
+use crate::oauth::client;
+use crate::secret::Secret;
+use crate::store::accounts::{self, Account, AccountError, AccountState, TokenSet, WriteMode};
+use crate::store::integrations::Integration;
+use crate::time::rfc3339;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/user_management/users/{user_id}/connected_accounts/{slug}",
+            get(show).post(import).put(replace).delete(disconnect),
+        )
+        .route("/user_management/users/{user_id}/data_providers", get(data_providers))
+}
+
+/// A ConnectedAccount. Tokens never appear in it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConnectedAccountView {
+    pub object: &'static str,
+    pub id: String,
+    pub user_id: String,
+    pub organization_id: Option<String>,
+    pub scopes: Vec<String>,
+    pub auth_method: &'static str,
+    /// `connected`, `needs_reauthorization` or `disconnected`.
+    pub state: &'static str,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+pub fn view(a: &Account) -> ConnectedAccountView {
+    ConnectedAccountView {
+        object: "connected_account",
+        id: a.id.clone(),
+        user_id: a.user_id.clone(),
+        organization_id: a.organization_id.clone(),
+        scopes: a.scopes.clone(),
+        auth_method: "oauth",
+        state: a.state.as_str(),
+        created_at: rfc3339(a.created_at),
+        updated_at: rfc3339(a.updated_at),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct OwnerQuery {
+    /// Absent or empty: the user's account outside any organization.
+    pub organization_id: Option<String>,
+}
+
+/// The owner from the path and query, checked.
+fn owner(user_id: &str, q: OwnerQuery) -> ApiResult<Option<String>> {
+    let mut errors = Vec::new();
+    check_owner_id("user_id", user_id, &mut errors);
+    let org = q.organization_id.filter(|o| !o.is_empty());
+    if let Some(o) = &org {
+        check_owner_id("organization_id", o, &mut errors);
+    }
+    if errors.is_empty() { Ok(org) } else { Err(ApiError::invalid(errors)) }
+}
+
+fn account_error(err: AccountError) -> ApiError {
+    match err {
+        AccountError::Exists => ApiError::conflict("A connected account already exists for this user and integration."),
+        AccountError::Db(e) => e.into(),
+        other => ApiError::internal(other),
+    }
+}
+
+fn not_connected(slug: &str) -> ApiError {
+    ApiError::not_found("connected_account_not_found", format!("This user has no connected account for `{slug}`."))
+}
+
+#[utoipa::path(get, path = "/user_management/users/{user_id}/connected_accounts/{slug}", tag = "connected_accounts",
+    params(("user_id" = String, Path), ("slug" = String, Path), OwnerQuery), security(("api_key" = [])),
+    responses((status = 200, body = ConnectedAccountView), (status = 404, description = "No integration or no account")))]
+pub async fn show(
+    _: AdminKey,
+    State(state): State<AppState>,
+    Path((user_id, slug)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<OwnerQuery>,
+) -> ApiResult<Json<ConnectedAccountView>> {
+    let org = owner(&user_id, q)?;
+    let integration = find(&state, &slug).await?;
+    let account = accounts::find_for_owner(&state.db, state.keyring(), &integration.id, &user_id, org.as_deref())
+        .await
+        .map_err(account_error)?
+        .ok_or_else(|| not_connected(&slug))?;
+    Ok(Json(view(&account)))
+}
+
+/// Tokens from another system (POST) or after an out-of-band reauthorization (PUT).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct TokensBody {
+    #[schema(value_type = String)]
+    pub access_token: Option<Secret>,
+    #[schema(value_type = Option<String>)]
+    pub refresh_token: Option<Secret>,
+    /// RFC 3339; absent for a token that does not expire.
+    pub expires_at: Option<String>,
+    /// Granted scopes; default: the integration's.
+    pub scopes: Option<Vec<String>>,
+    /// `connected` (default) or `needs_reauthorization`.
+    pub state: Option<String>,
+}
+
+fn parse_tokens(body: TokensBody, integration: &Integration) -> ApiResult<(TokenSet, AccountState)> {
+    let mut errors = Vec::new();
+    let access = match body.access_token {
+        Some(t) if !t.expose().is_empty() && t.expose().len() <= 16_384 => Some(t),
+        Some(_) => {
+            errors.push(FieldError::new("access_token", "invalid", "The access token must be 1-16384 characters."));
+            None
+        }
+        None => {
+            errors.push(FieldError::new("access_token", "required", "access_token is required."));
+            None
+        }
+    };
+    let refresh = body.refresh_token.filter(|t| !t.expose().is_empty());
+    if refresh.as_ref().is_some_and(|t| t.expose().len() > 16_384) {
+        errors.push(FieldError::new("refresh_token", "invalid", "The refresh token must be at most 16384 characters."));
+    }
+    let expires_at = match body.expires_at.as_deref().filter(|e| !e.is_empty()) {
+        None => None,
+        Some(e) => match DateTime::parse_from_rfc3339(e) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(_) => {
+                errors.push(FieldError::new("expires_at", "invalid", "expires_at must be an RFC 3339 timestamp."));
+                None
+            }
+        },
+    };
+    let scopes = body.scopes.unwrap_or_else(|| integration.scopes.clone());
+    if scopes.len() > 100 || scopes.iter().any(|s| s.is_empty() || s.len() > 200 || s.chars().any(char::is_whitespace)) {
+        errors.push(FieldError::new("scopes", "invalid", "At most 100 scopes of 1-200 characters without spaces."));
+    }
+    let account_state = match body.state.as_deref() {
+        None | Some("connected") => AccountState::Connected,
+        Some("needs_reauthorization") => AccountState::NeedsReauthorization,
+        Some(_) => {
+            errors.push(FieldError::new("state", "invalid", "state must be connected or needs_reauthorization."));
+            AccountState::Connected
+        }
+    };
+    match access {
+        Some(access_token) if errors.is_empty() => {
+            Ok((TokenSet { access_token, refresh_token: refresh, expires_at, scopes }, account_state))
+        }
+        _ => Err(ApiError::invalid(errors)),
+    }
+}
+
+/// Writes tokens for an owner, with a `connected` event when the account became connected.
+async fn write(state: &AppState, slug: &str, user_id: &str, q: OwnerQuery, body: TokensBody, mode: WriteMode) -> ApiResult<Account> {
+    let org = owner(user_id, q)?;
+    let integration = find(state, slug).await?;
+    let (tokens, account_state) = parse_tokens(body, &integration)?;
+    let now = Utc::now();
+    let refresh_at = match account_state {
+        AccountState::Connected => state.refresher.schedule(&integration, now, tokens.expires_at, tokens.refresh_token.is_some()),
+        _ => None,
+    };
+    let mut tx = state.db.begin().await?;
+    let before = accounts::find_for_owner(&mut *tx, state.keyring(), &integration.id, user_id, org.as_deref())
+        .await
+        .map_err(account_error)?
+        .map(|a| a.state);
+    let account = accounts::write_tokens(&mut tx, state.keyring(), mode, &integration.id, user_id, org.as_deref(), &tokens, refresh_at, account_state)
+        .await
+        .map_err(account_error)?
+        .ok_or_else(|| not_connected(slug))?;
+    if account.state == AccountState::Connected && before != Some(AccountState::Connected) {
+        let data = events::account_data(&account, &integration, AccountState::Connected.as_str());
+        events::emit(&mut tx, EventKind::Connected, &data).await?;
+    }
+    tx.commit().await?;
+    // `put` tombstones instead when the account is not connected or the token is not fresh.
+    state.cache.put(&account, &integration, now).await;
+    Ok(account)
+}
+
+#[utoipa::path(post, path = "/user_management/users/{user_id}/connected_accounts/{slug}", tag = "connected_accounts",
+    params(("user_id" = String, Path), ("slug" = String, Path), OwnerQuery), request_body = TokensBody, security(("api_key" = [])),
+    responses((status = 201, body = ConnectedAccountView), (status = 409, description = "An account exists"), (status = 422, description = "Field errors")))]
+pub async fn import(
+    _: AdminKey,
+    State(state): State<AppState>,
+    Path((user_id, slug)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<OwnerQuery>,
+    ApiJson(body): ApiJson<TokensBody>,
+) -> ApiResult<Response> {
+    let account = write(&state, &slug, &user_id, q, body, WriteMode::InsertOnly).await?;
+    Ok((StatusCode::CREATED, Json(view(&account))).into_response())
+}
+
+#[utoipa::path(put, path = "/user_management/users/{user_id}/connected_accounts/{slug}", tag = "connected_accounts",
+    params(("user_id" = String, Path), ("slug" = String, Path), OwnerQuery), request_body = TokensBody, security(("api_key" = [])),
+    responses((status = 200, body = ConnectedAccountView), (status = 404, description = "No account"), (status = 422, description = "Field errors")))]
+pub async fn replace(
+    _: AdminKey,
+    State(state): State<AppState>,
+    Path((user_id, slug)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<OwnerQuery>,
+    ApiJson(body): ApiJson<TokensBody>,
+) -> ApiResult<Json<ConnectedAccountView>> {
+    let account = write(&state, &slug, &user_id, q, body, WriteMode::UpdateOnly).await?;
+    Ok(Json(view(&account)))
+}
+
+#[utoipa::path(delete, path = "/user_management/users/{user_id}/connected_accounts/{slug}", tag = "connected_accounts",
+    params(("user_id" = String, Path), ("slug" = String, Path), OwnerQuery), security(("api_key" = [])),
+    responses((status = 204, description = "Disconnected: tokens revoked where possible, removed, cache dropped"), (status = 404, description = "No account")))]
+pub async fn disconnect(
+    _: AdminKey,
+    State(state): State<AppState>,
+    Path((user_id, slug)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<OwnerQuery>,
+) -> ApiResult<StatusCode> {
+    let org = owner(&user_id, q)?;
+    let integration = find(&state, &slug).await?;
+    let mut tx = state.db.begin().await?;
+    let existing = accounts::find_for_owner(&mut *tx, state.keyring(), &integration.id, &user_id, org.as_deref())
+        .await
+        .map_err(account_error)?
+        .ok_or_else(|| not_connected(&slug))?;
+    let gone = accounts::delete(&mut tx, state.keyring(), &existing.id).await.map_err(account_error)?.ok_or_else(|| not_connected(&slug))?;
+    let data = events::account_data(&gone, &integration, AccountState::Disconnected.as_str());
+    events::emit(&mut tx, EventKind::Disconnected, &data).await?;
+    tx.commit().await?;
+    state.cache.tombstone(&integration.slug, &gone.user_id, gone.organization_id.as_deref(), gone.token_version).await;
+    // Revoke after the delete, so no stored row ever holds a revoked token. Revoking the
+    // refresh token ends the whole grant at most providers (RFC 7009 §2.1).
+    let token = gone.refresh_token.as_ref().map(|t| (t, "refresh_token")).or(gone.access_token.as_ref().map(|t| (t, "access_token")));
+    if let (Some((token, hint)), Ok(spec)) = (token, integration.spec()) {
+        if let Err(reason) = client::revoke(&state.http, &integration, &spec, token, hint).await {
+            tracing::warn!(account_id = %gone.id, integration = %slug, %reason, "token revocation failed; the account is disconnected anyway");
+        }
+    }
+    tracing::info!(account_id = %gone.id, integration = %slug, "account disconnected");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DataProviderView {
+    pub object: &'static str,
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub slug: String,
+    pub integration_type: String,
+    pub credentials_type: &'static str,
+    pub auth_methods: Vec<&'static str>,
+    pub connection_owner: &'static str,
+    pub ownership: &'static str,
+    pub scopes: Vec<String>,
+    pub connected_account: Option<ConnectedAccountView>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DataProviderList {
+    pub object: &'static str,
+    pub data: Vec<DataProviderView>,
+}
+
+#[utoipa::path(get, path = "/user_management/users/{user_id}/data_providers", tag = "connected_accounts",
+    params(("user_id" = String, Path), OwnerQuery), security(("api_key" = [])),
+    responses((status = 200, body = DataProviderList, description = "Every enabled integration with this user's account for it")))]
+pub async fn data_providers(
+    _: AdminKey,
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    ApiQuery(q): ApiQuery<OwnerQuery>,
+) -> ApiResult<Json<DataProviderList>> {
+    let org = owner(&user_id, q)?;
+    let integrations = crate::provisioning::store::all(&state.db, state.keyring()).await?;
+    // Only non-secret columns: this listing never needs a token.
+    let rows = sqlx::query(
+        "SELECT id, integration_id, user_id, organization_id, state, scopes, created_at, updated_at
+         FROM connected_accounts WHERE user_id = $1 AND organization_id IS NOT DISTINCT FROM $2",
+    )
+    .bind(&user_id)
+    .bind(&org)
+    .fetch_all(&state.db)
+    .await?;
+    let account_of = |integration_id: &str| {
+        rows.iter().find(|r| r.get::<&str, _>("integration_id") == integration_id).map(|r| ConnectedAccountView {
+            object: "connected_account",
+            id: r.get("id"),
+            user_id: r.get("user_id"),
+            organization_id: r.get("organization_id"),
+            scopes: r.get("scopes"),
+            auth_method: "oauth",
+            state: AccountState::parse(r.get("state")).unwrap_or(AccountState::Disconnected).as_str(),
+            created_at: rfc3339(r.get("created_at")),
+            updated_at: rfc3339(r.get("updated_at")),
+        })
+    };
+    let data = integrations
+        .iter()
+        .filter(|i| i.enabled)
+        .map(|i| DataProviderView {
+            object: "data_provider",
+            id: i.id.clone(),
+            name: i.display_name(),
+            description: if i.description.is_empty() { i.spec().map(|s| s.description.clone()).unwrap_or_default() } else { i.description.clone() },
+            slug: i.slug.clone(),
+            integration_type: if i.custom_provider.is_some() { "custom".to_owned() } else { i.provider.clone() },
+            credentials_type: "oauth2",
+            auth_methods: vec!["oauth"],
+            connection_owner: "user",
+            ownership: "user",
+            scopes: i.scopes.clone(),
+            connected_account: account_of(&i.id),
+            created_at: rfc3339(i.created_at),
+            updated_at: rfc3339(i.updated_at),
+        })
+        .collect();
+    Ok(Json(DataProviderList { object: "list", data }))
+}

@@ -1,0 +1,247 @@
+//! Integrations admin API (DESIGN §3.4): `GET|POST /data-integrations`,
+//! `GET|PUT|DELETE /data-integrations/{slug}`. Validation lives in
+//! `crate::provisioning`, shared with `pipes integrations`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::api::extract::{ApiJson, ApiQuery};
+use crate::app::AppState;
+use crate::auth::AdminKey;
+use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
+use crate::provisioning::store::{self as writes, Cursor, Order, ProvisionError};
+use crate::provisioning::{self, CreateIntegration, UpdateIntegration};
+use crate::store::integrations::{self, Integration, IntegrationState};
+use crate::time::rfc3339;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/data-integrations", get(list).post(create))
+        .route("/data-integrations/{slug}", get(show).put(update).delete(remove))
+}
+
+/// `credentials` as shown: never the secret.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CredentialsView {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub client_id: String,
+    pub redacted_client_secret: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CustomProviderView {
+    pub name: String,
+    pub authorization_url: String,
+    pub token_url: String,
+    pub refresh_token_url: Option<String>,
+    pub revocation_url: Option<String>,
+    pub pkce_enabled: bool,
+    pub request_scope_separator: String,
+    pub scopes_required: bool,
+    pub client_secret_required: bool,
+    pub additional_authorization_parameters: BTreeMap<String, String>,
+    /// `form` or `json`.
+    pub token_body_content_type: String,
+    /// `request_body` or `basic_auth_header`.
+    pub authenticate_via: String,
+}
+
+/// A DataIntegration.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DataIntegrationView {
+    pub object: &'static str,
+    pub id: String,
+    pub slug: String,
+    /// The catalog provider, or `custom`.
+    pub integration_type: String,
+    pub ownership: &'static str,
+    pub description: String,
+    pub enabled: bool,
+    /// `valid`, or `invalid` after the provider refused the client credentials.
+    pub state: &'static str,
+    pub scopes: Vec<String>,
+    /// Register this at the provider.
+    pub redirect_uri: String,
+    pub auth_methods: Vec<&'static str>,
+    pub credentials: CredentialsView,
+    pub custom_provider: Option<CustomProviderView>,
+    /// The catalog provider's config values.
+    pub config: BTreeMap<String, String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn wire_name<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// The wire view of an integration (also what `pipes integrations show` prints).
+pub fn view(i: &Integration, config: &Config) -> DataIntegrationView {
+    DataIntegrationView {
+        object: "data_integration",
+        id: i.id.clone(),
+        slug: i.slug.clone(),
+        integration_type: if i.custom_provider.is_some() { "custom".to_owned() } else { i.provider.clone() },
+        ownership: "user",
+        description: i.description.clone(),
+        enabled: i.enabled,
+        state: match i.state {
+            IntegrationState::Valid => "valid",
+            IntegrationState::Invalid => "invalid",
+        },
+        scopes: i.scopes.clone(),
+        redirect_uri: config.redirect_uri(&i.slug),
+        auth_methods: vec!["oauth"],
+        credentials: CredentialsView { kind: "custom", client_id: i.client_id.clone(), redacted_client_secret: i.redacted_secret.clone() },
+        custom_provider: i.custom_provider.as_ref().map(|c| CustomProviderView {
+            name: c.name.clone(),
+            authorization_url: c.authorization_url.clone(),
+            token_url: c.token_url.clone(),
+            refresh_token_url: c.refresh_token_url.clone(),
+            revocation_url: c.revocation_url.clone(),
+            pkce_enabled: c.pkce_enabled,
+            request_scope_separator: c.request_scope_separator.clone(),
+            scopes_required: c.scopes_required,
+            client_secret_required: c.client_secret_required,
+            additional_authorization_parameters: c.additional_authorization_parameters.clone(),
+            token_body_content_type: wire_name(&c.token_body_content_type),
+            authenticate_via: wire_name(&c.authenticate_via),
+        }),
+        config: i.settings.clone(),
+        created_at: rfc3339(i.created_at),
+        updated_at: rfc3339(i.updated_at),
+    }
+}
+
+impl From<ProvisionError> for ApiError {
+    fn from(err: ProvisionError) -> Self {
+        match err {
+            ProvisionError::SlugTaken => ApiError::conflict("An integration with this slug already exists."),
+            ProvisionError::Db(e) => e.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// Loads an integration by slug or answers 404 `integration_not_found`.
+pub async fn find(state: &AppState, slug: &str) -> ApiResult<Integration> {
+    integrations::by_slug(&state.db, state.keyring(), slug)
+        .await
+        .map_err(|e| match e {
+            integrations::IntegrationError::Db(e) => ApiError::from(e),
+            other => ApiError::internal(other),
+        })?
+        .ok_or_else(|| ApiError::not_found("integration_not_found", format!("No integration `{slug}`.")))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// 1-100, default 10.
+    pub limit: Option<String>,
+    /// An integration id: the page before it.
+    pub before: Option<String>,
+    /// An integration id: the page after it.
+    pub after: Option<String>,
+    /// `desc` (default, newest first) or `asc`.
+    pub order: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ListMetadata {
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DataIntegrationList {
+    pub object: &'static str,
+    pub data: Vec<DataIntegrationView>,
+    pub list_metadata: ListMetadata,
+}
+
+#[utoipa::path(get, path = "/data-integrations", tag = "integrations", params(ListQuery), security(("api_key" = [])),
+    responses((status = 200, body = DataIntegrationList), (status = 422, description = "Bad paging parameter")))]
+pub async fn list(_: AdminKey, State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<DataIntegrationList>> {
+    let limit = match q.limit.as_deref().filter(|l| !l.is_empty()) {
+        None => 10,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| ApiError::invalid_field("limit", "invalid", "limit must be a whole number from 1 to 100."))?,
+    };
+    let order = match q.order.as_deref().unwrap_or("desc") {
+        "desc" | "" => Order::Desc,
+        "asc" => Order::Asc,
+        _ => return Err(ApiError::invalid_field("order", "invalid", "order must be asc or desc.")),
+    };
+    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    let cursor = match (nonempty(q.before), nonempty(q.after)) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid_field("before", "invalid", "Give before or after, not both.")),
+        (Some(b), None) => Cursor::Before(b),
+        (None, Some(a)) => Cursor::After(a),
+        (None, None) => Cursor::Start,
+    };
+    let page = writes::list_page(&state.db, state.keyring(), limit, &cursor, order).await?;
+    Ok(Json(DataIntegrationList {
+        object: "list",
+        data: page.data.iter().map(|i| view(i, &state.config)).collect(),
+        list_metadata: ListMetadata { before: page.before, after: page.after },
+    }))
+}
+
+#[utoipa::path(post, path = "/data-integrations", tag = "integrations", request_body = CreateIntegration, security(("api_key" = [])),
+    responses((status = 201, body = DataIntegrationView), (status = 409, description = "The slug is taken"),
+        (status = 422, description = "Field errors")))]
+pub async fn create(_: AdminKey, State(state): State<AppState>, ApiJson(body): ApiJson<CreateIntegration>) -> ApiResult<Response> {
+    let draft = provisioning::validate_create(body).map_err(ApiError::invalid)?;
+    let integration = writes::insert(&state.db, state.keyring(), &draft).await?;
+    tracing::info!(integration = %integration.slug, id = %integration.id, "integration created");
+    Ok((StatusCode::CREATED, Json(view(&integration, &state.config))).into_response())
+}
+
+#[utoipa::path(get, path = "/data-integrations/{slug}", tag = "integrations", security(("api_key" = [])),
+    params(("slug" = String, Path)), responses((status = 200, body = DataIntegrationView), (status = 404, description = "No such integration")))]
+pub async fn show(_: AdminKey, State(state): State<AppState>, Path(slug): Path<String>) -> ApiResult<Json<DataIntegrationView>> {
+    let integration = find(&state, &slug).await?;
+    Ok(Json(view(&integration, &state.config)))
+}
+
+#[utoipa::path(put, path = "/data-integrations/{slug}", tag = "integrations", request_body = UpdateIntegration, security(("api_key" = [])),
+    params(("slug" = String, Path)),
+    responses((status = 200, body = DataIntegrationView), (status = 404, description = "No such integration"), (status = 422, description = "Field errors")))]
+pub async fn update(
+    _: AdminKey,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    ApiJson(body): ApiJson<UpdateIntegration>,
+) -> ApiResult<Json<DataIntegrationView>> {
+    let existing = find(&state, &slug).await?;
+    let draft = provisioning::validate_update(&existing, body).map_err(ApiError::invalid)?;
+    let updated = writes::update(&state.db, state.keyring(), &existing.id, &draft)
+        .await?
+        .ok_or_else(|| ApiError::not_found("integration_not_found", format!("No integration `{slug}`.")))?;
+    // Cached entries carry `missing_scopes` computed from the old scopes.
+    state.cache.evict_integration(&slug).await;
+    Ok(Json(view(&updated, &state.config)))
+}
+
+#[utoipa::path(delete, path = "/data-integrations/{slug}", tag = "integrations", security(("api_key" = [])),
+    params(("slug" = String, Path)), responses((status = 204, description = "Deleted with its connected accounts"), (status = 404, description = "No such integration")))]
+pub async fn remove(_: AdminKey, State(state): State<AppState>, Path(slug): Path<String>) -> ApiResult<StatusCode> {
+    let existing = find(&state, &slug).await?;
+    let removed = writes::delete(&state.db, &existing)
+        .await?
+        .ok_or_else(|| ApiError::not_found("integration_not_found", format!("No integration `{slug}`.")))?;
+    state.cache.evict_integration(&slug).await;
+    tracing::info!(integration = %slug, accounts = removed, "integration deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

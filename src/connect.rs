@@ -1,0 +1,272 @@
+//! Connecting an account (DESIGN §3.2): the single-use OAuth `state` (only its
+//! hash is stored, bound to integration, user, organization and `return_to`,
+//! with the PKCE verifier sealed to it), the authorization URL, and the
+//! callback's code exchange, store, event and cache write.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use crate::app::AppState;
+use crate::crypto::{aad, random_token, sha256_hex, CryptoError};
+use crate::events::{self, ConnectionFailure, EventKind};
+use crate::keys::columns;
+use crate::oauth::client::{self, Grant};
+use crate::oauth::response::TokenError;
+use crate::secret::Secret;
+use crate::store::accounts::{self, Account, AccountError, AccountState, TokenSet, WriteMode};
+use crate::store::integrations::{self, Integration, IntegrationError};
+
+/// How long a user has to come back from the provider.
+pub const STATE_TTL: Duration = Duration::from_secs(600);
+/// Consumed and expired states are kept this long (so a replay is told apart from a forgery), then purged.
+const STATE_RETENTION: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    #[error(transparent)]
+    Integration(#[from] IntegrationError),
+    #[error("the PKCE verifier could not be sealed or opened: {0}")]
+    Crypto(#[from] CryptoError),
+    /// The integration cannot build an authorization URL (bad endpoints or config).
+    #[error("the integration is misconfigured: {0}")]
+    Misconfigured(String),
+}
+
+/// Who is connecting, and where they go afterwards.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    pub user_id: String,
+    pub organization_id: Option<String>,
+    pub return_to: Option<String>,
+}
+
+/// The scopes a connect attempt asks for: the integration's, else the provider's defaults.
+pub fn requested_scopes(integration: &Integration) -> Vec<String> {
+    if !integration.scopes.is_empty() {
+        return integration.scopes.clone();
+    }
+    integration.spec().map(|s| s.default_scopes.clone()).unwrap_or_default()
+}
+
+/// Records a new state and returns the provider's authorization URL.
+pub async fn begin(state: &AppState, integration: &Integration, req: &ConnectRequest, now: DateTime<Utc>) -> Result<url::Url, ConnectError> {
+    let spec = integration.spec()?;
+    let raw_state = random_token(32);
+    let state_hash = sha256_hex(&raw_state);
+    let pkce = spec.pkce.then(client::new_pkce);
+    let verifier = pkce
+        .as_ref()
+        .map(|p| state.keyring().seal_str(p.verifier.expose(), aad(columns::PKCE_VERIFIER, &state_hash)))
+        .transpose()?;
+    let scopes = requested_scopes(integration);
+    let redirect_uri = state.config.redirect_uri(&integration.slug);
+    let url = client::authorization_url(integration, &spec, &redirect_uri, &raw_state, &scopes, pkce.as_ref())
+        .map_err(|e| ConnectError::Misconfigured(e.to_string()))?;
+    let expires_at = now + chrono::Duration::from_std(STATE_TTL).unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO oauth_states (state_hash, integration_id, user_id, organization_id, return_to, scopes, pkce_verifier_enc, expires_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&state_hash)
+    .bind(&integration.id)
+    .bind(&req.user_id)
+    .bind(&req.organization_id)
+    .bind(&req.return_to)
+    .bind(&scopes)
+    .bind(verifier)
+    .bind(expires_at)
+    .bind(now)
+    .execute(&state.db)
+    .await?;
+    // Old states are only useful for telling a replay from a forgery for a while.
+    let horizon = now - chrono::Duration::from_std(STATE_RETENTION).unwrap_or_default();
+    sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1").bind(horizon).execute(&state.db).await?;
+    Ok(url)
+}
+
+/// A state that was presented and accepted (now consumed).
+#[derive(Debug)]
+pub struct Pending {
+    pub user_id: String,
+    pub organization_id: Option<String>,
+    pub return_to: Option<String>,
+    pub scopes: Vec<String>,
+    pub pkce_verifier: Option<Secret>,
+}
+
+/// Why a presented state was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateRejection {
+    Unknown,
+    Expired,
+    Reused,
+    OtherIntegration,
+}
+
+impl StateRejection {
+    pub fn message(self) -> &'static str {
+        match self {
+            StateRejection::Unknown => "This sign-in link is not valid. Start connecting again from the application.",
+            StateRejection::Expired => "This sign-in link has expired. Start connecting again from the application.",
+            StateRejection::Reused => "This sign-in link was already used. Start connecting again from the application.",
+            StateRejection::OtherIntegration => "This sign-in link belongs to another integration.",
+        }
+    }
+}
+
+/// Consumes `raw_state` for `integration` exactly once, before `now` plus its TTL.
+pub async fn consume_state(
+    state: &AppState,
+    integration: &Integration,
+    raw_state: &str,
+    now: DateTime<Utc>,
+) -> Result<Result<Pending, StateRejection>, ConnectError> {
+    let hash = sha256_hex(raw_state);
+    let row = sqlx::query(
+        "UPDATE oauth_states SET used_at = $3
+         WHERE state_hash = $1 AND integration_id = $2 AND used_at IS NULL AND expires_at > $3
+         RETURNING user_id, organization_id, return_to, scopes, pkce_verifier_enc",
+    )
+    .bind(&hash)
+    .bind(&integration.id)
+    .bind(now)
+    .fetch_optional(&state.db)
+    .await?;
+    let Some(row) = row else {
+        // Say why, without consuming anything.
+        let seen = sqlx::query("SELECT integration_id, used_at IS NOT NULL AS used FROM oauth_states WHERE state_hash = $1")
+            .bind(&hash)
+            .fetch_optional(&state.db)
+            .await?;
+        return Ok(Err(match seen {
+            None => StateRejection::Unknown,
+            Some(r) if r.get::<String, _>("integration_id") != integration.id => StateRejection::OtherIntegration,
+            Some(r) if r.get::<bool, _>("used") => StateRejection::Reused,
+            Some(_) => StateRejection::Expired,
+        }));
+    };
+    let sealed: Option<Vec<u8>> = row.get("pkce_verifier_enc");
+    let pkce_verifier = sealed
+        .map(|c| state.keyring().open_string(&c, aad(columns::PKCE_VERIFIER, &hash)).map(Secret::new))
+        .transpose()?;
+    Ok(Ok(Pending {
+        user_id: row.get("user_id"),
+        organization_id: row.get("organization_id"),
+        return_to: row.get("return_to"),
+        scopes: row.get("scopes"),
+        pkce_verifier,
+    }))
+}
+
+/// What the provider sent back to the callback.
+#[derive(Debug, Default, Clone)]
+pub struct ProviderAnswer {
+    pub code: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Connected(Account),
+    Failed(ConnectionFailure),
+}
+
+fn failure(code: &str, reason: impl Into<String>, provider_error: Option<String>, description: Option<String>) -> ConnectionFailure {
+    ConnectionFailure {
+        error_code: code.to_owned(),
+        error_reason: reason.into(),
+        provider_error,
+        provider_error_description: description,
+    }
+}
+
+/// Finishes a connect attempt: exchanges the code and stores the account with
+/// its `connected` event, or records `connection_failed` and stores nothing.
+pub async fn complete(state: &AppState, integration: &Integration, pending: &Pending, answer: ProviderAnswer) -> Result<Outcome, ConnectError> {
+    let result = match (&answer.error, &answer.code) {
+        (Some(error), _) => {
+            let (code, reason) = if error == "access_denied" {
+                ("access_denied", "The user did not grant access.")
+            } else {
+                ("provider_error", "The provider refused the authorization request.")
+            };
+            Err(failure(code, reason, Some(error.clone()), answer.error_description.clone()))
+        }
+        (None, None) => Err(failure("missing_code", "The provider sent neither a code nor an error.", None, None)),
+        (None, Some(code)) => exchange(state, integration, pending, code).await?,
+    };
+    let now = Utc::now();
+    match result {
+        Ok(tokens) => {
+            let refresh_at = state.refresher.schedule(integration, now, tokens.expires_at, tokens.refresh_token.is_some());
+            let mut tx = state.db.begin().await?;
+            let account = accounts::write_tokens(
+                &mut tx,
+                state.keyring(),
+                WriteMode::Upsert,
+                &integration.id,
+                &pending.user_id,
+                pending.organization_id.as_deref(),
+                &tokens,
+                refresh_at,
+                AccountState::Connected,
+            )
+            .await?
+            .ok_or_else(|| ConnectError::Misconfigured("the account could not be written".into()))?;
+            let data = events::account_data(&account, integration, AccountState::Connected.as_str());
+            events::emit(&mut tx, EventKind::Connected, &data).await?;
+            tx.commit().await?;
+            state.cache.put(&account, integration, now).await;
+            tracing::info!(account_id = %account.id, integration = %integration.slug, "account connected");
+            Ok(Outcome::Connected(account))
+        }
+        Err(fail) => {
+            let mut tx = state.db.begin().await?;
+            let data = events::connection_failed_data(integration, &pending.user_id, pending.organization_id.as_deref(), &fail, now);
+            events::emit(&mut tx, EventKind::ConnectionFailed, &data).await?;
+            tx.commit().await?;
+            tracing::info!(integration = %integration.slug, error = %fail.error_code, "connection failed");
+            Ok(Outcome::Failed(fail))
+        }
+    }
+}
+
+/// The code exchange (RFC 6749 §4.1.3), classified.
+async fn exchange(state: &AppState, integration: &Integration, pending: &Pending, code: &str) -> Result<Result<TokenSet, ConnectionFailure>, ConnectError> {
+    let spec = integration.spec()?;
+    let redirect_uri = state.config.redirect_uri(&integration.slug);
+    let grant = Grant::Code { code, redirect_uri: &redirect_uri, pkce_verifier: pending.pkce_verifier.as_ref() };
+    match client::request_token(&state.http, integration, &spec, grant).await {
+        Ok(grant) => {
+            let now = Utc::now();
+            Ok(Ok(TokenSet {
+                expires_at: grant.expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| now + d),
+                access_token: grant.access_token,
+                refresh_token: grant.refresh_token,
+                scopes: grant.scopes.filter(|s| !s.is_empty()).unwrap_or_else(|| pending.scopes.clone()),
+            }))
+        }
+        Err(err) => {
+            tracing::warn!(integration = %integration.slug, error = %err.label(), "code exchange failed");
+            let (provider_error, description) = match &err {
+                TokenError::InvalidGrant { code, description }
+                | TokenError::InvalidClient { code, description }
+                | TokenError::Rejected { code, description, .. } => (Some(code.clone()), description.clone()),
+                TokenError::Transient { reason, .. } => (Some(reason.clone()), None),
+                TokenError::Config(_) => (None, None),
+            };
+            if let TokenError::InvalidClient { code, .. } = &err {
+                // The same classification as a refresh (DESIGN §2.4): the credentials are wrong.
+                integrations::mark_invalid(&state.db, &integration.id, &format!("the provider answered {code} to a code exchange")).await?;
+            }
+            Ok(Err(failure("exchange_failed", format!("The provider's token endpoint refused the code ({}).", err.label()), provider_error, description)))
+        }
+    }
+}

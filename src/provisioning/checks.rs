@@ -1,0 +1,260 @@
+//! The field checks behind `validate_create` and `validate_update`. A
+//! `Checker` collects every problem, so one 422 names all bad fields at once.
+
+use url::{Host, Url};
+
+use super::{parse_client_auth, parse_content_type, CustomProviderInput, IntegrationDraft};
+use crate::error::FieldError;
+use crate::oauth::catalog::{BodyContentType, Catalog, CatalogError, ClientAuth, SCOPE_SEPARATORS};
+use crate::secret::Secret;
+use crate::store::integrations::CustomProvider;
+
+const MAX_SCOPES: usize = 100;
+const MAX_SCOPE_LEN: usize = 200;
+const MAX_TEXT: usize = 2000;
+/// Authorization parameters Pipes sets itself; an integration may not override them.
+const RESERVED_PARAMS: [&str; 7] =
+    ["response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method"];
+
+#[derive(Default)]
+pub(super) struct Checker {
+    errors: Vec<FieldError>,
+}
+
+/// True for hosts where plain http is acceptable: this machine only (development).
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(d)) => {
+            let d = d.to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+impl Checker {
+    pub(super) fn push(&mut self, field: &str, code: &str, message: impl Into<String>) {
+        self.errors.push(FieldError::new(field, code, message));
+    }
+
+    pub(super) fn finish<T>(self, value: T) -> Result<T, Vec<FieldError>> {
+        if self.errors.is_empty() { Ok(value) } else { Err(self.errors) }
+    }
+
+    /// A slug: 1-64 of lowercase letters, digits, `-` and `_`, starting with a letter or digit.
+    pub(super) fn slug(&mut self, field: &str, value: Option<&str>) -> Option<String> {
+        let Some(value) = value else {
+            self.push(field, "required", "The provider slug is required.");
+            return None;
+        };
+        let ok = (1..=64).contains(&value.len())
+            && value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !ok {
+            self.push(field, "invalid", "A slug is 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit.");
+            return None;
+        }
+        Some(value.to_owned())
+    }
+
+    /// A list that may only be `[only]`.
+    pub(super) fn only(&mut self, field: &str, value: Option<&[String]>, only: &str) {
+        if let Some(items) = value {
+            if items.len() != 1 || items[0] != only {
+                self.push(field, "unsupported", format!("Only [\"{only}\"] is supported."));
+            }
+        }
+    }
+
+    fn text(&mut self, field: &str, value: &str, max: usize) -> bool {
+        if value.trim().is_empty() {
+            self.push(field, "required", "Must not be empty.");
+            false
+        } else if value.chars().count() > max || value.chars().any(char::is_control) {
+            self.push(field, "invalid", format!("At most {max} characters, no control characters."));
+            false
+        } else {
+            true
+        }
+    }
+
+    /// An endpoint: absolute https, or plain http on a loopback host (development).
+    pub(super) fn endpoint(&mut self, field: &str, value: &str) {
+        let url = match Url::parse(value.trim()) {
+            Ok(url) => url,
+            Err(e) => return self.push(field, "invalid_url", format!("Not an absolute URL: {e}.")),
+        };
+        if url.host().is_none() {
+            self.push(field, "invalid_url", "The URL has no host.");
+        } else if url.scheme() != "https" && !(url.scheme() == "http" && is_loopback(&url)) {
+            self.push(field, "insecure_url", "Use https (plain http only for localhost or loopback addresses).");
+        } else if !url.username().is_empty() || url.password().is_some() {
+            self.push(field, "invalid_url", "The URL must not hold credentials.");
+        } else if url.fragment().is_some() || value.contains(['{', '}']) {
+            self.push(field, "invalid_url", "The URL must be static, without a fragment or placeholders.");
+        }
+    }
+
+    fn required_url(&mut self, field: &str, value: Option<&String>) -> String {
+        match value {
+            Some(v) => {
+                self.endpoint(field, v);
+                v.trim().to_owned()
+            }
+            None => {
+                self.push(field, "required", "Required.");
+                String::new()
+            }
+        }
+    }
+
+    /// Merges `input` over `current` (update) or defaults (create) and checks the result.
+    pub(super) fn custom_provider(&mut self, input: &CustomProviderInput, current: Option<&CustomProvider>) -> Option<CustomProvider> {
+        let f = |name: &str| format!("custom_provider.{name}");
+        let name = input.name.clone().or_else(|| current.map(|c| c.name.clone())).unwrap_or_default();
+        self.text(&f("name"), &name, 200);
+        let authorization_url =
+            self.required_url(&f("authorization_url"), input.authorization_url.as_ref().or(current.map(|c| &c.authorization_url)));
+        let token_url = self.required_url(&f("token_url"), input.token_url.as_ref().or(current.map(|c| &c.token_url)));
+        let mut optional_url = |name: &str, new: &Option<String>, old: Option<&Option<String>>| {
+            // An empty string clears an optional endpoint.
+            let value = match new {
+                Some(v) if v.trim().is_empty() => None,
+                Some(v) => Some(v.trim().to_owned()),
+                None => old.cloned().flatten(),
+            };
+            if let Some(v) = &value {
+                self.endpoint(&f(name), v);
+            }
+            value
+        };
+        let refresh_token_url = optional_url("refresh_token_url", &input.refresh_token_url, current.map(|c| &c.refresh_token_url));
+        let revocation_url = optional_url("revocation_url", &input.revocation_url, current.map(|c| &c.revocation_url));
+        let separator = input.request_scope_separator.clone().or_else(|| current.map(|c| c.request_scope_separator.clone())).unwrap_or_else(|| " ".into());
+        if !SCOPE_SEPARATORS.contains(&separator.as_str()) {
+            self.push(&f("request_scope_separator"), "invalid", "Use \" \", \",\" or \"+\".");
+        }
+        let token_body_content_type = match &input.token_body_content_type {
+            Some(v) => parse_content_type(v).unwrap_or_else(|| {
+                self.push(&f("token_body_content_type"), "invalid", "Use form (application/x-www-form-urlencoded) or json (application/json).");
+                BodyContentType::Form
+            }),
+            None => current.map_or(BodyContentType::Form, |c| c.token_body_content_type),
+        };
+        let authenticate_via = match &input.authenticate_via {
+            Some(v) => parse_client_auth(v).unwrap_or_else(|| {
+                self.push(&f("authenticate_via"), "invalid", "Use request_body or basic_auth_header.");
+                ClientAuth::RequestBody
+            }),
+            None => current.map_or(ClientAuth::RequestBody, |c| c.authenticate_via),
+        };
+        let params = input
+            .additional_authorization_parameters
+            .clone()
+            .or_else(|| current.map(|c| c.additional_authorization_parameters.clone()))
+            .unwrap_or_default();
+        for key in params.keys() {
+            if key.trim().is_empty() || RESERVED_PARAMS.contains(&key.as_str()) {
+                self.push(&f(&format!("additional_authorization_parameters.{key}")), "not_allowed", "Pipes sets this parameter itself.");
+            }
+        }
+        Some(CustomProvider {
+            name: name.trim().to_owned(),
+            authorization_url,
+            token_url,
+            refresh_token_url,
+            revocation_url,
+            // WorkOS defaults: PKCE on, a client secret required.
+            pkce_enabled: input.pkce_enabled.or(current.map(|c| c.pkce_enabled)).unwrap_or(true),
+            request_scope_separator: separator,
+            scopes_required: input.scopes_required.or(current.map(|c| c.scopes_required)).unwrap_or(false),
+            client_secret_required: input.client_secret_required.or(current.map(|c| c.client_secret_required)).unwrap_or(true),
+            additional_authorization_parameters: params,
+            token_body_content_type,
+            authenticate_via,
+        })
+    }
+
+    /// Client id and secret from `input`, falling back to `current` (update).
+    pub(super) fn credentials(
+        &mut self,
+        input: &super::CredentialsInput,
+        current: Option<(&String, Option<&Secret>)>,
+    ) -> (Option<String>, Option<Secret>) {
+        if let Some(kind) = input.kind.as_deref() {
+            if kind != "custom" {
+                self.push("credentials.type", "unsupported", "Only `custom` credentials (your own OAuth client) are supported.");
+            }
+        }
+        let client_id = input.client_id.clone().or_else(|| current.map(|(id, _)| id.clone()));
+        match &client_id {
+            Some(id) => {
+                self.text("credentials.client_id", id, 512);
+            }
+            None => self.push("credentials.client_id", "required", "The OAuth client id is required."),
+        }
+        let secret = match &input.client_secret {
+            Some(s) if s.expose().trim().is_empty() || s.expose().len() > 2048 => {
+                self.push("credentials.client_secret", "invalid", "The client secret must be 1-2048 characters.");
+                None
+            }
+            Some(s) => Some(s.clone()),
+            None => current.and_then(|(_, s)| s.cloned()),
+        };
+        (client_id.map(|id| id.trim().to_owned()), secret)
+    }
+
+    /// Whole-draft rules: description, scopes, config, the secret requirement.
+    pub(super) fn draft(&mut self, d: &mut IntegrationDraft, provider_known: bool) {
+        if d.description.chars().count() > MAX_TEXT {
+            self.push("description", "invalid", format!("At most {MAX_TEXT} characters."));
+        }
+        let catalog = if d.custom_provider.is_none() { Catalog::builtin().get(&d.provider) } else { None };
+        let separator = match (&d.custom_provider, catalog) {
+            (Some(c), _) => c.request_scope_separator.clone(),
+            (None, Some(spec)) => spec.scope_separator.clone(),
+            (None, None) => " ".to_owned(),
+        };
+        if d.scopes.len() > MAX_SCOPES {
+            self.push("scopes", "invalid", format!("At most {MAX_SCOPES} scopes."));
+        }
+        for (i, scope) in d.scopes.iter().enumerate() {
+            let bad_char = |c: char| c.is_whitespace() || c.is_control() || c == '"' || c == '\\' || separator.contains(c);
+            if scope.is_empty() || scope.len() > MAX_SCOPE_LEN || scope.chars().any(bad_char) {
+                self.push(&format!("scopes[{i}]"), "invalid", "A scope is 1-200 characters without spaces, quotes or the provider's separator.");
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        d.scopes.retain(|s| seen.insert(s.clone()));
+        if d.custom_provider.as_ref().is_some_and(|c| c.scopes_required) && d.scopes.is_empty() {
+            self.push("scopes", "required", "This provider requires at least one scope.");
+        }
+        let secret_required = d.custom_provider.as_ref().is_none_or(|c| c.client_secret_required);
+        if secret_required && d.client_secret.is_none() && provider_known {
+            self.push("credentials.client_secret", "required", "The OAuth client secret is required.");
+        }
+        match catalog {
+            Some(spec) => {
+                for key in d.settings.keys() {
+                    if !spec.config_params.contains(key) {
+                        self.push(&format!("config.{key}"), "unknown", format!("{} takes no config `{key}`.", spec.name));
+                    }
+                }
+                match spec.resolve_urls(&d.settings) {
+                    Ok(_) => {}
+                    Err(CatalogError::MissingParam { param, .. }) => {
+                        self.push(&format!("config.{param}"), "required", format!("{} needs config `{param}`.", spec.name))
+                    }
+                    Err(CatalogError::InvalidParam { param, reason, .. }) => {
+                        self.push(&format!("config.{param}"), "invalid", format!("config `{param}` {reason}."))
+                    }
+                    Err(e) => self.push("config", "invalid", e.to_string()),
+                }
+            }
+            None if !d.settings.is_empty() => self.push("config", "not_allowed", "Custom providers take no config values."),
+            None => {}
+        }
+    }
+}
