@@ -19,6 +19,7 @@ pub mod keys;
 pub mod metrics;
 pub mod oauth;
 pub mod queues;
+pub mod read;
 pub mod redis_conn;
 pub mod refresh;
 pub mod roles;

@@ -3,6 +3,7 @@
 pub mod extract;
 pub mod health;
 pub mod openapi;
+pub mod tokens;
 
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -12,7 +13,7 @@ use crate::error::ApiError;
 
 /// Every route of `pipes serve`.
 pub fn routes() -> Router<AppState> {
-    Router::new().merge(health::routes()).merge(openapi::routes())
+    Router::new().merge(health::routes()).merge(openapi::routes()).merge(tokens::routes())
 }
 
 pub async fn not_found() -> Response {

@@ -11,7 +11,7 @@ use crate::app::AppState;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Pipes", description = "Connected accounts with always-fresh OAuth access tokens."),
-    paths(super::health::live, super::health::ready, super::health::metrics),
+    paths(super::health::live, super::health::ready, super::health::metrics, super::tokens::token, super::tokens::credentials),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
