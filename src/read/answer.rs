@@ -2,6 +2,7 @@
 //! cached token so a hit only copies bytes: `/token` answers an
 //! `access_token` object, `/credentials` the same data as a `credential`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,11 @@ pub struct Credential<'a> {
     pub expires_at: Option<DateTime<Utc>>,
     pub scopes: &'a [String],
     pub missing_scopes: &'a [String],
+    /// Non-secret fields of the provider's token response; none are kept, so `{}`.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The integration's non-secret provider settings (e.g. a Zendesk subdomain).
+    pub config: &'a BTreeMap<String, String>,
 }
 
 /// `{"active": false, "error": "not_installed" | "needs_reauthorization"}`.
@@ -90,8 +96,8 @@ pub struct Inactive {
 }
 
 /// Renders the ready answers of a cached token that stays fresh until
-/// `min_validity` before it expires.
-pub fn ready(token: &CachedToken, min_validity: Duration) -> Ready {
+/// `min_validity` before it expires; `config` is the integration's settings.
+pub fn ready(token: &CachedToken, min_validity: Duration, config: &BTreeMap<String, String>) -> Ready {
     let secret = token.access_token.expose();
     let token_body = serde_json::to_vec(&ActiveToken {
         active: true,
@@ -112,6 +118,8 @@ pub fn ready(token: &CachedToken, min_validity: Duration) -> Ready {
             expires_at: token.expires_at,
             scopes: &token.scopes,
             missing_scopes: &token.missing_scopes,
+            metadata: serde_json::Map::new(),
+            config,
         },
     });
     let min_validity = chrono::Duration::from_std(min_validity).unwrap_or_default();

@@ -128,7 +128,7 @@ impl Reader {
         let epoch = local.epoch();
         match inner.cache.get_key(key, Utc::now()).await {
             Ok(Lookup::Hit(entry)) => {
-                let ready = Arc::new(answer::ready(&entry, min_validity));
+                let ready = Arc::new(answer::ready(&entry, min_validity, &view.integration.settings));
                 local.fill(key, epoch, ready.clone());
                 if owner.connected_account_id.as_ref().is_none_or(|id| *id == ready.account_id) {
                     return Ok((Answer::Active(ready), "hit"));
@@ -186,7 +186,7 @@ impl Reader {
         let now = Utc::now();
         let (entry, _) = inner.cache.entry_for(account, &view.integration, now)?;
         inner.cache.put(account, &view.integration, now).await;
-        let ready = Arc::new(answer::ready(&entry, inner.cache.min_validity()));
+        let ready = Arc::new(answer::ready(&entry, inner.cache.min_validity(), &view.integration.settings));
         if !ready.usable(Utc::now()) {
             // Cannot happen after `entry_for` above; checked again because a
             // stale token must never leave (`pipes_stale_tokens_served_total` stays 0).
