@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod provisioning;
 pub mod queues;
+pub mod read;
 pub mod redis_conn;
 pub mod refresh;
 pub mod roles;

@@ -11,3 +11,4 @@ mod integrations;
 mod queue;
 mod refresh_core;
 mod support;
+mod tokens;
