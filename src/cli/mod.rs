@@ -1,6 +1,7 @@
 //! The `pipes` command line (DESIGN §6): the roles and the admin commands.
 
 mod api_keys;
+mod connections;
 mod keys;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,9 @@ pub enum Command {
     /// Encryption keys: generate one, re-encrypt everything under the newest.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Connected accounts: list, show, refresh now.
+    #[command(subcommand)]
+    Connections(connections::ConnectionsCommand),
 }
 
 /// Loads the configuration: the file first, then the environment.
@@ -90,5 +94,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ApiKeys(cmd) => api_keys::run(&config, cmd).await,
         Command::Keys(cmd) => keys::run(&config, cmd).await,
+        Command::Connections(cmd) => connections::run(&config, cmd).await,
     }
 }
