@@ -4,5 +4,6 @@ mod catalog;
 mod demo_provider;
 mod foundation;
 mod queue;
+mod pipeline;
 mod refresh_core;
 mod support;
