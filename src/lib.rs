@@ -27,11 +27,13 @@ pub mod read;
 pub mod redis_conn;
 pub mod refresh;
 pub mod roles;
+pub mod scheduler;
 pub mod secret;
 pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod worker;
 
 /// Installs the process-wide TLS crypto provider (ring) once. Every TLS
 /// client in the tree (reqwest, lapin) then uses it.

@@ -2,6 +2,7 @@
 
 mod api_keys;
 mod integrations;
+mod connections;
 mod keys;
 mod status;
 
@@ -62,6 +63,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Connected accounts: list, show, refresh now.
+    #[command(subcommand)]
+    Connections(connections::ConnectionsCommand),
 }
 
 /// Loads the configuration: the file first, then the environment.
@@ -136,6 +140,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import { file } => import(config, &file, cancel).await,
         Command::Integrations(cmd) => integrations::run(&config, cmd).await,
         Command::Providers { json } => integrations::providers(json),
+        Command::Connections(cmd) => connections::run(&config, cmd).await,
     }
 }
 

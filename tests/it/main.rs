@@ -9,6 +9,7 @@ mod foundation;
 mod operations;
 mod integrations;
 mod queue;
+mod pipeline;
 mod refresh_core;
 mod support;
 mod tokens;
