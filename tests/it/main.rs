@@ -9,4 +9,5 @@ mod foundation;
 mod integrations;
 mod queue;
 mod refresh_core;
+mod sdk_node;
 mod support;
