@@ -58,7 +58,7 @@ pub fn check_owner_id(field: &str, value: &str, errors: &mut Vec<FieldError>) {
 fn check_return_to(config: &Config, value: &str) -> Result<String, FieldError> {
     let url = url::Url::parse(value).map_err(|_| FieldError::new("return_to", "invalid_url", "return_to must be an absolute URL."))?;
     let origin = url.origin().ascii_serialization();
-    if !matches!(url.scheme(), "http" | "https") || !config.allowed_return_to.iter().any(|o| *o == origin) {
+    if !matches!(url.scheme(), "http" | "https") || !config.allowed_return_to.contains(&origin) {
         return Err(FieldError::new("return_to", "not_allowed", format!("The origin {origin} is not in PIPES_ALLOWED_RETURN_TO.")));
     }
     Ok(url.to_string())

@@ -19,7 +19,7 @@ use crate::secret::Secret;
 #[derive(Debug, Subcommand)]
 pub enum IntegrationsCommand {
     /// Adds an integration: a catalog provider (`--provider github`) or a custom one (`--authorization-url` …).
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// Lists integrations.
     List {
         #[arg(long)]
@@ -55,8 +55,8 @@ pub struct AddArgs {
     #[arg(long)]
     disabled: bool,
     /// A catalog config value, `key=value` (e.g. `subdomain=acme` for Zendesk); repeatable.
-    #[arg(long = "config", value_parser = parse_key_value)]
-    config: Vec<(String, String)>,
+    #[arg(long = "provider-config", value_parser = parse_key_value)]
+    provider_config: Vec<(String, String)>,
     /// Custom provider: display name.
     #[arg(long)]
     name: Option<String>,
@@ -107,7 +107,7 @@ impl AddArgs {
                 client_id: Some(self.client_id),
                 client_secret: self.client_secret.map(Secret::new),
             }),
-            config: (!self.config.is_empty()).then(|| self.config.into_iter().collect::<BTreeMap<_, _>>()),
+            config: (!self.provider_config.is_empty()).then(|| self.provider_config.into_iter().collect::<BTreeMap<_, _>>()),
             auth_methods: None,
             ownership: None,
         }
@@ -132,7 +132,7 @@ pub async fn run(config: &Config, cmd: IntegrationsCommand) -> anyhow::Result<()
     let ring = &config.encryption_keys;
     match cmd {
         IntegrationsCommand::Add(args) => {
-            let draft = provisioning::validate_create(args.into_body()).map_err(|errors| {
+            let draft = provisioning::validate_create((*args).into_body()).map_err(|errors| {
                 let lines: Vec<String> = errors.iter().map(|e| format!("  {}: {}", e.field, e.message.as_deref().unwrap_or(&e.code))).collect();
                 anyhow::anyhow!("invalid integration:\n{}", lines.join("\n"))
             })?;
@@ -146,7 +146,7 @@ pub async fn run(config: &Config, cmd: IntegrationsCommand) -> anyhow::Result<()
                 let views: Vec<_> = all.iter().map(|i| crate::api::integrations::view(i, config)).collect();
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else {
-                println!("{:<24} {:<14} {:<8} {:<8} {}", "SLUG", "PROVIDER", "ENABLED", "STATE", "SCOPES");
+                println!("{:<24} {:<14} {:<8} {:<8} SCOPES", "SLUG", "PROVIDER", "ENABLED", "STATE");
                 for i in all {
                     let view = crate::api::integrations::view(&i, config);
                     println!("{:<24} {:<14} {:<8} {:<8} {}", i.slug, view.integration_type, i.enabled, view.state, i.scopes.join(" "));
@@ -180,7 +180,7 @@ pub fn providers(json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
-    println!("{:<18} {:<22} {:<6} {:<18} {:<5} {:<8} {}", "SLUG", "NAME", "SEP", "CLIENT AUTH", "PKCE", "EXPIRES", "CONFIG");
+    println!("{:<18} {:<22} {:<6} {:<18} {:<5} {:<8} CONFIG", "SLUG", "NAME", "SEP", "CLIENT AUTH", "PKCE", "EXPIRES");
     for p in catalog.iter() {
         let auth = serde_json::to_value(p.client_auth).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         println!(

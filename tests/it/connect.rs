@@ -230,7 +230,8 @@ async fn string_expires_in_and_non_expiring_tokens_are_stored_as_such() {
 
     p.demo.set_shape(Shape::NonExpiring);
     connect(&app, "quirky", "user_2", None, None).await;
-    let (expires_at, refresh_at, refresh): (Option<chrono::DateTime<Utc>>, Option<chrono::DateTime<Utc>>, Option<Vec<u8>>) =
+    type Stored = (Option<chrono::DateTime<Utc>>, Option<chrono::DateTime<Utc>>, Option<Vec<u8>>);
+    let (expires_at, refresh_at, refresh): Stored =
         sqlx::query_as("SELECT expires_at, refresh_at, refresh_token_enc FROM connected_accounts WHERE user_id = 'user_2'")
             .fetch_one(&app.db)
             .await

@@ -11,5 +11,6 @@ mod integrations;
 mod queue;
 mod pipeline;
 mod refresh_core;
+mod sdk_node;
 mod support;
 mod tokens;
