@@ -100,6 +100,7 @@ impl MakeRequestId for MakeUlidRequestId {
 /// The full HTTP application of `pipes serve`.
 pub fn router(state: AppState) -> Router {
     crate::api::routes()
+        .merge(crate::api::tokens::routes(&state))
         .fallback(crate::api::not_found)
         .method_not_allowed_fallback(crate::api::method_not_allowed)
         .with_state(state)

@@ -11,9 +11,10 @@ use axum::Router;
 use crate::app::AppState;
 use crate::error::ApiError;
 
-/// Every route of `pipes serve`.
+/// Every route of `pipes serve` but the token reads, which `app::router`
+/// adds with a state of their own (see `tokens::routes`).
 pub fn routes() -> Router<AppState> {
-    Router::new().merge(health::routes()).merge(openapi::routes()).merge(tokens::routes())
+    Router::new().merge(health::routes()).merge(openapi::routes())
 }
 
 pub async fn not_found() -> Response {
