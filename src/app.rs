@@ -77,12 +77,11 @@ impl AppState {
 }
 
 impl AppState {
-    /// After an integration changed or went away: drop its cached tokens
-    /// everywhere and forget its loaded copy here at once (other replicas
-    /// hear of it through the cache's invalidation channel).
+    /// After an integration changed or went away: drop its cached tokens and
+    /// loaded copies here at once and, through the cache's invalidation
+    /// channel, on every other replica.
     pub async fn integration_changed(&self, slug: &str) {
         self.cache.evict_integration(slug).await;
-        self.reads.views().invalidate();
     }
 }
 
@@ -110,6 +109,7 @@ impl MakeRequestId for MakeUlidRequestId {
 /// The full HTTP application of `pipes serve`.
 pub fn router(state: AppState) -> Router {
     crate::api::routes()
+        .merge(crate::api::tokens::routes(&state))
         .fallback(crate::api::not_found)
         .method_not_allowed_fallback(crate::api::method_not_allowed)
         .with_state(state)

@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{aad, sha256_hex, KeyRing};
+use crate::crypto::{aad, KeyRing};
 use crate::keys::columns;
 use crate::read::local::{LocalCache, INTEGRATION_PREFIX};
 use crate::redis_conn::Redis;
@@ -87,11 +87,27 @@ pub enum CacheError {
     Redis(#[from] redis::RedisError),
 }
 
-/// The Redis key of an owner's entry. User and organization ids are hashed so
-/// no separator inside them can make two owners collide.
+/// The Redis key of an owner's entry, `{prefix}:tok:{slug}:{owner}`. User and
+/// organization ids are hashed so no separator inside them can make two
+/// owners collide. Built without intermediate strings: it runs on every read.
 pub fn entry_key(redis: &Redis, slug: &str, user_id: &str, organization_id: Option<&str>) -> String {
-    let owner = sha256_hex(&format!("{user_id}\u{0}{}", organization_id.unwrap_or("\u{0}")));
-    redis.key(&format!("tok:{slug}:{}", &owner[..32]))
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(user_id.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(organization_id.unwrap_or("\u{0}").as_bytes());
+    let digest = hasher.finalize();
+    let mut owner = [0u8; 32];
+    // 16 bytes → 32 hex digits; the buffer is exactly that long, so this cannot fail.
+    let _ = hex::encode_to_slice(&digest[..16], &mut owner);
+    let prefix = redis.prefix();
+    let mut key = String::with_capacity(prefix.len() + slug.len() + 38);
+    key.push_str(prefix);
+    key.push_str(":tok:");
+    key.push_str(slug);
+    key.push(':');
+    key.push_str(std::str::from_utf8(&owner).unwrap_or_default());
+    key
 }
 
 #[derive(Clone)]
@@ -228,7 +244,7 @@ impl TokenCache {
     /// Drops every entry of an integration (its scopes changed, or it was
     /// deleted), then tells every replica to drop its local answers.
     pub async fn evict_integration(&self, slug: &str) {
-        self.local.clear();
+        self.local.integration_changed();
         let Some(mut conn) = self.redis.conn() else { return };
         let pattern = self.redis.key(&format!("tok:{slug}:*"));
         let mut cursor: u64 = 0;
@@ -247,6 +263,6 @@ impl TokenCache {
         // After the deletes, so no replica refills from an entry about to go.
         let message = format!("{INTEGRATION_PREFIX}{slug}");
         let _: Result<i64, _> = redis::cmd("PUBLISH").arg(&*self.channel).arg(message).query_async(&mut conn).await;
-        self.local.clear();
+        self.local.integration_changed();
     }
 }

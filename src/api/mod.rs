@@ -14,7 +14,8 @@ use axum::Router;
 use crate::app::AppState;
 use crate::error::ApiError;
 
-/// Every route of `pipes serve`.
+/// Every route of `pipes serve` but the token reads, which `app::router`
+/// adds with a state of their own (see `tokens::routes`).
 pub fn routes() -> Router<AppState> {
     Router::new()
         .merge(health::routes())
@@ -22,7 +23,6 @@ pub fn routes() -> Router<AppState> {
         .merge(integrations::routes())
         .merge(connect::routes())
         .merge(connected_accounts::routes())
-        .merge(tokens::routes())
 }
 
 pub async fn not_found() -> Response {

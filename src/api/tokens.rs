@@ -2,8 +2,11 @@
 //! `POST /data-integrations/{slug}/token` and `/credentials`. The work is in
 //! `crate::read`; this file validates the request and picks the shape.
 
+use std::sync::Arc;
+
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -20,10 +23,28 @@ use crate::read::Owner;
 /// Longest accepted user, organization or account id.
 const MAX_ID_LEN: usize = 256;
 
-pub fn routes() -> Router<AppState> {
+/// The two routes, with the state behind one `Arc`: axum clones a route's
+/// state for every request, and on this path that clone would cost more
+/// than the cache hit itself.
+pub fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/data-integrations/{slug}/token", post(token))
         .route("/data-integrations/{slug}/credentials", post(credentials))
+        .with_state(Shared(Arc::new(state.clone())))
+}
+
+/// `AppState` behind an `Arc`.
+#[derive(Clone)]
+pub struct Shared(Arc<AppState>);
+
+/// `AnyKey` for routes whose state is `Shared`.
+pub struct TokenKey;
+
+impl FromRequestParts<Shared> for TokenKey {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        AnyKey::from_request_parts(parts, &state.0).await.map(|_| TokenKey)
+    }
 }
 
 /// The body both routes take. Unknown fields are ignored; `null` means absent.
@@ -134,8 +155,8 @@ async fn answer(state: &AppState, slug: &str, owner: &Owner, shape: Shape) -> Re
     ),
     security(("api_key" = []))
 )]
-pub async fn token(State(state): State<AppState>, _key: AnyKey, Path(slug): Path<String>, OwnerBody(owner): OwnerBody) -> Response {
-    answer(&state, &slug, &owner, Shape::Token).await
+pub async fn token(State(state): State<Shared>, _key: TokenKey, Path(slug): Path<String>, OwnerBody(owner): OwnerBody) -> Response {
+    answer(&state.0, &slug, &owner, Shape::Token).await
 }
 
 /// The same as `/token`, shaped as a vended credential.
@@ -156,6 +177,6 @@ pub async fn token(State(state): State<AppState>, _key: AnyKey, Path(slug): Path
     ),
     security(("api_key" = []))
 )]
-pub async fn credentials(State(state): State<AppState>, _key: AnyKey, Path(slug): Path<String>, OwnerBody(owner): OwnerBody) -> Response {
-    answer(&state, &slug, &owner, Shape::Credential).await
+pub async fn credentials(State(state): State<Shared>, _key: TokenKey, Path(slug): Path<String>, OwnerBody(owner): OwnerBody) -> Response {
+    answer(&state.0, &slug, &owner, Shape::Credential).await
 }

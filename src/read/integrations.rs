@@ -4,12 +4,12 @@
 //! even when done straight in the database) and at once when the
 //! invalidation channel says the integration changed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
+use super::local::LocalCache;
 use crate::crypto::KeyRing;
 use crate::metrics as m;
 use crate::store::integrations::{self, Integration, IntegrationError};
@@ -59,18 +59,13 @@ pub struct IntegrationViews {
     db: PgPool,
     ring: KeyRing,
     map: Arc<quick_cache::sync::Cache<String, Slot>>,
-    /// Bumped when the channel says some integration changed.
-    generation: Arc<AtomicU64>,
+    /// Says when some integration changed (`LocalCache::integration_changed`).
+    local: LocalCache,
 }
 
 impl IntegrationViews {
-    pub fn new(db: PgPool, ring: KeyRing) -> Self {
-        IntegrationViews { db, ring, map: Arc::new(quick_cache::sync::Cache::new(1_000)), generation: Arc::default() }
-    }
-
-    /// Forgets every loaded integration (one changed somewhere).
-    pub fn invalidate(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+    pub fn new(db: PgPool, ring: KeyRing, local: LocalCache) -> Self {
+        IntegrationViews { db, ring, map: Arc::new(quick_cache::sync::Cache::new(1_000)), local }
     }
 
     /// The integration `slug`, enabled or not; `None` if there is none.
@@ -78,7 +73,7 @@ impl IntegrationViews {
         if slug.is_empty() || slug.len() > MAX_SLUG_LEN {
             return Ok(None);
         }
-        let generation = self.generation.load(Ordering::Acquire);
+        let generation = self.local.integrations_generation();
         let cached = self.map.get(slug);
         if let Some(slot) = &cached {
             if slot.generation == generation && slot.loaded.elapsed() < TTL {

@@ -9,8 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::integrations::IntegrationViews;
-use super::local::{Applied, LocalCache};
+use super::local::LocalCache;
 
 /// How often the subscription is pinged to notice a silent (half-open) connection.
 const PING_EVERY: Duration = Duration::from_millis(500);
@@ -22,7 +21,6 @@ pub async fn run(
     redis_url: String,
     channel: String,
     local: LocalCache,
-    views: IntegrationViews,
     cancel: CancellationToken,
 ) {
     // A cluster URL lists several nodes; PUBLISH reaches every node, so one is enough.
@@ -36,7 +34,7 @@ pub async fn run(
     };
     let mut backoff = Duration::from_millis(100);
     loop {
-        let session = listen_once(&client, &channel, &local, &views, &cancel).await;
+        let session = listen_once(&client, &channel, &local, &cancel).await;
         local.set_enabled(false);
         match session {
             Ok(()) if cancel.is_cancelled() => return,
@@ -59,7 +57,6 @@ async fn listen_once(
     client: &redis::Client,
     channel: &str,
     local: &LocalCache,
-    views: &IntegrationViews,
     cancel: &CancellationToken,
 ) -> Result<(), redis::RedisError> {
     let timed_out = || redis::RedisError::from((redis::ErrorKind::Io, "timed out"));
@@ -67,8 +64,7 @@ async fn listen_once(
     tokio::time::timeout(DEADLINE, pubsub.subscribe(channel)).await.map_err(|_| timed_out())??;
     let (mut sink, mut stream) = pubsub.split();
     // Whatever changed while we were not listening is unknown: start empty.
-    local.clear();
-    views.invalidate();
+    local.integration_changed();
     local.set_enabled(true);
     tracing::debug!(channel, "token cache invalidation subscription live");
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -79,9 +75,7 @@ async fn listen_once(
             message = stream.next() => {
                 let Some(message) = message else { return Ok(()) };
                 let Ok(payload) = message.get_payload::<String>() else { continue };
-                if let Applied::Integration(_) = local.apply(&payload) {
-                    views.invalidate();
-                }
+                local.apply(&payload);
             }
             _ = ping.tick() => {
                 match tokio::time::timeout(DEADLINE, sink.ping::<redis::Value>()).await {

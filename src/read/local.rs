@@ -83,6 +83,8 @@ struct Inner {
     enabled: AtomicBool,
     /// Bumped on every clear, so a fill that started before it is refused.
     epoch: AtomicU64,
+    /// Bumped when an integration changed: loaded integrations are re-read.
+    integrations: AtomicU64,
     /// Serializes fills and invalidations (both rare) so their version checks
     /// and inserts cannot interleave; hits never take it.
     writes: Mutex<()>,
@@ -98,6 +100,7 @@ impl Default for LocalCache {
             map: quick_cache::sync::Cache::with_weighter(100_000, CAPACITY_BYTES, Weigh),
             enabled: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
+            integrations: AtomicU64::new(0),
             writes: Mutex::new(()),
         }))
     }
@@ -159,6 +162,18 @@ impl LocalCache {
         self.0.map.clear();
     }
 
+    /// An integration changed (here or in another process): drop every answer
+    /// and make every loaded integration be re-read.
+    pub fn integration_changed(&self) {
+        self.0.integrations.fetch_add(1, Ordering::AcqRel);
+        self.clear();
+    }
+
+    /// Changes whenever `integration_changed` is called.
+    pub fn integrations_generation(&self) -> u64 {
+        self.0.integrations.load(Ordering::Acquire)
+    }
+
     /// Turns the layer on (subscription confirmed) or off (lost; also clears).
     pub fn set_enabled(&self, on: bool) {
         let _guard = self.0.writes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -173,7 +188,7 @@ impl LocalCache {
     /// for a token entry, `integration|{slug}` for a whole integration.
     pub fn apply(&self, message: &str) -> Applied {
         if let Some(slug) = message.strip_prefix(INTEGRATION_PREFIX) {
-            self.clear();
+            self.integration_changed();
             return Applied::Integration(slug.to_owned());
         }
         match message.rsplit_once('|').map(|(k, v)| (k, v.parse::<i64>())) {

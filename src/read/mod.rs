@@ -58,7 +58,7 @@ pub struct Reader(Arc<Inner>);
 impl Reader {
     /// Call after the metrics recorder is installed (handles are registered here).
     pub fn new(db: PgPool, ring: KeyRing, cache: TokenCache, refresher: Refresher) -> Self {
-        let views = IntegrationViews::new(db.clone(), ring.clone());
+        let views = IntegrationViews::new(db.clone(), ring.clone(), cache.local().clone());
         let hit_duration = metrics::histogram!(m::TOKEN_READ_DURATION, "result" => "hit");
         Reader(Arc::new(Inner { db, ring, cache, refresher, views, hit_duration }))
     }
@@ -82,7 +82,6 @@ impl Reader {
             redis_url.to_owned(),
             inner.cache.channel().to_owned(),
             inner.cache.local().clone(),
-            inner.views.clone(),
             cancel,
         ));
     }
