@@ -24,14 +24,16 @@ pub const BATCH: i64 = 1000;
 const PUBLISH_CONCURRENCY: usize = 128;
 
 /// The claim. It walks `connected_accounts_due_idx` (its predicate is repeated here so
-/// the planner can use the partial index) in `refresh_at` order, so its cost grows
-/// with the number of due accounts, not the number stored. Accounts of disabled or
+/// the planner can use the partial index) in `refresh_at` order from a cursor (`$3`,
+/// the last `refresh_at` the previous batch of the tick claimed), so a tick reads each
+/// due entry about once: its cost grows with the number of due accounts, not the
+/// number stored, and not quadratically with the batches. Accounts of disabled or
 /// invalid integrations are left alone: the provider refused their client credentials
 /// and asking again per account changes nothing until an operator fixes them.
 pub const CLAIM_SQL: &str = "WITH due AS (
     SELECT c.id FROM connected_accounts c
     WHERE c.state = 'connected' AND c.refresh_at IS NOT NULL AND c.refresh_token_enc IS NOT NULL
-      AND c.refresh_at <= now()
+      AND c.refresh_at <= now() AND c.refresh_at >= $3
       AND (c.enqueued_at IS NULL OR c.enqueued_at < now() - $1::interval)
       AND EXISTS (SELECT 1 FROM integrations i WHERE i.id = c.integration_id AND i.enabled AND i.state = 'valid')
     ORDER BY c.refresh_at
@@ -40,7 +42,7 @@ pub const CLAIM_SQL: &str = "WITH due AS (
 UPDATE connected_accounts a SET enqueued_at = now()
 FROM due, integrations i
 WHERE a.id = due.id AND i.id = a.integration_id
-RETURNING a.id, a.integration_id, i.slug, a.enqueued_at";
+RETURNING a.id, a.integration_id, i.slug, a.enqueued_at, a.refresh_at";
 
 /// One claimed account.
 #[derive(Debug, Clone)]
@@ -49,6 +51,7 @@ pub struct Claimed {
     pub integration_id: String,
     pub provider: String,
     pub enqueued_at: DateTime<Utc>,
+    pub refresh_at: DateTime<Utc>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +66,10 @@ pub enum ClaimError {
     },
 }
 
-/// Claims up to `limit` due accounts (marks them enqueued) and returns them.
-pub async fn claim(db: &PgPool, requeue_after: Duration, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
-    let rows = sqlx::query(CLAIM_SQL).bind(requeue_after).bind(limit).fetch_all(db).await?;
+/// Claims up to `limit` due accounts due at or after `from` (marks them enqueued) and
+/// returns them. Start a tick from [`DateTime::UNIX_EPOCH`].
+pub async fn claim(db: &PgPool, requeue_after: Duration, limit: i64, from: DateTime<Utc>) -> Result<Vec<Claimed>, sqlx::Error> {
+    let rows = sqlx::query(CLAIM_SQL).bind(requeue_after).bind(limit).bind(from).fetch_all(db).await?;
     Ok(rows
         .iter()
         .map(|r| Claimed {
@@ -73,6 +77,7 @@ pub async fn claim(db: &PgPool, requeue_after: Duration, limit: i64) -> Result<V
             integration_id: r.get("integration_id"),
             provider: r.get("slug"),
             enqueued_at: r.get("enqueued_at"),
+            refresh_at: r.get("refresh_at"),
         })
         .collect())
 }
@@ -99,9 +104,12 @@ pub async fn release(db: &PgPool, claimed: &[Claimed]) -> Result<(), sqlx::Error
 pub async fn enqueue_due(tick: Tick) -> Result<(), ClaimError> {
     let db = &tick.state.db;
     let queue = tick.topology.work_queue(REFRESH);
+    let mut cursor = DateTime::UNIX_EPOCH;
     loop {
-        let batch = claim(db, tick.state.config.requeue_after, BATCH).await?;
+        let batch = claim(db, tick.state.config.requeue_after, BATCH, cursor).await?;
         let full = batch.len() as i64 == BATCH;
+        // Ties at the cursor are read again; they are enqueued by now and filtered out.
+        cursor = batch.iter().map(|c| c.refresh_at).max().unwrap_or(cursor);
         let publisher = &tick.publisher;
         let results: Vec<(Claimed, Result<(), PublishError>)> = futures_util::stream::iter(batch)
             .map(|claimed| {

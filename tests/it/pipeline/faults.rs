@@ -202,6 +202,7 @@ async fn the_claim_query_walks_the_due_index() {
     let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", pipes::scheduler::claim::CLAIM_SQL)))
         .bind(Duration::from_secs(300))
         .bind(pipes::scheduler::claim::BATCH)
+        .bind(chrono::DateTime::UNIX_EPOCH)
         .fetch_all(&app.db)
         .await
         .unwrap();

@@ -1,0 +1,257 @@
+//! Benchmark helper for `benches/refresh.sh` (not a test): seeds accounts at an
+//! in-process demo provider and measures the refresh pipeline, the raw broker rate and
+//! the scheduler's claim. Configuration comes from the same `PIPES_*` environment as
+//! the `pipes` roles it runs next to.
+//!
+//! * `e2e N` — N due accounts; `pipes scheduler` and `pipes worker` (separate processes,
+//!   started by the script) refresh them; prints accounts refreshed per second.
+//! * `broker N` — persistent, confirmed publish + manual-ack consume of N messages on a
+//!   quorum queue, concurrently; prints messages per second.
+//! * `tick STORED DUE` — STORED accounts of which DUE are due; times the claim (the
+//!   database part of a tick) and a full tick with confirmed publishing.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use pipes::config::Config;
+use pipes::crypto::aad;
+use pipes::demo_provider::{ClientAuthMethod, ClientRegistration, DemoConfig, DemoProvider};
+use pipes::keys::columns;
+use pipes_workers::lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+use pipes_workers::lapin::types::{AMQPValue, FieldTable};
+use pipes_workers::lapin::BasicProperties;
+use pipes_workers::{Broker, Publisher};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    pipes::install_crypto_provider();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config = Config::from_env()?;
+    let db = PgPool::connect(&config.database_url).await?;
+    let arg = |i: usize, default: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    match args.first().map(String::as_str) {
+        Some("e2e") => e2e(&config, &db, arg(1, 100_000) as usize).await,
+        Some("broker") => broker(&config, arg(1, 100_000) as usize).await,
+        Some("tick") => tick(&config, &db, arg(1, 1_000_000) as i64, arg(2, 10_000) as i64).await,
+        _ => bail!("usage: refresh_bench e2e N | broker N | tick STORED DUE"),
+    }
+}
+
+/// Registers a demo provider as integration `bench` and returns the integration id.
+async fn integration(config: &Config, db: &PgPool, demo: &DemoProvider) -> Result<String> {
+    let secret = format!("secret-{}", ulid::Ulid::new());
+    demo.register_client(ClientRegistration {
+        client_id: "bench".into(),
+        client_secret: secret.clone(),
+        redirect_uris: vec![config.redirect_uri("bench")],
+        auth_method: ClientAuthMethod::Basic,
+    });
+    let base = demo.base_url();
+    let custom = serde_json::json!({
+        "name": "Bench", "authorization_url": format!("{base}/authorize"), "token_url": format!("{base}/token"),
+        "pkce_enabled": true, "request_scope_separator": " ", "authenticate_via": "basic_auth_header",
+    });
+    let id = pipes::ids::IdKind::Integration.new_id();
+    let sealed = config.encryption_keys.seal_str(&secret, aad(columns::CLIENT_SECRET, &id))?;
+    sqlx::query("TRUNCATE connected_accounts, integrations, events CASCADE").execute(db).await?;
+    sqlx::query(
+        "INSERT INTO integrations (id, slug, provider, scopes, client_id, client_secret_enc, redacted_secret, custom_provider)
+         VALUES ($1, 'bench', 'bench', ARRAY['read'], 'bench', $2, '***', $3)",
+    )
+    .bind(&id)
+    .bind(sealed)
+    .bind(custom)
+    .execute(db)
+    .await?;
+    Ok(id)
+}
+
+async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
+    let (demo, _) = DemoProvider::spawn(DemoConfig { access_ttl: Duration::from_secs(3600), ..DemoConfig::default() }).await?;
+    let integration_id = integration(config, db, &demo).await?;
+    let seeding = Instant::now();
+    // Real grants at the provider, sealed under the app's keys and bound to their rows;
+    // inserted not yet due, then made due all at once.
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        let (mut ids, mut users, mut access, mut refresh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in chunk {
+            let user = format!("user{i}");
+            let issued = demo.issue_grant("bench", &user, &["read"])?;
+            let id = pipes::ids::IdKind::ConnectedAccount.new_id();
+            access.push(config.encryption_keys.seal_str(&issued.access_token, aad(columns::ACCESS_TOKEN, &id))?);
+            let refresh_token = issued.refresh_token.context("demo grants carry a refresh token")?;
+            refresh.push(config.encryption_keys.seal_str(&refresh_token, aad(columns::REFRESH_TOKEN, &id))?);
+            ids.push(id);
+            users.push(user);
+        }
+        sqlx::query(
+            "INSERT INTO connected_accounts (id, integration_id, user_id, state, access_token_enc, refresh_token_enc,
+               expires_at, refresh_at, scopes, token_version)
+             SELECT a.id, $5, a.user_id, 'connected', a.access, a.refresh, now() + interval '1 hour',
+               now() + interval '1 day', ARRAY['read'], nextval('token_versions')
+             FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[]) AS a(id, user_id, access, refresh)",
+        )
+        .bind(&ids)
+        .bind(&users)
+        .bind(&access)
+        .bind(&refresh)
+        .bind(&integration_id)
+        .execute(db)
+        .await?;
+    }
+    sqlx::query("VACUUM ANALYZE connected_accounts").execute(db).await?;
+    eprintln!("seeded {n} accounts in {:.1}s", seeding.elapsed().as_secs_f64());
+
+    let started = Instant::now();
+    sqlx::query("UPDATE connected_accounts SET refresh_at = now() - interval '1 second'").execute(db).await?;
+    let armed = started.elapsed();
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let done = demo.stats().refreshes;
+        let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64();
+        eprintln!("  {:>6.1}s  provider refreshes {done:>7}  ({rate:>6.0}/s)", started.elapsed().as_secs_f64());
+        last = (Instant::now(), done);
+        if done as usize >= n {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("not finished after 30 minutes");
+        }
+    }
+    // Done when every new token is in PostgreSQL (the worker writes Redis right after).
+    loop {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM connected_accounts WHERE refresh_at > now() + interval '10 minutes'")
+            .fetch_one(db)
+            .await?;
+        if stored as usize >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = demo.stats();
+    println!("e2e_accounts={n}");
+    println!("e2e_seconds={elapsed:.2}");
+    println!("e2e_rate={:.0}", n as f64 / elapsed);
+    println!("e2e_arm_seconds={:.2}", armed.as_secs_f64());
+    println!("e2e_reuse_detected={}", stats.reuse_detected);
+    println!("e2e_provider_refreshes={}", stats.refreshes);
+    Ok(())
+}
+
+async fn broker(config: &Config, n: usize) -> Result<()> {
+    let broker = Broker::connect(&config.amqp_url, "pipes-bench").await?;
+    let queue = format!("{}.bench.raw", config.queue_prefix);
+    let setup = broker.channel().await?;
+    let _ = setup.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let setup = broker.channel().await?;
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    setup.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args).await?;
+
+    let consumer_channel = broker.channel().await?;
+    consumer_channel.basic_qos(500, BasicQosOptions { global: false }).await?;
+    let mut consumer = consumer_channel.basic_consume(queue.as_str().into(), "bench".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let started = Instant::now();
+    let consuming = tokio::spawn(async move {
+        let mut got = 0;
+        while got < n {
+            let Some(delivery) = consumer.next().await else { break };
+            delivery?.ack(BasicAckOptions::default()).await?;
+            got += 1;
+        }
+        anyhow::Ok(started.elapsed())
+    });
+    let channel = broker.channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let body = br#"{"type":"refresh.v1","account_id":"data_installation_01JBENCHBENCHBENCHBENCHBENC","integration_id":"data_integration_01JBENCHBENCHBENCHBENCHBENC"}"#;
+    let mut pending = FuturesUnordered::new();
+    for _ in 0..n {
+        if pending.len() >= 256 {
+            if let Some(confirm) = pending.next().await {
+                let confirm: Result<_, pipes_workers::lapin::Error> = confirm;
+                confirm?;
+            }
+        }
+        let properties = BasicProperties::default().with_delivery_mode(2);
+        let publish = channel.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions { mandatory: true, immediate: false }, body, properties);
+        pending.push(async move { publish.await?.await });
+    }
+    while let Some(confirm) = pending.next().await {
+        confirm?;
+    }
+    let published = started.elapsed();
+    let consumed = consuming.await??;
+    let _ = setup.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    println!("broker_messages={n}");
+    println!("broker_publish_rate={:.0}", n as f64 / published.as_secs_f64());
+    println!("broker_rate={:.0}", n as f64 / consumed.as_secs_f64());
+    Ok(())
+}
+
+async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()> {
+    let demo = DemoProvider::new(DemoConfig { base_url: "http://127.0.0.1:9".into(), ..DemoConfig::default() });
+    let integration_id = integration(config, db, &demo).await?;
+    // Placeholder ciphertexts: the claim never decrypts.
+    sqlx::query(
+        "INSERT INTO connected_accounts (id, integration_id, user_id, state, access_token_enc, refresh_token_enc, expires_at, refresh_at)
+         SELECT 'data_installation_bench' || g, $1, 'user' || g, 'connected', '\\x00'::bytea, '\\x00'::bytea, now() + interval '1 day',
+                CASE WHEN g % ($2 / $3) = 0 THEN now() - random() * interval '5 minutes' ELSE now() + random() * interval '1 day' END
+         FROM generate_series(1, $2) g",
+    )
+    .bind(&integration_id)
+    .bind(stored)
+    .bind(due)
+    .execute(db)
+    .await?;
+    sqlx::query("VACUUM ANALYZE connected_accounts").execute(db).await?;
+
+    let cancel = CancellationToken::new();
+    let state = pipes::app::AppState::new(config.clone(), cancel.clone())?;
+    let broker = Broker::connect(&config.amqp_url, "pipes-bench").await?;
+    let topology = pipes::queues::topology(config);
+    topology.declare(&broker.channel().await?).await?;
+    let publisher = Publisher::new(&broker);
+    let (mut claims, mut ticks) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        sqlx::query("UPDATE connected_accounts SET enqueued_at = NULL WHERE enqueued_at IS NOT NULL").execute(db).await?;
+        let started = Instant::now();
+        let (mut claimed, mut cursor) = (0, chrono::DateTime::UNIX_EPOCH);
+        loop {
+            let batch = pipes::scheduler::claim::claim(db, config.requeue_after, pipes::scheduler::claim::BATCH, cursor).await?;
+            claimed += batch.len() as i64;
+            cursor = batch.iter().map(|c| c.refresh_at).max().unwrap_or(cursor);
+            if (batch.len() as i64) < pipes::scheduler::claim::BATCH {
+                break;
+            }
+        }
+        claims.push(started.elapsed());
+        anyhow::ensure!(claimed == due, "claimed {claimed}, expected {due}");
+
+        sqlx::query("UPDATE connected_accounts SET enqueued_at = NULL WHERE enqueued_at IS NOT NULL").execute(db).await?;
+        let tick = pipes::scheduler::Tick { state: state.clone(), publisher: publisher.clone(), topology: topology.clone(), now: chrono::Utc::now(), cancel: cancel.clone() };
+        let started = Instant::now();
+        pipes::scheduler::claim::enqueue_due(tick).await?;
+        ticks.push(started.elapsed());
+        let channel = broker.channel().await?;
+        channel.queue_purge(topology.work_queue(pipes::queues::REFRESH).as_str().into(), Default::default()).await?;
+    }
+    claims.sort();
+    ticks.sort();
+    println!("tick_stored={stored}");
+    println!("tick_due={due}");
+    println!("tick_claim_ms={:.1}", claims[claims.len() / 2].as_secs_f64() * 1000.0);
+    println!("tick_full_ms={:.1}", ticks[ticks.len() / 2].as_secs_f64() * 1000.0);
+    for name in topology.queue_names() {
+        if let Ok(channel) = broker.channel().await {
+            let _ = channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+    }
+    cancel.cancel();
+    Ok(())
+}
