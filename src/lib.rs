@@ -26,6 +26,7 @@ pub mod secret;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod webhooks;
 
 /// Installs the process-wide TLS crypto provider (ring) once. Every TLS
 /// client in the tree (reqwest, lapin) then uses it.

@@ -56,9 +56,11 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
     }
     if roles.scheduler {
         tracing::info!(cron = %state.config.scheduler_cron_text, "scheduler started");
+        tasks.spawn(crate::webhooks::run_relay(state.clone(), cancel.clone()));
     }
     if roles.worker {
         tracing::info!(concurrency = state.config.worker_concurrency, "worker started");
+        tasks.spawn(crate::webhooks::run_deliveries(state.clone(), cancel.clone()));
     }
     tasks.close();
     cancel.cancelled().await;

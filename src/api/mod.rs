@@ -1,8 +1,10 @@
 //! The HTTP API (DESIGN §3): one file per resource, assembled here.
 
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod openapi;
+pub mod webhooks;
 
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -12,7 +14,11 @@ use crate::error::ApiError;
 
 /// Every route of `pipes serve`.
 pub fn routes() -> Router<AppState> {
-    Router::new().merge(health::routes()).merge(openapi::routes())
+    Router::new()
+        .merge(health::routes())
+        .merge(openapi::routes())
+        .merge(webhooks::routes())
+        .merge(events::routes())
 }
 
 pub async fn not_found() -> Response {

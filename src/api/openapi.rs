@@ -11,7 +11,17 @@ use crate::app::AppState;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Pipes", description = "Connected accounts with always-fresh OAuth access tokens."),
-    paths(super::health::live, super::health::ready, super::health::metrics),
+    paths(
+        super::health::live,
+        super::health::ready,
+        super::health::metrics,
+        super::webhooks::create_endpoint,
+        super::webhooks::list_endpoints,
+        super::webhooks::update_endpoint,
+        super::webhooks::delete_endpoint,
+        super::events::list_events,
+    ),
+    components(schemas(super::webhooks::CreateEndpoint, super::webhooks::UpdateEndpoint)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

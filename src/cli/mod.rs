@@ -2,6 +2,7 @@
 
 mod api_keys;
 mod keys;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Encryption keys: generate one, re-encrypt everything under the newest.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Webhook endpoints: add, list, remove; replay deliveries.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
 }
 
 /// Loads the configuration: the file first, then the environment.
@@ -90,5 +94,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ApiKeys(cmd) => api_keys::run(&config, cmd).await,
         Command::Keys(cmd) => keys::run(&config, cmd).await,
+        Command::Webhooks(cmd) => webhooks::run(&config, cmd).await,
     }
 }
