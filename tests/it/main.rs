@@ -6,3 +6,4 @@ mod foundation;
 mod queue;
 mod refresh_core;
 mod support;
+mod webhooks;
