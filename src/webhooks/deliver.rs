@@ -24,6 +24,7 @@ use crate::metrics as m;
 use crate::queues::{self, DeliveryJob};
 use crate::secret::Secret;
 use crate::time::rfc3339;
+use crate::webhooks::relay::REPLAY_HEADER;
 use crate::webhooks::{sign, target};
 
 /// No answer within this long is a failed attempt (DESIGN §3.5).
@@ -192,8 +193,10 @@ impl Handler for DeliveryHandler {
                 return retry("database_unavailable");
             }
         };
-        // Delivered already (a duplicate job), failed for good, or paused: nothing to send.
-        if loaded.status != "pending" || !loaded.endpoint_enabled {
+        // Delivered already (a duplicate job) or paused: nothing to send. A replay sends
+        // again whatever happened before.
+        let replay = ctx.headers.get(REPLAY_HEADER).is_some();
+        if (loaded.status == "delivered" && !replay) || !loaded.endpoint_enabled {
             return Outcome::Done;
         }
         let secret = match self.ring.open_string(&loaded.secret_enc, aad(columns::WEBHOOK_SECRET, &loaded.endpoint_id)) {

@@ -1,13 +1,17 @@
 //! The outbox relay (scheduler role) and replays (CLI).
 //!
-//! The relay claims unrelayed events in order (`FOR UPDATE SKIP LOCKED`, so
-//! any number of schedulers can run), creates one `webhook_deliveries` row per
-//! (event, enabled endpoint that wants it), publishes one confirmed
-//! `DeliveryJob` per row and marks the events relayed — all in one
-//! transaction. If publishing fails the transaction rolls back and the events
-//! are claimed again on the next pass; if the commit fails after a publish,
-//! the job finds no delivery row and is dropped, and the next pass publishes
-//! afresh. Either way every delivery is published at least once.
+//! The relay claims unrelayed events in order (`FOR NO KEY UPDATE SKIP LOCKED`, so
+//! any number of schedulers can run) and holds that claim while it creates
+//! one `webhook_deliveries` row per (event, enabled endpoint that wants it),
+//! publishes one confirmed `DeliveryJob` per delivery not yet attempted, and
+//! then marks the events relayed. The delivery rows are committed before
+//! their jobs are published, so a worker never looks for a row it cannot see
+//! yet. If publishing fails, the claim rolls back and the next pass publishes
+//! the same (still unattempted) deliveries again; a job published twice is
+//! harmless, as the handler skips delivered deliveries.
+//!
+//! Replays publish jobs marked with [`REPLAY_HEADER`], which the handler sends
+//! even when the delivery succeeded before.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::ids::IdKind;
 use crate::queues::{self, DeliveryJob};
+
+/// Header on replayed jobs: send even if delivered before.
+pub const REPLAY_HEADER: &str = "x-pipes-replay";
 
 /// Events claimed per transaction.
 const BATCH: i64 = 100;
@@ -86,7 +93,7 @@ impl Relay {
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
         let mut tx = self.db.begin().await?;
         let events = sqlx::query(
-            "SELECT id, event FROM events WHERE relayed_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT id, event FROM events WHERE relayed_at IS NULL ORDER BY seq LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED",
         )
         .bind(BATCH)
         .fetch_all(&mut *tx)
@@ -94,15 +101,22 @@ impl Relay {
         if events.is_empty() {
             return Ok(0);
         }
-        let mut deliveries = Vec::new();
         let mut ids = Vec::with_capacity(events.len());
         for row in &events {
             let event_id: String = row.get("id");
             let event: String = row.get("event");
-            deliveries.extend(create_deliveries(&mut tx, &event_id, &event).await?);
+            // On the pool, not in the claim: committed before any job names them. (The
+            // claim is NO KEY UPDATE so these inserts' foreign-key checks can share the row.)
+            create_deliveries(&self.db, &event_id, &event).await?;
             ids.push(event_id);
         }
-        self.publish_all(&deliveries).await?;
+        let deliveries: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM webhook_deliveries WHERE event_id = ANY($1) AND status = 'pending' AND attempts = 0 ORDER BY id",
+        )
+        .bind(&ids)
+        .fetch_all(&self.db)
+        .await?;
+        self.publish_all(&deliveries, false).await?;
         sqlx::query("UPDATE events SET relayed_at = now() WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
         tx.commit().await?;
         if !deliveries.is_empty() {
@@ -115,23 +129,19 @@ impl Relay {
     /// deliveries for endpoints added since). The event keeps its id. Returns
     /// how many deliveries were queued, or `None` if there is no such event.
     pub async fn replay_event(&self, event_id: &str) -> Result<Option<usize>, RelayError> {
-        let mut tx = self.db.begin().await?;
         let event: Option<String> =
-            sqlx::query_scalar("SELECT event FROM events WHERE id = $1").bind(event_id).fetch_optional(&mut *tx).await?;
+            sqlx::query_scalar("SELECT event FROM events WHERE id = $1").bind(event_id).fetch_optional(&self.db).await?;
         let Some(event) = event else { return Ok(None) };
-        create_deliveries(&mut tx, event_id, &event).await?;
+        create_deliveries(&self.db, event_id, &event).await?;
         let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE webhook_deliveries d SET status = 'pending', updated_at = now()
-             FROM webhook_endpoints e
-             WHERE d.endpoint_id = e.id AND d.event_id = $1 AND e.status = 'enabled' AND $2 = ANY(e.events)
-             RETURNING d.id",
+            "SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+             WHERE d.event_id = $1 AND e.status = 'enabled' AND $2 = ANY(e.events) ORDER BY d.id",
         )
         .bind(event_id)
         .bind(&event)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.db)
         .await?;
-        self.publish_all(&ids).await?;
-        tx.commit().await?;
+        self.publish_all(&ids, true).await?;
         Ok(Some(ids.len()))
     }
 
@@ -139,22 +149,18 @@ impl Relay {
     pub async fn replay_failed_since(&self, since: Duration) -> Result<usize, RelayError> {
         let since = chrono::Duration::from_std(since).unwrap_or(chrono::Duration::MAX);
         let cutoff = chrono::Utc::now().checked_sub_signed(since).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-        let mut tx = self.db.begin().await?;
         let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE webhook_deliveries d SET status = 'pending', updated_at = now()
-             FROM webhook_endpoints e
-             WHERE d.endpoint_id = e.id AND d.status = 'failed' AND d.updated_at >= $1 AND e.status = 'enabled'
-             RETURNING d.id",
+            "SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+             WHERE d.status = 'failed' AND d.updated_at >= $1 AND e.status = 'enabled' ORDER BY d.id",
         )
         .bind(cutoff)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.db)
         .await?;
-        self.publish_all(&ids).await?;
-        tx.commit().await?;
+        self.publish_all(&ids, true).await?;
         Ok(ids.len())
     }
 
-    async fn publish_all(&self, delivery_ids: &[String]) -> Result<(), RelayError> {
+    async fn publish_all(&self, delivery_ids: &[String], replay: bool) -> Result<(), RelayError> {
         if delivery_ids.is_empty() {
             return Ok(());
         }
@@ -166,7 +172,8 @@ impl Relay {
         }
         for id in delivery_ids {
             let job = DeliveryJob::V1 { delivery_id: id.clone() };
-            if let Err(error) = self.publisher.publish(&self.queue, &job, Headers::new()).await {
+            let headers = if replay { Headers::new().with(REPLAY_HEADER, "1") } else { Headers::new() };
+            if let Err(error) = self.publisher.publish(&self.queue, &job, headers).await {
                 self.declared.store(false, Ordering::Release);
                 return Err(error.into());
             }
@@ -176,12 +183,12 @@ impl Relay {
 }
 
 /// Creates the missing deliveries of one event; returns the new delivery ids.
-async fn create_deliveries(tx: &mut sqlx::PgConnection, event_id: &str, event: &str) -> Result<Vec<String>, sqlx::Error> {
+async fn create_deliveries(db: &PgPool, event_id: &str, event: &str) -> Result<Vec<String>, sqlx::Error> {
     let endpoints: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM webhook_endpoints WHERE status = 'enabled' AND $1 = ANY(events) ORDER BY id",
     )
     .bind(event)
-    .fetch_all(&mut *tx)
+    .fetch_all(db)
     .await?;
     let mut created = Vec::with_capacity(endpoints.len());
     for endpoint_id in endpoints {
@@ -192,7 +199,7 @@ async fn create_deliveries(tx: &mut sqlx::PgConnection, event_id: &str, event: &
         .bind(IdKind::WebhookDelivery.new_id())
         .bind(event_id)
         .bind(&endpoint_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(db)
         .await?;
         created.extend(id);
     }
