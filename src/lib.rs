@@ -34,6 +34,7 @@ pub mod store;
 pub mod telemetry;
 pub mod time;
 pub mod worker;
+pub mod webhooks;
 
 /// Installs the process-wide TLS crypto provider (ring) once. Every TLS
 /// client in the tree (reqwest, lapin) then uses it.

@@ -2,11 +2,13 @@
 
 pub mod connect;
 pub mod connected_accounts;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod integrations;
 pub mod openapi;
 pub mod tokens;
+pub mod webhooks;
 
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -23,6 +25,8 @@ pub fn routes() -> Router<AppState> {
         .merge(integrations::routes())
         .merge(connect::routes())
         .merge(connected_accounts::routes())
+        .merge(webhooks::routes())
+        .merge(events::routes())
 }
 
 pub async fn not_found() -> Response {

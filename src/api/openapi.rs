@@ -29,7 +29,13 @@ use crate::app::AppState;
         super::connected_accounts::data_providers,
         super::tokens::token,
         super::tokens::credentials,
+        super::webhooks::create_endpoint,
+        super::webhooks::list_endpoints,
+        super::webhooks::update_endpoint,
+        super::webhooks::delete_endpoint,
+        super::events::list_events,
     ),
+    components(schemas(super::webhooks::CreateEndpoint, super::webhooks::UpdateEndpoint)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -7,6 +7,7 @@ mod keys;
 mod status;
 
 pub use status::render as render_status;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +67,9 @@ pub enum Command {
     /// Connected accounts: list, show, refresh now.
     #[command(subcommand)]
     Connections(connections::ConnectionsCommand),
+    /// Webhook endpoints: add, list, remove; replay deliveries.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
 }
 
 /// Loads the configuration: the file first, then the environment.
@@ -141,6 +145,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Integrations(cmd) => integrations::run(&config, cmd).await,
         Command::Providers { json } => integrations::providers(json),
         Command::Connections(cmd) => connections::run(&config, cmd).await,
+        Command::Webhooks(cmd) => webhooks::run(&config, cmd).await,
     }
 }
 

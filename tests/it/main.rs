@@ -14,3 +14,4 @@ mod refresh_core;
 mod sdk_node;
 mod support;
 mod tokens;
+mod webhooks;

@@ -1,0 +1,54 @@
+//! Webhooks (DESIGN §3.5): endpoints, the outbox relay, signed delivery with
+//! retries, replay.
+//!
+//! Flow: a change writes its event to the `events` outbox in its own
+//! transaction (`crate::events::emit`); the scheduler's relay
+//! ([`relay::Relay`]) turns each event into one delivery per matching enabled
+//! endpoint and publishes a `DeliveryJob` for each; the worker's
+//! [`deliver::DeliveryHandler`] POSTs it, signed ([`sign`]), to an address
+//! allowed by [`target`], and retries through the `webhooks` delay queues.
+
+pub mod deliver;
+pub mod endpoints;
+pub mod relay;
+pub mod sign;
+pub mod target;
+
+use std::time::Duration;
+
+use pipes_workers::Broker;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+
+/// Pause between attempts to reach the broker at start-up.
+const CONNECT_RETRY: Duration = Duration::from_secs(2);
+
+/// Connects to the broker, retrying until it answers or `cancel` fires.
+pub async fn connect_broker(amqp_url: &str, name: &str, cancel: &CancellationToken) -> Option<Broker> {
+    loop {
+        match Broker::connect(amqp_url, name).await {
+            Ok(broker) => return Some(broker),
+            Err(error) => tracing::warn!(%error, connection = name, "message broker unreachable; retrying"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return None,
+            () = tokio::time::sleep(CONNECT_RETRY) => {}
+        }
+    }
+}
+
+/// The outbox relay of the scheduler role, until `cancel` fires.
+pub async fn run_relay(state: AppState, cancel: CancellationToken) {
+    let Some(broker) = connect_broker(&state.config.amqp_url, "pipes-outbox-relay", &cancel).await else { return };
+    tracing::info!("outbox relay started");
+    relay::Relay::new(state.db.clone(), &broker, &state.config).run(cancel).await;
+}
+
+/// The webhook delivery consumer of the worker role, until `cancel` fires.
+pub async fn run_deliveries(state: AppState, cancel: CancellationToken) {
+    let Some(broker) = connect_broker(&state.config.amqp_url, "pipes-webhooks", &cancel).await else { return };
+    if let Err(error) = deliver::run_consumer(state.db.clone(), broker, &state.config, cancel).await {
+        tracing::error!(error = %error, "webhook delivery consumer stopped");
+    }
+}
