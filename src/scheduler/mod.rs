@@ -9,6 +9,8 @@
 pub mod claim;
 mod stats;
 
+pub use stats::refresh_all as refresh_gauges;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

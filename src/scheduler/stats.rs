@@ -25,6 +25,7 @@ pub(super) async fn run(state: AppState, broker: Broker, topology: Topology, can
         accounts_due(&state).await;
         if round % COUNT_EVERY_ROUNDS == 0 {
             connected_accounts(&state, &mut seen).await;
+            integrations_invalid(&state).await;
         }
         round = round.wrapping_add(1);
         tokio::select! {
@@ -59,6 +60,29 @@ async fn accounts_due(state: &AppState) {
     match due {
         Ok(n) => metrics::gauge!(m::ACCOUNTS_DUE).set(n as f64),
         Err(err) => tracing::debug!(error = %err, "due accounts not counted"),
+    }
+}
+
+/// Counts everything the periodic rounds count, at once (operators' tools and tests).
+pub async fn refresh_all(state: &AppState) {
+    accounts_due(state).await;
+    connected_accounts(state, &mut HashSet::new()).await;
+    integrations_invalid(state).await;
+}
+
+/// 1 for each integration whose credentials the provider refused, 0 for the others,
+/// so the gauge also falls back once an operator fixes the credentials.
+async fn integrations_invalid(state: &AppState) {
+    let rows = sqlx::query("SELECT slug, state FROM integrations").fetch_all(&state.db).await;
+    match rows {
+        Ok(rows) => {
+            for row in rows {
+                let (slug, integration_state): (String, String) = (row.get("slug"), row.get("state"));
+                let value = if integration_state == "invalid" { 1.0 } else { 0.0 };
+                metrics::gauge!(m::INTEGRATIONS_INVALID, "provider" => slug).set(value);
+            }
+        }
+        Err(err) => tracing::debug!(error = %err, "invalid integrations not counted"),
     }
 }
 

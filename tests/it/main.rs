@@ -6,6 +6,7 @@ mod connect;
 mod connected_accounts;
 mod demo_provider;
 mod foundation;
+mod observability;
 mod operations;
 mod integrations;
 mod queue;
