@@ -243,11 +243,12 @@ async fn exchange(state: &AppState, integration: &Integration, pending: &Pending
     let spec = integration.spec()?;
     let redirect_uri = state.config.redirect_uri(&integration.slug);
     let grant = Grant::Code { code, redirect_uri: &redirect_uri, pkce_verifier: pending.pkce_verifier.as_ref() };
+    // `expires_in` counts from the provider's answer, no earlier than the request was sent.
+    let requested_at = Utc::now();
     match client::request_token(&state.http, integration, &spec, grant).await {
         Ok(grant) => {
-            let now = Utc::now();
             Ok(Ok(TokenSet {
-                expires_at: grant.expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| now + d),
+                expires_at: grant.expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| requested_at + d),
                 access_token: grant.access_token,
                 refresh_token: grant.refresh_token,
                 scopes: grant.scopes.filter(|s| !s.is_empty()).unwrap_or_else(|| pending.scopes.clone()),

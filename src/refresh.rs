@@ -177,13 +177,16 @@ impl Refresher {
             Err(err) => return Ok(RefreshOutcome::Transient { reason: err.to_string(), retry_after: None }),
         };
         let started = Instant::now();
+        // `expires_in` counts from when the provider answered, which is no earlier than this:
+        // counting from the response instead would overstate the lifetime by the round trip.
+        let requested_at = Utc::now();
         let result = request_token(&self.http, integration, &spec, Grant::Refresh { refresh_token: &refresh_token, scopes: &account.scopes }).await;
         metrics::histogram!(m::REFRESH_DURATION, "provider" => provider.clone()).record(started.elapsed().as_secs_f64());
         let attempt = |outcome: &'static str| metrics::counter!(m::REFRESH_ATTEMPTS, "provider" => provider.clone(), "outcome" => outcome).increment(1);
         match result {
             Ok(grant) => {
                 let now = Utc::now();
-                let expires_at = grant.expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| now + d);
+                let expires_at = grant.expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| requested_at + d);
                 let has_refresh = grant.refresh_token.is_some() || account.refresh_token.is_some();
                 let tokens = TokenSet {
                     access_token: grant.access_token,

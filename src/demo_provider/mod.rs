@@ -271,7 +271,17 @@ impl DemoProvider {
 
     /// Lifetime of access tokens issued from now on.
     pub fn set_access_ttl(&self, ttl: Duration) {
-        self.lock().access_ttl = ttl;
+        let mut state = self.lock();
+        state.access_ttl = ttl;
+        state.access_ttl_max = None;
+    }
+
+    /// Lifetimes of access tokens issued from now on: a random whole number of seconds in
+    /// `[min, max]` per token, so a large population of grants expires spread out.
+    pub fn set_access_ttl_range(&self, min: Duration, max: Duration) {
+        let mut state = self.lock();
+        state.access_ttl = min;
+        state.access_ttl_max = Some(max);
     }
 
     pub fn set_shape(&self, shape: Shape) {
@@ -306,6 +316,12 @@ impl DemoProvider {
     /// Whether this access token is unexpired and its grant alive (what `/userinfo` checks).
     pub fn access_token_valid(&self, access_token: &str) -> bool {
         self.lock().access_grant(access_token).is_some()
+    }
+
+    /// For a live access token (unexpired, grant alive): the grant's user and how long the token
+    /// stays valid at the provider (`None`: it never expires). `None` for any other token.
+    pub fn access_token_info(&self, access_token: &str) -> Option<(String, Option<Duration>)> {
+        self.lock().access_info(access_token)
     }
 
     /// Revokes the grant an access or refresh token belongs to, as the user would from the

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -81,6 +81,9 @@ pub(super) struct Issued {
 pub(super) struct State {
     pub base_url: String,
     pub access_ttl: Duration,
+    /// When set, each access token lives a random whole number of seconds in
+    /// `[access_ttl, access_ttl_max]`, so tokens issued together expire apart (the soak).
+    pub access_ttl_max: Option<Duration>,
     pub shape: Shape,
     pub auto_consent: bool,
     pub deny_next: bool,
@@ -102,6 +105,7 @@ impl State {
         Self {
             base_url: config.base_url.trim_end_matches('/').to_owned(),
             access_ttl: config.access_ttl,
+            access_ttl_max: None,
             shape: config.shape,
             auto_consent: config.auto_consent,
             deny_next: false,
@@ -332,11 +336,28 @@ impl State {
 
     fn mint_access(&mut self, grant: u64) -> (String, Option<u64>) {
         let token = random_token("demo_at_");
-        let ttl = (self.shape != Shape::NonExpiring).then_some(self.access_ttl);
+        let ttl = (self.shape != Shape::NonExpiring).then(|| self.pick_ttl());
         let expires_at = ttl.map(|ttl| self.now() + ttl);
         self.access
             .insert(token.clone(), Access { grant, expires_at });
         (token, ttl.map(|ttl| ttl.as_secs()))
+    }
+
+    fn pick_ttl(&self) -> Duration {
+        match self.access_ttl_max {
+            Some(max) if max.as_secs() > self.access_ttl.as_secs() => Duration::from_secs(
+                rand::thread_rng().gen_range(self.access_ttl.as_secs()..=max.as_secs()),
+            ),
+            _ => self.access_ttl,
+        }
+    }
+
+    /// The user of a live access token and how long it stays valid (`None`: never expires).
+    pub(super) fn access_info(&self, token: &str) -> Option<(String, Option<Duration>)> {
+        let access = self.access.get(token)?;
+        let grant = self.access_grant(token)?;
+        let now = self.now();
+        Some((grant.user.clone(), access.expires_at.map(|at| at.saturating_duration_since(now))))
     }
 
     fn mint_refresh(&mut self, grant: u64) -> String {

@@ -13,6 +13,7 @@ mod queue;
 mod pipeline;
 mod refresh_core;
 mod sdk_node;
+mod soak;
 mod support;
 mod tokens;
 mod webhooks;
