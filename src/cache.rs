@@ -153,9 +153,12 @@ impl TokenCache {
     /// `get` by the entry's key (see `entry_key`).
     pub async fn get_key(&self, key: &str, now: DateTime<Utc>) -> Result<Lookup, CacheError> {
         let mut conn = self.redis.conn().ok_or(CacheError::NotConnected)?;
-        let value: Option<Vec<u8>> = tokio::time::timeout(self.redis.timeout(), redis::cmd("GET").arg(key).query_async(&mut conn))
-            .await
-            .map_err(|_| CacheError::Timeout)??;
+        let value: Result<Option<Vec<u8>>, CacheError> =
+            match tokio::time::timeout(self.redis.timeout(), redis::cmd("GET").arg(key).query_async(&mut conn)).await {
+                Ok(result) => result.map_err(CacheError::from),
+                Err(_) => Err(CacheError::Timeout),
+            };
+        let value = value.inspect_err(|_| self.redis.failed())?;
         Ok(self.decode(key, value.as_deref(), now))
     }
 
@@ -236,8 +239,14 @@ impl TokenCache {
         invocation.arg(value).arg(version).arg(ttl.as_millis() as u64).arg(&*self.channel);
         match tokio::time::timeout(Duration::from_secs(1), invocation.invoke_async::<i64>(&mut conn)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::warn!(error = %err, "token cache write failed"),
-            Err(_) => tracing::warn!("token cache write timed out"),
+            Ok(Err(err)) => {
+                self.redis.failed();
+                tracing::warn!(error = %err, "token cache write failed");
+            }
+            Err(_) => {
+                self.redis.failed();
+                tracing::warn!("token cache write timed out");
+            }
         }
     }
 

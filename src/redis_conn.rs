@@ -1,19 +1,30 @@
 //! The Redis connection. Redis holds only disposable data, so it is optional
 //! at run time: until it answers, and whenever a command fails, callers treat
-//! it as a miss and go to PostgreSQL.
+//! it as a miss and go to PostgreSQL. After a failure, callers skip Redis for
+//! `SKIP_AFTER_FAILURE` (then one command probes it again), so an outage costs
+//! each caller nothing instead of a timeout per command: without it a refresh
+//! worker waited a whole write timeout per job while Redis was down, and its
+//! throughput fell from hundreds to tens of refreshes per second.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
+
+/// How long callers skip Redis after a command failed or timed out.
+pub const SKIP_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Redis {
     manager: Arc<ArcSwapOption<ConnectionManager>>,
     prefix: Arc<str>,
     timeout: Duration,
+    /// Milliseconds after `epoch` until which `conn()` answers `None`.
+    skip_until: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for Redis {
@@ -50,7 +61,7 @@ impl Redis {
                 }
             }
         });
-        Ok(Redis { manager, prefix: prefix.into(), timeout })
+        Ok(Redis { manager, prefix: prefix.into(), timeout, skip_until: Arc::new(AtomicU64::new(0)), epoch: Instant::now() })
     }
 
     /// Waits up to `within` for the first connection (used at start-up and in tests).
@@ -65,9 +76,23 @@ impl Redis {
         true
     }
 
-    /// A connection handle, if one was ever made (it reconnects by itself).
+    /// A connection handle, if one was ever made (it reconnects by itself) and
+    /// no command failed in the last `SKIP_AFTER_FAILURE`.
     pub fn conn(&self) -> Option<ConnectionManager> {
+        if self.millis() < self.skip_until.load(Ordering::Relaxed) {
+            return None;
+        }
         self.manager.load().as_deref().cloned()
+    }
+
+    /// Records that a command failed or timed out: callers skip Redis for a while.
+    pub fn failed(&self) {
+        let until = self.millis() + SKIP_AFTER_FAILURE.as_millis() as u64;
+        self.skip_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    fn millis(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     pub fn prefix(&self) -> &str {

@@ -155,6 +155,8 @@ impl Refresher {
     }
 
     async fn refresh_leased(&self, integration: &Integration, account: Account, lease_id: &str, reason: Reason) -> Result<RefreshOutcome, RefreshError> {
+        // The lease was taken just before this; a little margin keeps us inside it.
+        let store_until = Instant::now() + self.lease.saturating_sub(Duration::from_secs(2));
         let provider = integration.slug.clone();
         let now = Utc::now();
         if account.state != AccountState::Connected {
@@ -195,7 +197,7 @@ impl Refresher {
                     scopes: grant.scopes.unwrap_or_else(|| account.scopes.clone()),
                 };
                 let refresh_at = self.schedule(integration, now, expires_at, has_refresh);
-                match accounts::store_refreshed(&self.db, &self.ring, &account.id, lease_id, &tokens, refresh_at).await? {
+                match self.store_while_leased(&account.id, lease_id, &tokens, refresh_at, store_until).await? {
                     Some(stored) => {
                         attempt("success");
                         if let Some(due) = account.refresh_at {
@@ -235,6 +237,34 @@ impl Refresher {
                     _ => None,
                 };
                 Ok(RefreshOutcome::Transient { reason: label, retry_after })
+            }
+        }
+    }
+
+    /// Stores a refresh result, retrying while PostgreSQL fails and the lease lasts. The
+    /// provider has already rotated the refresh token: giving up would lose the only copy of
+    /// the new one, and the next attempt would present the old one, which a rotating
+    /// provider treats as theft and answers by revoking the grant (seen in the soak when
+    /// PostgreSQL was cut, or its pool timed out, between the answer and the write). Past the
+    /// lease another holder may refresh with the old token anyway, so the retries stop there;
+    /// the fencing check keeps a late write from overwriting theirs.
+    async fn store_while_leased(
+        &self,
+        account_id: &str,
+        lease_id: &str,
+        tokens: &TokenSet,
+        refresh_at: Option<DateTime<Utc>>,
+        until: Instant,
+    ) -> Result<Option<Account>, AccountError> {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match accounts::store_refreshed(&self.db, &self.ring, account_id, lease_id, tokens, refresh_at).await {
+                Err(AccountError::Db(err)) if Instant::now() + pause < until => {
+                    tracing::warn!(account_id, error = %err, "storing a refreshed token failed; retrying while the lease lasts");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
             }
         }
     }

@@ -78,8 +78,20 @@ cleanup() {
         log "restoring Redis"
         eval "$REDIS_START"
     fi
-    for role in "${!PID[@]}"; do kill "${PID[$role]}" 2>/dev/null; done
     [ -n "${SAMPLER:-}" ] && kill "$SAMPLER" 2>/dev/null
+    # Roles first, while their proxies still forward (a role cut off from the broker does
+    # not finish its shutdown: see docs/soak.md); whatever is left after 15 s is killed.
+    for role in serve scheduler worker1 worker2 helper pg_proxy amqp_proxy; do
+        [ -n "${PID[$role]:-}" ] && kill "${PID[$role]}" 2>/dev/null
+        [ "$role" = helper ] && sleep 1
+    done
+    for _ in $(seq 1 30); do
+        alive=""
+        for role in "${!PID[@]}"; do kill -0 "${PID[$role]}" 2>/dev/null && alive=1; done
+        [ -z "$alive" ] && break
+        sleep 0.5
+    done
+    for role in "${!PID[@]}"; do kill -9 "${PID[$role]}" 2>/dev/null; done
     wait 2>/dev/null
     psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
     redis-cli --scan --pattern "soak_$run_id*" | xargs -r redis-cli del >/dev/null 2>&1
@@ -105,6 +117,7 @@ SOAK_DATABASE_URL=$DIRECT_DB SOAK_ACCOUNTS=$ACCOUNTS SOAK_RATE=$RATE SOAK_DURATI
 SOAK_TTL_MIN=$TTL_MIN SOAK_TTL_MAX=$TTL_MAX SOAK_SERVE_URL="http://$SERVE" \
     "$HELPER" provider "$OUT" 2>"$OUT/logs/helper.log" &
 PID[helper]=$!
+echo "helper ${PID[helper]} $(now)" >>"$OUT/pids"
 while [ ! -f "$OUT/ready" ]; do
     kill -0 "${PID[helper]}" 2>/dev/null || { log "helper died"; tail "$OUT/logs/helper.log" >&2; exit 1; }
     sleep 0.5
@@ -135,7 +148,9 @@ sample() {
     done
     PIPES_DATABASE_URL=$DIRECT_DB PIPES_AMQP_URL=$DIRECT_AMQP timeout 8 "$PIPES" status --json >"$dir/status.json" 2>/dev/null || true
     for role in scheduler worker1 worker2 serve helper; do
-        local pid=${PID[$role]}
+        local pid
+        # The latest pid of each role (a restarted worker has a new one).
+        pid=$(awk -v r="$role" '$1 == r {p = $2} END {print p}' "$OUT/pids")
         if [ -r "/proc/$pid/stat" ]; then
             local ticks rss
             ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")
@@ -152,8 +167,8 @@ fault() { # name start end
 }
 at() { # wait until $1 seconds into the load
     local target
-    target=$(awk -v s="$T0" -v o="$1" 'BEGIN {print s + o}')
-    while awk -v n="$(now)" -v t="$target" 'BEGIN {exit !(n < t)}'; do sleep 0.2; done
+    target=$(awk -v s="$T0" -v o="$1" 'BEGIN {printf "%.3f", s + o}')
+    while awk -v n="$(now)" -v t="$target" 'BEGIN {exit !(n + 0 < t + 0)}'; do sleep 0.2; done
 }
 
 T0=$(now)

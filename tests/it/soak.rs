@@ -50,3 +50,68 @@ async fn the_demo_provider_spreads_access_token_lifetimes_over_a_range() {
     p.demo.set_access_ttl(Duration::from_secs(90));
     assert_eq!(p.demo.issue_grant(&p.integration.client_id, "fixed", &["read"]).unwrap().expires_in, Some(90));
 }
+
+#[tokio::test]
+async fn cache_writes_while_redis_is_down_do_not_each_wait_for_a_timeout() {
+    let proxy = crate::support::proxy::TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let url = format!("redis://{}", proxy.addr());
+    let app = TestApp::spawn_with(|s| {
+        s.set("PIPES_REDIS_URL", url);
+    })
+    .await;
+    let p = demo_integration(&app, "soak-redis-down", ClientAuthMethod::Basic).await;
+    let (account, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(3600)).await;
+    let cache = &app.state.cache;
+    proxy.cut();
+    // A refresh worker writes the cache after every refresh; with Redis gone each write used
+    // to wait for the write timeout (1 s), so 40 refreshes took 40 s of worker time.
+    let started = std::time::Instant::now();
+    for _ in 0..40 {
+        cache.put(&account, &p.integration, Utc::now()).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "40 cache writes with Redis down took {:?}", started.elapsed());
+    // Once Redis is back the cache is used again.
+    proxy.restore();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        cache.put(&account, &p.integration, Utc::now()).await;
+        if let Ok(pipes::cache::Lookup::Hit(_)) = cache.get(&p.integration.slug, "u1", None, Utc::now()).await {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the cache was not used again after Redis came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_token_survives_postgres_dropping_out_between_the_answer_and_the_write() {
+    let app = TestApp::spawn().await;
+    let p = demo_integration(&app, "soak-pg-cut", ClientAuthMethod::Basic).await;
+    let (account, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(5)).await;
+    // A refresher whose PostgreSQL goes through a proxy we can cut.
+    let proxy = crate::support::proxy::TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(1))
+        .connect(&format!("postgres://postgres@{}/{}", proxy.addr(), app.db_name))
+        .await
+        .unwrap();
+    let refresher = pipes::refresh::Refresher::new(db, app.state.keyring().clone(), app.state.http.clone(), app.state.cache.clone(), app.config());
+    // The provider rotates the refresh token after 1.5 s; PostgreSQL is gone from 0.5 s to 3.5 s.
+    p.demo.push_fault(Fault::Delay(Duration::from_millis(1500)));
+    let integration = p.integration.clone();
+    let id = account.id.clone();
+    let refreshing = tokio::spawn(async move { refresher.refresh(&integration, &id, Reason::Scheduled).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore();
+    let outcome = refreshing.await.unwrap().expect("the write is retried until PostgreSQL is back");
+    let RefreshOutcome::Refreshed(stored) = outcome else { panic!("expected a stored refresh, got {outcome:?}") };
+    // The new refresh token is the one in PostgreSQL, and it works: no reuse, no revoked grant.
+    let fresh = pipes::store::accounts::find_by_id(&app.db, app.state.keyring(), &account.id).await.unwrap().unwrap();
+    let refresh_token = fresh.refresh_token.as_ref().unwrap().expose().to_owned();
+    assert_eq!(Some(refresh_token.as_str()), stored.refresh_token.as_ref().map(|t| t.expose()));
+    assert!(p.demo.is_grant_alive_for_refresh(&refresh_token));
+    assert_eq!(p.demo.stats().reuse_detected, 0);
+}
