@@ -201,7 +201,7 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
     sqlx::query(
         "INSERT INTO connected_accounts (id, integration_id, user_id, state, access_token_enc, refresh_token_enc, expires_at, refresh_at)
          SELECT 'data_installation_bench' || g, $1, 'user' || g, 'connected', '\\x00'::bytea, '\\x00'::bytea, now() + interval '1 day',
-                CASE WHEN g % ($2 / $3) = 0 THEN now() - random() * interval '5 minutes' ELSE now() + random() * interval '1 day' END
+                CASE WHEN g % ($2 / $3) = 0 THEN now() - random() * interval '5 minutes' ELSE now() + interval '1 hour' + random() * interval '1 day' END
          FROM generate_series(1, $2) g",
     )
     .bind(&integration_id)
