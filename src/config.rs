@@ -83,6 +83,12 @@ pub struct Config {
     pub widget_token_ttl: Duration,
     /// Where `pipes demo-provider` (and `pipes dev`) serve the demo OAuth provider.
     pub demo_listen: SocketAddr,
+    /// The demo provider's origin as a browser reaches it.
+    pub demo_public_url: String,
+    /// The demo provider's origin as Pipes reaches it (differs in containers).
+    pub demo_internal_url: String,
+    /// The demo client's secret (shared by the demo provider and the `demo` integration).
+    pub demo_client_secret: String,
 }
 
 /// Raw key/value settings, from a TOML file and then the environment.
@@ -276,6 +282,14 @@ impl Config {
             redis_timeout: duration(s, "PIPES_REDIS_TIMEOUT", "250ms")?,
             widget_token_ttl: duration(s, "PIPES_WIDGET_TOKEN_TTL", "30m")?,
             demo_listen: addr(s, "PIPES_DEMO_LISTEN", "127.0.0.1:8090")?,
+            demo_public_url: s.get("PIPES_DEMO_PUBLIC_URL").unwrap_or("http://localhost:8090").trim().to_owned(),
+            demo_internal_url: s
+                .get("PIPES_DEMO_INTERNAL_URL")
+                .or_else(|| s.get("PIPES_DEMO_PUBLIC_URL"))
+                .unwrap_or("http://localhost:8090")
+                .trim()
+                .to_owned(),
+            demo_client_secret: s.get("PIPES_DEMO_CLIENT_SECRET").unwrap_or("demo-client-secret").to_owned(),
         };
         if config.refresh_lease <= config.provider_timeout {
             return Err(invalid("PIPES_REFRESH_LEASE", "must be longer than PIPES_PROVIDER_TIMEOUT"));

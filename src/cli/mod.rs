@@ -2,6 +2,9 @@
 
 mod api_keys;
 mod keys;
+mod status;
+
+pub use status::render as render_status;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -31,12 +34,25 @@ pub enum Command {
     Dev,
     /// Applies database migrations.
     Migrate,
+    /// Runs the built-in demo OAuth provider (and registers the `demo` integration).
+    #[command(name = "demo-provider")]
+    DemoProvider,
     /// API keys for the backend (`admin` or `tokens`).
     #[command(subcommand, name = "api-keys")]
     ApiKeys(api_keys::ApiKeysCommand),
     /// Encryption keys: generate one, re-encrypt everything under the newest.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Due tokens, queue depths, failures, invalid integrations, roles alive.
+    Status {
+        /// The same fields as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Imports connected accounts from a JSON-lines file (one account per line).
+    Import {
+        file: std::path::PathBuf,
+    },
 }
 
 /// Loads the configuration: the file first, then the environment.
@@ -60,11 +76,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let dev = matches!(cli.command, Command::Dev);
     let config = match load_config(&cli) {
         Ok(config) => config,
-        Err(err) if dev && std::env::var_os("PIPES_ENCRYPTION_KEYS").is_none() => {
-            let _ = err;
-            let key = crate::crypto::KeyRing::generate_key_text("dev");
-            eprintln!("WARNING: PIPES_ENCRYPTION_KEYS is not set; `pipes dev` generated a throw-away development key.");
-            eprintln!("WARNING: data encrypted under it cannot be read after this process exits. Never use this in production.");
+        Err(_) if dev && std::env::var_os("PIPES_ENCRYPTION_KEYS").is_none() => {
+            let key = dev_key()?;
             std::env::set_var("PIPES_ENCRYPTION_KEYS", key);
             load_config(&cli)?
         }
@@ -78,11 +91,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler => roles::run(config, RoleSet { serve: false, scheduler: true, worker: false }, cancel).await,
         Command::Worker => roles::run(config, RoleSet { serve: false, scheduler: false, worker: true }, cancel).await,
         Command::Dev => {
+            crate::db::ensure_database(&config.database_url).await?;
             let db = crate::db::pool(&config.database_url, 2)?;
             crate::db::migrate(&db).await?;
-            roles::run(config, RoleSet { serve: true, scheduler: true, worker: true }, cancel).await
+            crate::demo_setup::ensure_integration(&db, &config).await?;
+            let demo = {
+                let config = config.clone();
+                let cancel = cancel.clone();
+                tokio::spawn(async move { crate::demo_setup::run_provider(&config, cancel).await })
+            };
+            roles::run(config, RoleSet { serve: true, scheduler: true, worker: true }, cancel).await?;
+            demo.await??;
+            Ok(())
+        }
+        Command::DemoProvider => {
+            let db = crate::db::pool(&config.database_url, 2)?;
+            if let Err(err) = crate::demo_setup::ensure_integration(&db, &config).await {
+                tracing::warn!(error = %err, "could not register the demo integration (run `pipes migrate` first)");
+            }
+            crate::demo_setup::run_provider(&config, cancel).await
         }
         Command::Migrate => {
+            crate::db::ensure_database(&config.database_url).await?;
             let db = crate::db::pool(&config.database_url, 2)?;
             crate::db::migrate(&db).await?;
             println!("migrations applied");
@@ -90,5 +120,63 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ApiKeys(cmd) => api_keys::run(&config, cmd).await,
         Command::Keys(cmd) => keys::run(&config, cmd).await,
+        Command::Status { json } => status::run(&config, json).await,
+        Command::Import { file } => import(config, &file, cancel).await,
     }
+}
+
+async fn import(config: Config, file: &std::path::Path, cancel: CancellationToken) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let state = crate::app::AppState::new(config, cancel.clone())?;
+    state.redis.wait_connected(std::time::Duration::from_secs(2)).await;
+    let bar = indicatif::ProgressBar::new(text.lines().count() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} importing [{bar:40}] {pos}/{len} ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = crate::import::import_lines(&state, &text, || bar.inc(1)).await?;
+    bar.finish();
+    for (line, problem) in &report.rejected {
+        eprintln!("line {line}: {problem}");
+    }
+    println!("imported {} account(s), rejected {}", report.imported, report.rejected.len());
+    cancel.cancel();
+    anyhow::ensure!(report.rejected.is_empty(), "{} line(s) were rejected", report.rejected.len());
+    Ok(())
+}
+
+/// A development key for `pipes dev`, generated once and kept in a file so a
+/// restart can still read what the last run stored. Loudly not for production.
+fn dev_key() -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let path = match std::env::var_os("PIPES_DEV_KEY_FILE") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => {
+            let base = std::env::var_os("XDG_DATA_HOME")
+                .map(std::path::PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/share")))
+                .unwrap_or_else(std::env::temp_dir);
+            base.join("pipes").join("dev-encryption-key")
+        }
+    };
+    let key = match std::fs::read_to_string(&path) {
+        Ok(text) if crate::crypto::KeyRing::parse(text.trim()).is_ok() => text.trim().to_owned(),
+        _ => {
+            let key = crate::crypto::KeyRing::generate_key_text("dev");
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::write(&path, &key).with_context(|| format!("writing {}", path.display()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+            }
+            key
+        }
+    };
+    eprintln!("WARNING: PIPES_ENCRYPTION_KEYS is not set; `pipes dev` uses a development key kept in {}.", path.display());
+    eprintln!("WARNING: never use it in production: set PIPES_ENCRYPTION_KEYS (see `pipes keys generate`).");
+    Ok(key)
 }

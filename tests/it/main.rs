@@ -3,6 +3,7 @@
 mod catalog;
 mod demo_provider;
 mod foundation;
+mod operations;
 mod queue;
 mod refresh_core;
 mod support;

@@ -61,6 +61,29 @@ pub async fn fresh_database() -> String {
     name
 }
 
+/// When `PIPES_TEST_LOG` names a file, every test's logs (ours at TRACE) go
+/// there as JSON, so CI can check that no secret ever reached a log line.
+fn init_test_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Some(path) = std::env::var_os("PIPES_TEST_LOG") else { return };
+        let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(&path) else { return };
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let filter = tracing_subscriber::EnvFilter::new("info,pipes=trace,pipes_workers=trace");
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::sync::Mutex::new(file)))
+            .try_init();
+    });
+}
+
+/// `PIPES_TEST_KEEP_DB=1` keeps each test's database and Redis keys for the
+/// security scan that runs after the suite (it drops them afterwards).
+fn keep_data() -> bool {
+    std::env::var_os("PIPES_TEST_KEEP_DB").is_some()
+}
+
 impl TestApp {
     pub async fn spawn() -> TestApp {
         Self::spawn_with(|_| {}).await
@@ -69,6 +92,7 @@ impl TestApp {
     /// Spawns with extra settings applied after the defaults.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         pipes::install_crypto_provider();
+        init_test_logging();
         let unique = ulid::Ulid::new().to_string().to_lowercase();
         let db_name = fresh_database().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -124,6 +148,9 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.cancel.cancel();
+        if keep_data() {
+            return;
+        }
         let db_name = self.db_name.clone();
         let prefix = self.state.redis.prefix().to_owned();
         // A fresh runtime on its own thread: Drop may run inside (or outside) a runtime.

@@ -24,7 +24,7 @@ pub struct Provider {
 pub async fn demo_integration(app: &TestApp, slug: &str, auth: ClientAuthMethod) -> Provider {
     let (demo, _addr) = DemoProvider::spawn(DemoConfig { auto_consent: true, ..DemoConfig::default() }).await.expect("demo provider");
     let client_id = format!("client-{slug}");
-    let client_secret = format!("secret-{}", ulid::Ulid::new());
+    let client_secret = format!("demo_cs_{}", ulid::Ulid::new());
     demo.register_client(ClientRegistration {
         client_id: client_id.clone(),
         client_secret: client_secret.clone(),

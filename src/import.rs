@@ -1,0 +1,97 @@
+//! Bulk import of connected accounts from another system (`pipes import FILE`):
+//! one JSON object per line. Each line is validated; a bad line is reported
+//! with its number and skipped, the rest are stored (and cached), so a rerun
+//! of the same file is harmless.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::secret::Secret;
+use crate::store::accounts::{self, AccountState, TokenSet, WriteMode};
+use crate::store::integrations::{self, Integration};
+
+/// One line of the import file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportLine {
+    /// The integration's slug.
+    pub integration: String,
+    pub user_id: String,
+    #[serde(default)]
+    pub organization_id: Option<String>,
+    pub access_token: Secret,
+    #[serde(default)]
+    pub refresh_token: Option<Secret>,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImportReport {
+    pub imported: u64,
+    /// `(line number, what was wrong)`; never a token.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// Imports every line; `progress` is called once per line.
+pub async fn import_lines(state: &AppState, text: &str, mut progress: impl FnMut()) -> anyhow::Result<ImportReport> {
+    let mut report = ImportReport::default();
+    let mut integrations: std::collections::HashMap<String, Option<Integration>> = Default::default();
+    for (index, line) in text.lines().enumerate() {
+        progress();
+        let number = index + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: ImportLine = match serde_json::from_str(line) {
+            Ok(p) => p,
+            Err(e) => {
+                // serde's message names the field and position, never the value of a token.
+                report.rejected.push((number, format!("not a valid account: {}", e.to_string().split(" at line").next().unwrap_or("invalid"))));
+                continue;
+            }
+        };
+        if parsed.user_id.trim().is_empty() || parsed.access_token.expose().is_empty() {
+            report.rejected.push((number, "user_id and access_token must not be empty".into()));
+            continue;
+        }
+        if !integrations.contains_key(&parsed.integration) {
+            let found = integrations::by_slug(&state.db, state.keyring(), &parsed.integration).await?;
+            integrations.insert(parsed.integration.clone(), found);
+        }
+        let Some(Some(integration)) = integrations.get(&parsed.integration) else {
+            report.rejected.push((number, format!("no integration `{}`", parsed.integration)));
+            continue;
+        };
+        let now = Utc::now();
+        let refresh_at = state.refresher.schedule(integration, now, parsed.expires_at, parsed.refresh_token.is_some());
+        let tokens = TokenSet {
+            access_token: parsed.access_token,
+            refresh_token: parsed.refresh_token,
+            expires_at: parsed.expires_at,
+            scopes: parsed.scopes,
+        };
+        let mut tx = state.db.begin().await?;
+        let account = accounts::write_tokens(
+            &mut tx,
+            state.keyring(),
+            WriteMode::Upsert,
+            &integration.id,
+            &parsed.user_id,
+            parsed.organization_id.as_deref().filter(|o| !o.is_empty()),
+            &tokens,
+            refresh_at,
+            AccountState::Connected,
+        )
+        .await?;
+        tx.commit().await?;
+        if let Some(account) = account {
+            state.cache.put(&account, integration, now).await;
+            report.imported += 1;
+        }
+    }
+    Ok(report)
+}
