@@ -31,6 +31,7 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod widget;
 
 /// Installs the process-wide TLS crypto provider (ring) once. Every TLS
 /// client in the tree (reqwest, lapin) then uses it.

@@ -6,6 +6,7 @@ pub mod extract;
 pub mod health;
 pub mod integrations;
 pub mod openapi;
+pub mod widget;
 
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -21,6 +22,7 @@ pub fn routes() -> Router<AppState> {
         .merge(integrations::routes())
         .merge(connect::routes())
         .merge(connected_accounts::routes())
+        .merge(widget::routes())
 }
 
 pub async fn not_found() -> Response {

@@ -27,6 +27,10 @@ use crate::app::AppState;
         super::connected_accounts::replace,
         super::connected_accounts::disconnect,
         super::connected_accounts::data_providers,
+        super::widget::create_token,
+        super::widget::providers,
+        super::widget::authorize,
+        super::widget::disconnect,
     ),
     modifiers(&BearerAuth)
 )]
@@ -39,6 +43,11 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        // The widget's own API takes a widget token (`POST /widgets/token`), never an API key.
+        components.add_security_scheme(
+            "widget_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }

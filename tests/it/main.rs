@@ -7,3 +7,4 @@ mod operations;
 mod queue;
 mod refresh_core;
 mod support;
+mod widget;
