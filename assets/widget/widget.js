@@ -65,6 +65,7 @@
       this.expired = false;
       this.providers = [];
       this.onMessage = this.onMessage.bind(this);
+      this.onVisible = this.onVisible.bind(this);
     }
 
     get base() { return (this.getAttribute('api-base') || SCRIPT_ORIGIN).replace(/\/$/, ''); }
@@ -80,13 +81,20 @@
       this.root.appendChild(this.status);
       this.root.appendChild(this.body);
       window.addEventListener('message', this.onMessage);
+      document.addEventListener('visibilitychange', this.onVisible);
       this.load();
     }
 
     disconnectedCallback() {
       window.removeEventListener('message', this.onMessage);
+      document.removeEventListener('visibilitychange', this.onVisible);
       clearTimeout(this.expiryTimer);
       clearInterval(this.popupTimer);
+    }
+
+    /* Back from another tab (say, the provider's settings): show the current state. */
+    onVisible() {
+      if (document.visibilityState === 'visible' && !this.busy && !this.confirming && !this.expired && this.token) this.load();
     }
 
     attributeChangedCallback(name, old, value) {
