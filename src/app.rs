@@ -40,6 +40,8 @@ pub struct AppState {
     pub cache: TokenCache,
     /// The per-account single flight for refreshes.
     pub refresher: Refresher,
+    /// The token read path (in-process answers, Redis, PostgreSQL).
+    pub reads: crate::read::Reader,
     pub cancel: CancellationToken,
 }
 
@@ -55,17 +57,32 @@ impl AppState {
         let http = provider_http_client(config.provider_timeout)?;
         let cache = TokenCache::new(redis.clone(), config.encryption_keys.clone(), config.min_validity);
         let refresher = Refresher::new(db.clone(), config.encryption_keys.clone(), http.clone(), cache.clone(), &config);
+        // The recorder first: the read path registers its metric handles.
+        let metrics = crate::metrics::recorder();
+        let reads = crate::read::Reader::new(db.clone(), config.encryption_keys.clone(), cache.clone(), refresher.clone());
+        reads.start(&config.redis_url, metrics.clone(), cancel.clone());
         Ok(AppState {
             cache,
             refresher,
+            reads,
             keys: KeyVerifier::new(db.clone()),
             config: Arc::new(config),
             db,
             redis,
             http,
-            metrics: crate::metrics::recorder(),
+            metrics,
             cancel,
         })
+    }
+}
+
+impl AppState {
+    /// After an integration changed or went away: drop its cached tokens
+    /// everywhere and forget its loaded copy here at once (other replicas
+    /// hear of it through the cache's invalidation channel).
+    pub async fn integration_changed(&self, slug: &str) {
+        self.cache.evict_integration(slug).await;
+        self.reads.views().invalidate();
     }
 }
 

@@ -7,7 +7,12 @@
 //! change that removes a token (reauthorization, disconnect) writes a
 //! tombstone (`{version}|` with no payload) instead of deleting, so a reader
 //! that loaded an older row from PostgreSQL can never put it back.
+//!
+//! Every accepted write also publishes `{key}|{version}` on the invalidation
+//! channel, in the same script, so the in-process answer caches of every
+//! `serve` replica (`crate::read::local`) drop older copies at once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{aad, sha256_hex, KeyRing};
 use crate::keys::columns;
+use crate::read::local::{LocalCache, INTEGRATION_PREFIX};
 use crate::redis_conn::Redis;
 use crate::secret::Secret;
 use crate::store::accounts::Account;
@@ -25,7 +31,8 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 /// Entries of tokens that never expire are re-read from PostgreSQL this often.
 const NON_EXPIRING_TTL: Duration = Duration::from_secs(3600);
 
-/// SET the value unless the stored one carries a newer (or equal) version.
+/// SET the value unless the stored one carries a newer (or equal) version,
+/// and announce it on the invalidation channel (ARGV[4]).
 const PUT_SCRIPT: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -35,6 +42,7 @@ if cur then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], KEYS[1] .. '|' .. ARGV[2])
 return 1
 ";
 
@@ -91,26 +99,48 @@ pub struct TokenCache {
     redis: Redis,
     ring: KeyRing,
     min_validity: Duration,
-    script: redis::Script,
+    // Behind `Arc`s: the state is cloned for every request.
+    script: Arc<redis::Script>,
+    channel: Arc<str>,
+    local: LocalCache,
 }
 
 impl TokenCache {
     pub fn new(redis: Redis, ring: KeyRing, min_validity: Duration) -> Self {
-        TokenCache { redis, ring, min_validity, script: redis::Script::new(PUT_SCRIPT) }
+        let channel = redis.key("invalidate").into();
+        TokenCache { redis, ring, min_validity, script: Arc::new(redis::Script::new(PUT_SCRIPT)), channel, local: LocalCache::default() }
     }
 
     pub fn redis(&self) -> &Redis {
         &self.redis
     }
 
+    pub fn min_validity(&self) -> Duration {
+        self.min_validity
+    }
+
+    /// The channel every write is announced on.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// This process's in-process answer cache (off until its subscription is live).
+    pub fn local(&self) -> &LocalCache {
+        &self.local
+    }
+
     /// Reads an owner's entry. Errors mean Redis failed: the caller reads PostgreSQL.
     pub async fn get(&self, slug: &str, user_id: &str, organization_id: Option<&str>, now: DateTime<Utc>) -> Result<Lookup, CacheError> {
-        let key = entry_key(&self.redis, slug, user_id, organization_id);
+        self.get_key(&entry_key(&self.redis, slug, user_id, organization_id), now).await
+    }
+
+    /// `get` by the entry's key (see `entry_key`).
+    pub async fn get_key(&self, key: &str, now: DateTime<Utc>) -> Result<Lookup, CacheError> {
         let mut conn = self.redis.conn().ok_or(CacheError::NotConnected)?;
-        let value: Option<Vec<u8>> = tokio::time::timeout(self.redis.timeout(), redis::cmd("GET").arg(&key).query_async(&mut conn))
+        let value: Option<Vec<u8>> = tokio::time::timeout(self.redis.timeout(), redis::cmd("GET").arg(key).query_async(&mut conn))
             .await
             .map_err(|_| CacheError::Timeout)??;
-        Ok(self.decode(&key, value.as_deref(), now))
+        Ok(self.decode(key, value.as_deref(), now))
     }
 
     /// Decodes a raw value; anything unusable (tombstone, other key, not fresh) is a miss.
@@ -183,9 +213,11 @@ impl TokenCache {
     }
 
     async fn write(&self, key: &str, value: Vec<u8>, version: i64, ttl: Duration) {
+        // This process first; the others through the channel.
+        self.local.invalidate(key, version);
         let Some(mut conn) = self.redis.conn() else { return };
         let mut invocation = self.script.key(key);
-        invocation.arg(value).arg(version).arg(ttl.as_millis() as u64);
+        invocation.arg(value).arg(version).arg(ttl.as_millis() as u64).arg(&*self.channel);
         match tokio::time::timeout(Duration::from_secs(1), invocation.invoke_async::<i64>(&mut conn)).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => tracing::warn!(error = %err, "token cache write failed"),
@@ -193,22 +225,28 @@ impl TokenCache {
         }
     }
 
-    /// Drops every entry of an integration (its scopes changed, or it was deleted).
+    /// Drops every entry of an integration (its scopes changed, or it was
+    /// deleted), then tells every replica to drop its local answers.
     pub async fn evict_integration(&self, slug: &str) {
+        self.local.clear();
         let Some(mut conn) = self.redis.conn() else { return };
         let pattern = self.redis.key(&format!("tok:{slug}:*"));
         let mut cursor: u64 = 0;
         loop {
             let step: Result<(u64, Vec<String>), _> =
                 redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(500).query_async(&mut conn).await;
-            let Ok((next, keys)) = step else { return };
+            let Ok((next, keys)) = step else { break };
             if !keys.is_empty() {
                 let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
             }
             if next == 0 {
-                return;
+                break;
             }
             cursor = next;
         }
+        // After the deletes, so no replica refills from an entry about to go.
+        let message = format!("{INTEGRATION_PREFIX}{slug}");
+        let _: Result<i64, _> = redis::cmd("PUBLISH").arg(&*self.channel).arg(message).query_async(&mut conn).await;
+        self.local.clear();
     }
 }

@@ -23,14 +23,17 @@ pub mod metrics;
 pub mod oauth;
 pub mod provisioning;
 pub mod queues;
+pub mod read;
 pub mod redis_conn;
 pub mod refresh;
 pub mod roles;
+pub mod scheduler;
 pub mod secret;
 pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod worker;
 pub mod widget;
 
 /// Installs the process-wide TLS crypto provider (ring) once. Every TLS

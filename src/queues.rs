@@ -39,3 +39,20 @@ pub enum DeliveryJob {
     #[serde(rename = "webhook_delivery.v1")]
     V1 { delivery_id: String },
 }
+
+/// Connects to the broker, retrying with a capped backoff until it answers or `cancel`
+/// fires (then `None`): a role started before RabbitMQ waits instead of crash-looping.
+pub async fn connect_broker(url: &str, name: &str, cancel: &tokio_util::sync::CancellationToken) -> Option<pipes_workers::Broker> {
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        match pipes_workers::Broker::connect(url, name).await {
+            Ok(broker) => return Some(broker),
+            Err(err) => tracing::warn!(error = %err, retry_in = ?pause, "message broker unreachable"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return None,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
+}

@@ -55,10 +55,14 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
         });
     }
     if roles.scheduler {
-        tracing::info!(cron = %state.config.scheduler_cron_text, "scheduler started");
+        // Further periodic tasks join the same cron loop: `.with_task("name", task_fn)`.
+        let scheduler = crate::scheduler::Scheduler::new(state.clone());
+        let handle = scheduler.spawn(cancel.clone());
+        tasks.spawn(async move { let _ = handle.await; });
     }
     if roles.worker {
-        tracing::info!(concurrency = state.config.worker_concurrency, "worker started");
+        let handle = crate::worker::spawn(state.clone(), cancel.clone());
+        tasks.spawn(async move { let _ = handle.await; });
     }
     tasks.close();
     cancel.cancelled().await;

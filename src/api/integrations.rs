@@ -230,7 +230,7 @@ pub async fn update(
         .await?
         .ok_or_else(|| ApiError::not_found("integration_not_found", format!("No integration `{slug}`.")))?;
     // Cached entries carry `missing_scopes` computed from the old scopes.
-    state.cache.evict_integration(&slug).await;
+    state.integration_changed(&slug).await;
     Ok(Json(view(&updated, &state.config)))
 }
 
@@ -241,7 +241,7 @@ pub async fn remove(_: AdminKey, State(state): State<AppState>, Path(slug): Path
     let removed = writes::delete(&state.db, &existing)
         .await?
         .ok_or_else(|| ApiError::not_found("integration_not_found", format!("No integration `{slug}`.")))?;
-    state.cache.evict_integration(&slug).await;
+    state.integration_changed(&slug).await;
     tracing::info!(integration = %slug, accounts = removed, "integration deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -6,6 +6,7 @@ pub mod extract;
 pub mod health;
 pub mod integrations;
 pub mod openapi;
+pub mod tokens;
 pub mod widget;
 
 use axum::response::{IntoResponse, Response};
@@ -22,6 +23,7 @@ pub fn routes() -> Router<AppState> {
         .merge(integrations::routes())
         .merge(connect::routes())
         .merge(connected_accounts::routes())
+        .merge(tokens::routes())
         .merge(widget::routes())
 }
 

@@ -27,6 +27,8 @@ use crate::app::AppState;
         super::connected_accounts::replace,
         super::connected_accounts::disconnect,
         super::connected_accounts::data_providers,
+        super::tokens::token,
+        super::tokens::credentials,
         super::widget::create_token,
         super::widget::providers,
         super::widget::authorize,

@@ -1,6 +1,8 @@
 //! The `pipes` command line (DESIGN §6): the roles and the admin commands.
 
 mod api_keys;
+mod integrations;
+mod connections;
 mod keys;
 mod status;
 
@@ -53,6 +55,17 @@ pub enum Command {
     Import {
         file: std::path::PathBuf,
     },
+    /// Integrations: provider configurations with the application's OAuth credentials.
+    #[command(subcommand)]
+    Integrations(integrations::IntegrationsCommand),
+    /// Lists the built-in provider catalog.
+    Providers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connected accounts: list, show, refresh now.
+    #[command(subcommand)]
+    Connections(connections::ConnectionsCommand),
 }
 
 /// Loads the configuration: the file first, then the environment.
@@ -72,6 +85,9 @@ pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Keys(keys::KeysCommand::Generate { id }) = &cli.command {
         return keys::generate(id.as_deref());
+    }
+    if let Command::Providers { json } = &cli.command {
+        return integrations::providers(*json);
     }
     let dev = matches!(cli.command, Command::Dev);
     let config = match load_config(&cli) {
@@ -122,6 +138,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => keys::run(&config, cmd).await,
         Command::Status { json } => status::run(&config, json).await,
         Command::Import { file } => import(config, &file, cancel).await,
+        Command::Integrations(cmd) => integrations::run(&config, cmd).await,
+        Command::Providers { json } => integrations::providers(json),
+        Command::Connections(cmd) => connections::run(&config, cmd).await,
     }
 }
 

@@ -1,10 +1,16 @@
 //! The one integration-test binary: every test talks to real PostgreSQL, Redis and RabbitMQ.
 
+mod auth;
 mod catalog;
+mod connect;
+mod connected_accounts;
 mod demo_provider;
 mod foundation;
 mod operations;
+mod integrations;
 mod queue;
+mod pipeline;
 mod refresh_core;
 mod support;
+mod tokens;
 mod widget;

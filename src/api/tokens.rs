@@ -1,0 +1,161 @@
+//! Token read routes (DESIGN §3.1), for `tokens` and `admin` keys:
+//! `POST /data-integrations/{slug}/token` and `/credentials`. The work is in
+//! `crate::read`; this file validates the request and picks the shape.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::auth::AnyKey;
+use crate::error::{ApiError, FieldError};
+use crate::read::answer::{ActiveCredential, ActiveToken, Inactive, Shape};
+use crate::read::Owner;
+
+/// Longest accepted user, organization or account id.
+const MAX_ID_LEN: usize = 256;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/data-integrations/{slug}/token", post(token))
+        .route("/data-integrations/{slug}/credentials", post(credentials))
+}
+
+/// The body both routes take. Unknown fields are ignored; `null` means absent.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TokenRequest {
+    /// The application's id of the user who connected the account.
+    pub user_id: String,
+    /// Scopes the connection to an organization.
+    #[serde(default)]
+    pub organization_id: Option<String>,
+    /// Answer only if the owner's connected account has this id.
+    #[serde(default)]
+    pub connected_account_id: Option<String>,
+    /// `user` (the default) or `organization`; the latter needs `organization_id`.
+    #[serde(default)]
+    pub connection_owner: Option<String>,
+    /// Accepted for SDK compatibility; an owner has one connection per integration here.
+    #[serde(default)]
+    pub supports_multiple_connections: Option<bool>,
+}
+
+impl TokenRequest {
+    fn into_owner(self) -> Result<Owner, ApiError> {
+        let mut errors = Vec::new();
+        let mut check = |field: &str, value: Option<&str>, required: bool| match value {
+            None if required => errors.push(FieldError::new(field, "required", format!("`{field}` is required."))),
+            Some(v) if v.trim().is_empty() => {
+                let code = if required { "required" } else { "invalid" };
+                errors.push(FieldError::new(field, code, format!("`{field}` must not be empty; omit it or send null instead.")))
+            }
+            Some(v) if v.len() > MAX_ID_LEN => {
+                errors.push(FieldError::new(field, "too_long", format!("`{field}` is longer than {MAX_ID_LEN} bytes.")))
+            }
+            _ => {}
+        };
+        check("user_id", Some(&self.user_id), true);
+        check("organization_id", self.organization_id.as_deref(), false);
+        check("connected_account_id", self.connected_account_id.as_deref(), false);
+        match self.connection_owner.as_deref() {
+            None | Some("user") => {}
+            Some("organization") if self.organization_id.is_none() => errors.push(FieldError::new(
+                "organization_id",
+                "required",
+                "`organization_id` is required when `connection_owner` is `organization`.",
+            )),
+            Some("organization") => {}
+            Some(_) => errors.push(FieldError::new("connection_owner", "invalid", "`connection_owner` must be `user` or `organization`.")),
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(errors));
+        }
+        Ok(Owner { user_id: self.user_id, organization_id: self.organization_id, connected_account_id: self.connected_account_id })
+    }
+}
+
+/// The validated body. The common case is parsed straight into the struct;
+/// only a failure goes through the slower parser that names the bad field.
+pub struct OwnerBody(pub Owner);
+
+impl<S: Send + Sync> FromRequest<S> for OwnerBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::BadRequest { code: "payload_too_large", message: "The request body is too large.".into() }
+            } else {
+                ApiError::bad_request(format!("Could not read the request body: {e}"))
+            }
+        })?;
+        // serde would also take a JSON array for a struct; only objects are valid.
+        let is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let parsed = match serde_json::from_slice::<TokenRequest>(&bytes) {
+            Ok(request) if is_object => request,
+            _ => crate::api::extract::parse_json::<TokenRequest>(&bytes)?,
+        };
+        parsed.into_owner().map(OwnerBody)
+    }
+}
+
+async fn answer(state: &AppState, slug: &str, owner: &Owner, shape: Shape) -> Response {
+    match state.reads.read(slug, owner).await {
+        Ok(answer) => {
+            let mut response = Response::new(Body::from(answer.body(shape)));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+/// A fresh access token for a connected account.
+#[utoipa::path(
+    post,
+    path = "/data-integrations/{slug}/token",
+    tag = "tokens",
+    params(("slug" = String, Path, description = "The integration's slug")),
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "The token, valid for at least `min_validity`; or why there is none", body = ActiveToken),
+        (status = 200, description = "No token: `not_installed` or `needs_reauthorization`", body = Inactive),
+        (status = 400, description = "Malformed JSON"),
+        (status = 401, description = "Missing or unknown API key"),
+        (status = 404, description = "Unknown or disabled integration (`integration_not_found`)"),
+        (status = 409, description = "The provider refused the integration's client credentials (`integration_invalid`)"),
+        (status = 422, description = "A missing or invalid field"),
+        (status = 503, description = "The token expired and the provider is down; see `Retry-After`"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn token(State(state): State<AppState>, _key: AnyKey, Path(slug): Path<String>, OwnerBody(owner): OwnerBody) -> Response {
+    answer(&state, &slug, &owner, Shape::Token).await
+}
+
+/// The same as `/token`, shaped as a vended credential.
+#[utoipa::path(
+    post,
+    path = "/data-integrations/{slug}/credentials",
+    tag = "tokens",
+    params(("slug" = String, Path, description = "The integration's slug")),
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "The credential, valid for at least `min_validity`", body = ActiveCredential),
+        (status = 200, description = "No credential: `not_installed` or `needs_reauthorization`", body = Inactive),
+        (status = 400, description = "Malformed JSON"),
+        (status = 401, description = "Missing or unknown API key"),
+        (status = 404, description = "Unknown or disabled integration (`integration_not_found`)"),
+        (status = 422, description = "A missing or invalid field"),
+        (status = 503, description = "The token expired and the provider is down; see `Retry-After`"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn credentials(State(state): State<AppState>, _key: AnyKey, Path(slug): Path<String>, OwnerBody(owner): OwnerBody) -> Response {
+    answer(&state, &slug, &owner, Shape::Credential).await
+}

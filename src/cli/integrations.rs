@@ -1,0 +1,199 @@
+//! `pipes integrations add | list | show | remove` and `pipes providers`: the
+//! admin API's integration routes from the command line, with the same
+//! validation (`crate::provisioning`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::TokenCache;
+use crate::config::Config;
+use crate::oauth::catalog::Catalog;
+use crate::provisioning::store as writes;
+use crate::provisioning::{self, CreateIntegration, CredentialsInput, CustomProviderInput};
+use crate::redis_conn::Redis;
+use crate::secret::Secret;
+
+#[derive(Debug, Subcommand)]
+pub enum IntegrationsCommand {
+    /// Adds an integration: a catalog provider (`--provider github`) or a custom one (`--authorization-url` …).
+    Add(AddArgs),
+    /// Lists integrations.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows one integration as the API does, with its account counts.
+    Show { slug: String },
+    /// Removes an integration and every account connected to it.
+    Remove {
+        slug: String,
+        /// Required: this deletes every connected account of the integration.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// A catalog slug (see `pipes providers`), or the slug of a new custom provider.
+    #[arg(long)]
+    provider: String,
+    #[arg(long)]
+    client_id: String,
+    /// Prefer the environment variable: a flag value shows in the process list.
+    #[arg(long, env = "PIPES_CLIENT_SECRET", hide_env_values = true)]
+    client_secret: Option<String>,
+    /// Comma-separated; default: the catalog provider's default scopes.
+    #[arg(long, value_delimiter = ',')]
+    scopes: Option<Vec<String>>,
+    #[arg(long)]
+    description: Option<String>,
+    /// Create it disabled.
+    #[arg(long)]
+    disabled: bool,
+    /// A catalog config value, `key=value` (e.g. `subdomain=acme` for Zendesk); repeatable.
+    #[arg(long = "config", value_parser = parse_key_value)]
+    config: Vec<(String, String)>,
+    /// Custom provider: display name.
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    authorization_url: Option<String>,
+    #[arg(long)]
+    token_url: Option<String>,
+    #[arg(long)]
+    refresh_token_url: Option<String>,
+    #[arg(long)]
+    revocation_url: Option<String>,
+    /// Custom provider: `true` (default) or `false`.
+    #[arg(long)]
+    pkce: Option<bool>,
+    /// Custom provider: " ", "," or "+".
+    #[arg(long)]
+    scope_separator: Option<String>,
+    /// Custom provider: request_body or basic_auth_header.
+    #[arg(long)]
+    auth_method: Option<String>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).ok_or_else(|| format!("`{s}` is not key=value"))
+}
+
+impl AddArgs {
+    fn into_body(self) -> CreateIntegration {
+        let custom = self.authorization_url.is_some() || self.token_url.is_some() || self.name.is_some();
+        CreateIntegration {
+            custom_provider: custom.then(|| CustomProviderInput {
+                name: Some(self.name.clone().unwrap_or_else(|| self.provider.clone())),
+                authorization_url: self.authorization_url,
+                token_url: self.token_url,
+                refresh_token_url: self.refresh_token_url,
+                revocation_url: self.revocation_url,
+                pkce_enabled: self.pkce,
+                request_scope_separator: self.scope_separator,
+                authenticate_via: self.auth_method,
+                ..CustomProviderInput::default()
+            }),
+            provider: Some(self.provider),
+            description: self.description,
+            enabled: Some(!self.disabled),
+            scopes: self.scopes,
+            credentials: Some(CredentialsInput {
+                kind: Some("custom".into()),
+                client_id: Some(self.client_id),
+                client_secret: self.client_secret.map(Secret::new),
+            }),
+            config: (!self.config.is_empty()).then(|| self.config.into_iter().collect::<BTreeMap<_, _>>()),
+            auth_methods: None,
+            ownership: None,
+        }
+    }
+}
+
+/// Drops an integration's cached tokens (best effort: Redis holds only derived data).
+async fn evict(config: &Config, slug: &str) {
+    let cancel = CancellationToken::new();
+    if let Ok(redis) = Redis::start(&config.redis_url, &config.redis_prefix, config.redis_timeout, cancel.clone()) {
+        if redis.wait_connected(Duration::from_secs(3)).await {
+            TokenCache::new(redis, config.encryption_keys.clone(), config.min_validity).evict_integration(slug).await;
+        } else {
+            eprintln!("warning: Redis unreachable; cached tokens of `{slug}` expire on their own");
+        }
+    }
+    cancel.cancel();
+}
+
+pub async fn run(config: &Config, cmd: IntegrationsCommand) -> anyhow::Result<()> {
+    let db = crate::db::pool(&config.database_url, 2)?;
+    let ring = &config.encryption_keys;
+    match cmd {
+        IntegrationsCommand::Add(args) => {
+            let draft = provisioning::validate_create(args.into_body()).map_err(|errors| {
+                let lines: Vec<String> = errors.iter().map(|e| format!("  {}: {}", e.field, e.message.as_deref().unwrap_or(&e.code))).collect();
+                anyhow::anyhow!("invalid integration:\n{}", lines.join("\n"))
+            })?;
+            let integration = writes::insert(&db, ring, &draft).await?;
+            println!("created integration `{}` ({})", integration.slug, integration.id);
+            println!("register this redirect URI at the provider: {}", config.redirect_uri(&integration.slug));
+        }
+        IntegrationsCommand::List { json } => {
+            let all = writes::all(&db, ring).await?;
+            if json {
+                let views: Vec<_> = all.iter().map(|i| crate::api::integrations::view(i, config)).collect();
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else {
+                println!("{:<24} {:<14} {:<8} {:<8} {}", "SLUG", "PROVIDER", "ENABLED", "STATE", "SCOPES");
+                for i in all {
+                    let view = crate::api::integrations::view(&i, config);
+                    println!("{:<24} {:<14} {:<8} {:<8} {}", i.slug, view.integration_type, i.enabled, view.state, i.scopes.join(" "));
+                }
+            }
+        }
+        IntegrationsCommand::Show { slug } => {
+            let integration = writes::by_slug(&db, ring, &slug).await?.ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
+            let mut view = serde_json::to_value(crate::api::integrations::view(&integration, config))?;
+            let counts: serde_json::Map<String, serde_json::Value> =
+                writes::account_counts(&db, &integration.id).await?.into_iter().map(|(state, n)| (state, n.into())).collect();
+            view["connected_accounts"] = serde_json::Value::Object(counts);
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        }
+        IntegrationsCommand::Remove { slug, yes } => {
+            anyhow::ensure!(yes, "this deletes `{slug}` and every account connected to it; add --yes to confirm");
+            let integration = writes::by_slug(&db, ring, &slug).await?.ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
+            let removed = writes::delete(&db, &integration).await?.ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
+            evict(config, &slug).await;
+            println!("removed integration `{slug}` and {removed} connected account(s)");
+        }
+    }
+    Ok(())
+}
+
+/// `pipes providers`: the built-in catalog.
+pub fn providers(json: bool) -> anyhow::Result<()> {
+    let catalog = Catalog::builtin();
+    if json {
+        let all: Vec<_> = catalog.iter().collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    println!("{:<18} {:<22} {:<6} {:<18} {:<5} {:<8} {}", "SLUG", "NAME", "SEP", "CLIENT AUTH", "PKCE", "EXPIRES", "CONFIG");
+    for p in catalog.iter() {
+        let auth = serde_json::to_value(p.client_auth).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        println!(
+            "{:<18} {:<22} {:<6} {:<18} {:<5} {:<8} {}",
+            p.slug,
+            p.name,
+            format!("{:?}", p.scope_separator),
+            auth,
+            if p.pkce { "yes" } else { "no" },
+            if p.tokens_expire { "yes" } else { "never" },
+            p.config_params.join(",")
+        );
+    }
+    println!("{} providers", catalog.len());
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! The three answer shapes of a token read (DESIGN §3.1), rendered once per
+//! cached token so a hit only copies bytes: `/token` answers an
+//! `access_token` object, `/credentials` the same data as a `credential`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::local::Ready;
+use crate::cache::CachedToken;
+
+/// What a valid read answers (always HTTP 200).
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Active(Arc<Ready>),
+    NotInstalled,
+    NeedsReauthorization,
+}
+
+/// Which route is answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Token,
+    Credential,
+}
+
+impl Answer {
+    /// The JSON body for `shape`.
+    pub fn body(&self, shape: Shape) -> Bytes {
+        match (self, shape) {
+            (Answer::Active(ready), Shape::Token) => ready.token_body.clone(),
+            (Answer::Active(ready), Shape::Credential) => ready.credential_body.clone(),
+            (Answer::NotInstalled, _) => Bytes::from_static(br#"{"active":false,"error":"not_installed"}"#),
+            (Answer::NeedsReauthorization, _) => Bytes::from_static(br#"{"active":false,"error":"needs_reauthorization"}"#),
+        }
+    }
+}
+
+/// `{"active": true, "access_token": {…}}`.
+#[derive(Serialize, ToSchema)]
+pub struct ActiveToken<'a> {
+    pub active: bool,
+    pub access_token: AccessToken<'a>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AccessToken<'a> {
+    /// Always `access_token`.
+    pub object: &'static str,
+    pub access_token: &'a str,
+    /// RFC 3339 with milliseconds; `null` for tokens that do not expire.
+    #[serde(with = "crate::time::wire_opt")]
+    #[schema(value_type = Option<String>)]
+    pub expires_at: Option<DateTime<Utc>>,
+    pub scopes: &'a [String],
+    /// The integration's configured scopes that the grant lacks.
+    pub missing_scopes: &'a [String],
+}
+
+/// `{"active": true, "credential": {…}}`.
+#[derive(Serialize, ToSchema)]
+pub struct ActiveCredential<'a> {
+    pub active: bool,
+    pub credential: Credential<'a>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Credential<'a> {
+    /// Always `credential`.
+    pub object: &'static str,
+    /// Always `oauth`.
+    pub auth_method: &'static str,
+    pub value: &'a str,
+    #[serde(with = "crate::time::wire_opt")]
+    #[schema(value_type = Option<String>)]
+    pub expires_at: Option<DateTime<Utc>>,
+    pub scopes: &'a [String],
+    pub missing_scopes: &'a [String],
+    /// Non-secret fields of the provider's token response; none are kept, so `{}`.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The integration's non-secret provider settings (e.g. a Zendesk subdomain).
+    pub config: &'a BTreeMap<String, String>,
+}
+
+/// `{"active": false, "error": "not_installed" | "needs_reauthorization"}`.
+#[derive(Serialize, ToSchema)]
+pub struct Inactive {
+    pub active: bool,
+    pub error: String,
+}
+
+/// Renders the ready answers of a cached token that stays fresh until
+/// `min_validity` before it expires; `config` is the integration's settings.
+pub fn ready(token: &CachedToken, min_validity: Duration, config: &BTreeMap<String, String>) -> Ready {
+    let secret = token.access_token.expose();
+    let token_body = serde_json::to_vec(&ActiveToken {
+        active: true,
+        access_token: AccessToken {
+            object: "access_token",
+            access_token: secret,
+            expires_at: token.expires_at,
+            scopes: &token.scopes,
+            missing_scopes: &token.missing_scopes,
+        },
+    });
+    let credential_body = serde_json::to_vec(&ActiveCredential {
+        active: true,
+        credential: Credential {
+            object: "credential",
+            auth_method: "oauth",
+            value: secret,
+            expires_at: token.expires_at,
+            scopes: &token.scopes,
+            missing_scopes: &token.missing_scopes,
+            metadata: serde_json::Map::new(),
+            config,
+        },
+    });
+    let min_validity = chrono::Duration::from_std(min_validity).unwrap_or_default();
+    Ready {
+        account_id: token.account_id.clone(),
+        version: token.version,
+        fresh_until: token.expires_at.map(|exp| exp - min_validity),
+        stored: Instant::now(),
+        // Serializing strings and string slices cannot fail.
+        token_body: token_body.map(Bytes::from).unwrap_or_default(),
+        credential_body: credential_body.map(Bytes::from).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,226 @@
+//! The token read path (DESIGN §2.1, §3.1), in the order it is tried:
+//!
+//! 1. the in-process answer cache (`local`), while its invalidation
+//!    subscription is live;
+//! 2. one Redis GET of the owner's encrypted entry (`crate::cache`);
+//! 3. PostgreSQL: a fresh token fills the cache; a token that is not fresh is
+//!    refreshed on demand under the per-account single flight
+//!    (`crate::refresh`) first.
+//!
+//! A token is answered only if it stays valid for `min_validity`; when it
+//! cannot be made fresh because the provider is down the answer is a 503
+//! with `Retry-After`, never the stale token. Redis failing only makes reads
+//! slower (they go to PostgreSQL and are counted as degraded).
+
+pub mod answer;
+pub mod integrations;
+pub mod listener;
+pub mod local;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{entry_key, Lookup, TokenCache};
+use crate::crypto::KeyRing;
+use crate::error::ApiError;
+use crate::metrics as m;
+use crate::refresh::{Reason, RefreshError, RefreshOutcome, Refresher};
+use crate::store::accounts::{self, Account, AccountError, AccountState};
+use answer::Answer;
+use integrations::{IntegrationViews, View};
+
+/// Who is asking: the owner of the connected account.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub user_id: String,
+    pub organization_id: Option<String>,
+    /// When given, only this connected account is answered.
+    pub connected_account_id: Option<String>,
+}
+
+struct Inner {
+    db: PgPool,
+    ring: KeyRing,
+    cache: TokenCache,
+    refresher: Refresher,
+    views: IntegrationViews,
+    hit_duration: metrics::Histogram,
+}
+
+/// The read path. Cheap to clone.
+#[derive(Clone)]
+pub struct Reader(Arc<Inner>);
+
+impl Reader {
+    /// Call after the metrics recorder is installed (handles are registered here).
+    pub fn new(db: PgPool, ring: KeyRing, cache: TokenCache, refresher: Refresher) -> Self {
+        let views = IntegrationViews::new(db.clone(), ring.clone());
+        let hit_duration = metrics::histogram!(m::TOKEN_READ_DURATION, "result" => "hit");
+        Reader(Arc::new(Inner { db, ring, cache, refresher, views, hit_duration }))
+    }
+
+    /// Starts the invalidation subscription that turns the local cache on, and
+    /// the periodic upkeep of the metrics recorder: read-latency samples pile
+    /// up in memory between scrapes otherwise.
+    pub fn start(&self, redis_url: &str, recorder: metrics_exporter_prometheus::PrometheusHandle, cancel: CancellationToken) {
+        let inner = &self.0;
+        let upkeep_cancel = cancel.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    () = upkeep_cancel.cancelled() => return,
+                    _ = every.tick() => recorder.run_upkeep(),
+                }
+            }
+        });
+        tokio::spawn(listener::run(
+            redis_url.to_owned(),
+            inner.cache.channel().to_owned(),
+            inner.cache.local().clone(),
+            inner.views.clone(),
+            cancel,
+        ));
+    }
+
+    pub fn views(&self) -> &IntegrationViews {
+        &self.0.views
+    }
+
+    /// Answers a read of `slug` for `owner`.
+    pub async fn read(&self, slug: &str, owner: &Owner) -> Result<Answer, ApiError> {
+        let started = Instant::now();
+        let inner = &self.0;
+        let view = match inner.views.get(slug).await {
+            Ok(Some(view)) if view.integration.enabled => view,
+            Ok(_) => return Err(not_found(slug)),
+            Err(err) => return Err(match err {
+                crate::store::integrations::IntegrationError::Db(db) => ApiError::from(db),
+                other => ApiError::internal(other),
+            }),
+        };
+        let key = entry_key(inner.cache.redis(), slug, &owner.user_id, owner.organization_id.as_deref());
+        if let Some(ready) = inner.cache.local().get(&key, Utc::now()) {
+            if owner.connected_account_id.as_ref().is_none_or(|id| *id == ready.account_id) {
+                view.hits.increment(1);
+                inner.hit_duration.record(started.elapsed().as_secs_f64());
+                return Ok(Answer::Active(ready));
+            }
+        }
+        let (result, label) = match self.read_through(&view, &key, owner).await {
+            Ok((answer, label)) => (Ok(answer), label),
+            Err(err) => (Err(err), "error"),
+        };
+        metrics::counter!(m::TOKEN_READS, "provider" => view.provider().to_owned(), "result" => label).increment(1);
+        metrics::histogram!(m::TOKEN_READ_DURATION, "result" => label).record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Redis, then PostgreSQL; returns the answer and its metric label.
+    async fn read_through(&self, view: &View, key: &str, owner: &Owner) -> Result<(Answer, &'static str), ApiError> {
+        let inner = &self.0;
+        let local = inner.cache.local();
+        let min_validity = inner.cache.min_validity();
+        let epoch = local.epoch();
+        match inner.cache.get_key(key, Utc::now()).await {
+            Ok(Lookup::Hit(entry)) => {
+                let ready = Arc::new(answer::ready(&entry, min_validity, &view.integration.settings));
+                local.fill(key, epoch, ready.clone());
+                if owner.connected_account_id.as_ref().is_none_or(|id| *id == ready.account_id) {
+                    return Ok((Answer::Active(ready), "hit"));
+                }
+            }
+            Ok(Lookup::Miss) => {}
+            Err(err) => {
+                // PostgreSQL stays the truth: answer from it, and count it.
+                metrics::counter!(m::CACHE_DEGRADED).increment(1);
+                tracing::debug!(error = %err, "token cache unavailable; reading PostgreSQL");
+            }
+        }
+        let integration = &view.integration;
+        let found = accounts::find_for_owner(&inner.db, &inner.ring, &integration.id, &owner.user_id, owner.organization_id.as_deref())
+            .await
+            .map_err(account_error)?;
+        let account = match found {
+            Some(a) if owner.connected_account_id.as_ref().is_none_or(|id| *id == a.id) => a,
+            _ => return Ok((Answer::NotInstalled, "not_installed")),
+        };
+        match account.state {
+            AccountState::Disconnected => return Ok((Answer::NotInstalled, "not_installed")),
+            AccountState::NeedsReauthorization => return Ok((Answer::NeedsReauthorization, "needs_reauthorization")),
+            AccountState::Connected => {}
+        }
+        if let Some(answer) = self.serve_fresh(view, key, epoch, &account).await {
+            return Ok((answer, "miss"));
+        }
+        let outcome = inner.refresher.refresh(integration, &account.id, Reason::OnDemand).await.map_err(refresh_error)?;
+        match outcome {
+            RefreshOutcome::Refreshed(a) | RefreshOutcome::AlreadyFresh(a) => match self.serve_fresh(view, key, epoch, &a).await {
+                Some(answer) => Ok((answer, "refreshed")),
+                // Someone else's token that is already too old again: never serve it.
+                None => Err(provider_down(None)),
+            },
+            RefreshOutcome::NeedsReauthorization => Ok((Answer::NeedsReauthorization, "needs_reauthorization")),
+            RefreshOutcome::NotConnected(Some(a)) if a.state == AccountState::NeedsReauthorization => {
+                Ok((Answer::NeedsReauthorization, "needs_reauthorization"))
+            }
+            RefreshOutcome::NotConnected(_) => Ok((Answer::NotInstalled, "not_installed")),
+            RefreshOutcome::IntegrationInvalid => Err(ApiError::Conflict {
+                code: "integration_invalid",
+                message: format!(
+                    "The provider refused the client credentials of integration `{}`; update them, then retry.",
+                    integration.slug
+                ),
+            }),
+            RefreshOutcome::Transient { retry_after, .. } => Err(provider_down(retry_after)),
+        }
+    }
+
+    /// The answer for `account` if its token is fresh, after caching it.
+    async fn serve_fresh(&self, view: &View, key: &str, epoch: u64, account: &Account) -> Option<Answer> {
+        let inner = &self.0;
+        let now = Utc::now();
+        let (entry, _) = inner.cache.entry_for(account, &view.integration, now)?;
+        inner.cache.put(account, &view.integration, now).await;
+        let ready = Arc::new(answer::ready(&entry, inner.cache.min_validity(), &view.integration.settings));
+        if !ready.usable(Utc::now()) {
+            // Cannot happen after `entry_for` above; checked again because a
+            // stale token must never leave (`pipes_stale_tokens_served_total` stays 0).
+            return None;
+        }
+        inner.cache.local().fill(key, epoch, ready.clone());
+        Some(Answer::Active(ready))
+    }
+}
+
+fn not_found(slug: &str) -> ApiError {
+    ApiError::not_found("integration_not_found", format!("There is no enabled integration `{slug}`."))
+}
+
+/// 503 with `Retry-After`: the SDKs retry it.
+fn provider_down(retry_after: Option<Duration>) -> ApiError {
+    let secs = retry_after.map(|d| d.as_secs_f64().ceil() as u64).unwrap_or(2).clamp(1, 300);
+    ApiError::unavailable(
+        "provider_unavailable",
+        "The token has expired and the provider is not answering a refresh right now; retry shortly.",
+        secs,
+    )
+}
+
+fn account_error(err: AccountError) -> ApiError {
+    match err {
+        AccountError::Db(db) => ApiError::from(db),
+        other => ApiError::internal(other),
+    }
+}
+
+fn refresh_error(err: RefreshError) -> ApiError {
+    match err {
+        RefreshError::Account(a) => account_error(a),
+        RefreshError::Db(db) => ApiError::from(db),
+    }
+}

@@ -1,0 +1,146 @@
+//! The scheduler role (`pipes scheduler`): a loop on `PIPES_SCHEDULER_CRON` that runs a
+//! list of periodic tasks on each tick, plus a slower loop that refreshes the gauges.
+//!
+//! The refresh claim ([`claim`]) is the built-in task. Other periodic work (the event
+//! outbox relay) plugs in with [`Scheduler::with_task`], one line in `roles.rs`; every
+//! task gets the same [`Tick`]: the state, a confirmed publisher and the topology.
+//! Any number of schedulers can run: claims use `FOR UPDATE SKIP LOCKED`.
+
+pub mod claim;
+mod stats;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use pipes_workers::{Broker, Publisher, Topology};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::metrics as m;
+use crate::queues;
+
+/// The error a periodic task reports; it is logged and the loop carries on.
+pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
+type TaskFuture = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send>>;
+type TaskFn = Arc<dyn Fn(Tick) -> TaskFuture + Send + Sync>;
+
+/// What a periodic task gets on each tick.
+#[derive(Clone)]
+pub struct Tick {
+    pub state: AppState,
+    /// Confirmed, mandatory publishing (shared channel; safe to use from many tasks).
+    pub publisher: Publisher,
+    pub topology: Topology,
+    /// Set when the tick started.
+    pub now: DateTime<Utc>,
+    /// Fires on shutdown: a long task should stop between batches.
+    pub cancel: CancellationToken,
+}
+
+/// The scheduler: a cron loop running its tasks in order on every tick.
+pub struct Scheduler {
+    state: AppState,
+    tasks: Vec<(&'static str, TaskFn)>,
+}
+
+impl Scheduler {
+    /// A scheduler that claims due accounts and publishes their refresh jobs.
+    pub fn new(state: AppState) -> Self {
+        Scheduler { state, tasks: Vec::new() }.with_task("refresh", claim::enqueue_due)
+    }
+
+    /// Adds a task run on every tick after the ones already added.
+    pub fn with_task<F, Fut, E>(mut self, name: &'static str, task: F) -> Self
+    where
+        F: Fn(Tick) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<TaskError> + 'static,
+    {
+        let task: TaskFn = Arc::new(move |tick| {
+            let fut = task(tick);
+            Box::pin(async move { fut.await.map_err(Into::into) })
+        });
+        self.tasks.push((name, task));
+        self
+    }
+
+    /// Runs until `cancel` fires; the tick in progress finishes first.
+    pub fn spawn(self, cancel: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(self.run(cancel))
+    }
+
+    async fn run(self, cancel: CancellationToken) {
+        let config = self.state.config.clone();
+        let Some(broker) = queues::connect_broker(&config.amqp_url, "pipes-scheduler", &cancel).await else { return };
+        let topology = queues::topology(&config);
+        // Publishes are `mandatory`: the queues must exist before the first job.
+        if !declare_until_done(&broker, &topology, &cancel).await {
+            return;
+        }
+        let publisher = Publisher::new(&broker);
+        let gauges = tokio::spawn(stats::run(self.state.clone(), broker.clone(), topology.clone(), cancel.clone()));
+        tracing::info!(cron = %config.scheduler_cron_text, tasks = ?self.tasks.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "scheduler running");
+        loop {
+            let Some(next) = config.scheduler_cron.upcoming(Utc).next() else { break };
+            let wait = (next - Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let started = Instant::now();
+            let tick = Tick { state: self.state.clone(), publisher: publisher.clone(), topology: topology.clone(), now: Utc::now(), cancel: cancel.clone() };
+            for (name, task) in &self.tasks {
+                if let Err(err) = task(tick.clone()).await {
+                    tracing::warn!(task = name, error = %err, "scheduler task failed; next tick tries again");
+                    if is_unroutable(err.as_ref()) {
+                        // A queue vanished (deleted by hand): declare it again.
+                        let _ = declare_once(&broker, &topology).await;
+                    }
+                }
+            }
+            metrics::histogram!(m::SCHEDULER_TICK_DURATION).record(started.elapsed().as_secs_f64());
+            metrics::gauge!(m::SCHEDULER_LAST_TICK).set(Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
+        let _ = gauges.await;
+        tracing::info!("scheduler stopped");
+    }
+}
+
+/// Spawns a scheduler with the built-in tasks only (tests, benchmarks).
+pub fn spawn(state: AppState, cancel: CancellationToken) -> JoinHandle<()> {
+    Scheduler::new(state).spawn(cancel)
+}
+
+async fn declare_once(broker: &Broker, topology: &Topology) -> Result<(), TaskError> {
+    let channel = broker.channel().await?;
+    topology.declare(&channel).await?;
+    Ok(())
+}
+
+async fn declare_until_done(broker: &Broker, topology: &Topology, cancel: &CancellationToken) -> bool {
+    loop {
+        match declare_once(broker, topology).await {
+            Ok(()) => return true,
+            Err(err) => tracing::warn!(error = %err, "cannot declare the queues yet"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return false,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+fn is_unroutable(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(pipes_workers::PublishError::Unroutable { .. }) = e.downcast_ref() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}

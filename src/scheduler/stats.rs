@@ -1,0 +1,87 @@
+//! The scheduler's gauges (DESIGN §4), refreshed on their own clock so a slow count
+//! never lengthens a tick: queue depths (passive declares) and due accounts every
+//! few seconds, connected accounts per provider and state once a minute (that one
+//! counts the whole table).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pipes_workers::{Broker, Topology};
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::metrics as m;
+
+const EVERY: Duration = Duration::from_secs(5);
+/// Connected-account counts are refreshed every this many rounds.
+const COUNT_EVERY_ROUNDS: u32 = 12;
+
+pub(super) async fn run(state: AppState, broker: Broker, topology: Topology, cancel: CancellationToken) {
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    let mut round: u32 = 0;
+    loop {
+        queue_depths(&broker, &topology).await;
+        accounts_due(&state).await;
+        if round % COUNT_EVERY_ROUNDS == 0 {
+            connected_accounts(&state, &mut seen).await;
+        }
+        round = round.wrapping_add(1);
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+async fn queue_depths(broker: &Broker, topology: &Topology) {
+    let depths = match broker.channel().await {
+        Ok(channel) => topology.passive_depths(&channel).await.map_err(|e| e.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    match depths {
+        Ok(depths) => {
+            for (queue, n) in depths {
+                metrics::gauge!(m::QUEUE_MESSAGES, "queue" => queue).set(f64::from(n));
+            }
+        }
+        Err(err) => tracing::debug!(error = %err, "queue depths not read"),
+    }
+}
+
+async fn accounts_due(state: &AppState) {
+    let due = sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM connected_accounts
+         WHERE state = 'connected' AND refresh_at IS NOT NULL AND refresh_token_enc IS NOT NULL AND refresh_at <= now()",
+    )
+    .fetch_one(&state.db)
+    .await;
+    match due {
+        Ok(n) => metrics::gauge!(m::ACCOUNTS_DUE).set(n as f64),
+        Err(err) => tracing::debug!(error = %err, "due accounts not counted"),
+    }
+}
+
+async fn connected_accounts(state: &AppState, seen: &mut HashSet<(String, String)>) {
+    let rows = sqlx::query(
+        "SELECT i.slug, c.state, count(*) AS n FROM connected_accounts c
+         JOIN integrations i ON i.id = c.integration_id GROUP BY i.slug, c.state",
+    )
+    .fetch_all(&state.db)
+    .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(err) => return tracing::debug!(error = %err, "connected accounts not counted"),
+    };
+    let mut now_seen = HashSet::new();
+    for row in rows {
+        let (provider, account_state, n): (String, String, i64) = (row.get("slug"), row.get("state"), row.get("n"));
+        metrics::gauge!(m::CONNECTED_ACCOUNTS, "provider" => provider.clone(), "state" => account_state.clone()).set(n as f64);
+        now_seen.insert((provider, account_state));
+    }
+    // A provider/state pair that emptied out reads 0, not its last value.
+    for (provider, account_state) in seen.difference(&now_seen) {
+        metrics::gauge!(m::CONNECTED_ACCOUNTS, "provider" => provider.clone(), "state" => account_state.clone()).set(0.0);
+    }
+    *seen = now_seen;
+}

@@ -1,0 +1,149 @@
+//! The worker role's refresh handler (`pipes worker`): one refresh job → one pass
+//! through the account's single flight ([`crate::refresh`]), its outcome turned into
+//! what the queue runtime does with the message.
+//!
+//! Everything the refresher decides is committed before it returns, so acking after it
+//! is safe; a job handled twice finds the token fresh and is dropped (DESIGN §2.7).
+//! Transient failures retry through the delay queues; after the last step the runtime
+//! dead-letters the job and the account, still `connected`, is released for the next
+//! scheduler pass.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pipes_workers::{run_consumer, Handler, JobContext, Outcome, QueueSpec};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::queues::{self, RefreshJob, REFRESH};
+use crate::refresh::{Reason, RefreshOutcome};
+use crate::store::integrations::{self, Integration, IntegrationState};
+
+/// How long a loaded integration is reused: a burst of jobs for one provider reads it once,
+/// and an integration marked invalid is seen within this long.
+const INTEGRATION_TTL: Duration = Duration::from_secs(5);
+
+/// Handles refresh jobs.
+#[derive(Clone)]
+pub struct RefreshHandler {
+    state: AppState,
+    spec: QueueSpec,
+    integrations: Arc<Mutex<HashMap<String, (Instant, Integration)>>>,
+}
+
+impl RefreshHandler {
+    pub fn new(state: AppState) -> Self {
+        let topology = queues::topology(&state.config);
+        let spec = topology.spec(REFRESH).cloned().unwrap_or(QueueSpec {
+            name: REFRESH.to_owned(),
+            retry_delays: state.config.refresh_retry_delays.clone(),
+            delivery_limit: 20,
+        });
+        RefreshHandler { state, spec, integrations: Arc::default() }
+    }
+
+    async fn integration(&self, id: &str) -> Result<Option<Integration>, integrations::IntegrationError> {
+        {
+            let cache = self.integrations.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((loaded, integration)) = cache.get(id) {
+                if loaded.elapsed() < INTEGRATION_TTL {
+                    return Ok(Some(integration.clone()));
+                }
+            }
+        }
+        let found = integrations::by_id(&self.state.db, self.state.keyring(), id).await?;
+        let mut cache = self.integrations.lock().unwrap_or_else(|e| e.into_inner());
+        match &found {
+            Some(integration) => cache.insert(id.to_owned(), (Instant::now(), integration.clone())),
+            None => cache.remove(id),
+        };
+        Ok(found)
+    }
+
+    /// Keeps the scheduler off an account while its retry waits in a delay queue
+    /// (`delay: Some`), or hands it back to the next scheduler pass (`None`).
+    async fn mark_pending(&self, account_id: &str, delay: Option<Duration>) {
+        let result = match delay {
+            Some(delay) => {
+                // Only an existing mark is extended: if another holder stored a token
+                // meanwhile (which clears it), there is nothing left to wait for.
+                sqlx::query("UPDATE connected_accounts SET enqueued_at = now() + $2 WHERE id = $1 AND enqueued_at IS NOT NULL")
+                    .bind(account_id)
+                    .bind(delay)
+                    .execute(&self.state.db)
+                    .await
+            }
+            None => {
+                sqlx::query("UPDATE connected_accounts SET enqueued_at = NULL WHERE id = $1 AND enqueued_at IS NOT NULL")
+                    .bind(account_id)
+                    .execute(&self.state.db)
+                    .await
+            }
+        };
+        if let Err(err) = result {
+            // Harmless: the mark expires after PIPES_REQUEUE_AFTER either way.
+            tracing::debug!(error = %err, account_id, "enqueued_at not updated");
+        }
+    }
+}
+
+impl Handler for RefreshHandler {
+    type Job = RefreshJob;
+
+    #[tracing::instrument(name = "refresh_job", skip_all, fields(account_id, attempt = ctx.attempt))]
+    async fn handle(&self, job: RefreshJob, ctx: JobContext) -> Outcome {
+        let RefreshJob::V1 { account_id, integration_id } = job;
+        tracing::Span::current().record("account_id", account_id.as_str());
+        let integration = match self.integration(&integration_id).await {
+            Ok(Some(integration)) => integration,
+            Ok(None) => {
+                tracing::debug!("integration deleted; dropping the job");
+                return Outcome::Done;
+            }
+            Err(err) => return self.transient(&account_id, &ctx, format!("loading the integration: {err}"), None).await,
+        };
+        if !integration.enabled || integration.state == IntegrationState::Invalid {
+            // Its credentials must be fixed first; the scheduler skips it until then.
+            return Outcome::Done;
+        }
+        match self.state.refresher.refresh(&integration, &account_id, Reason::Scheduled).await {
+            // Storing a token or marking reauthorization cleared the mark already.
+            Ok(RefreshOutcome::Refreshed(_)) | Ok(RefreshOutcome::NeedsReauthorization) | Ok(RefreshOutcome::NotConnected(_)) => Outcome::Done,
+            Ok(RefreshOutcome::AlreadyFresh(_)) | Ok(RefreshOutcome::IntegrationInvalid) => {
+                // A stale mark would hold back the account's next due time by PIPES_REQUEUE_AFTER.
+                self.mark_pending(&account_id, None).await;
+                Outcome::Done
+            }
+            Ok(RefreshOutcome::Transient { reason, retry_after }) => self.transient(&account_id, &ctx, reason, retry_after).await,
+            // PostgreSQL briefly unreachable: nothing was stored, try again later.
+            Err(err) => self.transient(&account_id, &ctx, format!("storage: {err}"), None).await,
+        }
+    }
+}
+
+impl RefreshHandler {
+    async fn transient(&self, account_id: &str, ctx: &JobContext, reason: String, after: Option<Duration>) -> Outcome {
+        let delay = self.spec.retry_delay(ctx.attempt, after);
+        self.mark_pending(account_id, delay).await;
+        Outcome::Retry { after, reason }
+    }
+}
+
+/// Spawns a refresh worker: connects (waiting for the broker if needed), declares the
+/// topology and consumes with `PIPES_WORKER_CONCURRENCY` jobs in flight until `cancel`
+/// fires; then stops taking jobs, finishes the ones in flight and returns.
+pub fn spawn(state: AppState, cancel: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let config = state.config.clone();
+        let Some(broker) = queues::connect_broker(&config.amqp_url, "pipes-worker", &cancel).await else { return };
+        let handler = RefreshHandler::new(state);
+        let topology = queues::topology(&config);
+        tracing::info!(concurrency = config.worker_concurrency, "refresh worker running");
+        if let Err(err) = run_consumer(broker, topology, REFRESH, handler, config.worker_concurrency, cancel).await {
+            tracing::error!(error = %err, "refresh worker cannot run");
+        }
+        tracing::info!("refresh worker stopped");
+    })
+}

@@ -1,0 +1,211 @@
+//! The pipeline under stress and failure: racing workers and reads, a worker dying
+//! mid-job, a cut broker connection, two schedulers, shutdown, and the claim's plan.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pipes::app::AppState;
+use pipes::demo_provider::{ClientAuthMethod, Fault};
+use pipes::refresh::{Reason, RefreshOutcome};
+use pipes::store::accounts::AccountState;
+use pipes_workers::lapin::options::{BasicAckOptions, BasicGetOptions};
+use pipes_workers::Broker;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use super::{eventually, load, Pipeline, AMQP_URL};
+use crate::support::app::TestApp;
+use crate::support::fixtures::{demo_integration, seed_account};
+use crate::support::proxy::TcpProxy;
+
+/// Another process's view: its own pool, cache client and refresher (so its single
+/// flight shares nothing in memory with the app's).
+fn other_process(app: &TestApp, cancel: &CancellationToken) -> AppState {
+    AppState::new(app.config().clone(), cancel.clone()).expect("second state")
+}
+
+async fn lease_taken(app: &TestApp, id: &str) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT lease_until IS NOT NULL AND lease_until > now() FROM connected_accounts WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+/// Inserts `n` connected accounts of `integration_id` with placeholder ciphertexts (never
+/// decrypted by these tests), the first `due` of them due a minute ago.
+async fn insert_accounts(app: &TestApp, integration_id: &str, n: i32, due: i32) {
+    sqlx::query(
+        "INSERT INTO connected_accounts (id, integration_id, user_id, state, access_token_enc, refresh_token_enc, expires_at, refresh_at)
+         SELECT 'data_installation_bulk' || g, $1, 'user' || g, 'connected', '\\x00'::bytea, '\\x00'::bytea, now() + interval '1 hour',
+                CASE WHEN g <= $3 THEN now() - interval '1 minute' ELSE now() + g * interval '1 second' END
+         FROM generate_series(1, $2) g",
+    )
+    .bind(integration_id)
+    .bind(n)
+    .bind(due)
+    .execute(&app.db)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn two_workers_and_on_demand_reads_never_reuse_a_refresh_token() {
+    let app = TestApp::spawn_with(|s| {
+        s.set("PIPES_MIN_VALIDITY", "1s");
+    })
+    .await;
+    let p = demo_integration(&app, "pl-race", ClientAuthMethod::Basic).await;
+    p.demo.set_access_ttl(Duration::from_secs(3));
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(seed_account(&app, &p, &format!("u{i}"), None, Duration::from_secs(3)).await.0.id);
+    }
+    let others = CancellationToken::new();
+    let mut pipeline = Pipeline::new(&app);
+    pipeline.scheduler(app.state.clone());
+    pipeline.worker(app.state.clone());
+    pipeline.worker(other_process(&app, &others));
+    let reader = other_process(&app, &others);
+    let mut reads = Vec::new();
+    for _ in 0..6 {
+        let (reader, integration, ids) = (reader.clone(), p.integration.clone(), ids.clone());
+        reads.push(tokio::spawn(async move {
+            let until = std::time::Instant::now() + Duration::from_secs(8);
+            while std::time::Instant::now() < until {
+                let id = &ids[rand::thread_rng().gen_range(0..ids.len())];
+                let outcome = reader.refresher.refresh(&integration, id, Reason::OnDemand).await.unwrap();
+                assert!(matches!(outcome, RefreshOutcome::Refreshed(_) | RefreshOutcome::AlreadyFresh(_)), "{outcome:?}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    for read in reads {
+        read.await.unwrap();
+    }
+    pipeline.stop().await;
+    others.cancel();
+    let stats = p.demo.stats();
+    assert!(stats.refreshes >= 16, "tokens kept being refreshed ({} refreshes)", stats.refreshes);
+    assert_eq!(stats.reuse_detected, 0, "no refresh token was presented twice");
+    assert_eq!(stats.grants_revoked, 0);
+    for id in &ids {
+        let account = load(&app, id).await;
+        assert_eq!(account.state, AccountState::Connected);
+        assert!(p.demo.is_grant_alive_for_refresh(account.refresh_token.as_ref().unwrap().expose()), "grant of {id} alive");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_that_dies_mid_job_has_its_job_redelivered_and_completed_once() {
+    let app = TestApp::spawn().await;
+    let p = demo_integration(&app, "pl-crash", ClientAuthMethod::Basic).await;
+    let (account, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(2)).await;
+    // The first worker's provider call hangs (it never reaches the provider's state).
+    p.demo.push_fault(Fault::Delay(Duration::from_millis(1500)));
+    let mut pipeline = Pipeline::new(&app);
+    pipeline.scheduler(app.state.clone());
+    let doomed_cancel = CancellationToken::new();
+    let doomed = pipes::worker::spawn(other_process(&app, &doomed_cancel), doomed_cancel.clone());
+    assert!(eventually(Duration::from_secs(10), || lease_taken(&app, &account.id)).await, "the first worker took the job");
+    // The process dies: its channel and connection go without an ack.
+    doomed.abort();
+    let _ = doomed.await;
+    doomed_cancel.cancel();
+    pipeline.worker(app.state.clone());
+    assert!(eventually(Duration::from_secs(20), || async { load(&app, &account.id).await.token_version > account.token_version }).await);
+    assert!(eventually(Duration::from_secs(5), || async { Pipeline::depth(&app, "refresh").await == 0 }).await, "the redelivered job was acked");
+    pipeline.stop().await;
+    let stats = p.demo.stats();
+    assert_eq!((stats.refreshes, stats.reuse_detected), (1, 0), "completed once, no token presented twice");
+    assert_eq!(Pipeline::depth(&app, "refresh.dead").await, 0);
+    let stored = load(&app, &account.id).await;
+    assert!(p.demo.is_grant_alive_for_refresh(stored.refresh_token.as_ref().unwrap().expose()));
+}
+
+#[tokio::test]
+async fn a_cut_broker_connection_recovers_and_the_jobs_complete() {
+    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let amqp = format!("amqp://guest:guest@{}/%2f", proxy.addr());
+    let app = TestApp::spawn_with(|s| {
+        s.set("PIPES_AMQP_URL", amqp);
+    })
+    .await;
+    let p = demo_integration(&app, "pl-cut", ClientAuthMethod::Basic).await;
+    let (first, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(2)).await;
+    let mut pipeline = Pipeline::start(&app);
+    assert!(eventually(Duration::from_secs(10), || async { load(&app, &first.id).await.token_version > first.token_version }).await);
+    proxy.cut();
+    let (second, _) = seed_account(&app, &p, "u2", None, Duration::from_secs(2)).await;
+    // Ticks run against a dead broker meanwhile: their publishes fail and are released.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(load(&app, &second.id).await.token_version, second.token_version);
+    proxy.restore();
+    let recovered = eventually(Duration::from_secs(15), || async { load(&app, &second.id).await.token_version > second.token_version }).await;
+    assert!(recovered, "scheduler and worker recovered and refreshed the account");
+    pipeline.stop().await;
+    let stats = p.demo.stats();
+    assert_eq!(stats.reuse_detected, 0);
+}
+
+#[tokio::test]
+async fn two_schedulers_enqueue_each_due_account_once() {
+    let app = TestApp::spawn().await;
+    let p = demo_integration(&app, "pl-twice", ClientAuthMethod::Basic).await;
+    insert_accounts(&app, &p.integration.id, 3000, 2500).await;
+    let others = CancellationToken::new();
+    let mut pipeline = Pipeline::new(&app);
+    pipeline.scheduler(app.state.clone());
+    pipeline.scheduler(other_process(&app, &others));
+    let all_enqueued = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM connected_accounts WHERE enqueued_at IS NOT NULL").fetch_one(&app.db).await.unwrap() == 2500
+    };
+    assert!(eventually(Duration::from_secs(15), all_enqueued).await);
+    tokio::time::sleep(Duration::from_millis(2200)).await; // two more ticks each
+    pipeline.stop().await;
+    others.cancel();
+    let broker = Broker::connect(AMQP_URL, "pipes-tests").await.unwrap();
+    let channel = broker.channel().await.unwrap();
+    let queue = pipes::queues::topology(app.config()).work_queue(pipes::queues::REFRESH);
+    let mut seen = HashSet::new();
+    let mut messages = 0;
+    while let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions::default()).await.unwrap() {
+        message.ack(BasicAckOptions::default()).await.unwrap();
+        let job: pipes::queues::RefreshJob = serde_json::from_slice(&message.delivery.data).unwrap();
+        let pipes::queues::RefreshJob::V1 { account_id, .. } = job;
+        seen.insert(account_id);
+        messages += 1;
+    }
+    assert_eq!(messages, 2500, "one job per due account");
+    assert_eq!(seen.len(), 2500);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_the_job_in_flight_before_returning() {
+    let app = TestApp::spawn().await;
+    let p = demo_integration(&app, "pl-drain", ClientAuthMethod::Basic).await;
+    let (account, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(2)).await;
+    p.demo.push_fault(Fault::Delay(Duration::from_millis(800)));
+    let mut pipeline = Pipeline::start(&app);
+    assert!(eventually(Duration::from_secs(10), || lease_taken(&app, &account.id)).await);
+    pipeline.stop().await; // SIGTERM: stop consuming, finish in-flight work, return
+    assert!(load(&app, &account.id).await.token_version > account.token_version, "the in-flight refresh finished");
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 0, "and its job was acked");
+}
+
+#[tokio::test]
+async fn the_claim_query_walks_the_due_index() {
+    let app = TestApp::spawn().await;
+    let p = demo_integration(&app, "pl-plan", ClientAuthMethod::Basic).await;
+    insert_accounts(&app, &p.integration.id, 50_000, 100).await;
+    sqlx::query("ANALYZE connected_accounts").execute(&app.db).await.unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", pipes::scheduler::claim::CLAIM_SQL)))
+        .bind(Duration::from_secs(300))
+        .bind(pipes::scheduler::claim::BATCH)
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("connected_accounts_due_idx"), "the claim uses the partial due index:\n{plan}");
+    assert!(!plan.contains("Seq Scan on connected_accounts"), "and never scans the table:\n{plan}");
+}
