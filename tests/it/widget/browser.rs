@@ -129,4 +129,6 @@ async fn force_refresh(app: &TestApp, integration: &pipes::store::integrations::
         .expect("alice's account exists");
     let outcome = app.state.refresher.refresh(integration, &id, Reason::Scheduled).await.expect("refresh");
     assert!(matches!(outcome, RefreshOutcome::NeedsReauthorization), "{outcome:?}");
+    let (status, read) = app.call(Method::POST, "/data-integrations/demo/token", Some(&app.tokens_key), Some(json!({ "user_id": "user_alice" }))).await;
+    assert_eq!((status, &read), (200, &json!({ "active": false, "error": "needs_reauthorization" })));
 }
