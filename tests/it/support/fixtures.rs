@@ -16,7 +16,6 @@ use super::app::TestApp;
 pub struct Provider {
     pub demo: DemoProvider,
     pub integration: Integration,
-    pub client_secret: String,
 }
 
 /// Starts an auto-consenting demo provider with a client registered for
@@ -63,7 +62,7 @@ pub async fn demo_integration(app: &TestApp, slug: &str, auth: ClientAuthMethod)
     .await
     .expect("insert integration");
     let integration = integrations::by_id(&app.db, app.state.keyring(), &id).await.unwrap().unwrap();
-    Provider { demo, integration, client_secret }
+    Provider { demo, integration }
 }
 
 /// Issues a grant at the demo provider and stores it as a connected account
