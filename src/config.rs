@@ -37,7 +37,7 @@ pub enum LogFormat {
 pub struct Config {
     /// PostgreSQL, the source of truth.
     pub database_url: String,
-    /// Redis for the token cache (a `redis://` URL, or several comma-separated for a cluster).
+    /// Redis for the token cache (a `redis://` URL; several comma-separated, or `redis+cluster://…`, for a cluster).
     pub redis_url: String,
     /// RabbitMQ for refresh jobs and webhook deliveries.
     pub amqp_url: String,
