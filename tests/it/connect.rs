@@ -94,9 +94,14 @@ async fn connecting_stores_the_account_emits_connected_and_caches_a_fresh_token(
     let stored: String = sqlx::query_scalar("SELECT state_hash FROM oauth_states").fetch_one(&app.db).await.unwrap();
     assert_eq!(stored, pipes::crypto::sha256_hex(&query["state"]));
 
+    let verifier: Option<Vec<u8>> = sqlx::query_scalar("SELECT pkce_verifier_enc FROM oauth_states").fetch_one(&app.db).await.unwrap();
+    assert!(verifier.is_some(), "the PKCE verifier waits, sealed, for the callback");
+
     let callback = provider_redirect(&app, &url).await;
     let resp = app.http.get(callback).send().await.unwrap();
     assert_eq!(resp.status(), 302);
+    let verifier: Option<Vec<u8>> = sqlx::query_scalar("SELECT pkce_verifier_enc FROM oauth_states").fetch_one(&app.db).await.unwrap();
+    assert!(verifier.is_none(), "and is dropped once used");
     assert_eq!(location(&resp), "http://app.test/done?tab=apps&provider=happy&status=connected");
 
     let (status, account) = app.admin(Method::GET, "/user_management/users/user_1/connected_accounts/happy?organization_id=org_1", None).await;

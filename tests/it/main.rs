@@ -17,3 +17,4 @@ mod sdk_node;
 mod support;
 mod tokens;
 mod webhooks;
+mod widget;

@@ -14,7 +14,7 @@ use crate::pipeline::{eventually, load, Pipeline};
 use crate::support::app::TestApp;
 use crate::support::fixtures::seed_account;
 use crate::tokens::read;
-use crate::webhooks::{create_endpoint, Receiver, Workers};
+use crate::webhooks::harness::{create_endpoint, Receiver, Workers};
 
 /// Parses the Prometheus text format into `name{labels}` → value.
 fn parse(text: &str) -> HashMap<String, f64> {
