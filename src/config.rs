@@ -39,7 +39,7 @@ pub struct Config {
     pub database_url: String,
     /// Connections per process (a worker takes at least its concurrency plus a margin).
     pub database_pool: u32,
-    /// Redis for the token cache (a `redis://` URL, or several comma-separated for a cluster).
+    /// Redis for the token cache (a `redis://` URL; several comma-separated, or `redis+cluster://…`, for a cluster).
     pub redis_url: String,
     /// RabbitMQ for refresh jobs and webhook deliveries.
     pub amqp_url: String,

@@ -10,6 +10,7 @@ mod observability;
 mod operations;
 mod integrations;
 mod queue;
+mod redis_cluster;
 mod pipeline;
 mod refresh_core;
 mod sdk_node;
