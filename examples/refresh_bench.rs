@@ -9,6 +9,7 @@
 //!   quorum queue, concurrently; prints messages per second.
 //! * `tick STORED DUE` — STORED accounts of which DUE are due; times the claim (the
 //!   database part of a tick) and a full tick with confirmed publishing.
+//! * `drop-queues` — deletes the queues of `PIPES_QUEUE_PREFIX`.
 
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,8 @@ async fn main() -> Result<()> {
         Some("e2e") => e2e(&config, &db, arg(1, 100_000) as usize).await,
         Some("broker") => broker(&config, arg(1, 100_000) as usize).await,
         Some("tick") => tick(&config, &db, arg(1, 1_000_000) as i64, arg(2, 10_000) as i64).await,
-        _ => bail!("usage: refresh_bench e2e N | broker N | tick STORED DUE"),
+        Some("drop-queues") => drop_queues(&config).await,
+        _ => bail!("usage: refresh_bench e2e N | broker N | tick STORED DUE | drop-queues"),
     }
 }
 
@@ -201,7 +203,7 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
     sqlx::query(
         "INSERT INTO connected_accounts (id, integration_id, user_id, state, access_token_enc, refresh_token_enc, expires_at, refresh_at)
          SELECT 'data_installation_bench' || g, $1, 'user' || g, 'connected', '\\x00'::bytea, '\\x00'::bytea, now() + interval '1 day',
-                CASE WHEN g % ($2 / $3) = 0 THEN now() - random() * interval '5 minutes' ELSE now() + random() * interval '1 day' END
+                CASE WHEN g % ($2 / $3) = 0 THEN now() - random() * interval '5 minutes' ELSE now() + interval '1 hour' + random() * interval '1 day' END
          FROM generate_series(1, $2) g",
     )
     .bind(&integration_id)
@@ -247,11 +249,18 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
     println!("tick_due={due}");
     println!("tick_claim_ms={:.1}", claims[claims.len() / 2].as_secs_f64() * 1000.0);
     println!("tick_full_ms={:.1}", ticks[ticks.len() / 2].as_secs_f64() * 1000.0);
-    for name in topology.queue_names() {
+    cancel.cancel();
+    drop_queues(config).await
+}
+
+/// Deletes the queues of `PIPES_QUEUE_PREFIX` (the roles declared them during the run).
+async fn drop_queues(config: &Config) -> Result<()> {
+    let broker = Broker::connect(&config.amqp_url, "pipes-bench").await?;
+    for name in pipes::queues::topology(config).queue_names() {
+        // A channel per queue: deleting a missing one closes the channel.
         if let Ok(channel) = broker.channel().await {
             let _ = channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await;
         }
     }
-    cancel.cancel();
     Ok(())
 }

@@ -20,6 +20,12 @@ use crate::ids::IdKind;
 
 /// How long a verification result is trusted before the database is asked again.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(3);
+/// How long a verdict keeps being used while PostgreSQL cannot be asked. Without it, a
+/// database outage failed every token read with 503 even when the token itself was in
+/// Redis (the soak's PostgreSQL cut); a key revoked during an outage stays usable this long.
+pub const KEY_CACHE_STALE_IF_ERROR: Duration = Duration::from_secs(300);
+/// After a failed check, how long callers use the old verdict before asking again.
+const KEY_RECHECK_AFTER_ERROR: Duration = Duration::from_secs(1);
 const KEY_PREFIX: &str = "pipes_sk_";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -48,7 +54,10 @@ impl Role {
 #[derive(Clone, Copy)]
 struct Verdict {
     role: Option<Role>,
+    /// When PostgreSQL last confirmed it.
     checked: Instant,
+    /// When to ask PostgreSQL again.
+    recheck_at: Instant,
 }
 
 /// Remembers recent verifications by key hash (never the key itself).
@@ -67,8 +76,9 @@ impl KeyVerifier {
     pub async fn verify(&self, presented: &str) -> Result<Option<Role>, ApiError> {
         use sha2::Digest;
         let digest: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
-        if let Some(v) = self.cache.get(&digest) {
-            if v.checked.elapsed() < KEY_CACHE_TTL {
+        let known = self.cache.get(&digest);
+        if let Some(v) = known {
+            if Instant::now() < v.recheck_at && v.checked.elapsed() < KEY_CACHE_STALE_IF_ERROR {
                 return Ok(v.role);
             }
         }
@@ -79,9 +89,20 @@ impl KeyVerifier {
         )
         .bind(hex::encode(digest))
         .fetch_optional(&self.db)
-        .await?;
+        .await;
+        let row = match (row, known) {
+            (Ok(row), _) => row,
+            // PostgreSQL is unreachable: keep trusting what it said recently.
+            (Err(err), Some(v)) if v.checked.elapsed() < KEY_CACHE_STALE_IF_ERROR => {
+                tracing::debug!(error = %err, "API key check failed; using the last verdict");
+                self.cache.insert(digest, Verdict { recheck_at: Instant::now() + KEY_RECHECK_AFTER_ERROR, ..v });
+                return Ok(v.role);
+            }
+            (Err(err), _) => return Err(err.into()),
+        };
         let role = row.and_then(|r| Role::parse(r.get::<&str, _>("role")));
-        self.cache.insert(digest, Verdict { role, checked: Instant::now() });
+        let now = Instant::now();
+        self.cache.insert(digest, Verdict { role, checked: now, recheck_at: now + KEY_CACHE_TTL });
         Ok(role)
     }
 }

@@ -11,6 +11,14 @@
 //! Every accepted write also publishes `{key}|{version}` on the invalidation
 //! channel, in the same script, so the in-process answer caches of every
 //! `serve` replica (`crate::read::local`) drop older copies at once.
+//!
+//! In a Redis Cluster (`crate::redis_conn`) every command here touches one
+//! key, so entries need no hash tag and spread over every slot: the script's
+//! GET/SET/PUBLISH run on the entry's primary, and PUBLISH reaches the
+//! subscribers on every node. Dropping an integration scans every primary
+//! rather than keeping a per-integration index set: such a set would put all
+//! of an integration's accounts in one slot (one node) and make each write
+//! touch two keys, while eviction is rare (scopes changed, integration gone).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -256,18 +264,21 @@ impl TokenCache {
         self.local.integration_changed();
         let Some(mut conn) = self.redis.conn() else { return };
         let pattern = self.redis.key(&format!("tok:{slug}:*"));
-        let mut cursor: u64 = 0;
-        loop {
-            let step: Result<(u64, Vec<String>), _> =
-                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(500).query_async(&mut conn).await;
-            let Ok((next, keys)) = step else { break };
-            if !keys.is_empty() {
-                let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+        // A cursor belongs to one server: in a cluster, every primary is scanned.
+        let targets = conn.scan_targets().await.unwrap_or_default();
+        for target in &targets {
+            let mut cursor: u64 = 0;
+            loop {
+                let Ok((next, keys)) = conn.scan_page(target, cursor, &pattern, 500).await else { break };
+                if !keys.is_empty() {
+                    // A cluster connection splits a multi-key DEL by slot.
+                    let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         // After the deletes, so no replica refills from an entry about to go.
         let message = format!("{INTEGRATION_PREFIX}{slug}");

@@ -37,7 +37,9 @@ pub enum LogFormat {
 pub struct Config {
     /// PostgreSQL, the source of truth.
     pub database_url: String,
-    /// Redis for the token cache (a `redis://` URL, or several comma-separated for a cluster).
+    /// Connections per process (a worker takes at least its concurrency plus a margin).
+    pub database_pool: u32,
+    /// Redis for the token cache (a `redis://` URL; several comma-separated, or `redis+cluster://…`, for a cluster).
     pub redis_url: String,
     /// RabbitMQ for refresh jobs and webhook deliveries.
     pub amqp_url: String,
@@ -258,6 +260,14 @@ impl Config {
         };
         let config = Config {
             database_url: s.get("PIPES_DATABASE_URL").unwrap_or("postgres://postgres@127.0.0.1:5432/pipes").to_owned(),
+            database_pool: s
+                .get("PIPES_DATABASE_POOL")
+                .unwrap_or("20")
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| invalid("PIPES_DATABASE_POOL", "expected a whole number from 1 to 1000"))?,
             redis_url: s.get("PIPES_REDIS_URL").unwrap_or("redis://127.0.0.1:6379").to_owned(),
             amqp_url: s.get("PIPES_AMQP_URL").unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f").to_owned(),
             listen: addr(s, "PIPES_LISTEN", "127.0.0.1:8080")?,

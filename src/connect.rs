@@ -129,9 +129,11 @@ pub async fn consume_state(
 ) -> Result<Result<Pending, StateRejection>, ConnectError> {
     let hash = sha256_hex(raw_state);
     let row = sqlx::query(
-        "UPDATE oauth_states SET used_at = $3
-         WHERE state_hash = $1 AND integration_id = $2 AND used_at IS NULL AND expires_at > $3
-         RETURNING user_id, organization_id, return_to, scopes, pkce_verifier_enc",
+        // The verifier is dropped as the state is consumed: it is never needed again.
+        "UPDATE oauth_states s SET used_at = $3, pkce_verifier_enc = NULL
+         FROM (SELECT state_hash, pkce_verifier_enc FROM oauth_states WHERE state_hash = $1 FOR UPDATE) old
+         WHERE s.state_hash = old.state_hash AND s.integration_id = $2 AND s.used_at IS NULL AND s.expires_at > $3
+         RETURNING s.user_id, s.organization_id, s.return_to, s.scopes, old.pkce_verifier_enc",
     )
     .bind(&hash)
     .bind(&integration.id)

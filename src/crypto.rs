@@ -30,6 +30,8 @@ pub enum CryptoError {
 struct Key256 {
     id: String,
     cipher: Aes256Gcm,
+    /// Kept only to derive purpose-bound subkeys (`derive_key`); never used directly.
+    material: zeroize::Zeroizing<[u8; 32]>,
 }
 
 /// The encryption keys, newest first. `Debug` shows only the key ids.
@@ -88,7 +90,9 @@ impl KeyRing {
                 return Err(CryptoError::Parse(format!("key id `{id}` appears twice")));
             }
             let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes));
-            keys.push(Key256 { id: id.to_owned(), cipher });
+            let mut material = zeroize::Zeroizing::new([0u8; 32]);
+            material.copy_from_slice(&bytes);
+            keys.push(Key256 { id: id.to_owned(), cipher, material });
         }
         if keys.is_empty() {
             return Err(CryptoError::Parse("no keys given".into()));
@@ -109,6 +113,24 @@ impl KeyRing {
 
     pub fn newest_id(&self) -> &str {
         &self.keys[0].id
+    }
+
+    /// A 32-byte subkey for one purpose (`label`), derived from the key `kid`
+    /// (the newest when `None`) with HKDF-Expand (RFC 5869 §2.3; the key is
+    /// already uniformly random, so it serves as the PRK). The raw key never
+    /// leaves the ring; different labels give unrelated subkeys.
+    pub fn derive_key(&self, kid: Option<&str>, label: &str) -> Option<(&str, zeroize::Zeroizing<[u8; 32]>)> {
+        use hmac::{Hmac, Mac};
+        let key = match kid {
+            None => self.keys.first()?,
+            Some(kid) => self.keys.iter().find(|k| k.id == kid)?,
+        };
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key.material.as_slice()).ok()?;
+        mac.update(label.as_bytes());
+        mac.update(&[1]);
+        let mut out = zeroize::Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(&mac.finalize().into_bytes());
+        Some((key.id.as_str(), out))
     }
 
     /// Seals under the newest key.

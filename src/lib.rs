@@ -35,6 +35,7 @@ pub mod telemetry;
 pub mod time;
 pub mod worker;
 pub mod webhooks;
+pub mod widget;
 
 /// Installs the process-wide TLS crypto provider (ring) once. Every TLS
 /// client in the tree (reqwest, lapin) then uses it.

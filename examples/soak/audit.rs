@@ -18,38 +18,29 @@ use sqlx::PgPool;
 type Row = (String, String, String, Option<Vec<u8>>, Option<Vec<u8>>, Option<DateTime<Utc>>);
 
 pub async fn run(config: &Config, db: &PgPool, demo: &DemoProvider, integration_id: &str, dir: &Path) -> Result<()> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, user_id, state, access_token_enc, refresh_token_enc, expires_at
-         FROM connected_accounts WHERE integration_id = $1",
-    )
-    .bind(integration_id)
-    .fetch_all(db)
-    .await?;
-    let ring = &config.encryption_keys;
-    let now = Utc::now();
+    const SQL: &str = "SELECT id, user_id, state, access_token_enc, refresh_token_enc, expires_at
+         FROM connected_accounts WHERE integration_id = $1 AND ($2::text[] IS NULL OR id = ANY($2))";
+    let rows: Vec<Row> = sqlx::query_as(SQL).bind(integration_id).bind(None::<Vec<String>>).fetch_all(db).await?;
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
-    for (id, user, state, access, refresh, expires_at) in &rows {
-        let class = if state != "connected" {
-            "not_connected"
+    let mut recheck = Vec::new();
+    for row in &rows {
+        let class = classify(config, demo, row);
+        if class != "ok" && class != "not_connected" {
+            recheck.push(row.0.clone());
         } else {
-            let refresh = refresh.as_ref().and_then(|r| ring.open_string(r, aad(columns::REFRESH_TOKEN, id)).ok());
-            let access = access.as_ref().and_then(|a| ring.open_string(a, aad(columns::ACCESS_TOKEN, id)).ok());
-            match (refresh, access) {
-                (None, _) | (_, None) => "undecryptable",
-                (Some(r), _) if !demo.is_grant_alive_for_refresh(&r) => "refresh_token_dead",
-                _ if expires_at.is_none_or(|at| at <= now) => "access_token_expired",
-                (_, Some(a)) => match demo.access_token_info(&a) {
-                    Some((owner, _)) if owner == *user => "ok",
-                    Some(_) => "wrong_user",
-                    None => "access_token_dead",
-                },
-            }
-        };
-        *counts.entry(class).or_default() += 1;
+            *counts.entry(class).or_default() += 1;
+        }
+    }
+    // The roles keep refreshing while this runs: an account refreshed between its read above
+    // and its check at the provider looks dead. Read those again and check once more.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let again: Vec<Row> = sqlx::query_as(SQL).bind(integration_id).bind(Some(&recheck)).fetch_all(db).await?;
+    for row in &again {
+        *counts.entry(classify(config, demo, row)).or_default() += 1;
     }
     let stats = demo.stats();
     let report = serde_json::json!({
-        "accounts": rows.len(), "audit": counts,
+        "accounts": rows.len(), "audit": counts, "rechecked": recheck.len(),
         "provider": {
             "token_requests": stats.token_requests, "refreshes": stats.refreshes,
             "reuse_detected": stats.reuse_detected, "revocations": stats.revocations,
@@ -59,4 +50,24 @@ pub async fn run(config: &Config, db: &PgPool, demo: &DemoProvider, integration_
     tokio::fs::write(dir.join("final.json"), serde_json::to_vec_pretty(&report)?).await?;
     eprintln!("audit: {report}");
     Ok(())
+}
+
+fn classify(config: &Config, demo: &DemoProvider, row: &Row) -> &'static str {
+    let (id, user, state, access, refresh, expires_at) = row;
+    if state != "connected" {
+        return "not_connected";
+    }
+    let ring = &config.encryption_keys;
+    let refresh = refresh.as_ref().and_then(|r| ring.open_string(r, aad(columns::REFRESH_TOKEN, id)).ok());
+    let access = access.as_ref().and_then(|a| ring.open_string(a, aad(columns::ACCESS_TOKEN, id)).ok());
+    match (refresh, access) {
+        (None, _) | (_, None) => "undecryptable",
+        (Some(r), _) if !demo.is_grant_alive_for_refresh(&r) => "refresh_token_dead",
+        _ if expires_at.is_none_or(|at| at <= Utc::now()) => "access_token_expired",
+        (_, Some(a)) => match demo.access_token_info(&a) {
+            Some((owner, _)) if owner == *user => "ok",
+            Some(_) => "wrong_user",
+            None => "access_token_dead",
+        },
+    }
 }

@@ -103,13 +103,7 @@ pub async fn authorize(
         return Err(ApiError::invalid(errors));
     }
     let req = ConnectRequest { user_id: body.user_id.unwrap_or_default(), organization_id, return_to };
-    let url = connect::begin(&state, &integration, &req, Utc::now()).await.map_err(|e| match e {
-        ConnectError::Misconfigured(m) | ConnectError::Integration(crate::store::integrations::IntegrationError::Urls { message: m, .. }) => {
-            ApiError::BadRequest { code: "integration_misconfigured", message: format!("The integration cannot start a connection: {m}") }
-        }
-        ConnectError::Db(e) => e.into(),
-        other => ApiError::internal(other),
-    })?;
+    let url = connect::begin(&state, &integration, &req, Utc::now()).await.map_err(connect_error)?;
     Ok(Json(AuthorizeResponse { url: url.to_string() }))
 }
 
@@ -167,9 +161,17 @@ async fn run_callback(state: &AppState, slug: &str, mut params: HashMap<String, 
     })
 }
 
+/// A misconfigured integration is the caller's to fix (4xx); a database outage may be retried.
 fn connect_error(err: ConnectError) -> ApiError {
+    use crate::store::integrations::IntegrationError;
     match err {
-        ConnectError::Db(e) => e.into(),
+        ConnectError::Misconfigured(m) | ConnectError::Integration(IntegrationError::Urls { message: m, .. }) => {
+            ApiError::BadRequest { code: "integration_misconfigured", message: format!("The integration cannot connect accounts: {m}") }
+        }
+        ConnectError::Integration(e @ IntegrationError::UnknownProvider(_)) => {
+            ApiError::BadRequest { code: "integration_misconfigured", message: format!("The integration cannot connect accounts: {e}") }
+        }
+        ConnectError::Db(e) | ConnectError::Integration(IntegrationError::Db(e)) => e.into(),
         other => ApiError::internal(other),
     }
 }

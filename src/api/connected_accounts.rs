@@ -240,13 +240,22 @@ pub async fn disconnect(
 ) -> ApiResult<StatusCode> {
     let org = owner(&user_id, q)?;
     let integration = find(&state, &slug).await?;
+    disconnect_account(&state, &integration, &user_id, org.as_deref()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Disconnects `user_id`'s account for `integration`: deleted with its
+/// `disconnected` event, cache tombstoned, then revoked at the provider where
+/// possible. 404 when there is none. Shared with the widget.
+pub async fn disconnect_account(state: &AppState, integration: &Integration, user_id: &str, org: Option<&str>) -> ApiResult<()> {
+    let slug = integration.slug.as_str();
     let mut tx = state.db.begin().await?;
-    let existing = accounts::find_for_owner(&mut *tx, state.keyring(), &integration.id, &user_id, org.as_deref())
+    let existing = accounts::find_for_owner(&mut *tx, state.keyring(), &integration.id, user_id, org)
         .await
         .map_err(account_error)?
-        .ok_or_else(|| not_connected(&slug))?;
-    let gone = accounts::delete(&mut tx, state.keyring(), &existing.id).await.map_err(account_error)?.ok_or_else(|| not_connected(&slug))?;
-    let data = events::account_data(&gone, &integration, AccountState::Disconnected.as_str());
+        .ok_or_else(|| not_connected(slug))?;
+    let gone = accounts::delete(&mut tx, state.keyring(), &existing.id).await.map_err(account_error)?.ok_or_else(|| not_connected(slug))?;
+    let data = events::account_data(&gone, integration, AccountState::Disconnected.as_str());
     events::emit(&mut tx, EventKind::Disconnected, &data).await?;
     tx.commit().await?;
     state.cache.tombstone(&integration.slug, &gone.user_id, gone.organization_id.as_deref(), gone.token_version).await;
@@ -254,12 +263,12 @@ pub async fn disconnect(
     // refresh token ends the whole grant at most providers (RFC 7009 §2.1).
     let token = gone.refresh_token.as_ref().map(|t| (t, "refresh_token")).or(gone.access_token.as_ref().map(|t| (t, "access_token")));
     if let (Some((token, hint)), Ok(spec)) = (token, integration.spec()) {
-        if let Err(reason) = client::revoke(&state.http, &integration, &spec, token, hint).await {
+        if let Err(reason) = client::revoke(&state.http, integration, &spec, token, hint).await {
             tracing::warn!(account_id = %gone.id, integration = %slug, %reason, "token revocation failed; the account is disconnected anyway");
         }
     }
     tracing::info!(account_id = %gone.id, integration = %slug, "account disconnected");
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -296,14 +305,21 @@ pub async fn data_providers(
     ApiQuery(q): ApiQuery<OwnerQuery>,
 ) -> ApiResult<Json<DataProviderList>> {
     let org = owner(&user_id, q)?;
+    let data = list_data_providers(&state, &user_id, org.as_deref()).await?;
+    Ok(Json(DataProviderList { object: "list", data }))
+}
+
+/// Every enabled integration with `user_id`'s account for it (no token is read).
+/// Shared with the widget.
+pub async fn list_data_providers(state: &AppState, user_id: &str, org: Option<&str>) -> ApiResult<Vec<DataProviderView>> {
     let integrations = crate::provisioning::store::all(&state.db, state.keyring()).await?;
     // Only non-secret columns: this listing never needs a token.
     let rows = sqlx::query(
         "SELECT id, integration_id, user_id, organization_id, state, scopes, created_at, updated_at
          FROM connected_accounts WHERE user_id = $1 AND organization_id IS NOT DISTINCT FROM $2",
     )
-    .bind(&user_id)
-    .bind(&org)
+    .bind(user_id)
+    .bind(org)
     .fetch_all(&state.db)
     .await?;
     let account_of = |integration_id: &str| {
@@ -319,7 +335,7 @@ pub async fn data_providers(
             updated_at: rfc3339(r.get("updated_at")),
         })
     };
-    let data = integrations
+    let data: Vec<DataProviderView> = integrations
         .iter()
         .filter(|i| i.enabled)
         .map(|i| DataProviderView {
@@ -339,5 +355,5 @@ pub async fn data_providers(
             updated_at: rfc3339(i.updated_at),
         })
         .collect();
-    Ok(Json(DataProviderList { object: "list", data }))
+    Ok(data)
 }

@@ -9,6 +9,7 @@ pub mod integrations;
 pub mod openapi;
 pub mod tokens;
 pub mod webhooks;
+pub mod widget;
 
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -27,6 +28,7 @@ pub fn routes() -> Router<AppState> {
         .merge(connected_accounts::routes())
         .merge(webhooks::routes())
         .merge(events::routes())
+        .merge(widget::routes())
 }
 
 pub async fn not_found() -> Response {

@@ -34,6 +34,10 @@ use crate::app::AppState;
         super::webhooks::update_endpoint,
         super::webhooks::delete_endpoint,
         super::events::list_events,
+        super::widget::create_token,
+        super::widget::providers,
+        super::widget::authorize,
+        super::widget::disconnect,
     ),
     components(schemas(super::webhooks::CreateEndpoint, super::webhooks::UpdateEndpoint)),
     modifiers(&BearerAuth)
@@ -47,6 +51,11 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        // The widget's own API takes a widget token (`POST /widgets/token`), never an API key.
+        components.add_security_scheme(
+            "widget_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }

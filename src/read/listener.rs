@@ -1,8 +1,8 @@
 //! The subscription that keeps the local answer cache honest: it applies
 //! every invalidation published by any process, and switches the local cache
 //! off (emptying it) the moment the subscription is lost or stops answering
-//! pings. It reconnects on its own; the local cache is back on only once a
-//! new subscription is confirmed.
+//! pings. It reconnects on its own (to the next node, for a cluster); the
+//! local cache is back on only once a new subscription is confirmed.
 
 use std::time::Duration;
 
@@ -23,18 +23,22 @@ pub async fn run(
     local: LocalCache,
     cancel: CancellationToken,
 ) {
-    // A cluster URL lists several nodes; PUBLISH reaches every node, so one is enough.
-    let url = redis_url.split(',').next().unwrap_or_default().trim().to_owned();
-    let client = match redis::Client::open(url) {
-        Ok(client) => client,
+    // A cluster's PUBLISH reaches the subscribers of every node, so one
+    // plain subscription to any node is enough; a lost one moves to the next.
+    let clients: Vec<redis::Client> = match crate::redis_conn::topology(&redis_url)
+        .and_then(|t| t.nodes.iter().map(|n| redis::Client::open(n.as_str())).collect())
+    {
+        Ok(clients) => clients,
         Err(err) => {
             tracing::error!(error = %err, "invalid Redis URL: the local token cache stays off");
             return;
         }
     };
+    let mut next = 0usize;
     let mut backoff = Duration::from_millis(100);
     loop {
-        let session = listen_once(&client, &channel, &local, &cancel).await;
+        let Some(client) = clients.get(next % clients.len().max(1)) else { return };
+        let session = listen_once(client, &channel, &local, &cancel).await;
         local.set_enabled(false);
         match session {
             Ok(()) if cancel.is_cancelled() => return,
@@ -44,6 +48,7 @@ pub async fn run(
             }
             Err(err) => tracing::debug!(error = %err, "token cache invalidation subscription failed"),
         }
+        next = next.wrapping_add(1);
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(backoff) => {}

@@ -110,11 +110,9 @@ pub async fn check_for_save(text: &str, allow_private: bool) -> Result<Url, Targ
     let url = parse(text, allow_private)?;
     if !allow_private {
         if let Some(Host::Domain(_)) = url.host() {
-            if let Ok(result) = tokio::time::timeout(SAVE_LOOKUP_TIMEOUT, resolve(&url, false)).await {
-                match result {
-                    Err(TargetError::Private) => return Err(TargetError::Private),
-                    Ok(_) | Err(_) => {}
-                }
+            let answer = tokio::time::timeout(SAVE_LOOKUP_TIMEOUT, resolve(&url, false)).await;
+            if let Ok(Err(TargetError::Private)) = answer {
+                return Err(TargetError::Private);
             }
         }
     }

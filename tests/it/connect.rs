@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use pipes::cache::Lookup;
-use pipes::demo_provider::{ClientAuthMethod, ClientRegistration, DemoConfig, DemoProvider, Fault, Shape};
+use pipes::demo_provider::{ClientAuthMethod, DemoProvider, Fault, Shape};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -18,15 +18,7 @@ pub struct ApiProvider {
 /// Starts a demo provider (auto-consent) and creates integration `slug` for it
 /// through `POST /data-integrations`; `tweak` edits the request body first.
 pub async fn api_integration(app: &TestApp, slug: &str, auth: ClientAuthMethod, tweak: impl FnOnce(&mut Value)) -> ApiProvider {
-    let (demo, _) = DemoProvider::spawn(DemoConfig { auto_consent: true, ..DemoConfig::default() }).await.expect("demo provider");
-    let client_id = format!("client-{slug}");
-    let client_secret = format!("demo_cs_{}", ulid::Ulid::new());
-    demo.register_client(ClientRegistration {
-        client_id: client_id.clone(),
-        client_secret: client_secret.clone(),
-        redirect_uris: vec![app.config().redirect_uri(slug)],
-        auth_method: auth,
-    });
+    let (demo, client_id, client_secret) = crate::support::fixtures::demo_client(app, slug, auth).await;
     let base = demo.base_url();
     let mut body = json!({
         "provider": slug,
@@ -94,9 +86,14 @@ async fn connecting_stores_the_account_emits_connected_and_caches_a_fresh_token(
     let stored: String = sqlx::query_scalar("SELECT state_hash FROM oauth_states").fetch_one(&app.db).await.unwrap();
     assert_eq!(stored, pipes::crypto::sha256_hex(&query["state"]));
 
+    let verifier: Option<Vec<u8>> = sqlx::query_scalar("SELECT pkce_verifier_enc FROM oauth_states").fetch_one(&app.db).await.unwrap();
+    assert!(verifier.is_some(), "the PKCE verifier waits, sealed, for the callback");
+
     let callback = provider_redirect(&app, &url).await;
     let resp = app.http.get(callback).send().await.unwrap();
     assert_eq!(resp.status(), 302);
+    let verifier: Option<Vec<u8>> = sqlx::query_scalar("SELECT pkce_verifier_enc FROM oauth_states").fetch_one(&app.db).await.unwrap();
+    assert!(verifier.is_none(), "and is dropped once used");
     assert_eq!(location(&resp), "http://app.test/done?tab=apps&provider=happy&status=connected");
 
     let (status, account) = app.admin(Method::GET, "/user_management/users/user_1/connected_accounts/happy?organization_id=org_1", None).await;

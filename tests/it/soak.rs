@@ -115,3 +115,30 @@ async fn a_rotated_token_survives_postgres_dropping_out_between_the_answer_and_t
     assert!(p.demo.is_grant_alive_for_refresh(&refresh_token));
     assert_eq!(p.demo.stats().reuse_detected, 0);
 }
+
+#[tokio::test]
+async fn a_known_api_key_keeps_working_while_postgres_is_unreachable() {
+    let app = TestApp::spawn().await;
+    let proxy = crate::support::proxy::TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect(&format!("postgres://postgres@{}/{}", proxy.addr(), app.db_name))
+        .await
+        .unwrap();
+    let verifier = pipes::auth::KeyVerifier::new(db);
+    assert_eq!(verifier.verify(&app.tokens_key).await.unwrap(), Some(pipes::auth::Role::Tokens));
+    proxy.cut();
+    // Past the cache TTL, PostgreSQL cannot confirm the key: reads served from Redis must
+    // not fail for that, and the old verdict is used without waiting on the pool each time.
+    tokio::time::sleep(pipes::auth::KEY_CACHE_TTL + Duration::from_millis(200)).await;
+    assert_eq!(verifier.verify(&app.tokens_key).await.unwrap(), Some(pipes::auth::Role::Tokens));
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(verifier.verify(&app.tokens_key).await.unwrap(), Some(pipes::auth::Role::Tokens));
+    }
+    assert!(started.elapsed() < Duration::from_millis(900), "answered from the last verdict: {:?}", started.elapsed());
+    // A key never seen before cannot be vouched for: that is an outage (5xx), not a 401.
+    assert!(verifier.verify("pipes_sk_unknown").await.is_err());
+    proxy.restore();
+}

@@ -168,8 +168,9 @@ async fn supervise(shared: Arc<Shared>, stop: CancellationToken) {
             // it are intact) and let the new one close on drop.
             Ok(Ok(_)) if current.connection.status().connected() => down_since = None,
             Ok(Ok(connection)) => {
-                // The old connection closes once the last channel on it is dropped;
-                // publishers and consumers drop theirs when they see the new generation.
+                // Publishers and consumers drop their channels when they see the new
+                // generation; the old connection itself must be closed explicitly.
+                tokio::spawn(retire(current.connection.clone(), stop.clone()));
                 shared.current.send_replace(Current {
                     generation: current.generation + 1,
                     connection: Arc::new(connection),
@@ -179,6 +180,36 @@ async fn supervise(shared: Arc<Shared>, stop: CancellationToken) {
             }
             Ok(Err(error)) => tracing::debug!(connection = %shared.name, %error, "broker still unreachable"),
             Err(_) => tracing::debug!(connection = %shared.name, "connecting to the broker timed out"),
+        }
+    }
+}
+
+/// How long a replaced connection is watched for a late recovery.
+const RETIRE_WATCH: Duration = Duration::from_secs(600);
+
+/// Closes a replaced connection now, or as soon as lapin recovers it. lapin keeps
+/// recovering a connection in the background after every channel handle on it is dropped,
+/// and replays its consumers when it succeeds: a consumer nobody reads, holding its
+/// prefetch of jobs unacknowledged for as long as the process lives. The soak saw exactly
+/// that after a 20 s broker cut (one prefetch of refresh jobs stuck on a ghost consumer,
+/// their accounts waiting for `PIPES_REQUEUE_AFTER`). Closing the connection makes the
+/// broker requeue whatever it delivered there.
+async fn retire(old: Arc<Connection>, stop: CancellationToken) {
+    let deadline = Instant::now() + RETIRE_WATCH;
+    while Instant::now() < deadline {
+        let status = old.status();
+        if status.closed() {
+            return;
+        }
+        if status.connected() {
+            if let Err(error) = old.close(200, "replaced by a new connection".into()).await {
+                tracing::debug!(%error, "closing a replaced broker connection failed");
+            }
+            return;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(SUPERVISE_EVERY) => {}
         }
     }
 }

@@ -1,0 +1,329 @@
+/*! <pipes-widget token="…">: the Pipes connect widget.
+ *
+ * Lists the enabled integrations with this user's state (Connect, Connected,
+ * Needs reauthorization) and runs the OAuth flow in a popup, falling back to a
+ * full-page redirect. It talks only to the widget API of the Pipes server it
+ * was loaded from, with the widget token in the Authorization header.
+ *
+ * Attributes: token (required; may be replaced to renew), mode="redirect"
+ * (never open a popup), api-base (Pipes' origin, when not the script's).
+ * Event: `pipes-widget:token-expired` (bubbles, composed) when the token has
+ * expired; set a new `token` attribute to continue.
+ * Plain JS and CSS, no dependencies, no build step. */
+(function () {
+  'use strict';
+  if (!window.customElements || customElements.get('pipes-widget')) return;
+
+  var script = document.currentScript;
+  var SCRIPT_ORIGIN = script && script.src ? new URL(script.src, location.href).origin : location.origin;
+  var STORE_KEY = 'pipes-widget-token';
+  var RESULT_PARAMS = ['pipes_provider', 'pipes_status', 'pipes_error'];
+
+  var FAILURES = {
+    access_denied: 'Access was not allowed, so {name} was not connected.',
+    provider_error: '{name} refused the request. Try again later.',
+    exchange_failed: '{name} could not finish connecting. Try again.'
+  };
+  var REASONS = {
+    invalid_grant: 'Access was revoked or has expired at {name}.',
+    invalid_refresh_token: 'Access was revoked or has expired at {name}.',
+    expired_without_refresh_token: 'Access expired and {name} gave no way to renew it.'
+  };
+
+  function fill(text, name) { return text.replace('{name}', name); }
+
+  /* A tiny element builder: text goes through textContent, never innerHTML. */
+  function h(tag, attrs, children) {
+    var el = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) {
+      var v = attrs[k];
+      if (v === null || v === undefined || v === false) return;
+      if (k.slice(0, 2) === 'on') el.addEventListener(k.slice(2), v);
+      else el.setAttribute(k, v === true ? '' : String(v));
+    });
+    (children || []).forEach(function (c) {
+      if (c === null || c === undefined || c === false) return;
+      el.appendChild(typeof c === 'string' ? document.createTextNode(c) : c);
+    });
+    return el;
+  }
+
+  function formatDate(iso) {
+    var d = new Date(iso);
+    return isNaN(d) ? iso : d.toLocaleDateString(undefined, { year: 'numeric', month: 'short', day: 'numeric' });
+  }
+
+  class PipesWidget extends HTMLElement {
+    static get observedAttributes() { return ['token']; }
+
+    constructor() {
+      super();
+      this.root = this.attachShadow({ mode: 'open' });
+      this.notices = {};       // slug -> {kind, text}
+      this.confirming = null;  // slug awaiting disconnect confirmation
+      this.busy = null;        // slug with a connection in progress
+      this.expired = false;
+      this.providers = [];
+      this.onMessage = this.onMessage.bind(this);
+      this.onVisible = this.onVisible.bind(this);
+    }
+
+    get base() { return (this.getAttribute('api-base') || SCRIPT_ORIGIN).replace(/\/$/, ''); }
+    get redirectOnly() { return this.getAttribute('mode') === 'redirect'; }
+
+    connectedCallback() {
+      this.token = this.takeToken();
+      this.takeResult();
+      this.root.textContent = '';
+      this.root.appendChild(h('link', { rel: 'stylesheet', href: this.base + '/widget.css' }));
+      this.status = h('p', { class: 'sr-only', role: 'status', 'aria-live': 'polite' });
+      this.body = h('div', { class: 'pipes', 'aria-busy': 'true' }, [h('p', { class: 'muted' }, ['Loading…'])]);
+      this.root.appendChild(this.status);
+      this.root.appendChild(this.body);
+      window.addEventListener('message', this.onMessage);
+      document.addEventListener('visibilitychange', this.onVisible);
+      this.load();
+    }
+
+    disconnectedCallback() {
+      window.removeEventListener('message', this.onMessage);
+      document.removeEventListener('visibilitychange', this.onVisible);
+      clearTimeout(this.expiryTimer);
+      clearInterval(this.popupTimer);
+    }
+
+    /* Back from another tab (say, the provider's settings): show the current state. */
+    onVisible() {
+      if (document.visibilityState === 'visible' && !this.busy && !this.confirming && !this.expired && this.token) this.load();
+    }
+
+    attributeChangedCallback(name, old, value) {
+      if (name === 'token' && old !== null && value && value !== old && this.body) {
+        this.token = this.takeToken();
+        this.expired = false;
+        this.load();
+      }
+    }
+
+    /* The hosted page keeps its token in this tab (so a redirect back needs no token in the URL)
+       and removes it from the address bar and history. */
+    takeToken() {
+      var token = this.getAttribute('token');
+      if (!this.hasAttribute('hosted')) return token;
+      try {
+        if (token) sessionStorage.setItem(STORE_KEY, token);
+        else token = sessionStorage.getItem(STORE_KEY);
+      } catch (e) { /* storage disabled: the attribute is all we have */ }
+      var url = new URL(location.href);
+      if (url.searchParams.has('token')) {
+        url.searchParams.delete('token');
+        history.replaceState(history.state, '', url.pathname + url.search + url.hash);
+      }
+      return token;
+    }
+
+    /* After a redirect (no popup), the result comes back as pipes_* query parameters. */
+    takeResult() {
+      var url = new URL(location.href);
+      var slug = url.searchParams.get('pipes_provider');
+      if (!slug) return;
+      this.pendingResult = { provider: slug, status: url.searchParams.get('pipes_status'), error: url.searchParams.get('pipes_error') };
+      RESULT_PARAMS.forEach(function (p) { url.searchParams.delete(p); });
+      history.replaceState(history.state, '', url.pathname + url.search + url.hash);
+    }
+
+    api(method, path, body) {
+      var init = { method: method, headers: { Authorization: 'Bearer ' + (this.token || '') }, credentials: 'omit' };
+      if (body) { init.headers['Content-Type'] = 'application/json'; init.body = JSON.stringify(body); }
+      var self = this;
+      return fetch(this.base + '/widget/api' + path, init).then(function (res) {
+        if (res.status === 204) return null;
+        return res.json().catch(function () { return {}; }).then(function (data) {
+          if (res.status === 401) {
+            if (data.code === 'widget_token_expired') self.onExpired();
+            else self.fail('This widget could not sign in. Reload the page to try again.');
+            throw new Error('unauthorized');
+          }
+          if (!res.ok) throw new Error(data.message || ('HTTP ' + res.status));
+          return data;
+        });
+      });
+    }
+
+    load() {
+      if (!this.token) { this.fail('This widget has no token. The application must provide one.'); return; }
+      var self = this;
+      this.api('GET', '/providers').then(function (data) {
+        self.providers = data.data || [];
+        self.armExpiry(data.expires_at);
+        if (self.pendingResult) { self.showResult(self.pendingResult); self.pendingResult = null; }
+        self.render();
+      }).catch(function (err) {
+        if (err.message !== 'unauthorized') self.fail('The list of accounts could not be loaded. Reload the page to try again.');
+      });
+    }
+
+    armExpiry(expiresAt) {
+      clearTimeout(this.expiryTimer);
+      var ms = new Date(expiresAt).getTime() - Date.now();
+      if (ms > 0 && ms < 2147483647) this.expiryTimer = setTimeout(this.onExpired.bind(this), ms);
+    }
+
+    onExpired() {
+      if (this.expired) return;
+      this.expired = true;
+      clearTimeout(this.expiryTimer);
+      if (this.hasAttribute('hosted')) { try { sessionStorage.removeItem(STORE_KEY); } catch (e) { /* ignore */ } }
+      this.body.setAttribute('aria-busy', 'false');
+      this.body.replaceChildren(h('div', { class: 'panel', role: 'alert', 'data-state': 'expired' }, [
+        h('h2', {}, ['Session expired']),
+        h('p', {}, ['This page has been open too long. Reload it to continue.'])
+      ]));
+      this.dispatchEvent(new CustomEvent('pipes-widget:token-expired', { bubbles: true, composed: true }));
+    }
+
+    fail(text) {
+      this.body.setAttribute('aria-busy', 'false');
+      this.body.replaceChildren(h('div', { class: 'panel', role: 'alert', 'data-state': 'error' }, [h('p', {}, [text])]));
+    }
+
+    nameOf(slug) {
+      var p = this.providers.filter(function (x) { return x.slug === slug; })[0];
+      return p ? p.name : slug;
+    }
+
+    showResult(r) {
+      var name = this.nameOf(r.provider);
+      if (r.status === 'connected') {
+        this.notices[r.provider] = null;
+        this.announce(name + ' is connected.');
+      } else {
+        this.notices[r.provider] = { kind: 'error', text: fill(FAILURES[r.error] || 'Something went wrong while connecting {name}. Try again.', name) };
+      }
+    }
+
+    announce(text) { this.status.textContent = text; }
+
+    onMessage(event) {
+      var d = event.data;
+      if (event.origin !== this.base || !d || d.source !== 'pipes-widget') return;
+      clearInterval(this.popupTimer);
+      this.busy = null;
+      this.showResult(d);
+      this.load();
+    }
+
+    connect(slug) {
+      var name = this.nameOf(slug);
+      this.notices[slug] = null;
+      // Opened at once, inside the click, or the browser blocks it; the URL follows.
+      var popup = this.redirectOnly ? null : window.open('', 'pipes-connect', 'popup,width=520,height=720');
+      var back = new URL(location.href);
+      back.searchParams.delete('token');
+      var body = popup ? { opener_origin: location.origin } : { redirect_to: back.toString() };
+      var self = this;
+      this.busy = slug;
+      this.render();
+      this.api('POST', '/' + encodeURIComponent(slug) + '/authorize', body).then(function (data) {
+        if (!popup || popup.closed) { location.assign(data.url); return; }
+        popup.location.href = data.url;
+        self.announce('Finish connecting ' + name + ' in the pop-up window.');
+        clearInterval(self.popupTimer);
+        // Closed without an answer (the user gave up): show the current state again.
+        self.popupTimer = setInterval(function () {
+          if (popup.closed) { clearInterval(self.popupTimer); self.busy = null; self.load(); }
+        }, 500);
+      }).catch(function (err) {
+        if (popup) popup.close();
+        self.busy = null;
+        if (err.message === 'unauthorized') return;
+        self.notices[slug] = { kind: 'error', text: name + ' could not be connected: ' + err.message };
+        self.render();
+      });
+    }
+
+    disconnect(slug) {
+      var name = this.nameOf(slug);
+      var self = this;
+      this.confirming = null;
+      this.busy = slug;
+      this.render();
+      this.api('DELETE', '/' + encodeURIComponent(slug)).then(function () {
+        self.busy = null;
+        self.announce(name + ' is disconnected.');
+        self.focusAfter = slug;
+        self.load();
+      }).catch(function (err) {
+        self.busy = null;
+        if (err.message === 'unauthorized') return;
+        self.notices[slug] = { kind: 'error', text: name + ' could not be disconnected: ' + err.message };
+        self.render();
+      });
+    }
+
+    render() {
+      if (this.expired) return;
+      var self = this;
+      this.body.setAttribute('aria-busy', 'false');
+      if (!this.providers.length) {
+        this.body.replaceChildren(h('p', { class: 'muted' }, ['No integrations are available yet.']));
+        return;
+      }
+      this.body.replaceChildren(h('ul', { class: 'list' }, this.providers.map(function (p) { return self.card(p); })));
+      var focus = this.focusAfter;
+      this.focusAfter = null;
+      if (focus) {
+        var target = this.root.querySelector('[data-slug="' + CSS.escape(focus) + '"] [data-focus]');
+        if (target) target.focus();
+      }
+    }
+
+    card(p) {
+      var self = this;
+      var account = p.connected_account;
+      var state = account ? account.state : 'not_connected';
+      var id = 'pw-' + p.slug.replace(/[^a-zA-Z0-9_-]/g, '_');
+      var busy = this.busy === p.slug;
+      var notice = this.notices[p.slug];
+      var details = [];
+      var actions = [];
+      if (state === 'connected') {
+        details.push(h('p', { class: 'state' }, [
+          h('span', { class: 'badge ok' }, ['Connected']), ' since ',
+          h('time', { datetime: account.created_at }, [formatDate(account.created_at)])
+        ]));
+        if (account.scopes && account.scopes.length) {
+          details.push(h('p', { class: 'scopes' }, ['Access: '].concat(account.scopes.map(function (s) { return h('code', {}, [s]); }))));
+        }
+        if (this.confirming === p.slug) {
+          actions.push(h('p', { class: 'confirm', id: id + '-confirm' }, ['Disconnect ' + p.name + '? The application will lose access.']));
+          actions.push(h('button', { type: 'button', class: 'danger', 'aria-describedby': id + '-confirm', onclick: function () { self.disconnect(p.slug); } }, ['Yes, disconnect']));
+          actions.push(h('button', { type: 'button', 'data-cancel': true, onclick: function () { self.confirming = null; self.focusAfter = p.slug; self.render(); } }, ['Cancel']));
+        } else {
+          actions.push(h('button', { type: 'button', class: 'secondary', 'data-focus': true, disabled: busy, 'aria-label': 'Disconnect ' + p.name,
+            onclick: function () { self.confirming = p.slug; self.render(); var c = self.root.querySelector('[data-cancel]'); if (c) c.focus(); } }, [busy ? 'Disconnecting…' : 'Disconnect']));
+        }
+      } else if (state === 'needs_reauthorization') {
+        details.push(h('p', { class: 'state' }, [h('span', { class: 'badge warn' }, ['Needs reauthorization'])]));
+        details.push(h('p', { class: 'reason' }, [fill(REASONS[p.reauthorization_reason] || '{name} no longer accepts this connection.', p.name) + ' Reauthorize to keep it working.']));
+        actions.push(h('button', { type: 'button', 'data-focus': true, disabled: busy, 'aria-label': 'Reauthorize ' + p.name,
+          onclick: function () { self.connect(p.slug); } }, [busy ? 'Waiting…' : 'Reauthorize']));
+      } else {
+        actions.push(h('button', { type: 'button', 'data-focus': true, disabled: busy, 'aria-label': 'Connect ' + p.name,
+          onclick: function () { self.connect(p.slug); } }, [busy ? 'Waiting…' : 'Connect']));
+      }
+      if (notice) details.push(h('p', { class: 'notice ' + notice.kind, role: 'alert' }, [notice.text]));
+      return h('li', { class: 'card', 'data-slug': p.slug, 'data-state': state, 'aria-labelledby': id + '-name',
+        onkeydown: function (e) { if (e.key === 'Escape' && self.confirming === p.slug) { self.confirming = null; self.focusAfter = p.slug; self.render(); } } }, [
+        h('div', { class: 'logo', 'aria-hidden': 'true' }, [(p.name || p.slug).charAt(0).toUpperCase()]),
+        h('div', { class: 'body' }, [
+          h('h2', { id: id + '-name' }, [p.name]),
+          p.description ? h('p', { class: 'muted' }, [p.description]) : null
+        ].concat(details)),
+        h('div', { class: 'actions' }, actions)
+      ]);
+    }
+  }
+
+  customElements.define('pipes-widget', PipesWidget);
+})();

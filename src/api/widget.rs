@@ -1,0 +1,226 @@
+//! The widget's HTTP API (DESIGN §3.6). `POST /widgets/token` (admin key)
+//! mints a widget token for one user; the widget's own JSON API under
+//! `/widget/api/` accepts only that token, in the `Authorization` header (never
+//! a cookie, so another site cannot ride on it: CSRF-safe), and acts for that
+//! user only. CORS is allowed on this API alone, for any origin but without
+//! credentials: a page can only use it with a token the application gave it,
+//! so opening it to every origin exposes nothing (the application's pages
+//! that embed `<pipes-widget>` live on their own origins).
+//! The pages and assets live in `crate::widget::pages`.
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::api::connect::check_owner_id;
+use crate::api::connected_accounts::{disconnect_account, list_data_providers, DataProviderView};
+use crate::api::extract::ApiJson;
+use crate::api::integrations::find;
+use crate::app::AppState;
+use crate::auth::AdminKey;
+use crate::connect::{self, ConnectRequest};
+use crate::error::{ApiError, ApiResult, FieldError};
+use crate::time::rfc3339;
+use crate::widget::{self, WidgetClaims, WidgetTokenError};
+
+pub fn routes() -> Router<AppState> {
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([AUTHORIZATION, axum::http::header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(600));
+    // Each route names OPTIONS itself: the app-wide 405 fallback replaces the
+    // method routers' fallbacks, which would bypass the CORS layer for preflights.
+    let api = Router::new()
+        .route("/widget/api/providers", get(providers).options(preflight))
+        .route("/widget/api/{slug}/authorize", post(authorize).options(preflight))
+        .route("/widget/api/{slug}", delete(disconnect).options(preflight))
+        .layer(cors);
+    Router::new().route("/widgets/token", post(create_token)).merge(api).merge(widget::pages::routes())
+}
+
+/// Reached only by an OPTIONS request that is not a CORS preflight.
+async fn preflight() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct WidgetTokenBody {
+    pub user_id: Option<String>,
+    /// Absent, `null` or empty: the user's accounts outside any organization.
+    pub organization_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WidgetTokenResponse {
+    /// Give it to `<pipes-widget token="…">` or open `/widget?token=…`.
+    pub token: String,
+    pub expires_at: String,
+}
+
+#[utoipa::path(post, path = "/widgets/token", tag = "widget", request_body = WidgetTokenBody, security(("api_key" = [])),
+    responses((status = 200, body = WidgetTokenResponse), (status = 401, description = "No or unknown API key"),
+        (status = 403, description = "Not an admin key"), (status = 422, description = "Field errors")))]
+pub async fn create_token(_: AdminKey, State(state): State<AppState>, ApiJson(body): ApiJson<WidgetTokenBody>) -> ApiResult<Json<WidgetTokenResponse>> {
+    let mut errors = Vec::new();
+    match body.user_id.as_deref() {
+        Some(u) => check_owner_id("user_id", u, &mut errors),
+        None => errors.push(FieldError::new("user_id", "required", "user_id is required.")),
+    }
+    let org = body.organization_id.filter(|o| !o.is_empty());
+    if let Some(o) = &org {
+        check_owner_id("organization_id", o, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let user_id = body.user_id.unwrap_or_default();
+    let (token, expires_at) = widget::issue(state.keyring(), &user_id, org.as_deref(), Utc::now(), state.config.widget_token_ttl);
+    Ok(Json(WidgetTokenResponse { token, expires_at: rfc3339(expires_at) }))
+}
+
+/// A request authenticated by a widget token: the user it acts for.
+pub struct WidgetSession(pub WidgetClaims);
+
+/// 401 with a code the widget acts on: `widget_token_expired` asks the host page for a new token.
+pub struct WidgetAuthError(&'static str, &'static str);
+
+impl IntoResponse for WidgetAuthError {
+    fn into_response(self) -> Response {
+        (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "code": self.0, "message": self.1 }))).into_response()
+    }
+}
+
+impl FromRequestParts<AppState> for WidgetSession {
+    type Rejection = WidgetAuthError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, WidgetAuthError> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(WidgetAuthError("unauthorized", "Send the widget token as `Authorization: Bearer <widget token>`."))?;
+        widget::verify(state.keyring(), token, Utc::now()).map(WidgetSession).map_err(|e| match e {
+            WidgetTokenError::Expired => WidgetAuthError("widget_token_expired", "The widget token has expired; ask the application for a new one."),
+            WidgetTokenError::Malformed | WidgetTokenError::BadSignature => {
+                WidgetAuthError("invalid_widget_token", "The widget token is not valid.")
+            }
+        })
+    }
+}
+
+/// One integration as the widget shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WidgetProvider {
+    #[serde(flatten)]
+    pub provider: DataProviderView,
+    /// Why the account needs reauthorization, in the provider's words (short).
+    pub reauthorization_reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WidgetProviders {
+    pub user_id: String,
+    pub organization_id: Option<String>,
+    /// When the widget token stops working.
+    pub expires_at: String,
+    pub data: Vec<WidgetProvider>,
+}
+
+#[utoipa::path(get, path = "/widget/api/providers", tag = "widget", security(("widget_token" = [])),
+    responses((status = 200, body = WidgetProviders), (status = 401, description = "No, invalid or expired (`widget_token_expired`) widget token")))]
+pub async fn providers(WidgetSession(claims): WidgetSession, State(state): State<AppState>) -> ApiResult<Json<WidgetProviders>> {
+    let org = claims.organization_id.as_deref();
+    let listed = list_data_providers(&state, &claims.user_id, org).await?;
+    let reasons = sqlx::query(
+        "SELECT id, reauthorization_reason FROM connected_accounts
+         WHERE user_id = $1 AND organization_id IS NOT DISTINCT FROM $2 AND state = 'needs_reauthorization'",
+    )
+    .bind(&claims.user_id)
+    .bind(org)
+    .fetch_all(&state.db)
+    .await?;
+    let reason_of = |account_id: &str| {
+        reasons.iter().find(|r| r.get::<&str, _>("id") == account_id).and_then(|r| r.get::<Option<String>, _>("reauthorization_reason"))
+    };
+    let data = listed
+        .into_iter()
+        .map(|p| {
+            let reauthorization_reason = p.connected_account.as_ref().and_then(|a| reason_of(&a.id));
+            WidgetProvider { provider: p, reauthorization_reason }
+        })
+        .collect();
+    Ok(Json(WidgetProviders { user_id: claims.user_id, organization_id: claims.organization_id, expires_at: rfc3339(claims.expires_at), data }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct WidgetAuthorizeBody {
+    /// The origin of the page that opened the popup: the completion page posts the result there.
+    pub opener_origin: Option<String>,
+    /// Without a popup: the page to come back to (Pipes' own origin or one in `PIPES_ALLOWED_RETURN_TO`).
+    pub redirect_to: Option<String>,
+}
+
+#[utoipa::path(post, path = "/widget/api/{slug}/authorize", tag = "widget", request_body = WidgetAuthorizeBody,
+    params(("slug" = String, Path)), security(("widget_token" = [])),
+    responses((status = 200, body = crate::api::connect::AuthorizeResponse), (status = 401, description = "Widget token missing, invalid or expired"),
+        (status = 404, description = "Unknown or disabled integration"), (status = 422, description = "opener_origin or redirect_to not allowed")))]
+pub async fn authorize(
+    WidgetSession(claims): WidgetSession,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    ApiJson(body): ApiJson<WidgetAuthorizeBody>,
+) -> ApiResult<Json<crate::api::connect::AuthorizeResponse>> {
+    let mut errors = Vec::new();
+    let opener = body.opener_origin.filter(|o| !o.is_empty()).and_then(|o| match widget::pages::allowed_origin(&state.config, &o) {
+        Some(origin) => Some(origin),
+        None => {
+            errors.push(FieldError::new("opener_origin", "not_allowed", "Not Pipes' origin nor one in PIPES_ALLOWED_RETURN_TO."));
+            None
+        }
+    });
+    let back = body.redirect_to.filter(|r| !r.is_empty()).and_then(|r| match widget::pages::allowed_back(&state.config, &r) {
+        Some(url) => Some(url),
+        None => {
+            errors.push(FieldError::new("redirect_to", "not_allowed", "Must be a URL on Pipes' origin or one in PIPES_ALLOWED_RETURN_TO."));
+            None
+        }
+    });
+    let integration = find(&state, &slug).await?;
+    if !integration.enabled {
+        return Err(ApiError::not_found("integration_not_found", format!("The integration `{slug}` is disabled.")));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    // The callback comes back to the completion page, which tells the opener (or goes back).
+    let return_to = widget::pages::done_url(&state.config, opener.as_deref(), back.as_deref());
+    let req = ConnectRequest { user_id: claims.user_id, organization_id: claims.organization_id, return_to: Some(return_to) };
+    let url = connect::begin(&state, &integration, &req, Utc::now()).await.map_err(|e| match e {
+        connect::ConnectError::Db(e) => e.into(),
+        connect::ConnectError::Misconfigured(m) => {
+            ApiError::BadRequest { code: "integration_misconfigured", message: format!("The integration cannot start a connection: {m}") }
+        }
+        other => ApiError::internal(other),
+    })?;
+    Ok(Json(crate::api::connect::AuthorizeResponse { url: url.to_string() }))
+}
+
+#[utoipa::path(delete, path = "/widget/api/{slug}", tag = "widget", params(("slug" = String, Path)), security(("widget_token" = [])),
+    responses((status = 204, description = "Disconnected"), (status = 401, description = "Widget token missing, invalid or expired"),
+        (status = 404, description = "No integration, or no account of this user")))]
+pub async fn disconnect(WidgetSession(claims): WidgetSession, State(state): State<AppState>, Path(slug): Path<String>) -> ApiResult<StatusCode> {
+    let integration = find(&state, &slug).await?;
+    disconnect_account(&state, &integration, &claims.user_id, claims.organization_id.as_deref()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
