@@ -10,7 +10,8 @@
 #
 # Needs: PostgreSQL on 5432, Redis on 6379, `wrk` (apt package) and
 # `redis-benchmark`; builds with `cargo build --release` first.
-# Knobs: ACCOUNTS (1000), DURATION (15s), CONNECTIONS (50), THREADS (2).
+# Knobs: ACCOUNTS (1000), DURATION (15s), CONNECTIONS (50), THREADS (wrk
+# threads, 2), WORKERS (tokio worker threads of `pipes serve`; default: one per core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,7 +48,9 @@ trap cleanup EXIT
 
 psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE $db" >/dev/null
 key=$("$TARGET/examples/bench_seed" "$ACCOUNTS" | tail -1)
+if [ -n "${WORKERS:-}" ]; then export TOKIO_WORKER_THREADS=$WORKERS; fi
 "$TARGET/pipes" serve >/tmp/pipes-bench-serve.log 2>&1 &
+unset TOKIO_WORKER_THREADS
 serve_pid=$!
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$PORT/health/live" >/dev/null 2>&1 && break
@@ -95,7 +98,7 @@ echo "$redis_out"
 echo
 echo "$metrics"
 echo
-printf 'pipes token reads (wrk, %s connections, %s accounts): %s req/s  p50 %s  p99 %s\n' "$CONNECTIONS" "$ACCOUNTS" "$pipes_rps" "$p50" "$p99"
+printf 'pipes token reads (wrk -t %s -c %s, %s accounts, %s serve workers): %s req/s  p50 %s  p99 %s\n' "$THREADS" "$CONNECTIONS" "$ACCOUNTS" "${WORKERS:-default}" "$pipes_rps" "$p50" "$p99"
 printf 'redis-benchmark GET (-c 50 -d 300):                  %s req/s\n' "$redis_rps"
 printf 'ratio pipes / redis:                                 %s\n' "$(awk -v a="$pipes_rps" -v b="$redis_rps" 'BEGIN {printf "%.2f", a / b}')"
 printf 'pipes serve RSS under load (max sampled):            %s MiB\n' "$(awk -v k="$rss_kb" 'BEGIN {printf "%.1f", k / 1024}')"

@@ -40,8 +40,8 @@ impl View {
         }
     }
 
-    /// The provider label of this integration's metrics.
-    pub fn provider(&self) -> &str {
+    /// The `provider` label of this integration's metrics (its slug, as the refresher uses).
+    pub fn label(&self) -> &str {
         &self.integration.slug
     }
 }

@@ -114,7 +114,7 @@ impl Reader {
             Ok((answer, label)) => (Ok(answer), label),
             Err(err) => (Err(err), "error"),
         };
-        metrics::counter!(m::TOKEN_READS, "provider" => view.provider().to_owned(), "result" => label).increment(1);
+        metrics::counter!(m::TOKEN_READS, "provider" => view.label().to_owned(), "result" => label).increment(1);
         metrics::histogram!(m::TOKEN_READ_DURATION, "result" => label).record(started.elapsed().as_secs_f64());
         result
     }

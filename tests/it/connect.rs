@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use pipes::cache::Lookup;
-use pipes::demo_provider::{ClientAuthMethod, ClientRegistration, DemoConfig, DemoProvider, Fault, Shape};
+use pipes::demo_provider::{ClientAuthMethod, DemoProvider, Fault, Shape};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -18,15 +18,7 @@ pub struct ApiProvider {
 /// Starts a demo provider (auto-consent) and creates integration `slug` for it
 /// through `POST /data-integrations`; `tweak` edits the request body first.
 pub async fn api_integration(app: &TestApp, slug: &str, auth: ClientAuthMethod, tweak: impl FnOnce(&mut Value)) -> ApiProvider {
-    let (demo, _) = DemoProvider::spawn(DemoConfig { auto_consent: true, ..DemoConfig::default() }).await.expect("demo provider");
-    let client_id = format!("client-{slug}");
-    let client_secret = format!("demo_cs_{}", ulid::Ulid::new());
-    demo.register_client(ClientRegistration {
-        client_id: client_id.clone(),
-        client_secret: client_secret.clone(),
-        redirect_uris: vec![app.config().redirect_uri(slug)],
-        auth_method: auth,
-    });
+    let (demo, client_id, client_secret) = crate::support::fixtures::demo_client(app, slug, auth).await;
     let base = demo.base_url();
     let mut body = json!({
         "provider": slug,

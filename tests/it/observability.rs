@@ -67,7 +67,7 @@ async fn metrics_and_status_tell_the_story_of_a_scripted_flow() {
 
     // Two more accounts that come due at once: one refreshes, one's grant is revoked.
     let integration = pipes::store::integrations::by_slug(&app.db, app.state.keyring(), slug).await.unwrap().unwrap();
-    let fixture = crate::support::fixtures::Provider { demo: provider.demo.clone(), integration, client_secret: String::new() };
+    let fixture = crate::support::fixtures::Provider { demo: provider.demo.clone(), integration };
     let (due, _) = seed_account(&app, &fixture, "carol", None, Duration::from_secs(4)).await;
     let (doomed, doomed_token) = seed_account(&app, &fixture, "dave", None, Duration::from_secs(4)).await;
     provider.demo.revoke_grant_of(&doomed_token);

@@ -16,12 +16,11 @@ use super::app::TestApp;
 pub struct Provider {
     pub demo: DemoProvider,
     pub integration: Integration,
-    pub client_secret: String,
 }
 
-/// Starts a demo provider and registers it as a custom integration `slug`
-/// (scopes `read`, `write`), with the given client authentication method.
-pub async fn demo_integration(app: &TestApp, slug: &str, auth: ClientAuthMethod) -> Provider {
+/// Starts an auto-consenting demo provider with a client registered for
+/// integration `slug`'s redirect URI; returns it with the client id and secret.
+pub async fn demo_client(app: &TestApp, slug: &str, auth: ClientAuthMethod) -> (DemoProvider, String, String) {
     let (demo, _addr) = DemoProvider::spawn(DemoConfig { auto_consent: true, ..DemoConfig::default() }).await.expect("demo provider");
     let client_id = format!("client-{slug}");
     let client_secret = format!("demo_cs_{}", ulid::Ulid::new());
@@ -31,6 +30,13 @@ pub async fn demo_integration(app: &TestApp, slug: &str, auth: ClientAuthMethod)
         redirect_uris: vec![app.config().redirect_uri(slug)],
         auth_method: auth,
     });
+    (demo, client_id, client_secret)
+}
+
+/// Starts a demo provider and registers it as a custom integration `slug`
+/// (scopes `read`, `write`), with the given client authentication method.
+pub async fn demo_integration(app: &TestApp, slug: &str, auth: ClientAuthMethod) -> Provider {
+    let (demo, client_id, client_secret) = demo_client(app, slug, auth).await;
     let base = demo.base_url();
     let custom = serde_json::json!({
         "name": format!("Demo {slug}"),
@@ -56,7 +62,7 @@ pub async fn demo_integration(app: &TestApp, slug: &str, auth: ClientAuthMethod)
     .await
     .expect("insert integration");
     let integration = integrations::by_id(&app.db, app.state.keyring(), &id).await.unwrap().unwrap();
-    Provider { demo, integration, client_secret }
+    Provider { demo, integration }
 }
 
 /// Issues a grant at the demo provider and stores it as a connected account
