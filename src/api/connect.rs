@@ -111,7 +111,8 @@ pub async fn authorize(
     params(("slug" = String, Path), ("code" = Option<String>, Query), ("state" = String, Query), ("error" = Option<String>, Query)),
     responses((status = 302, description = "Back to return_to with provider, status (and error)"),
         (status = 200, description = "A result page when there is no return_to"),
-        (status = 400, description = "Unknown, expired, reused or foreign state: a page; nothing stored")))]
+        (status = 400, description = "Unknown, expired, reused or foreign state: a page; nothing stored", content_type = "text/html"),
+        (status = 404, description = "Unknown integration: a page", content_type = "text/html")))]
 pub async fn callback(State(state): State<AppState>, Path(slug): Path<String>, RawQuery(query): RawQuery) -> Response {
     // First value of each parameter; a browser request never gets a JSON error here.
     let mut params: HashMap<String, String> = HashMap::new();

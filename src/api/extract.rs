@@ -43,6 +43,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if !value.is_object() {
         return Err(ApiError::BadRequest { code: "invalid_json", message: "The request body must be a JSON object.".into() });
     }
+    // PostgreSQL refuses NUL in text: name the field instead of failing deep in a query.
+    if let Some(field) = nul_field(&value, "") {
+        return Err(ApiError::invalid_field(&field, "invalid", "Text must not contain NUL characters."));
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -57,6 +61,21 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::invalid(vec![FieldError::new(field, code, inner)])
     })
+}
+
+/// The path of the first string (or key) holding a NUL character, if any.
+fn nul_field(value: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value;
+    let here = || if path.is_empty() { "body".to_owned() } else { path.to_owned() };
+    match value {
+        Value::String(s) if s.contains('\0') => Some(here()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_field(v, &format!("{}[{i}]", here()))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let field = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            if k.contains('\0') { Some(field) } else { nul_field(v, &field) }
+        }),
+        _ => None,
+    }
 }
 
 /// Query parameters with a 400 that says which one is wrong.

@@ -6,6 +6,7 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::openapi_common::StandardErrors;
 use crate::app::AppState;
 
 #[derive(OpenApi)]
@@ -39,8 +40,9 @@ use crate::app::AppState;
         super::widget::authorize,
         super::widget::disconnect,
     ),
-    components(schemas(super::webhooks::CreateEndpoint, super::webhooks::UpdateEndpoint)),
-    modifiers(&BearerAuth)
+    components(schemas(super::webhooks::CreateEndpoint, super::webhooks::UpdateEndpoint,
+        super::openapi_common::ErrorBody, super::openapi_common::FieldErrorBody)),
+    modifiers(&BearerAuth, &StandardErrors)
 )]
 pub struct ApiDoc;
 

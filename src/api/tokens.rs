@@ -75,6 +75,9 @@ impl TokenRequest {
                 let code = if required { "required" } else { "invalid" };
                 errors.push(FieldError::new(field, code, format!("`{field}` must not be empty; omit it or send null instead.")))
             }
+            Some(v) if v.contains('\0') => {
+                errors.push(FieldError::new(field, "invalid", format!("`{field}` must not contain NUL characters.")))
+            }
             Some(v) if v.len() > MAX_ID_LEN => {
                 errors.push(FieldError::new(field, "too_long", format!("`{field}` is longer than {MAX_ID_LEN} bytes.")))
             }

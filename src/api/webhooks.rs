@@ -39,6 +39,7 @@ impl From<EndpointError> for ApiError {
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"endpoint_url": "http://127.0.0.1:9000/webhooks", "events": ["pipes.connected_account.connected"]}))]
 pub struct CreateEndpoint {
     /// Where deliveries are POSTed (http or https).
     pub endpoint_url: String,

@@ -56,6 +56,8 @@ pub struct CustomProviderInput {
 
 /// `POST /data-integrations`.
 #[derive(Debug, Default, Clone, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"provider": "asana", "description": "Tasks", "scopes": ["default"],
+    "credentials": {"type": "custom", "client_id": "client-id", "client_secret": "client-secret"}}))]
 pub struct CreateIntegration {
     /// A catalog slug (`github`), or the slug of a new custom provider (then `custom_provider` is required).
     pub provider: Option<String>,

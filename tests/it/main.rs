@@ -8,6 +8,7 @@ mod demo_provider;
 mod foundation;
 mod observability;
 mod operations;
+mod input_guard;
 mod integrations;
 mod queue;
 mod redis_cluster;

@@ -204,3 +204,20 @@ async fn reads_fall_back_to_postgres_while_the_cluster_is_down_and_use_it_again_
     .await;
     assert!(cached.is_some(), "reads fill the cluster again");
 }
+
+#[test]
+fn the_redis_url_names_one_server_or_a_cluster() {
+    use pipes::redis_conn::topology;
+    let single = topology("redis://127.0.0.1:6379").unwrap();
+    assert!(!single.cluster);
+    assert_eq!(single.nodes, ["redis://127.0.0.1:6379"]);
+    let listed = topology("redis://10.0.0.1:7001, redis://10.0.0.2:7002").unwrap();
+    assert!(listed.cluster);
+    assert_eq!(listed.nodes, ["redis://10.0.0.1:7001", "redis://10.0.0.2:7002"]);
+    let scheme = topology("redis+cluster://10.0.0.1:7001,10.0.0.2:7002").unwrap();
+    assert!(scheme.cluster);
+    assert_eq!(scheme.nodes, ["redis://10.0.0.1:7001", "redis://10.0.0.2:7002"]);
+    assert!(topology("redis+cluster://10.0.0.1:7001").unwrap().cluster, "one seed node is enough");
+    assert!(topology("").is_err());
+    assert!(topology("http://nope").is_err());
+}
