@@ -97,7 +97,7 @@ cleanup() {
     redis-cli --scan --pattern "soak_$run_id*" | xargs -r redis-cli del >/dev/null 2>&1
     if command -v rabbitmqctl >/dev/null; then
         rabbitmqctl list_queues -q --no-table-headers name 2>/dev/null | grep "^soak_$run_id" |
-            while read -r q; do rabbitmqctl delete_queue "$q" >/dev/null 2>&1; done
+            while read -r q; do rabbitmqctl delete_queue "$q" </dev/null >/dev/null 2>&1; done
     fi
 }
 trap cleanup EXIT
