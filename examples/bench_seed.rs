@@ -51,8 +51,18 @@ async fn main() -> anyhow::Result<()> {
             scopes: vec!["read".into()],
         };
         let mut tx = db.begin().await?;
-        write_tokens(&mut tx, ring, WriteMode::Upsert, &integration_id, &format!("user-{i}"), None, &tokens, None, AccountState::Connected)
-            .await?;
+        write_tokens(
+            &mut tx,
+            ring,
+            WriteMode::Upsert,
+            &integration_id,
+            &format!("user-{i}"),
+            None,
+            &tokens,
+            None,
+            AccountState::Connected,
+        )
+        .await?;
         tx.commit().await?;
     }
     let (key, _) = create_key(&db, "bench", Role::Tokens).await?;

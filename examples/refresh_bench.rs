@@ -20,7 +20,10 @@ use pipes::config::Config;
 use pipes::crypto::aad;
 use pipes::demo_provider::{ClientAuthMethod, ClientRegistration, DemoConfig, DemoProvider};
 use pipes::keys::columns;
-use pipes_workers::lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+use pipes_workers::lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
 use pipes_workers::lapin::types::{AMQPValue, FieldTable};
 use pipes_workers::lapin::BasicProperties;
 use pipes_workers::{Broker, Publisher};
@@ -73,7 +76,8 @@ async fn integration(config: &Config, db: &PgPool, demo: &DemoProvider) -> Resul
 }
 
 async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
-    let (demo, _) = DemoProvider::spawn(DemoConfig { access_ttl: Duration::from_secs(3600), ..DemoConfig::default() }).await?;
+    let (demo, _) =
+        DemoProvider::spawn(DemoConfig { access_ttl: Duration::from_secs(3600), ..DemoConfig::default() }).await?;
     let integration_id = integration(config, db, &demo).await?;
     let seeding = Instant::now();
     // Real grants at the provider, sealed under the app's keys and bound to their rows;
@@ -127,9 +131,11 @@ async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
     }
     // Done when every new token is in PostgreSQL (the worker writes Redis right after).
     loop {
-        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM connected_accounts WHERE refresh_at > now() + interval '10 minutes'")
-            .fetch_one(db)
-            .await?;
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM connected_accounts WHERE refresh_at > now() + interval '10 minutes'",
+        )
+        .fetch_one(db)
+        .await?;
         if stored as usize >= n {
             break;
         }
@@ -158,7 +164,9 @@ async fn broker(config: &Config, n: usize) -> Result<()> {
 
     let consumer_channel = broker.channel().await?;
     consumer_channel.basic_qos(500, BasicQosOptions { global: false }).await?;
-    let mut consumer = consumer_channel.basic_consume(queue.as_str().into(), "bench".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let mut consumer = consumer_channel
+        .basic_consume(queue.as_str().into(), "bench".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
     let started = Instant::now();
     let consuming = tokio::spawn(async move {
         let mut got = 0;
@@ -181,7 +189,13 @@ async fn broker(config: &Config, n: usize) -> Result<()> {
             }
         }
         let properties = BasicProperties::default().with_delivery_mode(2);
-        let publish = channel.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions { mandatory: true, immediate: false }, body, properties);
+        let publish = channel.basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions { mandatory: true, immediate: false },
+            body,
+            properties,
+        );
         pending.push(async move { publish.await?.await });
     }
     while let Some(confirm) = pending.next().await {
@@ -221,11 +235,15 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
     let publisher = Publisher::new(&broker);
     let (mut claims, mut ticks) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        sqlx::query("UPDATE connected_accounts SET enqueued_at = NULL WHERE enqueued_at IS NOT NULL").execute(db).await?;
+        sqlx::query("UPDATE connected_accounts SET enqueued_at = NULL WHERE enqueued_at IS NOT NULL")
+            .execute(db)
+            .await?;
         let started = Instant::now();
         let (mut claimed, mut cursor) = (0, chrono::DateTime::UNIX_EPOCH);
         loop {
-            let batch = pipes::scheduler::claim::claim(db, config.requeue_after, pipes::scheduler::claim::BATCH, cursor).await?;
+            let batch =
+                pipes::scheduler::claim::claim(db, config.requeue_after, pipes::scheduler::claim::BATCH, cursor)
+                    .await?;
             claimed += batch.len() as i64;
             cursor = batch.iter().map(|c| c.refresh_at).max().unwrap_or(cursor);
             if (batch.len() as i64) < pipes::scheduler::claim::BATCH {
@@ -235,8 +253,16 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
         claims.push(started.elapsed());
         anyhow::ensure!(claimed == due, "claimed {claimed}, expected {due}");
 
-        sqlx::query("UPDATE connected_accounts SET enqueued_at = NULL WHERE enqueued_at IS NOT NULL").execute(db).await?;
-        let tick = pipes::scheduler::Tick { state: state.clone(), publisher: publisher.clone(), topology: topology.clone(), now: chrono::Utc::now(), cancel: cancel.clone() };
+        sqlx::query("UPDATE connected_accounts SET enqueued_at = NULL WHERE enqueued_at IS NOT NULL")
+            .execute(db)
+            .await?;
+        let tick = pipes::scheduler::Tick {
+            state: state.clone(),
+            publisher: publisher.clone(),
+            topology: topology.clone(),
+            now: chrono::Utc::now(),
+            cancel: cancel.clone(),
+        };
         let started = Instant::now();
         pipes::scheduler::claim::enqueue_due(tick).await?;
         ticks.push(started.elapsed());

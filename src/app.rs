@@ -14,10 +14,10 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::KeyVerifier;
 use crate::cache::TokenCache;
-use crate::refresh::Refresher;
 use crate::config::Config;
 use crate::crypto::KeyRing;
 use crate::redis_conn::Redis;
+use crate::refresh::Refresher;
 
 /// Body size limit for every route.
 pub const BODY_LIMIT: usize = 256 * 1024;
@@ -58,10 +58,12 @@ impl AppState {
         let redis = Redis::start(&config.redis_url, &config.redis_prefix, config.redis_timeout, cancel.clone())?;
         let http = provider_http_client(config.provider_timeout)?;
         let cache = TokenCache::new(redis.clone(), config.encryption_keys.clone(), config.min_validity);
-        let refresher = Refresher::new(db.clone(), config.encryption_keys.clone(), http.clone(), cache.clone(), &config);
+        let refresher =
+            Refresher::new(db.clone(), config.encryption_keys.clone(), http.clone(), cache.clone(), &config);
         // The recorder first: the read path registers its metric handles.
         let metrics = crate::metrics::recorder();
-        let reads = crate::read::Reader::new(db.clone(), config.encryption_keys.clone(), cache.clone(), refresher.clone());
+        let reads =
+            crate::read::Reader::new(db.clone(), config.encryption_keys.clone(), cache.clone(), refresher.clone());
         reads.start(&config.redis_url, metrics.clone(), cancel.clone());
         Ok(AppState {
             cache,
@@ -123,7 +125,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves `router` on `listener` until `cancel` fires, then drains in-flight requests.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router, cancel: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router).with_graceful_shutdown(async move { cancel.cancelled().await }).await
 }
 

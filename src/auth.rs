@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
@@ -125,11 +125,7 @@ async fn role_of(parts: &Parts, state: &AppState) -> Result<Role, ApiError> {
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .ok_or(ApiError::Unauthorized("The Authorization header must be `Bearer <api key>`."))?;
-    state
-        .keys
-        .verify(key)
-        .await?
-        .ok_or(ApiError::Unauthorized("Unknown or revoked API key."))
+    state.keys.verify(key).await?.ok_or(ApiError::Unauthorized("Unknown or revoked API key."))
 }
 
 impl FromRequestParts<AppState> for AnyKey {
@@ -144,7 +140,9 @@ impl FromRequestParts<AppState> for AdminKey {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match role_of(parts, state).await? {
             Role::Admin => Ok(AdminKey),
-            Role::Tokens => Err(ApiError::Forbidden("This API key may only read tokens; this route needs an admin key.")),
+            Role::Tokens => {
+                Err(ApiError::Forbidden("This API key may only read tokens; this route needs an admin key."))
+            }
         }
     }
 }
@@ -211,9 +209,10 @@ pub async fn list_keys(db: &PgPool) -> Result<Vec<ApiKeyInfo>, sqlx::Error> {
 
 /// Revokes a key by id or name; returns whether one was revoked.
 pub async fn revoke_key(db: &PgPool, id_or_name: &str) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE (id = $1 OR name = $1) AND revoked_at IS NULL")
-        .bind(id_or_name)
-        .execute(db)
-        .await?;
+    let done =
+        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE (id = $1 OR name = $1) AND revoked_at IS NULL")
+            .bind(id_or_name)
+            .execute(db)
+            .await?;
     Ok(done.rows_affected())
 }

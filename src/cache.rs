@@ -132,7 +132,14 @@ pub struct TokenCache {
 impl TokenCache {
     pub fn new(redis: Redis, ring: KeyRing, min_validity: Duration) -> Self {
         let channel = redis.key("invalidate").into();
-        TokenCache { redis, ring, min_validity, script: Arc::new(redis::Script::new(PUT_SCRIPT)), channel, local: LocalCache::default() }
+        TokenCache {
+            redis,
+            ring,
+            min_validity,
+            script: Arc::new(redis::Script::new(PUT_SCRIPT)),
+            channel,
+            local: LocalCache::default(),
+        }
     }
 
     pub fn redis(&self) -> &Redis {
@@ -154,7 +161,13 @@ impl TokenCache {
     }
 
     /// Reads an owner's entry. Errors mean Redis failed: the caller reads PostgreSQL.
-    pub async fn get(&self, slug: &str, user_id: &str, organization_id: Option<&str>, now: DateTime<Utc>) -> Result<Lookup, CacheError> {
+    pub async fn get(
+        &self,
+        slug: &str,
+        user_id: &str,
+        organization_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Lookup, CacheError> {
         self.get_key(&entry_key(&self.redis, slug, user_id, organization_id), now).await
     }
 
@@ -183,14 +196,23 @@ impl TokenCache {
         let Ok(entry) = serde_json::from_slice::<CachedToken>(&plain) else { return Lookup::Miss };
         // The TTL already guarantees this; checking again costs nothing and
         // keeps a clock-skewed entry from ever being served.
-        let fresh = entry.expires_at.is_none_or(|exp| {
-            exp > now + chrono::Duration::from_std(self.min_validity).unwrap_or_default()
-        });
-        if fresh { Lookup::Hit(entry) } else { Lookup::Miss }
+        let fresh = entry
+            .expires_at
+            .is_none_or(|exp| exp > now + chrono::Duration::from_std(self.min_validity).unwrap_or_default());
+        if fresh {
+            Lookup::Hit(entry)
+        } else {
+            Lookup::Miss
+        }
     }
 
     /// The entry to cache for a fresh account, with its TTL; `None` if it must not be cached.
-    pub fn entry_for(&self, account: &Account, integration: &Integration, now: DateTime<Utc>) -> Option<(CachedToken, Duration)> {
+    pub fn entry_for(
+        &self,
+        account: &Account,
+        integration: &Integration,
+        now: DateTime<Utc>,
+    ) -> Option<(CachedToken, Duration)> {
         if !account.is_fresh(now, self.min_validity) {
             return None;
         }

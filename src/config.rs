@@ -158,8 +158,7 @@ fn invalid(key: &'static str, problem: impl std::fmt::Display) -> ConfigError {
 
 fn duration(s: &Settings, key: &'static str, default: &str) -> Result<Duration, ConfigError> {
     let text = s.get(key).unwrap_or(default);
-    humantime::parse_duration(text.trim())
-        .map_err(|e| invalid(key, format!("{e} (write durations like 90s, 10m, 1h)")))
+    humantime::parse_duration(text.trim()).map_err(|e| invalid(key, format!("{e} (write durations like 90s, 10m, 1h)")))
 }
 
 fn durations(s: &Settings, key: &'static str, default: &str) -> Result<Vec<Duration>, ConfigError> {
@@ -191,9 +190,7 @@ fn boolean(s: &Settings, key: &'static str) -> Result<bool, ConfigError> {
 
 fn prefix(s: &Settings, key: &'static str) -> Result<String, ConfigError> {
     let value = s.get(key).unwrap_or("pipes").trim().to_owned();
-    if value.is_empty()
-        || !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
+    if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
         return Err(invalid(key, "use letters, digits, '-', '_' or '.'"));
     }
     Ok(value)
@@ -201,10 +198,8 @@ fn prefix(s: &Settings, key: &'static str) -> Result<String, ConfigError> {
 
 /// Parses a cron expression and refuses one that never fires.
 pub fn parse_cron(key: &'static str, text: &str) -> Result<cron::Schedule, ConfigError> {
-    let schedule: cron::Schedule = text
-        .trim()
-        .parse()
-        .map_err(|e| invalid(key, format!("{e} (6 or 7 fields, seconds first: */5 * * * * *)")))?;
+    let schedule: cron::Schedule =
+        text.trim().parse().map_err(|e| invalid(key, format!("{e} (6 or 7 fields, seconds first: */5 * * * * *)")))?;
     if schedule.upcoming(chrono::Utc).next().is_none() {
         return Err(invalid(key, "the expression never fires"));
     }

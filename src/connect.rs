@@ -55,7 +55,12 @@ pub fn requested_scopes(integration: &Integration) -> Vec<String> {
 }
 
 /// Records a new state and returns the provider's authorization URL.
-pub async fn begin(state: &AppState, integration: &Integration, req: &ConnectRequest, now: DateTime<Utc>) -> Result<url::Url, ConnectError> {
+pub async fn begin(
+    state: &AppState,
+    integration: &Integration,
+    req: &ConnectRequest,
+    now: DateTime<Utc>,
+) -> Result<url::Url, ConnectError> {
     let spec = integration.spec()?;
     let raw_state = random_token(32);
     let state_hash = sha256_hex(&raw_state);
@@ -114,7 +119,9 @@ impl StateRejection {
         match self {
             StateRejection::Unknown => "This sign-in link is not valid. Start connecting again from the application.",
             StateRejection::Expired => "This sign-in link has expired. Start connecting again from the application.",
-            StateRejection::Reused => "This sign-in link was already used. Start connecting again from the application.",
+            StateRejection::Reused => {
+                "This sign-in link was already used. Start connecting again from the application."
+            }
             StateRejection::OtherIntegration => "This sign-in link belongs to another integration.",
         }
     }
@@ -142,10 +149,11 @@ pub async fn consume_state(
     .await?;
     let Some(row) = row else {
         // Say why, without consuming anything.
-        let seen = sqlx::query("SELECT integration_id, used_at IS NOT NULL AS used FROM oauth_states WHERE state_hash = $1")
-            .bind(&hash)
-            .fetch_optional(&state.db)
-            .await?;
+        let seen =
+            sqlx::query("SELECT integration_id, used_at IS NOT NULL AS used FROM oauth_states WHERE state_hash = $1")
+                .bind(&hash)
+                .fetch_optional(&state.db)
+                .await?;
         return Ok(Err(match seen {
             None => StateRejection::Unknown,
             Some(r) if r.get::<String, _>("integration_id") != integration.id => StateRejection::OtherIntegration,
@@ -180,7 +188,12 @@ pub enum Outcome {
     Failed(ConnectionFailure),
 }
 
-fn failure(code: &str, reason: impl Into<String>, provider_error: Option<String>, description: Option<String>) -> ConnectionFailure {
+fn failure(
+    code: &str,
+    reason: impl Into<String>,
+    provider_error: Option<String>,
+    description: Option<String>,
+) -> ConnectionFailure {
     ConnectionFailure {
         error_code: code.to_owned(),
         error_reason: reason.into(),
@@ -191,7 +204,12 @@ fn failure(code: &str, reason: impl Into<String>, provider_error: Option<String>
 
 /// Finishes a connect attempt: exchanges the code and stores the account with
 /// its `connected` event, or records `connection_failed` and stores nothing.
-pub async fn complete(state: &AppState, integration: &Integration, pending: &Pending, answer: ProviderAnswer) -> Result<Outcome, ConnectError> {
+pub async fn complete(
+    state: &AppState,
+    integration: &Integration,
+    pending: &Pending,
+    answer: ProviderAnswer,
+) -> Result<Outcome, ConnectError> {
     let result = match (&answer.error, &answer.code) {
         (Some(error), _) => {
             let (code, reason) = if error == "access_denied" {
@@ -207,7 +225,8 @@ pub async fn complete(state: &AppState, integration: &Integration, pending: &Pen
     let now = Utc::now();
     match result {
         Ok(tokens) => {
-            let refresh_at = state.refresher.schedule(integration, now, tokens.expires_at, tokens.refresh_token.is_some());
+            let refresh_at =
+                state.refresher.schedule(integration, now, tokens.expires_at, tokens.refresh_token.is_some());
             let mut tx = state.db.begin().await?;
             let account = accounts::write_tokens(
                 &mut tx,
@@ -231,7 +250,13 @@ pub async fn complete(state: &AppState, integration: &Integration, pending: &Pen
         }
         Err(fail) => {
             let mut tx = state.db.begin().await?;
-            let data = events::connection_failed_data(integration, &pending.user_id, pending.organization_id.as_deref(), &fail, now);
+            let data = events::connection_failed_data(
+                integration,
+                &pending.user_id,
+                pending.organization_id.as_deref(),
+                &fail,
+                now,
+            );
             events::emit(&mut tx, EventKind::ConnectionFailed, &data).await?;
             tx.commit().await?;
             tracing::info!(integration = %integration.slug, error = %fail.error_code, "connection failed");
@@ -241,21 +266,24 @@ pub async fn complete(state: &AppState, integration: &Integration, pending: &Pen
 }
 
 /// The code exchange (RFC 6749 §4.1.3), classified.
-async fn exchange(state: &AppState, integration: &Integration, pending: &Pending, code: &str) -> Result<Result<TokenSet, ConnectionFailure>, ConnectError> {
+async fn exchange(
+    state: &AppState,
+    integration: &Integration,
+    pending: &Pending,
+    code: &str,
+) -> Result<Result<TokenSet, ConnectionFailure>, ConnectError> {
     let spec = integration.spec()?;
     let redirect_uri = state.config.redirect_uri(&integration.slug);
     let grant = Grant::Code { code, redirect_uri: &redirect_uri, pkce_verifier: pending.pkce_verifier.as_ref() };
     // `expires_in` counts from the provider's answer, no earlier than the request was sent.
     let requested_at = Utc::now();
     match client::request_token(&state.http, integration, &spec, grant).await {
-        Ok(grant) => {
-            Ok(Ok(TokenSet {
-                expires_at: grant.expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| requested_at + d),
-                access_token: grant.access_token,
-                refresh_token: grant.refresh_token,
-                scopes: grant.scopes.filter(|s| !s.is_empty()).unwrap_or_else(|| pending.scopes.clone()),
-            }))
-        }
+        Ok(grant) => Ok(Ok(TokenSet {
+            expires_at: grant.expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| requested_at + d),
+            access_token: grant.access_token,
+            refresh_token: grant.refresh_token,
+            scopes: grant.scopes.filter(|s| !s.is_empty()).unwrap_or_else(|| pending.scopes.clone()),
+        })),
         Err(err) => {
             tracing::warn!(integration = %integration.slug, error = %err.label(), "code exchange failed");
             let (provider_error, description) = match &err {
@@ -267,9 +295,19 @@ async fn exchange(state: &AppState, integration: &Integration, pending: &Pending
             };
             if let TokenError::InvalidClient { code, .. } = &err {
                 // The same classification as a refresh (DESIGN §2.4): the credentials are wrong.
-                integrations::mark_invalid(&state.db, &integration.id, &format!("the provider answered {code} to a code exchange")).await?;
+                integrations::mark_invalid(
+                    &state.db,
+                    &integration.id,
+                    &format!("the provider answered {code} to a code exchange"),
+                )
+                .await?;
             }
-            Ok(Err(failure("exchange_failed", format!("The provider's token endpoint refused the code ({}).", err.label()), provider_error, description)))
+            Ok(Err(failure(
+                "exchange_failed",
+                format!("The provider's token endpoint refused the code ({}).", err.label()),
+                provider_error,
+                description,
+            )))
         }
     }
 }

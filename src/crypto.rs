@@ -72,11 +72,11 @@ impl KeyRing {
     pub fn parse(text: &str) -> Result<Self, CryptoError> {
         let mut keys = Vec::new();
         for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (id, material) = entry
-                .split_once(':')
-                .ok_or_else(|| CryptoError::Parse("each key is kid:base64-of-32-bytes".into()))?;
+            let (id, material) =
+                entry.split_once(':').ok_or_else(|| CryptoError::Parse("each key is kid:base64-of-32-bytes".into()))?;
             let id = id.trim();
-            if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 return Err(CryptoError::Parse("a key id is 1-64 letters, digits, '-' or '_'".into()));
             }
             let bytes = base64::engine::general_purpose::STANDARD
@@ -163,11 +163,7 @@ impl KeyRing {
 
     pub fn open(&self, ciphertext: &[u8], aad: Aad<'_>) -> Result<Vec<u8>, CryptoError> {
         let (id, nonce, sealed) = split(ciphertext)?;
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == id)
-            .ok_or_else(|| CryptoError::UnknownKey(id.to_owned()))?;
+        let key = self.keys.iter().find(|k| k.id == id).ok_or_else(|| CryptoError::UnknownKey(id.to_owned()))?;
         let aad_bytes = aad.bytes();
         key.cipher
             .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: &aad_bytes })

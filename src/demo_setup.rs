@@ -51,7 +51,8 @@ pub async fn ensure_integration(db: &PgPool, config: &Config) -> anyhow::Result<
         "request_scope_separator": " ",
         "authenticate_via": "basic_auth_header",
     });
-    let existing: Option<String> = sqlx::query_scalar("SELECT id FROM integrations WHERE slug = $1").bind(DEMO_SLUG).fetch_optional(db).await?;
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT id FROM integrations WHERE slug = $1").bind(DEMO_SLUG).fetch_optional(db).await?;
     let id = existing.unwrap_or_else(|| IdKind::Integration.new_id());
     let sealed = config.encryption_keys.seal_str(&config.demo_client_secret, aad(columns::CLIENT_SECRET, &id))?;
     sqlx::query(

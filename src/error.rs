@@ -116,8 +116,8 @@ impl IntoResponse for ApiError {
             }
         };
         let body = serde_json::to_vec(&Body { code, message: &message, errors }).unwrap_or_default();
-        let mut response = (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
-            .into_response();
+        let mut response =
+            (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
         if let ApiError::Unavailable { retry_after_secs, .. } = self {
             if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);

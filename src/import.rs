@@ -50,7 +50,10 @@ pub async fn import_lines(state: &AppState, text: &str, mut progress: impl FnMut
             Ok(p) => p,
             Err(e) => {
                 // serde's message names the field and position, never the value of a token.
-                report.rejected.push((number, format!("not a valid account: {}", e.to_string().split(" at line").next().unwrap_or("invalid"))));
+                report.rejected.push((
+                    number,
+                    format!("not a valid account: {}", e.to_string().split(" at line").next().unwrap_or("invalid")),
+                ));
                 continue;
             }
         };

@@ -21,8 +21,19 @@ macro_rules! secret_column {
             aad: $aad,
             count: concat!("SELECT count(*) FROM ", $table, " WHERE ", $col, " IS NOT NULL"),
             select: concat!(
-                "SELECT ", $id, " AS id, ", $col, " AS value FROM ", $table,
-                " WHERE ", $id, " > $1 AND ", $col, " IS NOT NULL ORDER BY ", $id, " LIMIT $2"
+                "SELECT ",
+                $id,
+                " AS id, ",
+                $col,
+                " AS value FROM ",
+                $table,
+                " WHERE ",
+                $id,
+                " > $1 AND ",
+                $col,
+                " IS NOT NULL ORDER BY ",
+                $id,
+                " LIMIT $2"
             ),
             update: concat!("UPDATE ", $table, " SET ", $col, " = $1 WHERE ", $id, " = $2 AND ", $col, " = $3"),
         }
@@ -97,9 +108,11 @@ pub async fn rotate(
             for row in &rows {
                 let id: String = row.get("id");
                 let value: Vec<u8> = row.get("value");
-                let resealed = ring
-                    .reseal(&value, aad(column.aad, &id))
-                    .map_err(|source| RotateError::Crypto { column: column.aad, row: id.clone(), source })?;
+                let resealed = ring.reseal(&value, aad(column.aad, &id)).map_err(|source| RotateError::Crypto {
+                    column: column.aad,
+                    row: id.clone(),
+                    source,
+                })?;
                 if let Some(new_value) = resealed {
                     let done = sqlx::query(column.update).bind(&new_value).bind(&id).bind(&value).execute(db).await?;
                     if done.rows_affected() == 1 {

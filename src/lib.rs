@@ -33,9 +33,9 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod time;
-pub mod worker;
 pub mod webhooks;
 pub mod widget;
+pub mod worker;
 
 /// Installs the process-wide TLS crypto provider (ring) once. Every TLS
 /// client in the tree (reqwest, lapin) then uses it.

@@ -18,8 +18,16 @@ pub fn topology(config: &Config) -> Topology {
     Topology {
         prefix: config.queue_prefix.clone(),
         queues: vec![
-            QueueSpec { name: REFRESH.to_owned(), retry_delays: config.refresh_retry_delays.clone(), delivery_limit: DELIVERY_LIMIT },
-            QueueSpec { name: WEBHOOKS.to_owned(), retry_delays: config.webhook_retry_delays.clone(), delivery_limit: DELIVERY_LIMIT },
+            QueueSpec {
+                name: REFRESH.to_owned(),
+                retry_delays: config.refresh_retry_delays.clone(),
+                delivery_limit: DELIVERY_LIMIT,
+            },
+            QueueSpec {
+                name: WEBHOOKS.to_owned(),
+                retry_delays: config.webhook_retry_delays.clone(),
+                delivery_limit: DELIVERY_LIMIT,
+            },
         ],
     }
 }
@@ -42,7 +50,11 @@ pub enum DeliveryJob {
 
 /// Connects to the broker, retrying with a capped backoff until it answers or `cancel`
 /// fires (then `None`): a role started before RabbitMQ waits instead of crash-looping.
-pub async fn connect_broker(url: &str, name: &str, cancel: &tokio_util::sync::CancellationToken) -> Option<pipes_workers::Broker> {
+pub async fn connect_broker(
+    url: &str,
+    name: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<pipes_workers::Broker> {
     let mut pause = std::time::Duration::from_millis(200);
     loop {
         match pipes_workers::Broker::connect(url, name).await {

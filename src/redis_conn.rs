@@ -56,7 +56,10 @@ pub fn topology(url: &str) -> Result<Topology, redis::RedisError> {
         nodes.push(node);
     }
     if nodes.is_empty() {
-        return Err(redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "PIPES_REDIS_URL names no server")));
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "PIPES_REDIS_URL names no server",
+        )));
     }
     let cluster = cluster_scheme || nodes.len() > 1;
     Ok(Topology { nodes, cluster })
@@ -78,7 +81,12 @@ impl ConnectionLike for Conn {
         }
     }
 
-    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
@@ -107,14 +115,23 @@ impl Conn {
     /// primary (each holds its own slots' keys; replicas hold copies).
     pub async fn scan_targets(&mut self) -> RedisResult<Vec<ScanTarget>> {
         let Conn::Cluster(c) = self else { return Ok(vec![ScanTarget::Server]) };
-        let slots = c.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random)).await?;
+        let slots = c
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
         let mut targets = Vec::new();
         for range in as_array(&slots) {
             // [start, end, [host, port, id, …] (the primary), replicas…]
             let Some(primary) = as_array(range).get(2) else { continue };
             let fields = as_array(primary);
             let (Some(host), Some(port)) = (fields.first(), fields.get(1)) else { continue };
-            let (Ok(host), Ok(port)) = (redis::from_redis_value_ref::<String>(host), redis::from_redis_value_ref::<u16>(port)) else { continue };
+            let (Ok(host), Ok(port)) =
+                (redis::from_redis_value_ref::<String>(host), redis::from_redis_value_ref::<u16>(port))
+            else {
+                continue;
+            };
             let target = ScanTarget::Node { host, port };
             if !targets.contains(&target) {
                 targets.push(target);
@@ -124,12 +141,19 @@ impl Conn {
     }
 
     /// One `SCAN cursor MATCH pattern COUNT count` page on `target`.
-    pub async fn scan_page(&mut self, target: &ScanTarget, cursor: u64, pattern: &str, count: usize) -> RedisResult<(u64, Vec<String>)> {
+    pub async fn scan_page(
+        &mut self,
+        target: &ScanTarget,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> RedisResult<(u64, Vec<String>)> {
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
         match (self, target) {
             (Conn::Cluster(c), ScanTarget::Node { host, port }) => {
-                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port });
+                let route =
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port });
                 let value = c.route_command(cmd, route).await?;
                 Ok(redis::from_redis_value(value)?)
             }
@@ -171,7 +195,12 @@ impl std::fmt::Debug for Redis {
 
 impl Redis {
     /// Starts connecting in the background; returns at once.
-    pub fn start(url: &str, prefix: &str, timeout: Duration, cancel: CancellationToken) -> Result<Self, redis::RedisError> {
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        cancel: CancellationToken,
+    ) -> Result<Self, redis::RedisError> {
         let topology = Arc::new(topology(url)?);
         let connect = connector(&topology)?;
         let conn = Arc::new(ArcSwapOption::empty());
@@ -195,7 +224,14 @@ impl Redis {
                 }
             }
         });
-        Ok(Redis { conn, topology, prefix: prefix.into(), timeout, skip_until: Arc::new(AtomicU64::new(0)), epoch: Instant::now() })
+        Ok(Redis {
+            conn,
+            topology,
+            prefix: prefix.into(),
+            timeout,
+            skip_until: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+        })
     }
 
     /// Waits up to `within` for the first connection (used at start-up and in tests).
@@ -252,7 +288,11 @@ impl Redis {
     pub async fn ping(&self) -> bool {
         let Some(mut conn) = self.conn() else { return false };
         matches!(
-            tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), redis::cmd("PING").query_async::<String>(&mut conn)).await,
+            tokio::time::timeout(
+                self.timeout.max(Duration::from_millis(500)),
+                redis::cmd("PING").query_async::<String>(&mut conn)
+            )
+            .await,
             Ok(Ok(_))
         )
     }

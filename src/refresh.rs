@@ -73,7 +73,13 @@ pub struct Refresher {
 }
 
 impl Refresher {
-    pub fn new(db: PgPool, ring: KeyRing, http: reqwest::Client, cache: TokenCache, config: &crate::config::Config) -> Self {
+    pub fn new(
+        db: PgPool,
+        ring: KeyRing,
+        http: reqwest::Client,
+        cache: TokenCache,
+        config: &crate::config::Config,
+    ) -> Self {
         Refresher {
             db,
             ring,
@@ -88,7 +94,13 @@ impl Refresher {
     }
 
     /// When to refresh a token expiring at `expires_at` (with jitter).
-    pub fn schedule(&self, integration: &Integration, now: DateTime<Utc>, expires_at: Option<DateTime<Utc>>, has_refresh_token: bool) -> Option<DateTime<Utc>> {
+    pub fn schedule(
+        &self,
+        integration: &Integration,
+        now: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+        has_refresh_token: bool,
+    ) -> Option<DateTime<Utc>> {
         let tokens_expire = integration.spec().map(|s| s.tokens_expire).unwrap_or(true);
         let jitter = rand::thread_rng().gen::<f64>();
         accounts::refresh_at(now, expires_at, has_refresh_token, tokens_expire, self.refresh_lead, jitter)
@@ -104,7 +116,12 @@ impl Refresher {
     }
 
     /// Refreshes `account_id` under the single flight.
-    pub async fn refresh(&self, integration: &Integration, account_id: &str, reason: Reason) -> Result<RefreshOutcome, RefreshError> {
+    pub async fn refresh(
+        &self,
+        integration: &Integration,
+        account_id: &str,
+        reason: Reason,
+    ) -> Result<RefreshOutcome, RefreshError> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             locks.entry(account_id.to_owned()).or_default().clone()
@@ -120,7 +137,12 @@ impl Refresher {
         result
     }
 
-    async fn refresh_locked(&self, integration: &Integration, account_id: &str, reason: Reason) -> Result<RefreshOutcome, RefreshError> {
+    async fn refresh_locked(
+        &self,
+        integration: &Integration,
+        account_id: &str,
+        reason: Reason,
+    ) -> Result<RefreshOutcome, RefreshError> {
         let lease_id = ulid::Ulid::new().to_string();
         let deadline = Instant::now() + self.wait_for_holder;
         let mut pause = Duration::from_millis(25);
@@ -133,10 +155,15 @@ impl Refresher {
                     let current = accounts::find_by_id(&self.db, &self.ring, account_id).await?;
                     match current {
                         None => return Ok(RefreshOutcome::NotConnected(None)),
-                        Some(a) if a.state != AccountState::Connected => return Ok(RefreshOutcome::NotConnected(Some(a))),
+                        Some(a) if a.state != AccountState::Connected => {
+                            return Ok(RefreshOutcome::NotConnected(Some(a)))
+                        }
                         Some(a) if !self.needs_refresh(&a, reason, now) => return Ok(RefreshOutcome::AlreadyFresh(a)),
                         Some(_) if Instant::now() >= deadline => {
-                            return Ok(RefreshOutcome::Transient { reason: "refresh_in_progress".into(), retry_after: Some(Duration::from_secs(1)) })
+                            return Ok(RefreshOutcome::Transient {
+                                reason: "refresh_in_progress".into(),
+                                retry_after: Some(Duration::from_secs(1)),
+                            })
                         }
                         Some(_) => {
                             tokio::time::sleep(pause).await;
@@ -154,7 +181,13 @@ impl Refresher {
         outcome
     }
 
-    async fn refresh_leased(&self, integration: &Integration, account: Account, lease_id: &str, reason: Reason) -> Result<RefreshOutcome, RefreshError> {
+    async fn refresh_leased(
+        &self,
+        integration: &Integration,
+        account: Account,
+        lease_id: &str,
+        reason: Reason,
+    ) -> Result<RefreshOutcome, RefreshError> {
         // The lease was taken just before this; a little margin keeps us inside it.
         let store_until = Instant::now() + self.lease.saturating_sub(Duration::from_secs(2));
         let provider = integration.slug.clone();
@@ -182,13 +215,23 @@ impl Refresher {
         // `expires_in` counts from when the provider answered, which is no earlier than this:
         // counting from the response instead would overstate the lifetime by the round trip.
         let requested_at = Utc::now();
-        let result = request_token(&self.http, integration, &spec, Grant::Refresh { refresh_token: &refresh_token, scopes: &account.scopes }).await;
-        metrics::histogram!(m::REFRESH_DURATION, "provider" => provider.clone()).record(started.elapsed().as_secs_f64());
-        let attempt = |outcome: &'static str| metrics::counter!(m::REFRESH_ATTEMPTS, "provider" => provider.clone(), "outcome" => outcome).increment(1);
+        let result = request_token(
+            &self.http,
+            integration,
+            &spec,
+            Grant::Refresh { refresh_token: &refresh_token, scopes: &account.scopes },
+        )
+        .await;
+        metrics::histogram!(m::REFRESH_DURATION, "provider" => provider.clone())
+            .record(started.elapsed().as_secs_f64());
+        let attempt = |outcome: &'static str| {
+            metrics::counter!(m::REFRESH_ATTEMPTS, "provider" => provider.clone(), "outcome" => outcome).increment(1)
+        };
         match result {
             Ok(grant) => {
                 let now = Utc::now();
-                let expires_at = grant.expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| requested_at + d);
+                let expires_at =
+                    grant.expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| requested_at + d);
                 let has_refresh = grant.refresh_token.is_some() || account.refresh_token.is_some();
                 let tokens = TokenSet {
                     access_token: grant.access_token,
@@ -201,7 +244,8 @@ impl Refresher {
                     Some(stored) => {
                         attempt("success");
                         if let Some(due) = account.refresh_at {
-                            metrics::histogram!(m::REFRESH_LAG).record((now - due).num_milliseconds().max(0) as f64 / 1000.0);
+                            metrics::histogram!(m::REFRESH_LAG)
+                                .record((now - due).num_milliseconds().max(0) as f64 / 1000.0);
                         }
                         self.cache.put(&stored, integration, now).await;
                         Ok(RefreshOutcome::Refreshed(stored))
@@ -223,7 +267,12 @@ impl Refresher {
             Err(TokenError::InvalidClient { code, .. }) => {
                 attempt("integration_invalid");
                 tracing::error!(integration = %integration.slug, code = %code, "provider refused the integration's client credentials");
-                integrations::mark_invalid(&self.db, &integration.id, &format!("the provider answered {code} to a refresh")).await?;
+                integrations::mark_invalid(
+                    &self.db,
+                    &integration.id,
+                    &format!("the provider answered {code} to a refresh"),
+                )
+                .await?;
                 metrics::gauge!(m::INTEGRATIONS_INVALID, "provider" => provider.clone()).set(1.0);
                 Ok(RefreshOutcome::IntegrationInvalid)
             }
@@ -270,7 +319,12 @@ impl Refresher {
     }
 
     /// `needs_reauthorization`, its event in the same transaction, the cache entry dropped.
-    async fn mark_reauthorization(&self, integration: &Integration, account: &Account, reason: &str) -> Result<(), RefreshError> {
+    async fn mark_reauthorization(
+        &self,
+        integration: &Integration,
+        account: &Account,
+        reason: &str,
+    ) -> Result<(), RefreshError> {
         let mut tx = self.db.begin().await?;
         let marked = accounts::mark_needs_reauthorization(&mut tx, &self.ring, &account.id, reason).await?;
         if let Some(marked) = &marked {
@@ -280,7 +334,9 @@ impl Refresher {
         tx.commit().await?;
         if let Some(marked) = marked {
             tracing::info!(account_id = %marked.id, integration = %integration.slug, reason, "account needs reauthorization");
-            self.cache.tombstone(&integration.slug, &marked.user_id, marked.organization_id.as_deref(), marked.token_version).await;
+            self.cache
+                .tombstone(&integration.slug, &marked.user_id, marked.organization_id.as_deref(), marked.token_version)
+                .await;
         }
         Ok(())
     }

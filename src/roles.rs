@@ -58,12 +58,16 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
         // Further periodic tasks join the same cron loop: `.with_task("name", task_fn)`.
         let scheduler = crate::scheduler::Scheduler::new(state.clone());
         let handle = scheduler.spawn(cancel.clone());
-        tasks.spawn(async move { let _ = handle.await; });
+        tasks.spawn(async move {
+            let _ = handle.await;
+        });
         tasks.spawn(crate::webhooks::run_relay(state.clone(), cancel.clone()));
     }
     if roles.worker {
         let handle = crate::worker::spawn(state.clone(), cancel.clone());
-        tasks.spawn(async move { let _ = handle.await; });
+        tasks.spawn(async move {
+            let _ = handle.await;
+        });
         tasks.spawn(crate::webhooks::run_deliveries(state.clone(), cancel.clone()));
     }
     tasks.close();

@@ -187,7 +187,11 @@ pub async fn gather(db: &PgPool, config: &Config, now: DateTime<Utc>) -> Result<
         accounts,
         due: Due { now: due_row.get("due_now"), next_10_minutes: due_row.get("due_soon"), oldest_overdue: oldest },
         queues: queue_depths(config).await,
-        webhooks: WebhookStatus { failed_last_24h: hooks.get("failed"), pending: hooks.get("pending"), delivered_last_24h: hooks.get("delivered") },
+        webhooks: WebhookStatus {
+            failed_last_24h: hooks.get("failed"),
+            pending: hooks.get("pending"),
+            delivered_last_24h: hooks.get("delivered"),
+        },
         invalid_integrations,
         roles,
     })
@@ -196,7 +200,12 @@ pub async fn gather(db: &PgPool, config: &Config, now: DateTime<Utc>) -> Result<
 async fn queue_depths(config: &Config) -> Queues {
     let failed = |error: String| Queues { depths: None, dead_letters: None, error: Some(error) };
     let topology = crate::queues::topology(config);
-    let broker = match tokio::time::timeout(Duration::from_secs(5), pipes_workers::Broker::connect(&config.amqp_url, "pipes-status")).await {
+    let broker = match tokio::time::timeout(
+        Duration::from_secs(5),
+        pipes_workers::Broker::connect(&config.amqp_url, "pipes-status"),
+    )
+    .await
+    {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => return failed(format!("broker unreachable: {e}")),
         Err(_) => return failed("broker unreachable: timed out".into()),

@@ -69,17 +69,21 @@ impl RefreshHandler {
             Some(delay) => {
                 // Only an existing mark is extended: if another holder stored a token
                 // meanwhile (which clears it), there is nothing left to wait for.
-                sqlx::query("UPDATE connected_accounts SET enqueued_at = now() + $2 WHERE id = $1 AND enqueued_at IS NOT NULL")
-                    .bind(account_id)
-                    .bind(delay)
-                    .execute(&self.state.db)
-                    .await
+                sqlx::query(
+                    "UPDATE connected_accounts SET enqueued_at = now() + $2 WHERE id = $1 AND enqueued_at IS NOT NULL",
+                )
+                .bind(account_id)
+                .bind(delay)
+                .execute(&self.state.db)
+                .await
             }
             None => {
-                sqlx::query("UPDATE connected_accounts SET enqueued_at = NULL WHERE id = $1 AND enqueued_at IS NOT NULL")
-                    .bind(account_id)
-                    .execute(&self.state.db)
-                    .await
+                sqlx::query(
+                    "UPDATE connected_accounts SET enqueued_at = NULL WHERE id = $1 AND enqueued_at IS NOT NULL",
+                )
+                .bind(account_id)
+                .execute(&self.state.db)
+                .await
             }
         };
         if let Err(err) = result {
@@ -102,7 +106,9 @@ impl Handler for RefreshHandler {
                 tracing::debug!("integration deleted; dropping the job");
                 return Outcome::Done;
             }
-            Err(err) => return self.transient(&account_id, &ctx, format!("loading the integration: {err}"), None).await,
+            Err(err) => {
+                return self.transient(&account_id, &ctx, format!("loading the integration: {err}"), None).await
+            }
         };
         if !integration.enabled || integration.state == IntegrationState::Invalid {
             // Its credentials must be fixed first; the scheduler skips it until then.
@@ -110,13 +116,17 @@ impl Handler for RefreshHandler {
         }
         match self.state.refresher.refresh(&integration, &account_id, Reason::Scheduled).await {
             // Storing a token or marking reauthorization cleared the mark already.
-            Ok(RefreshOutcome::Refreshed(_)) | Ok(RefreshOutcome::NeedsReauthorization) | Ok(RefreshOutcome::NotConnected(_)) => Outcome::Done,
+            Ok(RefreshOutcome::Refreshed(_))
+            | Ok(RefreshOutcome::NeedsReauthorization)
+            | Ok(RefreshOutcome::NotConnected(_)) => Outcome::Done,
             Ok(RefreshOutcome::AlreadyFresh(_)) | Ok(RefreshOutcome::IntegrationInvalid) => {
                 // A stale mark would hold back the account's next due time by PIPES_REQUEUE_AFTER.
                 self.mark_pending(&account_id, None).await;
                 Outcome::Done
             }
-            Ok(RefreshOutcome::Transient { reason, retry_after }) => self.transient(&account_id, &ctx, reason, retry_after).await,
+            Ok(RefreshOutcome::Transient { reason, retry_after }) => {
+                self.transient(&account_id, &ctx, reason, retry_after).await
+            }
             // PostgreSQL briefly unreachable: nothing was stored, try again later.
             Err(err) => self.transient(&account_id, &ctx, format!("storage: {err}"), None).await,
         }

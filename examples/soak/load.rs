@@ -42,10 +42,8 @@ struct Sample {
 }
 
 pub async fn run(settings: Settings, demo: DemoProvider, dir: &Path) -> Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(MAX_IN_FLIGHT)
-        .build()?;
+    let client =
+        reqwest::Client::builder().timeout(Duration::from_secs(10)).pool_max_idle_per_host(MAX_IN_FLIGHT).build()?;
     let url = Arc::new(format!("{}/data-integrations/{}/token", settings.serve_url, crate::provider::SLUG));
     let auth = Arc::new(format!("Bearer {}", settings.key));
     let (tx, mut rx) = mpsc::unbounded_channel::<Sample>();
@@ -119,11 +117,13 @@ pub async fn run(settings: Settings, demo: DemoProvider, dir: &Path) -> Result<(
 
     let mut file = tokio::fs::File::create(dir.join("reads.jsonl")).await?;
     for (second, counts) in &seconds {
-        let line = serde_json::json!({"t": start_epoch + *second as f64, "counts": counts, "max_ms": max_ms.get(second)});
+        let line =
+            serde_json::json!({"t": start_epoch + *second as f64, "counts": counts, "max_ms": max_ms.get(second)});
         file.write_all(format!("{line}\n").as_bytes()).await?;
     }
     latencies.sort_by(f32::total_cmp);
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied();
+    let pct =
+        |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied();
     let summary = serde_json::json!({
         "start": start_epoch, "seconds": started.elapsed().as_secs_f64(), "totals": totals,
         "sent": latencies.len(), "p50_ms": pct(0.5), "p99_ms": pct(0.99), "p999_ms": pct(0.999), "max_ms": latencies.last(),

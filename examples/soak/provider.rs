@@ -22,7 +22,8 @@ pub const SLUG: &str = "soak";
 pub async fn run(dir: PathBuf) -> Result<()> {
     let config = Config::from_env()?;
     let url = std::env::var("SOAK_DATABASE_URL").unwrap_or_else(|_| config.database_url.clone());
-    let db = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.context("connect to PostgreSQL")?;
+    let db =
+        sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.context("connect to PostgreSQL")?;
     let accounts: usize = knob("SOAK_ACCOUNTS", 100_000);
     let (ttl_min, ttl_max) = (knob("SOAK_TTL_MIN", 120u64), knob("SOAK_TTL_MAX", 600u64));
 
@@ -107,7 +108,14 @@ async fn seed(config: &Config, db: &PgPool, demo: &DemoProvider, integration_id:
             rows.2.push(ring.seal_str(&issued.access_token, aad(columns::ACCESS_TOKEN, &id))?);
             rows.3.push(ring.seal_str(&refresh, aad(columns::REFRESH_TOKEN, &id))?);
             expires.push(expires_at);
-            due.push(pipes::store::accounts::refresh_at(now, Some(expires_at), true, true, config.refresh_lead, jitter));
+            due.push(pipes::store::accounts::refresh_at(
+                now,
+                Some(expires_at),
+                true,
+                true,
+                config.refresh_lead,
+                jitter,
+            ));
             rows.0.push(id);
             rows.1.push(user);
         }

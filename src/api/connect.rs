@@ -56,10 +56,15 @@ pub fn check_owner_id(field: &str, value: &str, errors: &mut Vec<FieldError>) {
 
 /// `return_to` must be an absolute http(s) URL on an allowed origin.
 fn check_return_to(config: &Config, value: &str) -> Result<String, FieldError> {
-    let url = url::Url::parse(value).map_err(|_| FieldError::new("return_to", "invalid_url", "return_to must be an absolute URL."))?;
+    let url = url::Url::parse(value)
+        .map_err(|_| FieldError::new("return_to", "invalid_url", "return_to must be an absolute URL."))?;
     let origin = url.origin().ascii_serialization();
     if !matches!(url.scheme(), "http" | "https") || !config.allowed_return_to.contains(&origin) {
-        return Err(FieldError::new("return_to", "not_allowed", format!("The origin {origin} is not in PIPES_ALLOWED_RETURN_TO.")));
+        return Err(FieldError::new(
+            "return_to",
+            "not_allowed",
+            format!("The origin {origin} is not in PIPES_ALLOWED_RETURN_TO."),
+        ));
     }
     Ok(url.to_string())
 }
@@ -96,7 +101,11 @@ pub async fn authorize(
     }
     if let Some(config) = body.config.filter(|c| !c.is_empty()) {
         if config.iter().any(|(k, v)| integration.settings.get(k) != Some(v)) {
-            errors.push(FieldError::new("config", "unsupported", "Per-connection config is not supported; set config on the integration."));
+            errors.push(FieldError::new(
+                "config",
+                "unsupported",
+                "Per-connection config is not supported; set config on the integration.",
+            ));
         }
     }
     if !errors.is_empty() {
@@ -135,16 +144,19 @@ async fn run_callback(state: &AppState, slug: &str, mut params: HashMap<String, 
     };
     let integration = match find(state, slug).await {
         Ok(i) => i,
-        Err(ApiError::NotFound { .. }) => return Ok(page(StatusCode::NOT_FOUND, "Unknown integration", "This integration does not exist.")),
+        Err(ApiError::NotFound { .. }) => {
+            return Ok(page(StatusCode::NOT_FOUND, "Unknown integration", "This integration does not exist."))
+        }
         Err(e) => return Err(e),
     };
-    let pending = match connect::consume_state(state, &integration, &raw_state, Utc::now()).await.map_err(connect_error)? {
-        Ok(p) => p,
-        Err(rejection) => {
-            tracing::info!(integration = %slug, ?rejection, "callback state refused");
-            return Ok(page(StatusCode::BAD_REQUEST, "Invalid sign-in link", rejection.message()));
-        }
-    };
+    let pending =
+        match connect::consume_state(state, &integration, &raw_state, Utc::now()).await.map_err(connect_error)? {
+            Ok(p) => p,
+            Err(rejection) => {
+                tracing::info!(integration = %slug, ?rejection, "callback state refused");
+                return Ok(page(StatusCode::BAD_REQUEST, "Invalid sign-in link", rejection.message()));
+            }
+        };
     let answer = ProviderAnswer {
         code: params.remove("code").filter(|c| !c.is_empty()),
         error: params.remove("error").filter(|e| !e.is_empty()),
@@ -154,11 +166,15 @@ async fn run_callback(state: &AppState, slug: &str, mut params: HashMap<String, 
     let name = integration.display_name();
     Ok(match (outcome, pending.return_to) {
         (Outcome::Connected(_), Some(to)) => redirect(&to, &[("provider", slug), ("status", "connected")]),
-        (Outcome::Failed(f), Some(to)) => redirect(&to, &[("provider", slug), ("status", "error"), ("error", &f.error_code)]),
+        (Outcome::Failed(f), Some(to)) => {
+            redirect(&to, &[("provider", slug), ("status", "error"), ("error", &f.error_code)])
+        }
         (Outcome::Connected(_), None) => {
             page(StatusCode::OK, "Connected", &format!("Your {name} account is connected. You can close this window."))
         }
-        (Outcome::Failed(f), None) => page(StatusCode::OK, "Not connected", &format!("{name} was not connected: {}", f.error_reason)),
+        (Outcome::Failed(f), None) => {
+            page(StatusCode::OK, "Not connected", &format!("{name} was not connected: {}", f.error_reason))
+        }
     })
 }
 
@@ -167,11 +183,15 @@ fn connect_error(err: ConnectError) -> ApiError {
     use crate::store::integrations::IntegrationError;
     match err {
         ConnectError::Misconfigured(m) | ConnectError::Integration(IntegrationError::Urls { message: m, .. }) => {
-            ApiError::BadRequest { code: "integration_misconfigured", message: format!("The integration cannot connect accounts: {m}") }
+            ApiError::BadRequest {
+                code: "integration_misconfigured",
+                message: format!("The integration cannot connect accounts: {m}"),
+            }
         }
-        ConnectError::Integration(e @ IntegrationError::UnknownProvider(_)) => {
-            ApiError::BadRequest { code: "integration_misconfigured", message: format!("The integration cannot connect accounts: {e}") }
-        }
+        ConnectError::Integration(e @ IntegrationError::UnknownProvider(_)) => ApiError::BadRequest {
+            code: "integration_misconfigured",
+            message: format!("The integration cannot connect accounts: {e}"),
+        },
         ConnectError::Db(e) | ConnectError::Integration(IntegrationError::Db(e)) => e.into(),
         other => ApiError::internal(other),
     }
@@ -210,6 +230,9 @@ p{{margin:0;color:#334155;line-height:1.5}}</style></head><body><main><h1>{title
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
     response
 }

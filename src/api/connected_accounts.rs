@@ -77,7 +77,11 @@ fn owner(user_id: &str, q: OwnerQuery) -> ApiResult<Option<String>> {
     if let Some(o) = &org {
         check_owner_id("organization_id", o, &mut errors);
     }
-    if errors.is_empty() { Ok(org) } else { Err(ApiError::invalid(errors)) }
+    if errors.is_empty() {
+        Ok(org)
+    } else {
+        Err(ApiError::invalid(errors))
+    }
 }
 
 fn account_error(err: AccountError) -> ApiError {
@@ -153,7 +157,8 @@ fn parse_tokens(body: TokensBody, integration: &Integration) -> ApiResult<(Token
         },
     };
     let scopes = body.scopes.unwrap_or_else(|| integration.scopes.clone());
-    if scopes.len() > 100 || scopes.iter().any(|s| s.is_empty() || s.len() > 200 || s.chars().any(char::is_whitespace)) {
+    if scopes.len() > 100 || scopes.iter().any(|s| s.is_empty() || s.len() > 200 || s.chars().any(char::is_whitespace))
+    {
         errors.push(FieldError::new("scopes", "invalid", "At most 100 scopes of 1-200 characters without spaces."));
     }
     let account_state = match body.state.as_deref() {
@@ -173,13 +178,22 @@ fn parse_tokens(body: TokensBody, integration: &Integration) -> ApiResult<(Token
 }
 
 /// Writes tokens for an owner, with a `connected` event when the account became connected.
-async fn write(state: &AppState, slug: &str, user_id: &str, q: OwnerQuery, body: TokensBody, mode: WriteMode) -> ApiResult<Account> {
+async fn write(
+    state: &AppState,
+    slug: &str,
+    user_id: &str,
+    q: OwnerQuery,
+    body: TokensBody,
+    mode: WriteMode,
+) -> ApiResult<Account> {
     let org = owner(user_id, q)?;
     let integration = find(state, slug).await?;
     let (tokens, account_state) = parse_tokens(body, &integration)?;
     let now = Utc::now();
     let refresh_at = match account_state {
-        AccountState::Connected => state.refresher.schedule(&integration, now, tokens.expires_at, tokens.refresh_token.is_some()),
+        AccountState::Connected => {
+            state.refresher.schedule(&integration, now, tokens.expires_at, tokens.refresh_token.is_some())
+        }
         _ => None,
     };
     let mut tx = state.db.begin().await?;
@@ -187,10 +201,20 @@ async fn write(state: &AppState, slug: &str, user_id: &str, q: OwnerQuery, body:
         .await
         .map_err(account_error)?
         .map(|a| a.state);
-    let account = accounts::write_tokens(&mut tx, state.keyring(), mode, &integration.id, user_id, org.as_deref(), &tokens, refresh_at, account_state)
-        .await
-        .map_err(account_error)?
-        .ok_or_else(|| not_connected(slug))?;
+    let account = accounts::write_tokens(
+        &mut tx,
+        state.keyring(),
+        mode,
+        &integration.id,
+        user_id,
+        org.as_deref(),
+        &tokens,
+        refresh_at,
+        account_state,
+    )
+    .await
+    .map_err(account_error)?
+    .ok_or_else(|| not_connected(slug))?;
     if account.state == AccountState::Connected && before != Some(AccountState::Connected) {
         let data = events::account_data(&account, &integration, AccountState::Connected.as_str());
         events::emit(&mut tx, EventKind::Connected, &data).await?;
@@ -247,21 +271,33 @@ pub async fn disconnect(
 /// Disconnects `user_id`'s account for `integration`: deleted with its
 /// `disconnected` event, cache tombstoned, then revoked at the provider where
 /// possible. 404 when there is none. Shared with the widget.
-pub async fn disconnect_account(state: &AppState, integration: &Integration, user_id: &str, org: Option<&str>) -> ApiResult<()> {
+pub async fn disconnect_account(
+    state: &AppState,
+    integration: &Integration,
+    user_id: &str,
+    org: Option<&str>,
+) -> ApiResult<()> {
     let slug = integration.slug.as_str();
     let mut tx = state.db.begin().await?;
     let existing = accounts::find_for_owner(&mut *tx, state.keyring(), &integration.id, user_id, org)
         .await
         .map_err(account_error)?
         .ok_or_else(|| not_connected(slug))?;
-    let gone = accounts::delete(&mut tx, state.keyring(), &existing.id).await.map_err(account_error)?.ok_or_else(|| not_connected(slug))?;
+    let gone = accounts::delete(&mut tx, state.keyring(), &existing.id)
+        .await
+        .map_err(account_error)?
+        .ok_or_else(|| not_connected(slug))?;
     let data = events::account_data(&gone, integration, AccountState::Disconnected.as_str());
     events::emit(&mut tx, EventKind::Disconnected, &data).await?;
     tx.commit().await?;
     state.cache.tombstone(&integration.slug, &gone.user_id, gone.organization_id.as_deref(), gone.token_version).await;
     // Revoke after the delete, so no stored row ever holds a revoked token. Revoking the
     // refresh token ends the whole grant at most providers (RFC 7009 §2.1).
-    let token = gone.refresh_token.as_ref().map(|t| (t, "refresh_token")).or(gone.access_token.as_ref().map(|t| (t, "access_token")));
+    let token = gone
+        .refresh_token
+        .as_ref()
+        .map(|t| (t, "refresh_token"))
+        .or(gone.access_token.as_ref().map(|t| (t, "access_token")));
     if let (Some((token, hint)), Ok(spec)) = (token, integration.spec()) {
         if let Err(reason) = client::revoke(&state.http, integration, &spec, token, hint).await {
             tracing::warn!(account_id = %gone.id, integration = %slug, %reason, "token revocation failed; the account is disconnected anyway");
@@ -311,7 +347,11 @@ pub async fn data_providers(
 
 /// Every enabled integration with `user_id`'s account for it (no token is read).
 /// Shared with the widget.
-pub async fn list_data_providers(state: &AppState, user_id: &str, org: Option<&str>) -> ApiResult<Vec<DataProviderView>> {
+pub async fn list_data_providers(
+    state: &AppState,
+    user_id: &str,
+    org: Option<&str>,
+) -> ApiResult<Vec<DataProviderView>> {
     let integrations = crate::provisioning::store::all(&state.db, state.keyring()).await?;
     // Only non-secret columns: this listing never needs a token.
     let rows = sqlx::query(
@@ -342,7 +382,11 @@ pub async fn list_data_providers(state: &AppState, user_id: &str, org: Option<&s
             object: "data_provider",
             id: i.id.clone(),
             name: i.display_name(),
-            description: if i.description.is_empty() { i.spec().map(|s| s.description.clone()).unwrap_or_default() } else { i.description.clone() },
+            description: if i.description.is_empty() {
+                i.spec().map(|s| s.description.clone()).unwrap_or_default()
+            } else {
+                i.description.clone()
+            },
             slug: i.slug.clone(),
             integration_type: if i.custom_provider.is_some() { "custom".to_owned() } else { i.provider.clone() },
             credentials_type: "oauth2",

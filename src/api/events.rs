@@ -44,7 +44,9 @@ fn parse_query(uri: &Uri) -> EventsQuery {
             continue;
         }
         match key.as_ref() {
-            "events" | "events[]" => q.events.extend(value.split(',').map(|e| e.trim().to_owned()).filter(|e| !e.is_empty())),
+            "events" | "events[]" => {
+                q.events.extend(value.split(',').map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()))
+            }
             "after" => q.after = Some(value),
             "before" => q.before = Some(value),
             "limit" => q.limit = Some(value),
@@ -61,17 +63,19 @@ fn parse_query(uri: &Uri) -> EventsQuery {
 fn timestamp(field: &str, value: Option<&str>) -> ApiResult<Option<DateTime<Utc>>> {
     value
         .map(|v| {
-            DateTime::parse_from_rfc3339(v)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| ApiError::invalid_field(field, "invalid", format!("{field} must be an RFC 3339 timestamp")))
+            DateTime::parse_from_rfc3339(v).map(|t| t.with_timezone(&Utc)).map_err(|_| {
+                ApiError::invalid_field(field, "invalid", format!("{field} must be an RFC 3339 timestamp"))
+            })
         })
         .transpose()
 }
 
 async fn cursor_seq(state: &AppState, field: &str, id: Option<&str>) -> ApiResult<Option<i64>> {
     let Some(id) = id else { return Ok(None) };
-    let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM events WHERE id = $1").bind(id).fetch_optional(&state.db).await?;
-    seq.map(Some).ok_or_else(|| ApiError::invalid_field(field, "not_found", format!("{field} must be the id of a stored event")))
+    let seq: Option<i64> =
+        sqlx::query_scalar("SELECT seq FROM events WHERE id = $1").bind(id).fetch_optional(&state.db).await?;
+    seq.map(Some)
+        .ok_or_else(|| ApiError::invalid_field(field, "not_found", format!("{field} must be the id of a stored event")))
 }
 
 #[utoipa::path(get, path = "/events", tag = "webhooks", security(("api_key" = [])),
@@ -87,12 +91,19 @@ pub async fn list_events(_: AdminKey, State(state): State<AppState>, uri: Uri) -
     let q = parse_query(&uri);
     let limit = match q.limit.as_deref() {
         None => None,
-        Some(text) => Some(text.parse::<i64>().map_err(|_| ApiError::invalid_field("limit", "invalid", "limit must be a whole number"))?),
+        Some(text) => Some(
+            text.parse::<i64>()
+                .map_err(|_| ApiError::invalid_field("limit", "invalid", "limit must be a whole number"))?,
+        ),
     };
     let (limit, descending) = page_request(limit, q.order.as_deref(), false)?;
     for (i, event) in q.events.iter().enumerate() {
         if EventKind::parse(event).is_none() {
-            return Err(ApiError::invalid_field(&format!("events[{i}]"), "unknown_event", format!("unknown event type `{event}`")));
+            return Err(ApiError::invalid_field(
+                &format!("events[{i}]"),
+                "unknown_event",
+                format!("unknown event type `{event}`"),
+            ));
         }
     }
     let range_start = timestamp("range_start", q.range_start.as_deref())?;

@@ -33,7 +33,10 @@ where
 /// Parses JSON with errors that name the offending field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::BadRequest { code: "invalid_json", message: "The request body must be a JSON object.".into() });
+        return Err(ApiError::BadRequest {
+            code: "invalid_json",
+            message: "The request body must be a JSON object.".into(),
+        });
     } else {
         serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest {
             code: "invalid_json",
@@ -41,7 +44,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         })?
     };
     if !value.is_object() {
-        return Err(ApiError::BadRequest { code: "invalid_json", message: "The request body must be a JSON object.".into() });
+        return Err(ApiError::BadRequest {
+            code: "invalid_json",
+            message: "The request body must be a JSON object.".into(),
+        });
     }
     // PostgreSQL refuses NUL in text: name the field instead of failing deep in a query.
     if let Some(field) = nul_field(&value, "") {
@@ -72,7 +78,11 @@ fn nul_field(value: &serde_json::Value, path: &str) -> Option<String> {
         Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_field(v, &format!("{}[{i}]", here()))),
         Value::Object(map) => map.iter().find_map(|(k, v)| {
             let field = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-            if k.contains('\0') { Some(field) } else { nul_field(v, &field) }
+            if k.contains('\0') {
+                Some(field)
+            } else {
+                nul_field(v, &field)
+            }
         }),
         _ => None,
     }
@@ -91,8 +101,9 @@ where
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(de)
-            .map(ApiQuery)
-            .map_err(|e| ApiError::BadRequest { code: "invalid_query", message: format!("Invalid query parameter {}: {}", e.path(), e.inner()) })
+        serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| ApiError::BadRequest {
+            code: "invalid_query",
+            message: format!("Invalid query parameter {}: {}", e.path(), e.inner()),
+        })
     }
 }

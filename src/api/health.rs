@@ -15,10 +15,7 @@ use crate::app::AppState;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/metrics", get(metrics))
+    Router::new().route("/health/live", get(live)).route("/health/ready", get(ready)).route("/metrics", get(metrics))
 }
 
 #[utoipa::path(get, path = "/health/live", tag = "operations", responses((status = 200, description = "The process is up")))]
@@ -29,11 +26,8 @@ pub async fn live() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/health/ready", tag = "operations",
     responses((status = 200, description = "PostgreSQL, Redis and RabbitMQ reachable"), (status = 503, description = "A dependency is down")))]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let (pg, redis, amqp) = tokio::join!(
-        postgres_ok(&state.db),
-        state.redis.ping(),
-        amqp_reachable(&state.config.amqp_url)
-    );
+    let (pg, redis, amqp) =
+        tokio::join!(postgres_ok(&state.db), state.redis.ping(), amqp_reachable(&state.config.amqp_url));
     let checks = json!({"postgres": up(pg), "redis": up(redis), "rabbitmq": up(amqp)});
     let down: Vec<&str> = [("postgres", pg), ("redis", redis), ("rabbitmq", amqp)]
         .into_iter()
@@ -53,7 +47,11 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 fn up(ok: bool) -> &'static str {
-    if ok { "up" } else { "down" }
+    if ok {
+        "up"
+    } else {
+        "down"
+    }
 }
 
 pub async fn postgres_ok(db: &sqlx::PgPool) -> bool {

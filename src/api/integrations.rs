@@ -100,7 +100,11 @@ pub fn view(i: &Integration, config: &Config) -> DataIntegrationView {
         scopes: i.scopes.clone(),
         redirect_uri: config.redirect_uri(&i.slug),
         auth_methods: vec!["oauth"],
-        credentials: CredentialsView { kind: "custom", client_id: i.client_id.clone(), redacted_client_secret: i.redacted_secret.clone() },
+        credentials: CredentialsView {
+            kind: "custom",
+            client_id: i.client_id.clone(),
+            redacted_client_secret: i.redacted_secret.clone(),
+        },
         custom_provider: i.custom_provider.as_ref().map(|c| CustomProviderView {
             name: c.name.clone(),
             authorization_url: c.authorization_url.clone(),
@@ -169,14 +173,16 @@ pub struct DataIntegrationList {
 
 #[utoipa::path(get, path = "/data-integrations", tag = "integrations", params(ListQuery), security(("api_key" = [])),
     responses((status = 200, body = DataIntegrationList), (status = 422, description = "Bad paging parameter")))]
-pub async fn list(_: AdminKey, State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<DataIntegrationList>> {
+pub async fn list(
+    _: AdminKey,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<DataIntegrationList>> {
     let limit = match q.limit.as_deref().filter(|l| !l.is_empty()) {
         None => 10,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| ApiError::invalid_field("limit", "invalid", "limit must be a whole number from 1 to 100."))?,
+        Some(l) => l.parse::<i64>().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| {
+            ApiError::invalid_field("limit", "invalid", "limit must be a whole number from 1 to 100.")
+        })?,
     };
     let order = match q.order.as_deref().unwrap_or("desc") {
         "desc" | "" => Order::Desc,
@@ -185,7 +191,9 @@ pub async fn list(_: AdminKey, State(state): State<AppState>, ApiQuery(q): ApiQu
     };
     let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
     let cursor = match (nonempty(q.before), nonempty(q.after)) {
-        (Some(_), Some(_)) => return Err(ApiError::invalid_field("before", "invalid", "Give before or after, not both.")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_field("before", "invalid", "Give before or after, not both."))
+        }
         (Some(b), None) => Cursor::Before(b),
         (None, Some(a)) => Cursor::After(a),
         (None, None) => Cursor::Start,
@@ -201,7 +209,11 @@ pub async fn list(_: AdminKey, State(state): State<AppState>, ApiQuery(q): ApiQu
 #[utoipa::path(post, path = "/data-integrations", tag = "integrations", request_body = CreateIntegration, security(("api_key" = [])),
     responses((status = 201, body = DataIntegrationView), (status = 409, description = "The slug is taken"),
         (status = 422, description = "Field errors")))]
-pub async fn create(_: AdminKey, State(state): State<AppState>, ApiJson(body): ApiJson<CreateIntegration>) -> ApiResult<Response> {
+pub async fn create(
+    _: AdminKey,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateIntegration>,
+) -> ApiResult<Response> {
     let draft = provisioning::validate_create(body).map_err(ApiError::invalid)?;
     let integration = writes::insert(&state.db, state.keyring(), &draft).await?;
     tracing::info!(integration = %integration.slug, id = %integration.id, "integration created");
@@ -210,7 +222,11 @@ pub async fn create(_: AdminKey, State(state): State<AppState>, ApiJson(body): A
 
 #[utoipa::path(get, path = "/data-integrations/{slug}", tag = "integrations", security(("api_key" = [])),
     params(("slug" = String, Path)), responses((status = 200, body = DataIntegrationView), (status = 404, description = "No such integration")))]
-pub async fn show(_: AdminKey, State(state): State<AppState>, Path(slug): Path<String>) -> ApiResult<Json<DataIntegrationView>> {
+pub async fn show(
+    _: AdminKey,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<DataIntegrationView>> {
     let integration = find(&state, &slug).await?;
     Ok(Json(view(&integration, &state.config)))
 }

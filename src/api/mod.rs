@@ -38,9 +38,11 @@ pub async fn not_found() -> Response {
 }
 
 pub async fn method_not_allowed() -> Response {
-    let mut response =
-        ApiError::BadRequest { code: "method_not_allowed", message: "This method is not allowed on this route.".into() }
-            .into_response();
+    let mut response = ApiError::BadRequest {
+        code: "method_not_allowed",
+        message: "This method is not allowed on this route.".into(),
+    }
+    .into_response();
     *response.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
     response
 }

@@ -44,7 +44,9 @@ impl Modify for StandardErrors {
     fn modify(&self, openapi: &mut OpenApi) {
         for (path, item) in openapi.paths.paths.iter_mut() {
             let browser = BROWSER_PATHS.contains(&path.as_str());
-            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten() {
+            for op in
+                [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten()
+            {
                 add_examples(op);
                 if !browser {
                     add_errors(op);
@@ -59,7 +61,9 @@ const PATH_EXAMPLES: &[(&str, &str)] = &[("slug", "github"), ("user_id", "user_1
 
 fn add_examples(op: &mut Operation) {
     for param in op.parameters.iter_mut().flatten() {
-        let Some(example) = PATH_EXAMPLES.iter().find(|(name, _)| *name == param.name).map(|(_, e)| *e) else { continue };
+        let Some(example) = PATH_EXAMPLES.iter().find(|(name, _)| *name == param.name).map(|(_, e)| *e) else {
+            continue;
+        };
         if let Some(RefOr::T(Schema::Object(schema))) = param.schema.as_mut() {
             if schema.examples.is_empty() {
                 schema.examples.push(json!(example));

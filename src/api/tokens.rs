@@ -73,7 +73,11 @@ impl TokenRequest {
             None if required => errors.push(FieldError::new(field, "required", format!("`{field}` is required."))),
             Some(v) if v.trim().is_empty() => {
                 let code = if required { "required" } else { "invalid" };
-                errors.push(FieldError::new(field, code, format!("`{field}` must not be empty; omit it or send null instead.")))
+                errors.push(FieldError::new(
+                    field,
+                    code,
+                    format!("`{field}` must not be empty; omit it or send null instead."),
+                ))
             }
             Some(v) if v.contains('\0') => {
                 errors.push(FieldError::new(field, "invalid", format!("`{field}` must not contain NUL characters.")))
@@ -94,12 +98,20 @@ impl TokenRequest {
                 "`organization_id` is required when `connection_owner` is `organization`.",
             )),
             Some("organization") => {}
-            Some(_) => errors.push(FieldError::new("connection_owner", "invalid", "`connection_owner` must be `user` or `organization`.")),
+            Some(_) => errors.push(FieldError::new(
+                "connection_owner",
+                "invalid",
+                "`connection_owner` must be `user` or `organization`.",
+            )),
         }
         if !errors.is_empty() {
             return Err(ApiError::invalid(errors));
         }
-        Ok(Owner { user_id: self.user_id, organization_id: self.organization_id, connected_account_id: self.connected_account_id })
+        Ok(Owner {
+            user_id: self.user_id,
+            organization_id: self.organization_id,
+            connected_account_id: self.connected_account_id,
+        })
     }
 }
 
@@ -158,7 +170,12 @@ async fn answer(state: &AppState, slug: &str, owner: &Owner, shape: Shape) -> Re
     ),
     security(("api_key" = []))
 )]
-pub async fn token(State(state): State<Shared>, _key: TokenKey, Path(slug): Path<String>, OwnerBody(owner): OwnerBody) -> Response {
+pub async fn token(
+    State(state): State<Shared>,
+    _key: TokenKey,
+    Path(slug): Path<String>,
+    OwnerBody(owner): OwnerBody,
+) -> Response {
     answer(&state.0, &slug, &owner, Shape::Token).await
 }
 
@@ -180,6 +197,11 @@ pub async fn token(State(state): State<Shared>, _key: TokenKey, Path(slug): Path
     ),
     security(("api_key" = []))
 )]
-pub async fn credentials(State(state): State<Shared>, _key: TokenKey, Path(slug): Path<String>, OwnerBody(owner): OwnerBody) -> Response {
+pub async fn credentials(
+    State(state): State<Shared>,
+    _key: TokenKey,
+    Path(slug): Path<String>,
+    OwnerBody(owner): OwnerBody,
+) -> Response {
     answer(&state.0, &slug, &owner, Shape::Credential).await
 }

@@ -65,7 +65,11 @@ pub struct ListQuery {
 
 async fn checked_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) -> Option<String> {
     if url.len() > MAX_URL_LEN {
-        errors.push(FieldError::new("endpoint_url", "too_long", format!("endpoint_url must be at most {MAX_URL_LEN} characters")));
+        errors.push(FieldError::new(
+            "endpoint_url",
+            "too_long",
+            format!("endpoint_url must be at most {MAX_URL_LEN} characters"),
+        ));
         return None;
     }
     match target::check_for_save(url, state.config.webhook_allow_private).await {
@@ -115,7 +119,11 @@ pub fn page_request(limit: Option<i64>, order: Option<&str>, default_descending:
 #[utoipa::path(post, path = "/webhook_endpoints", tag = "webhooks", request_body = CreateEndpoint,
     security(("api_key" = [])),
     responses((status = 201, description = "The endpoint, with its secret (shown only here)"), (status = 422, description = "Invalid URL or event type")))]
-pub async fn create_endpoint(_: AdminKey, State(state): State<AppState>, ApiJson(body): ApiJson<CreateEndpoint>) -> ApiResult<Response> {
+pub async fn create_endpoint(
+    _: AdminKey,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateEndpoint>,
+) -> ApiResult<Response> {
     let mut errors = Vec::new();
     let url = checked_url(&state, &body.endpoint_url, &mut errors).await;
     let events = checked_events(&body.events, &mut errors);
@@ -130,7 +138,11 @@ pub async fn create_endpoint(_: AdminKey, State(state): State<AppState>, ApiJson
            ("order" = Option<String>, Query, description = "asc, desc (default) or normal"),
            ("after" = Option<String>, Query), ("before" = Option<String>, Query)),
     responses((status = 200, description = "A page of endpoints (secrets redacted)")))]
-pub async fn list_endpoints(_: AdminKey, State(state): State<AppState>, ApiQuery(query): ApiQuery<ListQuery>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn list_endpoints(
+    _: AdminKey,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
     let (limit, descending) = page_request(query.limit, query.order.as_deref(), true)?;
     let page = PageRequest {
         limit,
@@ -187,7 +199,11 @@ pub async fn update_endpoint(
 #[utoipa::path(delete, path = "/webhook_endpoints/{id}", tag = "webhooks", security(("api_key" = [])),
     params(("id" = String, Path, description = "we_…")),
     responses((status = 204, description = "Deleted, with its delivery log"), (status = 404, description = "No such endpoint")))]
-pub async fn delete_endpoint(_: AdminKey, State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_endpoint(
+    _: AdminKey,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     if !IdKind::WebhookEndpoint.matches(&id) || !endpoints::delete(&state.db, &id).await? {
         return Err(not_found());
     }

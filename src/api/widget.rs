@@ -69,7 +69,11 @@ pub struct WidgetTokenResponse {
 #[utoipa::path(post, path = "/widgets/token", tag = "widget", request_body = WidgetTokenBody, security(("api_key" = [])),
     responses((status = 200, body = WidgetTokenResponse), (status = 401, description = "No or unknown API key"),
         (status = 403, description = "Not an admin key"), (status = 422, description = "Field errors")))]
-pub async fn create_token(_: AdminKey, State(state): State<AppState>, ApiJson(body): ApiJson<WidgetTokenBody>) -> ApiResult<Json<WidgetTokenResponse>> {
+pub async fn create_token(
+    _: AdminKey,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<WidgetTokenBody>,
+) -> ApiResult<Json<WidgetTokenResponse>> {
     let mut errors = Vec::new();
     match body.user_id.as_deref() {
         Some(u) => check_owner_id("user_id", u, &mut errors),
@@ -83,7 +87,8 @@ pub async fn create_token(_: AdminKey, State(state): State<AppState>, ApiJson(bo
         return Err(ApiError::invalid(errors));
     }
     let user_id = body.user_id.unwrap_or_default();
-    let (token, expires_at) = widget::issue(state.keyring(), &user_id, org.as_deref(), Utc::now(), state.config.widget_token_ttl);
+    let (token, expires_at) =
+        widget::issue(state.keyring(), &user_id, org.as_deref(), Utc::now(), state.config.widget_token_ttl);
     Ok(Json(WidgetTokenResponse { token, expires_at: rfc3339(expires_at) }))
 }
 
@@ -109,9 +114,15 @@ impl FromRequestParts<AppState> for WidgetSession {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or(WidgetAuthError("unauthorized", "Send the widget token as `Authorization: Bearer <widget token>`."))?;
+            .ok_or(WidgetAuthError(
+                "unauthorized",
+                "Send the widget token as `Authorization: Bearer <widget token>`.",
+            ))?;
         widget::verify(state.keyring(), token, Utc::now()).map(WidgetSession).map_err(|e| match e {
-            WidgetTokenError::Expired => WidgetAuthError("widget_token_expired", "The widget token has expired; ask the application for a new one."),
+            WidgetTokenError::Expired => WidgetAuthError(
+                "widget_token_expired",
+                "The widget token has expired; ask the application for a new one.",
+            ),
             WidgetTokenError::Malformed | WidgetTokenError::BadSignature => {
                 WidgetAuthError("invalid_widget_token", "The widget token is not valid.")
             }
@@ -139,7 +150,10 @@ pub struct WidgetProviders {
 
 #[utoipa::path(get, path = "/widget/api/providers", tag = "widget", security(("widget_token" = [])),
     responses((status = 200, body = WidgetProviders), (status = 401, description = "No, invalid or expired (`widget_token_expired`) widget token")))]
-pub async fn providers(WidgetSession(claims): WidgetSession, State(state): State<AppState>) -> ApiResult<Json<WidgetProviders>> {
+pub async fn providers(
+    WidgetSession(claims): WidgetSession,
+    State(state): State<AppState>,
+) -> ApiResult<Json<WidgetProviders>> {
     let org = claims.organization_id.as_deref();
     let listed = list_data_providers(&state, &claims.user_id, org).await?;
     let reasons = sqlx::query(
@@ -151,7 +165,10 @@ pub async fn providers(WidgetSession(claims): WidgetSession, State(state): State
     .fetch_all(&state.db)
     .await?;
     let reason_of = |account_id: &str| {
-        reasons.iter().find(|r| r.get::<&str, _>("id") == account_id).and_then(|r| r.get::<Option<String>, _>("reauthorization_reason"))
+        reasons
+            .iter()
+            .find(|r| r.get::<&str, _>("id") == account_id)
+            .and_then(|r| r.get::<Option<String>, _>("reauthorization_reason"))
     };
     let data = listed
         .into_iter()
@@ -160,7 +177,12 @@ pub async fn providers(WidgetSession(claims): WidgetSession, State(state): State
             WidgetProvider { provider: p, reauthorization_reason }
         })
         .collect();
-    Ok(Json(WidgetProviders { user_id: claims.user_id, organization_id: claims.organization_id, expires_at: rfc3339(claims.expires_at), data }))
+    Ok(Json(WidgetProviders {
+        user_id: claims.user_id,
+        organization_id: claims.organization_id,
+        expires_at: rfc3339(claims.expires_at),
+        data,
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -182,20 +204,31 @@ pub async fn authorize(
     ApiJson(body): ApiJson<WidgetAuthorizeBody>,
 ) -> ApiResult<Json<crate::api::connect::AuthorizeResponse>> {
     let mut errors = Vec::new();
-    let opener = body.opener_origin.filter(|o| !o.is_empty()).and_then(|o| match widget::pages::allowed_origin(&state.config, &o) {
-        Some(origin) => Some(origin),
-        None => {
-            errors.push(FieldError::new("opener_origin", "not_allowed", "Not Pipes' origin nor one in PIPES_ALLOWED_RETURN_TO."));
-            None
+    let opener = body.opener_origin.filter(|o| !o.is_empty()).and_then(|o| {
+        match widget::pages::allowed_origin(&state.config, &o) {
+            Some(origin) => Some(origin),
+            None => {
+                errors.push(FieldError::new(
+                    "opener_origin",
+                    "not_allowed",
+                    "Not Pipes' origin nor one in PIPES_ALLOWED_RETURN_TO.",
+                ));
+                None
+            }
         }
     });
-    let back = body.redirect_to.filter(|r| !r.is_empty()).and_then(|r| match widget::pages::allowed_back(&state.config, &r) {
-        Some(url) => Some(url),
-        None => {
-            errors.push(FieldError::new("redirect_to", "not_allowed", "Must be a URL on Pipes' origin or one in PIPES_ALLOWED_RETURN_TO."));
-            None
-        }
-    });
+    let back =
+        body.redirect_to.filter(|r| !r.is_empty()).and_then(|r| match widget::pages::allowed_back(&state.config, &r) {
+            Some(url) => Some(url),
+            None => {
+                errors.push(FieldError::new(
+                    "redirect_to",
+                    "not_allowed",
+                    "Must be a URL on Pipes' origin or one in PIPES_ALLOWED_RETURN_TO.",
+                ));
+                None
+            }
+        });
     let integration = find(&state, &slug).await?;
     if !integration.enabled {
         return Err(ApiError::not_found("integration_not_found", format!("The integration `{slug}` is disabled.")));
@@ -205,12 +238,14 @@ pub async fn authorize(
     }
     // The callback comes back to the completion page, which tells the opener (or goes back).
     let return_to = widget::pages::done_url(&state.config, opener.as_deref(), back.as_deref());
-    let req = ConnectRequest { user_id: claims.user_id, organization_id: claims.organization_id, return_to: Some(return_to) };
+    let req =
+        ConnectRequest { user_id: claims.user_id, organization_id: claims.organization_id, return_to: Some(return_to) };
     let url = connect::begin(&state, &integration, &req, Utc::now()).await.map_err(|e| match e {
         connect::ConnectError::Db(e) => e.into(),
-        connect::ConnectError::Misconfigured(m) => {
-            ApiError::BadRequest { code: "integration_misconfigured", message: format!("The integration cannot start a connection: {m}") }
-        }
+        connect::ConnectError::Misconfigured(m) => ApiError::BadRequest {
+            code: "integration_misconfigured",
+            message: format!("The integration cannot start a connection: {m}"),
+        },
         other => ApiError::internal(other),
     })?;
     Ok(Json(crate::api::connect::AuthorizeResponse { url: url.to_string() }))
@@ -219,7 +254,11 @@ pub async fn authorize(
 #[utoipa::path(delete, path = "/widget/api/{slug}", tag = "widget", params(("slug" = String, Path)), security(("widget_token" = [])),
     responses((status = 204, description = "Disconnected"), (status = 401, description = "Widget token missing, invalid or expired"),
         (status = 404, description = "No integration, or no account of this user")))]
-pub async fn disconnect(WidgetSession(claims): WidgetSession, State(state): State<AppState>, Path(slug): Path<String>) -> ApiResult<StatusCode> {
+pub async fn disconnect(
+    WidgetSession(claims): WidgetSession,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> ApiResult<StatusCode> {
     let integration = find(&state, &slug).await?;
     disconnect_account(&state, &integration, &claims.user_id, claims.organization_id.as_deref()).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -163,11 +163,18 @@ async fn find(db: &PgPool, id: &str) -> anyhow::Result<ConnectionRow> {
 
 async fn refresh(config: &Config, db: &PgPool, id: &str, inline: bool) -> anyhow::Result<()> {
     let row = find(db, id).await?;
-    anyhow::ensure!(row.state == "connected", "account `{id}` is {}; only connected accounts can be refreshed", row.state);
+    anyhow::ensure!(
+        row.state == "connected",
+        "account `{id}` is {}; only connected accounts can be refreshed",
+        row.state
+    );
     anyhow::ensure!(row.has_refresh_token, "account `{id}` has no refresh token; the user must reconnect it");
     // Due now, so the worker's scheduled refresh does not skip it as fresh; marked
     // enqueued so a scheduler does not publish a second job for it.
-    sqlx::query("UPDATE connected_accounts SET refresh_at = now(), enqueued_at = now() WHERE id = $1").bind(id).execute(db).await?;
+    sqlx::query("UPDATE connected_accounts SET refresh_at = now(), enqueued_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
     if inline {
         let cancel = CancellationToken::new();
         let state = AppState::new(config.clone(), cancel.clone())?;
@@ -179,26 +186,38 @@ async fn refresh(config: &Config, db: &PgPool, id: &str, inline: bool) -> anyhow
         cancel.cancel();
         match outcome {
             RefreshOutcome::Refreshed(a) => {
-                println!("refreshed; expires at {}", a.expires_at.map(crate::time::rfc3339).unwrap_or_else(|| "never".into()))
+                println!(
+                    "refreshed; expires at {}",
+                    a.expires_at.map(crate::time::rfc3339).unwrap_or_else(|| "never".into())
+                )
             }
             RefreshOutcome::AlreadyFresh(_) => println!("already fresh"),
-            RefreshOutcome::NeedsReauthorization => println!("the grant is revoked: the account now needs reauthorization"),
-            RefreshOutcome::IntegrationInvalid => println!("the provider refused the client credentials: integration marked invalid"),
+            RefreshOutcome::NeedsReauthorization => {
+                println!("the grant is revoked: the account now needs reauthorization")
+            }
+            RefreshOutcome::IntegrationInvalid => {
+                println!("the provider refused the client credentials: integration marked invalid")
+            }
             RefreshOutcome::Transient { reason, .. } => anyhow::bail!("transient failure ({reason}); try again later"),
             RefreshOutcome::NotConnected(_) => println!("the account is no longer connected"),
         }
         return Ok(());
     }
     let cancel = CancellationToken::new();
-    let broker = tokio::time::timeout(std::time::Duration::from_secs(15), queues::connect_broker(&config.amqp_url, "pipes-cli", &cancel))
-        .await
-        .ok()
-        .flatten()
-        .ok_or_else(|| anyhow::anyhow!("the message broker is unreachable; try --inline"))?;
+    let broker = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        queues::connect_broker(&config.amqp_url, "pipes-cli", &cancel),
+    )
+    .await
+    .ok()
+    .flatten()
+    .ok_or_else(|| anyhow::anyhow!("the message broker is unreachable; try --inline"))?;
     let topology = queues::topology(config);
     topology.declare(&broker.channel().await?).await?;
     let job = RefreshJob::V1 { account_id: row.id.clone(), integration_id: row.integration_id.clone() };
-    pipes_workers::Publisher::new(&broker).publish(&topology.work_queue(REFRESH), &job, pipes_workers::Headers::new()).await?;
+    pipes_workers::Publisher::new(&broker)
+        .publish(&topology.work_queue(REFRESH), &job, pipes_workers::Headers::new())
+        .await?;
     println!("refresh job published for {}", row.id);
     Ok(())
 }

@@ -80,7 +80,9 @@ pub struct AddArgs {
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).ok_or_else(|| format!("`{s}` is not key=value"))
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
 impl AddArgs {
@@ -107,7 +109,8 @@ impl AddArgs {
                 client_id: Some(self.client_id),
                 client_secret: self.client_secret.map(Secret::new),
             }),
-            config: (!self.provider_config.is_empty()).then(|| self.provider_config.into_iter().collect::<BTreeMap<_, _>>()),
+            config: (!self.provider_config.is_empty())
+                .then(|| self.provider_config.into_iter().collect::<BTreeMap<_, _>>()),
             auth_methods: None,
             ownership: None,
         }
@@ -133,7 +136,10 @@ pub async fn run(config: &Config, cmd: IntegrationsCommand) -> anyhow::Result<()
     match cmd {
         IntegrationsCommand::Add(args) => {
             let draft = provisioning::validate_create((*args).into_body()).map_err(|errors| {
-                let lines: Vec<String> = errors.iter().map(|e| format!("  {}: {}", e.field, e.message.as_deref().unwrap_or(&e.code))).collect();
+                let lines: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("  {}: {}", e.field, e.message.as_deref().unwrap_or(&e.code)))
+                    .collect();
                 anyhow::anyhow!("invalid integration:\n{}", lines.join("\n"))
             })?;
             let integration = writes::insert(&db, ring, &draft).await?;
@@ -149,22 +155,35 @@ pub async fn run(config: &Config, cmd: IntegrationsCommand) -> anyhow::Result<()
                 println!("{:<24} {:<14} {:<8} {:<8} SCOPES", "SLUG", "PROVIDER", "ENABLED", "STATE");
                 for i in all {
                     let view = crate::api::integrations::view(&i, config);
-                    println!("{:<24} {:<14} {:<8} {:<8} {}", i.slug, view.integration_type, i.enabled, view.state, i.scopes.join(" "));
+                    println!(
+                        "{:<24} {:<14} {:<8} {:<8} {}",
+                        i.slug,
+                        view.integration_type,
+                        i.enabled,
+                        view.state,
+                        i.scopes.join(" ")
+                    );
                 }
             }
         }
         IntegrationsCommand::Show { slug } => {
-            let integration = writes::by_slug(&db, ring, &slug).await?.ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
+            let integration =
+                writes::by_slug(&db, ring, &slug).await?.ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
             let mut view = serde_json::to_value(crate::api::integrations::view(&integration, config))?;
-            let counts: serde_json::Map<String, serde_json::Value> =
-                writes::account_counts(&db, &integration.id).await?.into_iter().map(|(state, n)| (state, n.into())).collect();
+            let counts: serde_json::Map<String, serde_json::Value> = writes::account_counts(&db, &integration.id)
+                .await?
+                .into_iter()
+                .map(|(state, n)| (state, n.into()))
+                .collect();
             view["connected_accounts"] = serde_json::Value::Object(counts);
             println!("{}", serde_json::to_string_pretty(&view)?);
         }
         IntegrationsCommand::Remove { slug, yes } => {
             anyhow::ensure!(yes, "this deletes `{slug}` and every account connected to it; add --yes to confirm");
-            let integration = writes::by_slug(&db, ring, &slug).await?.ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
-            let removed = writes::delete(&db, &integration).await?.ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
+            let integration =
+                writes::by_slug(&db, ring, &slug).await?.ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
+            let removed =
+                writes::delete(&db, &integration).await?.ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
             evict(config, &slug).await;
             println!("removed integration `{slug}` and {removed} connected account(s)");
         }
@@ -182,7 +201,8 @@ pub fn providers(json: bool) -> anyhow::Result<()> {
     }
     println!("{:<18} {:<22} {:<6} {:<18} {:<5} {:<8} CONFIG", "SLUG", "NAME", "SEP", "CLIENT AUTH", "PKCE", "EXPIRES");
     for p in catalog.iter() {
-        let auth = serde_json::to_value(p.client_auth).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let auth =
+            serde_json::to_value(p.client_auth).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         println!(
             "{:<18} {:<22} {:<6} {:<18} {:<5} {:<8} {}",
             p.slug,

@@ -24,7 +24,11 @@ pub enum KeysCommand {
 pub fn generate(id: Option<&str>) -> anyhow::Result<()> {
     let id = match id {
         Some(id) => id.to_owned(),
-        None => format!("k{}{}", chrono::Utc::now().format("%Y%m%d"), &crate::crypto::random_token(3)[..4].to_ascii_lowercase().replace(['-', '_'], "x")),
+        None => format!(
+            "k{}{}",
+            chrono::Utc::now().format("%Y%m%d"),
+            &crate::crypto::random_token(3)[..4].to_ascii_lowercase().replace(['-', '_'], "x")
+        ),
     };
     let text = KeyRing::generate_key_text(&id);
     KeyRing::parse(&text)?;

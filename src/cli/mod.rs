@@ -1,8 +1,8 @@
 //! The `pipes` command line (DESIGN §6): the roles and the admin commands.
 
 mod api_keys;
-mod integrations;
 mod connections;
+mod integrations;
 mod keys;
 mod status;
 
@@ -53,9 +53,7 @@ pub enum Command {
         json: bool,
     },
     /// Imports connected accounts from a JSON-lines file (one account per line).
-    Import {
-        file: std::path::PathBuf,
-    },
+    Import { file: std::path::PathBuf },
     /// Integrations: provider configurations with the application's OAuth credentials.
     #[command(subcommand)]
     Integrations(integrations::IntegrationsCommand),
@@ -108,7 +106,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::app::cancel_on_signal(cancel.clone());
     match cli.command {
         Command::Serve => roles::run(config, RoleSet { serve: true, scheduler: false, worker: false }, cancel).await,
-        Command::Scheduler => roles::run(config, RoleSet { serve: false, scheduler: true, worker: false }, cancel).await,
+        Command::Scheduler => {
+            roles::run(config, RoleSet { serve: false, scheduler: true, worker: false }, cancel).await
+        }
         Command::Worker => roles::run(config, RoleSet { serve: false, scheduler: false, worker: true }, cancel).await,
         Command::Dev => {
             crate::db::ensure_database(&config.database_url).await?;
@@ -200,7 +200,10 @@ fn dev_key() -> anyhow::Result<String> {
             key
         }
     };
-    eprintln!("WARNING: PIPES_ENCRYPTION_KEYS is not set; `pipes dev` uses a development key kept in {}.", path.display());
+    eprintln!(
+        "WARNING: PIPES_ENCRYPTION_KEYS is not set; `pipes dev` uses a development key kept in {}.",
+        path.display()
+    );
     eprintln!("WARNING: never use it in production: set PIPES_ENCRYPTION_KEYS (see `pipes keys generate`).");
     Ok(key)
 }

@@ -20,21 +20,38 @@ pub fn render(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Pipes status at {}", s.generated_at);
     let _ = writeln!(out);
-    let _ = writeln!(out, "{:<24} {:<16} {:<8} {:>10} {:>10} {:>9}", "INTEGRATION", "PROVIDER", "STATE", "CONNECTED", "REAUTH", "FAILING");
+    let _ = writeln!(
+        out,
+        "{:<24} {:<16} {:<8} {:>10} {:>10} {:>9}",
+        "INTEGRATION", "PROVIDER", "STATE", "CONNECTED", "REAUTH", "FAILING"
+    );
     for i in &s.integrations {
         let state = if !i.enabled { "disabled" } else { i.state.as_str() };
         let _ = writeln!(
             out,
             "{:<24} {:<16} {:<8} {:>10} {:>10} {:>9}",
-            i.slug, i.provider, state, i.accounts.connected, i.accounts.needs_reauthorization, i.accounts_with_refresh_failures
+            i.slug,
+            i.provider,
+            state,
+            i.accounts.connected,
+            i.accounts.needs_reauthorization,
+            i.accounts_with_refresh_failures
         );
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "accounts: {} connected, {} need reauthorization", s.accounts.connected, s.accounts.needs_reauthorization);
+    let _ = writeln!(
+        out,
+        "accounts: {} connected, {} need reauthorization",
+        s.accounts.connected, s.accounts.needs_reauthorization
+    );
     let _ = writeln!(out, "due: {} now, {} in the next 10 minutes", s.due.now, s.due.next_10_minutes);
     match &s.due.oldest_overdue {
         Some(o) => {
-            let _ = writeln!(out, "oldest overdue: {} ({}) due {} ({} s ago)", o.account_id, o.integration, o.refresh_at, o.overdue_seconds);
+            let _ = writeln!(
+                out,
+                "oldest overdue: {} ({}) due {} ({} s ago)",
+                o.account_id, o.integration, o.refresh_at, o.overdue_seconds
+            );
         }
         None => {
             let _ = writeln!(out, "oldest overdue: none");
@@ -64,7 +81,14 @@ pub fn render(s: &Status) -> String {
         let _ = writeln!(out, "  none");
     }
     for r in &s.roles {
-        let _ = writeln!(out, "  {:<10} {:<32} last seen {} {}", r.role, r.instance, r.last_seen, if r.alive { "alive" } else { "SILENT" });
+        let _ = writeln!(
+            out,
+            "  {:<10} {:<32} last seen {} {}",
+            r.role,
+            r.instance,
+            r.last_seen,
+            if r.alive { "alive" } else { "SILENT" }
+        );
     }
     out
 }

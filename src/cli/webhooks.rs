@@ -52,11 +52,20 @@ pub async fn run(config: &Config, cmd: WebhooksCommand) -> anyhow::Result<()> {
             } else {
                 events
                     .iter()
-                    .map(|e| EventKind::parse(e.trim()).map(|k| k.as_str().to_owned()).ok_or_else(|| anyhow::anyhow!("unknown event type `{e}`")))
+                    .map(|e| {
+                        EventKind::parse(e.trim())
+                            .map(|k| k.as_str().to_owned())
+                            .ok_or_else(|| anyhow::anyhow!("unknown event type `{e}`"))
+                    })
                     .collect::<anyhow::Result<Vec<_>>>()?
             };
             let endpoint = endpoints::create(&db, ring, url.as_str(), &events).await?;
-            println!("created webhook endpoint {} for {} ({}); its secret is shown once:", endpoint.id, endpoint.endpoint_url, endpoint.events.join(", "));
+            println!(
+                "created webhook endpoint {} for {} ({}); its secret is shown once:",
+                endpoint.id,
+                endpoint.endpoint_url,
+                endpoint.events.join(", ")
+            );
             println!("{}", endpoint.secret.expose());
         }
         WebhooksCommand::List { json } => {

@@ -38,13 +38,7 @@ impl State {
         self.sessions.retain(|_, s| s.expires_at > now);
         let id = random_token("");
         let csrf = random_token("");
-        self.sessions.insert(
-            id.clone(),
-            Session {
-                csrf: csrf.clone(),
-                expires_at: now + SESSION_TTL,
-            },
-        );
+        self.sessions.insert(id.clone(), Session { csrf: csrf.clone(), expires_at: now + SESSION_TTL });
         (id, csrf, true)
     }
 
@@ -68,9 +62,7 @@ impl State {
     /// The pending request `id`, if it is live and belongs to this browser session.
     pub(super) fn pending_mut(&mut self, id: &str, session: Option<&str>) -> Option<&mut Pending> {
         let now = self.now();
-        self.pending
-            .get_mut(id)
-            .filter(|p| p.expires_at > now && session.is_some_and(|s| ct_eq(s, &p.session)))
+        self.pending.get_mut(id).filter(|p| p.expires_at > now && session.is_some_and(|s| ct_eq(s, &p.session)))
     }
 
     pub(super) fn take_pending(&mut self, id: &str) -> Option<Pending> {

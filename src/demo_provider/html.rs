@@ -43,12 +43,7 @@ border-bottom:1px solid var(--border);vertical-align:top}td button{margin:0}";
 
 /// A complete page with the headers every page carries: no framing (clickjacking of the
 /// consent page), nothing loaded from elsewhere, no caching of the per-session CSRF token.
-pub(super) fn page(
-    status: StatusCode,
-    title: &str,
-    body: &str,
-    set_cookie: Option<String>,
-) -> Response {
+pub(super) fn page(status: StatusCode, title: &str, body: &str, set_cookie: Option<String>) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -88,12 +83,7 @@ fn hidden(request: &str, csrf: &str) -> String {
 
 pub(super) fn login(client_id: &str, request: &str, csrf: &str, error: Option<&str>) -> String {
     let error = error
-        .map(|e| {
-            format!(
-                "<p class=\"error\" id=\"username-error\" role=\"alert\">{}</p>",
-                esc(e)
-            )
-        })
+        .map(|e| format!("<p class=\"error\" id=\"username-error\" role=\"alert\">{}</p>", esc(e)))
         .unwrap_or_default();
     format!(
         "<h1>Sign in to the demo provider</h1>\
@@ -109,17 +99,8 @@ pub(super) fn login(client_id: &str, request: &str, csrf: &str, error: Option<&s
     )
 }
 
-pub(super) fn consent(
-    client_id: &str,
-    user: &str,
-    scopes: &[String],
-    request: &str,
-    csrf: &str,
-) -> String {
-    let items: String = scopes
-        .iter()
-        .map(|s| format!("<li>{}</li>", esc(s)))
-        .collect();
+pub(super) fn consent(client_id: &str, user: &str, scopes: &[String], request: &str, csrf: &str) -> String {
+    let items: String = scopes.iter().map(|s| format!("<li>{}</li>", esc(s))).collect();
     format!(
         "<h1>Allow access?</h1>\
          <p>Signed in as <strong>{user}</strong>.</p>\

@@ -76,10 +76,7 @@ impl ClientRegistration {
         Self {
             client_id: "pipes-demo".to_owned(),
             client_secret: state::random_token("demo_cs_"),
-            redirect_uris: vec![format!(
-                "{}/data-integrations/demo/callback",
-                public_url.trim_end_matches('/')
-            )],
+            redirect_uris: vec![format!("{}/data-integrations/demo/callback", public_url.trim_end_matches('/'))],
             auth_method: ClientAuthMethod::Basic,
         }
     }
@@ -190,25 +187,19 @@ pub struct DemoProvider {
 
 impl std::fmt::Debug for DemoProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DemoProvider")
-            .field("base_url", &self.lock().base_url)
-            .finish_non_exhaustive()
+        f.debug_struct("DemoProvider").field("base_url", &self.lock().base_url).finish_non_exhaustive()
     }
 }
 
 impl DemoProvider {
     pub fn new(config: DemoConfig) -> Self {
-        Self {
-            state: Arc::new(Mutex::new(State::new(config))),
-        }
+        Self { state: Arc::new(Mutex::new(State::new(config))) }
     }
 
     /// Binds `127.0.0.1:0`, serves the router in a background task and returns the handle with
     /// `base_url` set to `http://127.0.0.1:<port>`.
     pub async fn spawn(config: DemoConfig) -> Result<(Self, SocketAddr), DemoError> {
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .map_err(DemoError::Bind)?;
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.map_err(DemoError::Bind)?;
         let addr = listener.local_addr().map_err(DemoError::Bind)?;
         let provider = Self::new(config);
         provider.lock().base_url = format!("http://{addr}");
@@ -246,12 +237,7 @@ impl DemoProvider {
 
     /// Creates a grant directly, as if `user` had consented to `scopes` (tests seed imported
     /// accounts with it). Follows the current shape and access-token lifetime.
-    pub fn issue_grant(
-        &self,
-        client_id: &str,
-        user: &str,
-        scopes: &[&str],
-    ) -> Result<IssuedTokens, DemoError> {
+    pub fn issue_grant(&self, client_id: &str, user: &str, scopes: &[&str]) -> Result<IssuedTokens, DemoError> {
         let mut state = self.lock();
         if state.client(client_id).is_none() {
             return Err(DemoError::UnknownClient);

@@ -133,8 +133,7 @@ impl State {
     }
 
     pub(super) fn register(&mut self, registration: ClientRegistration) {
-        self.clients
-            .insert(registration.client_id.clone(), registration);
+        self.clients.insert(registration.client_id.clone(), registration);
     }
 
     pub(super) fn client(&self, client_id: &str) -> Option<&ClientRegistration> {
@@ -148,17 +147,12 @@ impl State {
         secret: &str,
         method: ClientAuthMethod,
     ) -> Result<(), TokenError> {
-        let client = self
-            .clients
-            .get(client_id)
-            .ok_or(TokenError::InvalidClient("unknown client"))?;
+        let client = self.clients.get(client_id).ok_or(TokenError::InvalidClient("unknown client"))?;
         if !ct_eq(&client.client_secret, secret) {
             return Err(TokenError::InvalidClient("client authentication failed"));
         }
         if client.auth_method != method {
-            return Err(TokenError::InvalidClient(
-                "client authentication method not allowed for this client",
-            ));
+            return Err(TokenError::InvalidClient("client authentication method not allowed for this client"));
         }
         Ok(())
     }
@@ -192,18 +186,13 @@ impl State {
         verifier: Option<&str>,
     ) -> Result<Issued, TokenError> {
         let now = self.now();
-        let entry = self
-            .codes
-            .get_mut(code)
-            .ok_or(TokenError::InvalidCode("unknown authorization code"))?;
+        let entry = self.codes.get_mut(code).ok_or(TokenError::InvalidCode("unknown authorization code"))?;
         if entry.client_id != client_id {
             return Err(TokenError::InvalidCode("code was issued to another client"));
         }
         match entry.status {
             CodeStatus::Fresh => {}
-            CodeStatus::Burnt => {
-                return Err(TokenError::InvalidCode("authorization code already used"))
-            }
+            CodeStatus::Burnt => return Err(TokenError::InvalidCode("authorization code already used")),
             CodeStatus::Redeemed(grant) => {
                 // §4.1.2: a replayed code revokes what was issued from it.
                 self.revoke(grant);
@@ -215,9 +204,7 @@ impl State {
             return Err(TokenError::InvalidCode("authorization code expired"));
         }
         if redirect_uri != Some(entry.redirect_uri.as_str()) {
-            return Err(TokenError::InvalidCode(
-                "redirect_uri does not match the authorization request",
-            ));
+            return Err(TokenError::InvalidCode("redirect_uri does not match the authorization request"));
         }
         match (&entry.challenge, verifier) {
             (None, None) => {}
@@ -226,9 +213,7 @@ impl State {
             (None, Some(_)) => return Err(TokenError::InvalidCode("no code_challenge was sent")),
             (Some(challenge), Some(verifier)) => {
                 let well_formed = (43..=128).contains(&verifier.len())
-                    && verifier
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+                    && verifier.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
                 let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
                 if !well_formed || !ct_eq(&computed, challenge) {
                     return Err(TokenError::InvalidCode("code_verifier does not match"));
@@ -246,25 +231,12 @@ impl State {
     }
 
     /// RFC 6749 §6 with rotation; reuse of a rotated token revokes the whole grant.
-    pub(super) fn refresh(
-        &mut self,
-        client_id: &str,
-        token: &str,
-        scope: Option<&str>,
-    ) -> Result<Issued, TokenError> {
-        let rt = self
-            .refresh
-            .get(token)
-            .ok_or(TokenError::InvalidRefreshToken("unknown refresh token"))?;
+    pub(super) fn refresh(&mut self, client_id: &str, token: &str, scope: Option<&str>) -> Result<Issued, TokenError> {
+        let rt = self.refresh.get(token).ok_or(TokenError::InvalidRefreshToken("unknown refresh token"))?;
         let (grant_id, used) = (rt.grant, rt.used);
-        let grant = self
-            .grants
-            .get(&grant_id)
-            .ok_or(TokenError::InvalidRefreshToken("unknown refresh token"))?;
+        let grant = self.grants.get(&grant_id).ok_or(TokenError::InvalidRefreshToken("unknown refresh token"))?;
         if grant.client_id != client_id {
-            return Err(TokenError::InvalidRefreshToken(
-                "refresh token was issued to another client",
-            ));
+            return Err(TokenError::InvalidRefreshToken("refresh token was issued to another client"));
         }
         if grant.revoked {
             return Err(TokenError::InvalidRefreshToken("grant revoked"));
@@ -272,16 +244,13 @@ impl State {
         if used {
             self.revoke(grant_id);
             self.stats.reuse_detected += 1;
-            return Err(TokenError::InvalidRefreshToken(
-                "refresh token already used; the grant is revoked",
-            ));
+            return Err(TokenError::InvalidRefreshToken("refresh token already used; the grant is revoked"));
         }
         // §6: a narrower scope may be asked for, never a wider one.
         let scopes = match scope {
             None => grant.scopes.clone(),
             Some(requested) => {
-                let requested: Vec<String> =
-                    requested.split_whitespace().map(str::to_owned).collect();
+                let requested: Vec<String> = requested.split_whitespace().map(str::to_owned).collect();
                 if requested.iter().any(|s| !grant.scopes.contains(s)) {
                     return Err(TokenError::InvalidScope("scope exceeds the original grant"));
                 }
@@ -300,13 +269,7 @@ impl State {
             None
         };
         self.stats.refreshes += 1;
-        Ok(Issued {
-            access_token,
-            refresh_token,
-            expires_in,
-            scopes,
-            user,
-        })
+        Ok(Issued { access_token, refresh_token, expires_in, scopes, user })
     }
 
     pub(super) fn new_grant(&mut self, client_id: &str, user: &str, scopes: Vec<String>) -> Issued {
@@ -325,29 +288,22 @@ impl State {
         );
         let (access_token, expires_in) = self.mint_access(id);
         let refresh_token = (self.shape != Shape::NonExpiring).then(|| self.mint_refresh(id));
-        Issued {
-            access_token,
-            refresh_token,
-            expires_in,
-            scopes,
-            user: user.to_owned(),
-        }
+        Issued { access_token, refresh_token, expires_in, scopes, user: user.to_owned() }
     }
 
     fn mint_access(&mut self, grant: u64) -> (String, Option<u64>) {
         let token = random_token("demo_at_");
         let ttl = (self.shape != Shape::NonExpiring).then(|| self.pick_ttl());
         let expires_at = ttl.map(|ttl| self.now() + ttl);
-        self.access
-            .insert(token.clone(), Access { grant, expires_at });
+        self.access.insert(token.clone(), Access { grant, expires_at });
         (token, ttl.map(|ttl| ttl.as_secs()))
     }
 
     fn pick_ttl(&self) -> Duration {
         match self.access_ttl_max {
-            Some(max) if max.as_secs() > self.access_ttl.as_secs() => Duration::from_secs(
-                rand::thread_rng().gen_range(self.access_ttl.as_secs()..=max.as_secs()),
-            ),
+            Some(max) if max.as_secs() > self.access_ttl.as_secs() => {
+                Duration::from_secs(rand::thread_rng().gen_range(self.access_ttl.as_secs()..=max.as_secs()))
+            }
             _ => self.access_ttl,
         }
     }
@@ -362,8 +318,7 @@ impl State {
 
     fn mint_refresh(&mut self, grant: u64) -> String {
         let token = random_token("demo_rt_");
-        self.refresh
-            .insert(token.clone(), Refresh { grant, used: false });
+        self.refresh.insert(token.clone(), Refresh { grant, used: false });
         token
     }
 
@@ -390,21 +345,14 @@ impl State {
     /// RFC 7009 §2.1: only the client the token was issued to may revoke it.
     pub(super) fn revoke_token_of_client(&mut self, client_id: &str, token: &str) {
         if let Some(grant) = self.grant_of_token(token) {
-            if self
-                .grants
-                .get(&grant)
-                .is_some_and(|g| g.client_id == client_id)
-            {
+            if self.grants.get(&grant).is_some_and(|g| g.client_id == client_id) {
                 self.revoke_on_request(grant);
             }
         }
     }
 
     pub(super) fn grant_of_token(&self, token: &str) -> Option<u64> {
-        self.access
-            .get(token)
-            .map(|a| a.grant)
-            .or_else(|| self.refresh.get(token).map(|r| r.grant))
+        self.access.get(token).map(|a| a.grant).or_else(|| self.refresh.get(token).map(|r| r.grant))
     }
 
     /// The grant of a usable access token: unexpired and its grant alive.
@@ -417,25 +365,16 @@ impl State {
     }
 
     pub(super) fn refresh_usable(&self, token: &str) -> bool {
-        self.refresh
-            .get(token)
-            .is_some_and(|r| !r.used && self.grants.get(&r.grant).is_some_and(|g| !g.revoked))
+        self.refresh.get(token).is_some_and(|r| !r.used && self.grants.get(&r.grant).is_some_and(|g| !g.revoked))
     }
 
     pub(super) fn live_grants(&self) -> impl Iterator<Item = (u64, &Grant)> {
-        self.grants
-            .iter()
-            .filter(|(_, g)| !g.revoked)
-            .map(|(id, g)| (*id, g))
+        self.grants.iter().filter(|(_, g)| !g.revoked).map(|(id, g)| (*id, g))
     }
 
     pub(super) fn stats(&self) -> Stats {
         let revoked = self.grants.values().filter(|g| g.revoked).count() as u64;
-        Stats {
-            grants_alive: self.grants.len() as u64 - revoked,
-            grants_revoked: revoked,
-            ..self.stats
-        }
+        Stats { grants_alive: self.grants.len() as u64 - revoked, grants_revoked: revoked, ..self.stats }
     }
 
     pub(super) fn revoke_grant_by_id(&mut self, id: u64) -> bool {

@@ -16,11 +16,7 @@ use super::error::TokenError;
 use super::state::Issued;
 use super::{ClientAuthMethod, DemoProvider, Fault, Shape};
 
-pub(super) async fn token(
-    State(provider): State<DemoProvider>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub(super) async fn token(State(provider): State<DemoProvider>, headers: HeaderMap, body: Bytes) -> Response {
     let (fault, shape) = {
         let mut state = provider.lock();
         state.stats.token_requests += 1;
@@ -35,14 +31,11 @@ pub(super) async fn token(
     let mut state = provider.lock();
     let shape = state.shape;
     let result = parse_form(&headers, &body).and_then(|form| {
-        let client_id = authenticate_client(&headers, &form, |id, secret, method| {
-            state.authenticate(id, secret, method)
-        })?;
+        let client_id =
+            authenticate_client(&headers, &form, |id, secret, method| state.authenticate(id, secret, method))?;
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => {
-                let code = form
-                    .get("code")
-                    .ok_or(TokenError::InvalidRequest("code is required"))?;
+                let code = form.get("code").ok_or(TokenError::InvalidRequest("code is required"))?;
                 state.exchange_code(
                     &client_id,
                     code,
@@ -51,9 +44,7 @@ pub(super) async fn token(
                 )
             }
             Some("refresh_token") => {
-                let token = form
-                    .get("refresh_token")
-                    .ok_or(TokenError::InvalidRequest("refresh_token is required"))?;
+                let token = form.get("refresh_token").ok_or(TokenError::InvalidRequest("refresh_token is required"))?;
                 state.refresh(&client_id, token, form.get("scope").map(String::as_str))
             }
             Some(_) => Err(TokenError::UnsupportedGrantType),
@@ -71,19 +62,12 @@ pub(super) async fn token(
 }
 
 /// RFC 7009 §2: 200 whether or not the token was known, once the client is authenticated.
-pub(super) async fn revoke(
-    State(provider): State<DemoProvider>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub(super) async fn revoke(State(provider): State<DemoProvider>, headers: HeaderMap, body: Bytes) -> Response {
     let mut state = provider.lock();
     let result = parse_form(&headers, &body).and_then(|form| {
-        let client_id = authenticate_client(&headers, &form, |id, secret, method| {
-            state.authenticate(id, secret, method)
-        })?;
-        let token = form
-            .get("token")
-            .ok_or(TokenError::InvalidRequest("token is required"))?;
+        let client_id =
+            authenticate_client(&headers, &form, |id, secret, method| state.authenticate(id, secret, method))?;
+        let token = form.get("token").ok_or(TokenError::InvalidRequest("token is required"))?;
         state.revoke_token_of_client(&client_id, token);
         Ok(())
     });
@@ -121,9 +105,7 @@ fn parse_form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     if !form_type {
-        return Err(TokenError::InvalidRequest(
-            "body must be application/x-www-form-urlencoded",
-        ));
+        return Err(TokenError::InvalidRequest("body must be application/x-www-form-urlencoded"));
     }
     let mut form = HashMap::new();
     for (key, value) in url::form_urlencoded::parse(body) {
@@ -143,15 +125,11 @@ fn authenticate_client(
     let (client_id, secret, method) = match headers.get(header::AUTHORIZATION) {
         Some(value) => {
             if form.contains_key("client_secret") {
-                return Err(TokenError::InvalidRequest(
-                    "more than one client authentication method used",
-                ));
+                return Err(TokenError::InvalidRequest("more than one client authentication method used"));
             }
             let (id, secret) = basic_credentials(value)?;
             if form.get("client_id").is_some_and(|body_id| *body_id != id) {
-                return Err(TokenError::InvalidClient(
-                    "client_id does not match the Authorization header",
-                ));
+                return Err(TokenError::InvalidClient("client_id does not match the Authorization header"));
             }
             (id, secret, ClientAuthMethod::Basic)
         }
@@ -170,9 +148,7 @@ fn basic_credentials(value: &HeaderValue) -> Result<(String, String), TokenError
     let value = value.to_str().map_err(|_| MALFORMED)?;
     let (scheme, encoded) = value.split_once(' ').ok_or(MALFORMED)?;
     if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(TokenError::InvalidClient(
-            "unsupported authentication scheme",
-        ));
+        return Err(TokenError::InvalidClient("unsupported authentication scheme"));
     }
     let decoded = STANDARD.decode(encoded.trim()).map_err(|_| MALFORMED)?;
     let decoded = String::from_utf8(decoded).map_err(|_| MALFORMED)?;
@@ -187,10 +163,7 @@ fn percent_decode(input: &str) -> String {
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
         match bytes[i] {
-            b'%' => match (
-                bytes.get(i + 1).and_then(|b| hex(*b)),
-                bytes.get(i + 2).and_then(|b| hex(*b)),
-            ) {
+            b'%' => match (bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b))) {
                 (Some(h), Some(l)) => {
                     out.push((h * 16 + l) as u8);
                     i += 3;
@@ -214,10 +187,7 @@ fn percent_decode(input: &str) -> String {
 }
 
 /// §5.1: token responses must not be cached.
-const NO_STORE: [(header::HeaderName, &str); 2] = [
-    (header::CACHE_CONTROL, "no-store"),
-    (header::PRAGMA, "no-cache"),
-];
+const NO_STORE: [(header::HeaderName, &str); 2] = [(header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")];
 
 fn success_response(issued: Issued, shape: Shape) -> Response {
     let body = match shape {
@@ -272,23 +242,15 @@ fn error_response(error: &TokenError, shape: Shape) -> Response {
 }
 
 fn slack_error(code: &str) -> Response {
-    (
-        StatusCode::OK,
-        NO_STORE,
-        Json(json!({"ok": false, "error": code})),
-    )
-        .into_response()
+    (StatusCode::OK, NO_STORE, Json(json!({"ok": false, "error": code}))).into_response()
 }
 
 fn fault_response(fault: Fault, shape: Shape) -> Response {
     match fault {
         Fault::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let error = if status == StatusCode::SERVICE_UNAVAILABLE {
-                "temporarily_unavailable"
-            } else {
-                "server_error"
-            };
+            let error =
+                if status == StatusCode::SERVICE_UNAVAILABLE { "temporarily_unavailable" } else { "server_error" };
             let body = json!({"error": error, "error_description": format!("injected HTTP {}", status.as_u16())});
             (status, NO_STORE, Json(body)).into_response()
         }
@@ -299,21 +261,10 @@ fn fault_response(fault: Fault, shape: Shape) -> Response {
                 json!({"error": "rate_limited", "error_description": "too many requests"})
             };
             let retry_after = [(header::RETRY_AFTER, retry_after_secs.to_string())];
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                NO_STORE,
-                retry_after,
-                Json(body),
-            )
-                .into_response()
+            (StatusCode::TOO_MANY_REQUESTS, NO_STORE, retry_after, Json(body)).into_response()
         }
-        Fault::InvalidGrant => error_response(
-            &TokenError::InvalidRefreshToken("injected invalid_grant"),
-            shape,
-        ),
-        Fault::InvalidClient => {
-            error_response(&TokenError::InvalidClient("injected invalid_client"), shape)
-        }
+        Fault::InvalidGrant => error_response(&TokenError::InvalidRefreshToken("injected invalid_grant"), shape),
+        Fault::InvalidClient => error_response(&TokenError::InvalidClient("injected invalid_client"), shape),
         Fault::SlackError(code) => slack_error(&code),
         // Handled by the caller before any state is touched.
         Fault::Delay(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),

@@ -34,11 +34,7 @@ pub enum CatalogError {
     #[error("provider `{provider}` needs the config parameter `{param}`")]
     MissingParam { provider: String, param: String },
     #[error("config parameter `{param}` of provider `{provider}` is invalid: {reason}")]
-    InvalidParam {
-        provider: String,
-        param: String,
-        reason: &'static str,
-    },
+    InvalidParam { provider: String, param: String, reason: &'static str },
     #[error("provider `{provider}`: `{template}` does not resolve to an https URL on the provider's host")]
     InvalidUrl { provider: String, template: String },
 }
@@ -134,10 +130,8 @@ pub struct ResolvedUrls {
 impl ProviderSpec {
     /// Every URL template with its role, for checks that treat them alike.
     fn url_templates(&self) -> Vec<(&'static str, &str)> {
-        let mut urls = vec![
-            ("authorization_url", self.authorization_url.as_str()),
-            ("token_url", self.token_url.as_str()),
-        ];
+        let mut urls =
+            vec![("authorization_url", self.authorization_url.as_str()), ("token_url", self.token_url.as_str())];
         if let Some(url) = &self.refresh_token_url {
             urls.push(("refresh_token_url", url));
         }
@@ -152,26 +146,16 @@ impl ProviderSpec {
     /// A value must be a hostname-safe string, and a single DNS label where it
     /// lands in the host, so `{subdomain}.zendesk.com` can only ever name a
     /// Zendesk host. Extra entries in `params` are ignored.
-    pub fn resolve_urls(
-        &self,
-        params: &BTreeMap<String, String>,
-    ) -> Result<ResolvedUrls, CatalogError> {
+    pub fn resolve_urls(&self, params: &BTreeMap<String, String>) -> Result<ResolvedUrls, CatalogError> {
         for param in &self.config_params {
             let value = params
                 .get(param)
-                .ok_or_else(|| CatalogError::MissingParam {
-                    provider: self.slug.clone(),
-                    param: param.clone(),
-                })?;
+                .ok_or_else(|| CatalogError::MissingParam { provider: self.slug.clone(), param: param.clone() })?;
             let in_host = self
                 .url_templates()
                 .iter()
                 .any(|(_, template)| template_host(template).contains(&format!("{{{param}}}")));
-            let check = if in_host {
-                check_dns_label(value)
-            } else {
-                check_hostname(value)
-            };
+            let check = if in_host { check_dns_label(value) } else { check_hostname(value) };
             check.map_err(|reason| CatalogError::InvalidParam {
                 provider: self.slug.clone(),
                 param: param.clone(),
@@ -191,15 +175,8 @@ impl ProviderSpec {
         })
     }
 
-    fn resolve_one(
-        &self,
-        template: &str,
-        params: &BTreeMap<String, String>,
-    ) -> Result<Url, CatalogError> {
-        let invalid = || CatalogError::InvalidUrl {
-            provider: self.slug.clone(),
-            template: template.to_owned(),
-        };
+    fn resolve_one(&self, template: &str, params: &BTreeMap<String, String>) -> Result<Url, CatalogError> {
+        let invalid = || CatalogError::InvalidUrl { provider: self.slug.clone(), template: template.to_owned() };
         let mut filled = template.to_owned();
         for param in &self.config_params {
             if let Some(value) = params.get(param) {
@@ -241,8 +218,7 @@ impl ProviderSpec {
 
     /// Whether a token endpoint error code means the client credentials are wrong.
     pub fn is_invalid_client(&self, code: &str) -> bool {
-        matches!(code, "invalid_client" | "unauthorized_client")
-            || self.invalid_client_errors.iter().any(|c| c == code)
+        matches!(code, "invalid_client" | "unauthorized_client") || self.invalid_client_errors.iter().any(|c| c == code)
     }
 }
 
@@ -298,9 +274,7 @@ impl Catalog {
 
 /// The authority part of a URL template (between `https://` and the path).
 fn template_host(template: &str) -> &str {
-    let rest = template
-        .split_once("://")
-        .map_or(template, |(_, rest)| rest);
+    let rest = template.split_once("://").map_or(template, |(_, rest)| rest);
     rest.split(['/', '?', '#']).next().unwrap_or(rest)
 }
 

@@ -87,7 +87,11 @@ pub async fn request_token(
         client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
     }
     let captured: Arc<Mutex<Option<Result<RawResponse, TokenError>>>> = Arc::default();
-    let sender = Sender { http: http.clone(), json_body: spec.token_body_content_type == BodyContentType::Json, captured: captured.clone() };
+    let sender = Sender {
+        http: http.clone(),
+        json_body: spec.token_body_content_type == BodyContentType::Json,
+        captured: captured.clone(),
+    };
     // oauth2's own parse of the body is ignored: the raw answer is read below,
     // with the provider's quirks (Slack envelopes, string expiries, errors in 200s).
     let _ = match grant {
@@ -183,7 +187,8 @@ impl Sender {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let content_type =
+            response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = response.bytes().await.map_err(|e| TokenError::Transient {
             reason: if e.is_timeout() { "timeout".into() } else { "connection_error".into() },
             retry_after: None,
@@ -195,7 +200,13 @@ impl Sender {
 }
 
 /// Revokes a token at the provider (RFC 7009). Failures are reported, not fatal.
-pub async fn revoke(http: &reqwest::Client, integration: &Integration, spec: &ProviderSpec, token: &Secret, hint: &str) -> Result<(), String> {
+pub async fn revoke(
+    http: &reqwest::Client,
+    integration: &Integration,
+    spec: &ProviderSpec,
+    token: &Secret,
+    hint: &str,
+) -> Result<(), String> {
     let urls = integration.urls().map_err(|e| e.to_string())?;
     let Some(url) = urls.revocation_url else { return Ok(()) };
     let mut form = vec![("token", token.expose().to_owned()), ("token_type_hint", hint.to_owned())];
@@ -213,7 +224,8 @@ pub async fn revoke(http: &reqwest::Client, integration: &Integration, spec: &Pr
             }
         }
     }
-    let response = request.form(&form).send().await.map_err(|e| format!("revocation request failed: {}", e.without_url()))?;
+    let response =
+        request.form(&form).send().await.map_err(|e| format!("revocation request failed: {}", e.without_url()))?;
     if response.status().is_success() {
         Ok(())
     } else {

@@ -98,7 +98,10 @@ fn scopes(v: &Value, separator: &str) -> Option<Vec<String>> {
 fn error_code(v: &Value) -> Option<String> {
     text(v, "error").or_else(|| {
         // HubSpot answers `{"status": "BAD_REFRESH_TOKEN", "message": …}`.
-        v.get("status").and_then(Value::as_str).filter(|s| s.chars().all(|c| c.is_ascii_uppercase() || c == '_')).map(str::to_owned)
+        v.get("status")
+            .and_then(Value::as_str)
+            .filter(|s| s.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+            .map(str::to_owned)
     })
 }
 
@@ -114,20 +117,25 @@ pub fn classify(spec: &ProviderSpec, raw: &RawResponse) -> Result<TokenGrant, To
     }
     let json: Option<Value> = serde_json::from_slice(&raw.body).ok().or_else(|| {
         // A few providers still answer form-encoded (RFC 6749 predates JSON everywhere).
-        let pairs: serde_json::Map<String, Value> = form_urlencoded::parse(&raw.body)
-            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-            .collect();
-        (!pairs.is_empty() && pairs.contains_key("access_token") || pairs.contains_key("error")).then_some(Value::Object(pairs))
+        let pairs: serde_json::Map<String, Value> =
+            form_urlencoded::parse(&raw.body).map(|(k, v)| (k.into_owned(), Value::String(v.into_owned()))).collect();
+        (!pairs.is_empty() && pairs.contains_key("access_token") || pairs.contains_key("error"))
+            .then_some(Value::Object(pairs))
     });
     let Some(json) = json else {
         return Err(match status {
             401 => TokenError::InvalidClient { code: "http_401".into(), description: None },
-            200..=299 => TokenError::Transient { reason: "unreadable_response".into(), retry_after: None, status: Some(status) },
+            200..=299 => {
+                TokenError::Transient { reason: "unreadable_response".into(), retry_after: None, status: Some(status) }
+            }
             _ => TokenError::Rejected { code: format!("http_{status}"), description: None, status },
         });
     };
-    let envelope_failed = spec.token_response == TokenResponseShape::Slack && json.get("ok") == Some(&Value::Bool(false));
-    if let Some(code) = error_code(&json).filter(|_| envelope_failed || json.get("access_token").is_none() || status >= 400) {
+    let envelope_failed =
+        spec.token_response == TokenResponseShape::Slack && json.get("ok") == Some(&Value::Bool(false));
+    if let Some(code) =
+        error_code(&json).filter(|_| envelope_failed || json.get("access_token").is_none() || status >= 400)
+    {
         let description = text(&json, "error_description").or_else(|| text(&json, "message"));
         return Err(if spec.is_invalid_grant(&code) {
             TokenError::InvalidGrant { code, description }
@@ -147,11 +155,17 @@ pub fn classify(spec: &ProviderSpec, raw: &RawResponse) -> Result<TokenGrant, To
     }
     // Slack user tokens sit under `authed_user`; a bot token may sit at the top.
     let body = match spec.token_response {
-        TokenResponseShape::Slack => json.get("authed_user").filter(|u| u.get("access_token").is_some()).unwrap_or(&json),
+        TokenResponseShape::Slack => {
+            json.get("authed_user").filter(|u| u.get("access_token").is_some()).unwrap_or(&json)
+        }
         TokenResponseShape::Standard => &json,
     };
     let Some(access_token) = text(body, "access_token") else {
-        return Err(TokenError::Transient { reason: "no_access_token".into(), retry_after: None, status: Some(status) });
+        return Err(TokenError::Transient {
+            reason: "no_access_token".into(),
+            retry_after: None,
+            status: Some(status),
+        });
     };
     Ok(TokenGrant {
         access_token: Secret::new(access_token),

@@ -40,7 +40,11 @@ impl Checker {
     }
 
     pub(super) fn finish<T>(self, value: T) -> Result<T, Vec<FieldError>> {
-        if self.errors.is_empty() { Ok(value) } else { Err(self.errors) }
+        if self.errors.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.errors)
+        }
     }
 
     /// A slug: 1-64 of lowercase letters, digits, `-` and `_`, starting with a letter or digit.
@@ -53,7 +57,11 @@ impl Checker {
             && value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
             && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
         if !ok {
-            self.push(field, "invalid", "A slug is 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit.");
+            self.push(
+                field,
+                "invalid",
+                "A slug is 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit.",
+            );
             return None;
         }
         Some(value.to_owned())
@@ -111,12 +119,18 @@ impl Checker {
     }
 
     /// Merges `input` over `current` (update) or defaults (create) and checks the result.
-    pub(super) fn custom_provider(&mut self, input: &CustomProviderInput, current: Option<&CustomProvider>) -> Option<CustomProvider> {
+    pub(super) fn custom_provider(
+        &mut self,
+        input: &CustomProviderInput,
+        current: Option<&CustomProvider>,
+    ) -> Option<CustomProvider> {
         let f = |name: &str| format!("custom_provider.{name}");
         let name = input.name.clone().or_else(|| current.map(|c| c.name.clone())).unwrap_or_default();
         self.text(&f("name"), &name, 200);
-        let authorization_url =
-            self.required_url(&f("authorization_url"), input.authorization_url.as_ref().or(current.map(|c| &c.authorization_url)));
+        let authorization_url = self.required_url(
+            &f("authorization_url"),
+            input.authorization_url.as_ref().or(current.map(|c| &c.authorization_url)),
+        );
         let token_url = self.required_url(&f("token_url"), input.token_url.as_ref().or(current.map(|c| &c.token_url)));
         let mut optional_url = |name: &str, new: &Option<String>, old: Option<&Option<String>>| {
             // An empty string clears an optional endpoint.
@@ -130,15 +144,24 @@ impl Checker {
             }
             value
         };
-        let refresh_token_url = optional_url("refresh_token_url", &input.refresh_token_url, current.map(|c| &c.refresh_token_url));
+        let refresh_token_url =
+            optional_url("refresh_token_url", &input.refresh_token_url, current.map(|c| &c.refresh_token_url));
         let revocation_url = optional_url("revocation_url", &input.revocation_url, current.map(|c| &c.revocation_url));
-        let separator = input.request_scope_separator.clone().or_else(|| current.map(|c| c.request_scope_separator.clone())).unwrap_or_else(|| " ".into());
+        let separator = input
+            .request_scope_separator
+            .clone()
+            .or_else(|| current.map(|c| c.request_scope_separator.clone()))
+            .unwrap_or_else(|| " ".into());
         if !SCOPE_SEPARATORS.contains(&separator.as_str()) {
             self.push(&f("request_scope_separator"), "invalid", "Use \" \", \",\" or \"+\".");
         }
         let token_body_content_type = match &input.token_body_content_type {
             Some(v) => parse_content_type(v).unwrap_or_else(|| {
-                self.push(&f("token_body_content_type"), "invalid", "Use form (application/x-www-form-urlencoded) or json (application/json).");
+                self.push(
+                    &f("token_body_content_type"),
+                    "invalid",
+                    "Use form (application/x-www-form-urlencoded) or json (application/json).",
+                );
                 BodyContentType::Form
             }),
             None => current.map_or(BodyContentType::Form, |c| c.token_body_content_type),
@@ -157,7 +180,11 @@ impl Checker {
             .unwrap_or_default();
         for key in params.keys() {
             if key.trim().is_empty() || RESERVED_PARAMS.contains(&key.as_str()) {
-                self.push(&f(&format!("additional_authorization_parameters.{key}")), "not_allowed", "Pipes sets this parameter itself.");
+                self.push(
+                    &f(&format!("additional_authorization_parameters.{key}")),
+                    "not_allowed",
+                    "Pipes sets this parameter itself.",
+                );
             }
         }
         Some(CustomProvider {
@@ -170,7 +197,10 @@ impl Checker {
             pkce_enabled: input.pkce_enabled.or(current.map(|c| c.pkce_enabled)).unwrap_or(true),
             request_scope_separator: separator,
             scopes_required: input.scopes_required.or(current.map(|c| c.scopes_required)).unwrap_or(false),
-            client_secret_required: input.client_secret_required.or(current.map(|c| c.client_secret_required)).unwrap_or(true),
+            client_secret_required: input
+                .client_secret_required
+                .or(current.map(|c| c.client_secret_required))
+                .unwrap_or(true),
             additional_authorization_parameters: params,
             token_body_content_type,
             authenticate_via,
@@ -185,7 +215,11 @@ impl Checker {
     ) -> (Option<String>, Option<Secret>) {
         if let Some(kind) = input.kind.as_deref() {
             if kind != "custom" {
-                self.push("credentials.type", "unsupported", "Only `custom` credentials (your own OAuth client) are supported.");
+                self.push(
+                    "credentials.type",
+                    "unsupported",
+                    "Only `custom` credentials (your own OAuth client) are supported.",
+                );
             }
         }
         let client_id = input.client_id.clone().or_else(|| current.map(|(id, _)| id.clone()));
@@ -221,9 +255,14 @@ impl Checker {
             self.push("scopes", "invalid", format!("At most {MAX_SCOPES} scopes."));
         }
         for (i, scope) in d.scopes.iter().enumerate() {
-            let bad_char = |c: char| c.is_whitespace() || c.is_control() || c == '"' || c == '\\' || separator.contains(c);
+            let bad_char =
+                |c: char| c.is_whitespace() || c.is_control() || c == '"' || c == '\\' || separator.contains(c);
             if scope.is_empty() || scope.len() > MAX_SCOPE_LEN || scope.chars().any(bad_char) {
-                self.push(&format!("scopes[{i}]"), "invalid", "A scope is 1-200 characters without spaces, quotes or the provider's separator.");
+                self.push(
+                    &format!("scopes[{i}]"),
+                    "invalid",
+                    "A scope is 1-200 characters without spaces, quotes or the provider's separator.",
+                );
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -239,21 +278,29 @@ impl Checker {
             Some(spec) => {
                 for key in d.settings.keys() {
                     if !spec.config_params.contains(key) {
-                        self.push(&format!("config.{key}"), "unknown", format!("{} takes no config `{key}`.", spec.name));
+                        self.push(
+                            &format!("config.{key}"),
+                            "unknown",
+                            format!("{} takes no config `{key}`.", spec.name),
+                        );
                     }
                 }
                 match spec.resolve_urls(&d.settings) {
                     Ok(_) => {}
-                    Err(CatalogError::MissingParam { param, .. }) => {
-                        self.push(&format!("config.{param}"), "required", format!("{} needs config `{param}`.", spec.name))
-                    }
+                    Err(CatalogError::MissingParam { param, .. }) => self.push(
+                        &format!("config.{param}"),
+                        "required",
+                        format!("{} needs config `{param}`.", spec.name),
+                    ),
                     Err(CatalogError::InvalidParam { param, reason, .. }) => {
                         self.push(&format!("config.{param}"), "invalid", format!("config `{param}` {reason}."))
                     }
                     Err(e) => self.push("config", "invalid", e.to_string()),
                 }
             }
-            None if !d.settings.is_empty() => self.push("config", "not_allowed", "Custom providers take no config values."),
+            None if !d.settings.is_empty() => {
+                self.push("config", "not_allowed", "Custom providers take no config values.")
+            }
             None => {}
         }
     }

@@ -143,11 +143,19 @@ pub fn validate_create(input: CreateIntegration) -> Result<IntegrationDraft, Vec
     let catalog = slug.as_deref().and_then(|s| Catalog::builtin().get(s));
     let custom = match (&input.custom_provider, catalog, &slug) {
         (Some(_), Some(_), _) => {
-            c.push("custom_provider", "not_allowed", "This slug is a catalog provider; omit custom_provider (or pick another slug).");
+            c.push(
+                "custom_provider",
+                "not_allowed",
+                "This slug is a catalog provider; omit custom_provider (or pick another slug).",
+            );
             None
         }
         (None, None, Some(_)) => {
-            c.push("custom_provider", "required", "This slug is not in the catalog; describe the provider in custom_provider.");
+            c.push(
+                "custom_provider",
+                "required",
+                "This slug is not in the catalog; describe the provider in custom_provider.",
+            );
             None
         }
         (Some(cp), None, _) => c.custom_provider(cp, None),
@@ -186,7 +194,11 @@ pub fn validate_update(existing: &Integration, input: UpdateIntegration) -> Resu
     let catalog = if existing.custom_provider.is_none() { Catalog::builtin().get(&existing.provider) } else { None };
     let custom = match (&input.custom_provider, &existing.custom_provider) {
         (Some(_), None) => {
-            c.push("custom_provider", "not_allowed", "This integration uses a catalog provider; it has no custom_provider.");
+            c.push(
+                "custom_provider",
+                "not_allowed",
+                "This integration uses a catalog provider; it has no custom_provider.",
+            );
             None
         }
         (Some(cp), Some(current)) => c.custom_provider(cp, Some(current)),

@@ -67,7 +67,12 @@ pub async fn insert(db: &PgPool, ring: &KeyRing, draft: &IntegrationDraft) -> Re
 }
 
 /// Replaces a stored integration with a validated draft. `None` if it is gone.
-pub async fn update(db: &PgPool, ring: &KeyRing, id: &str, draft: &IntegrationDraft) -> Result<Option<Integration>, ProvisionError> {
+pub async fn update(
+    db: &PgPool,
+    ring: &KeyRing,
+    id: &str,
+    draft: &IntegrationDraft,
+) -> Result<Option<Integration>, ProvisionError> {
     let sealed = seal_secret(ring, id, draft)?;
     let redacted = super::redact(draft.client_secret.as_ref().map(|s| s.expose()));
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -160,7 +165,13 @@ pub struct Page {
 }
 
 /// Lists integrations by id (ULIDs, so creation order), `limit` per page.
-pub async fn list_page(db: &PgPool, ring: &KeyRing, limit: i64, cursor: &Cursor, order: Order) -> Result<Page, ProvisionError> {
+pub async fn list_page(
+    db: &PgPool,
+    ring: &KeyRing,
+    limit: i64,
+    cursor: &Cursor,
+    order: Order,
+) -> Result<Page, ProvisionError> {
     // Paging backwards reads in the opposite direction, then flips the page.
     let backwards = matches!(cursor, Cursor::Before(_));
     let sql = match (order, backwards) {
@@ -173,9 +184,11 @@ pub async fn list_page(db: &PgPool, ring: &KeyRing, limit: i64, cursor: &Cursor,
         Cursor::Start => None,
         Cursor::After(id) | Cursor::Before(id) => Some(id.as_str()),
     };
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} {sql}"))).bind(key).bind(limit + 1).fetch_all(db).await?;
+    let rows =
+        sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} {sql}"))).bind(key).bind(limit + 1).fetch_all(db).await?;
     let more = rows.len() as i64 > limit;
-    let mut data = rows.iter().take(limit as usize).map(|r| Integration::from_row(r, ring)).collect::<Result<Vec<_>, _>>()?;
+    let mut data =
+        rows.iter().take(limit as usize).map(|r| Integration::from_row(r, ring)).collect::<Result<Vec<_>, _>>()?;
     if backwards {
         data.reverse();
     }
@@ -197,10 +210,12 @@ pub async fn all(db: &PgPool, ring: &KeyRing) -> Result<Vec<Integration>, Provis
 
 /// How many accounts an integration has, by state (for `pipes integrations show`).
 pub async fn account_counts(db: &PgPool, integration_id: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT state, count(*) FROM connected_accounts WHERE integration_id = $1 GROUP BY state ORDER BY state")
-        .bind(integration_id)
-        .fetch_all(db)
-        .await
+    sqlx::query_as(
+        "SELECT state, count(*) FROM connected_accounts WHERE integration_id = $1 GROUP BY state ORDER BY state",
+    )
+    .bind(integration_id)
+    .fetch_all(db)
+    .await
 }
 
 pub use integrations::by_slug;

@@ -36,7 +36,9 @@ impl Answer {
             (Answer::Active(ready), Shape::Token) => ready.token_body.clone(),
             (Answer::Active(ready), Shape::Credential) => ready.credential_body.clone(),
             (Answer::NotInstalled, _) => Bytes::from_static(br#"{"active":false,"error":"not_installed"}"#),
-            (Answer::NeedsReauthorization, _) => Bytes::from_static(br#"{"active":false,"error":"needs_reauthorization"}"#),
+            (Answer::NeedsReauthorization, _) => {
+                Bytes::from_static(br#"{"active":false,"error":"needs_reauthorization"}"#)
+            }
         }
     }
 }

@@ -17,12 +17,7 @@ const PING_EVERY: Duration = Duration::from_millis(500);
 const DEADLINE: Duration = Duration::from_secs(1);
 
 /// Listens on `channel` until `cancel` fires.
-pub async fn run(
-    redis_url: String,
-    channel: String,
-    local: LocalCache,
-    cancel: CancellationToken,
-) {
+pub async fn run(redis_url: String, channel: String, local: LocalCache, cancel: CancellationToken) {
     // A cluster's PUBLISH reaches the subscribers of every node, so one
     // plain subscription to any node is enough; a lost one moves to the next.
     let clients: Vec<redis::Client> = match crate::redis_conn::topology(&redis_url)

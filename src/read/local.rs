@@ -37,7 +37,10 @@ pub struct Ready {
 
 impl std::fmt::Debug for Ready {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ready").field("account_id", &self.account_id).field("version", &self.version).finish_non_exhaustive()
+        f.debug_struct("Ready")
+            .field("account_id", &self.account_id)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
     }
 }
 

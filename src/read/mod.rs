@@ -66,7 +66,12 @@ impl Reader {
     /// Starts the invalidation subscription that turns the local cache on, and
     /// the periodic upkeep of the metrics recorder: read-latency samples pile
     /// up in memory between scrapes otherwise.
-    pub fn start(&self, redis_url: &str, recorder: metrics_exporter_prometheus::PrometheusHandle, cancel: CancellationToken) {
+    pub fn start(
+        &self,
+        redis_url: &str,
+        recorder: metrics_exporter_prometheus::PrometheusHandle,
+        cancel: CancellationToken,
+    ) {
         let inner = &self.0;
         let upkeep_cancel = cancel.clone();
         tokio::spawn(async move {
@@ -97,10 +102,12 @@ impl Reader {
         let view = match inner.views.get(slug).await {
             Ok(Some(view)) if view.integration.enabled => view,
             Ok(_) => return Err(not_found(slug)),
-            Err(err) => return Err(match err {
-                crate::store::integrations::IntegrationError::Db(db) => ApiError::from(db),
-                other => ApiError::internal(other),
-            }),
+            Err(err) => {
+                return Err(match err {
+                    crate::store::integrations::IntegrationError::Db(db) => ApiError::from(db),
+                    other => ApiError::internal(other),
+                })
+            }
         };
         let key = entry_key(inner.cache.redis(), slug, &owner.user_id, owner.organization_id.as_deref());
         if let Some(ready) = inner.cache.local().get(&key, Utc::now()) {
@@ -141,9 +148,15 @@ impl Reader {
             }
         }
         let integration = &view.integration;
-        let found = accounts::find_for_owner(&inner.db, &inner.ring, &integration.id, &owner.user_id, owner.organization_id.as_deref())
-            .await
-            .map_err(account_error)?;
+        let found = accounts::find_for_owner(
+            &inner.db,
+            &inner.ring,
+            &integration.id,
+            &owner.user_id,
+            owner.organization_id.as_deref(),
+        )
+        .await
+        .map_err(account_error)?;
         let account = match found {
             Some(a) if owner.connected_account_id.as_ref().is_none_or(|id| *id == a.id) => a,
             _ => return Ok((Answer::NotInstalled, "not_installed")),
@@ -156,13 +169,16 @@ impl Reader {
         if let Some(answer) = self.serve_fresh(view, key, epoch, &account).await {
             return Ok((answer, "miss"));
         }
-        let outcome = inner.refresher.refresh(integration, &account.id, Reason::OnDemand).await.map_err(refresh_error)?;
+        let outcome =
+            inner.refresher.refresh(integration, &account.id, Reason::OnDemand).await.map_err(refresh_error)?;
         match outcome {
-            RefreshOutcome::Refreshed(a) | RefreshOutcome::AlreadyFresh(a) => match self.serve_fresh(view, key, epoch, &a).await {
-                Some(answer) => Ok((answer, "refreshed")),
-                // Someone else's token that is already too old again: never serve it.
-                None => Err(provider_down(None)),
-            },
+            RefreshOutcome::Refreshed(a) | RefreshOutcome::AlreadyFresh(a) => {
+                match self.serve_fresh(view, key, epoch, &a).await {
+                    Some(answer) => Ok((answer, "refreshed")),
+                    // Someone else's token that is already too old again: never serve it.
+                    None => Err(provider_down(None)),
+                }
+            }
             RefreshOutcome::NeedsReauthorization => Ok((Answer::NeedsReauthorization, "needs_reauthorization")),
             RefreshOutcome::NotConnected(Some(a)) if a.state == AccountState::NeedsReauthorization => {
                 Ok((Answer::NeedsReauthorization, "needs_reauthorization"))

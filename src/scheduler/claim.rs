@@ -70,7 +70,12 @@ pub enum ClaimError {
 
 /// Claims up to `limit` due accounts due at or after `from` (marks them enqueued) and
 /// returns them. Start a tick from [`DateTime::UNIX_EPOCH`].
-pub async fn claim(db: &PgPool, requeue_after: Duration, limit: i64, from: DateTime<Utc>) -> Result<Vec<Claimed>, sqlx::Error> {
+pub async fn claim(
+    db: &PgPool,
+    requeue_after: Duration,
+    limit: i64,
+    from: DateTime<Utc>,
+) -> Result<Vec<Claimed>, sqlx::Error> {
     let rows = sqlx::query(CLAIM_SQL).bind(requeue_after).bind(limit).bind(from).fetch_all(db).await?;
     Ok(rows
         .iter()
@@ -117,7 +122,10 @@ pub async fn enqueue_due(tick: Tick) -> Result<(), ClaimError> {
             .map(|claimed| {
                 let queue = queue.as_str();
                 async move {
-                    let job = RefreshJob::V1 { account_id: claimed.account_id.clone(), integration_id: claimed.integration_id.clone() };
+                    let job = RefreshJob::V1 {
+                        account_id: claimed.account_id.clone(),
+                        integration_id: claimed.integration_id.clone(),
+                    };
                     let result = publisher.publish(queue, &job, Headers::new()).await;
                     (claimed, result)
                 }

@@ -94,7 +94,13 @@ impl Scheduler {
                 () = tokio::time::sleep(wait) => {}
             }
             let started = Instant::now();
-            let tick = Tick { state: self.state.clone(), publisher: publisher.clone(), topology: topology.clone(), now: Utc::now(), cancel: cancel.clone() };
+            let tick = Tick {
+                state: self.state.clone(),
+                publisher: publisher.clone(),
+                topology: topology.clone(),
+                now: Utc::now(),
+                cancel: cancel.clone(),
+            };
             for (name, task) in &self.tasks {
                 if let Err(err) = task(tick.clone()).await {
                     tracing::warn!(task = name, error = %err, "scheduler task failed; next tick tries again");

@@ -100,12 +100,14 @@ async fn connected_accounts(state: &AppState, seen: &mut HashSet<(String, String
     let mut now_seen = HashSet::new();
     for row in rows {
         let (provider, account_state, n): (String, String, i64) = (row.get("slug"), row.get("state"), row.get("n"));
-        metrics::gauge!(m::CONNECTED_ACCOUNTS, "provider" => provider.clone(), "state" => account_state.clone()).set(n as f64);
+        metrics::gauge!(m::CONNECTED_ACCOUNTS, "provider" => provider.clone(), "state" => account_state.clone())
+            .set(n as f64);
         now_seen.insert((provider, account_state));
     }
     // A provider/state pair that emptied out reads 0, not its last value.
     for (provider, account_state) in seen.difference(&now_seen) {
-        metrics::gauge!(m::CONNECTED_ACCOUNTS, "provider" => provider.clone(), "state" => account_state.clone()).set(0.0);
+        metrics::gauge!(m::CONNECTED_ACCOUNTS, "provider" => provider.clone(), "state" => account_state.clone())
+            .set(0.0);
     }
     *seen = now_seen;
 }

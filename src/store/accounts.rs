@@ -336,7 +336,12 @@ pub async fn store_refreshed(
 }
 
 /// Records a transient failure and frees the lease; the account stays connected.
-pub async fn record_transient_failure(db: impl PgExecutor<'_>, id: &str, lease_id: &str, error: &str) -> Result<(), sqlx::Error> {
+pub async fn record_transient_failure(
+    db: impl PgExecutor<'_>,
+    id: &str,
+    lease_id: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE connected_accounts SET refresh_failures = refresh_failures + 1, last_refresh_error = $3,
            lease_id = NULL, lease_until = NULL, updated_at = now()

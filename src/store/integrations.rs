@@ -122,7 +122,11 @@ impl Integration {
             provider: row.get("provider"),
             description: row.get("description"),
             enabled: row.get("enabled"),
-            state: if row.get::<&str, _>("state") == "invalid" { IntegrationState::Invalid } else { IntegrationState::Valid },
+            state: if row.get::<&str, _>("state") == "invalid" {
+                IntegrationState::Invalid
+            } else {
+                IntegrationState::Valid
+            },
             state_reason: row.get("state_reason"),
             scopes: row.get("scopes"),
             client_id: row.get("client_id"),
@@ -208,19 +212,18 @@ pub fn custom_spec(slug: &str, c: &CustomProvider) -> ProviderSpec {
     }
 }
 
-pub async fn by_slug(db: impl PgExecutor<'_>, ring: &KeyRing, slug: &str) -> Result<Option<Integration>, IntegrationError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE slug = $1")))
-        .bind(slug)
-        .fetch_optional(db)
-        .await?;
+pub async fn by_slug(
+    db: impl PgExecutor<'_>,
+    ring: &KeyRing,
+    slug: &str,
+) -> Result<Option<Integration>, IntegrationError> {
+    let row =
+        sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE slug = $1"))).bind(slug).fetch_optional(db).await?;
     row.map(|r| Integration::from_row(&r, ring)).transpose()
 }
 
 pub async fn by_id(db: impl PgExecutor<'_>, ring: &KeyRing, id: &str) -> Result<Option<Integration>, IntegrationError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(db)
-        .await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1"))).bind(id).fetch_optional(db).await?;
     row.map(|r| Integration::from_row(&r, ring)).transpose()
 }
 

@@ -65,10 +65,18 @@ struct Loaded {
 
 /// What one attempt came to.
 enum Attempt {
-    Delivered { status: u16 },
-    Failed { status: Option<u16>, error: Option<String>, retry_after: Option<Duration> },
+    Delivered {
+        status: u16,
+    },
+    Failed {
+        status: Option<u16>,
+        error: Option<String>,
+        retry_after: Option<Duration>,
+    },
     /// Never going to work as configured: no retries.
-    Refused { error: String },
+    Refused {
+        error: String,
+    },
 }
 
 impl DeliveryHandler {
@@ -156,7 +164,14 @@ impl DeliveryHandler {
     }
 
     /// Records one attempt and the delivery's new status, in one transaction.
-    async fn record(&self, delivery_id: &str, status: &str, code: Option<u16>, latency: Duration, error: Option<&str>) -> Result<(), sqlx::Error> {
+    async fn record(
+        &self,
+        delivery_id: &str,
+        status: &str,
+        code: Option<u16>,
+        latency: Duration,
+        error: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
         let mut tx = self.db.begin().await?;
         let attempt: i32 = sqlx::query_scalar(
             "UPDATE webhook_deliveries SET attempts = attempts + 1, last_attempt_at = now(), status = $2, updated_at = now()
@@ -199,7 +214,8 @@ impl Handler for DeliveryHandler {
         if (loaded.status == "delivered" && !replay) || !loaded.endpoint_enabled {
             return Outcome::Done;
         }
-        let secret = match self.ring.open_string(&loaded.secret_enc, aad(columns::WEBHOOK_SECRET, &loaded.endpoint_id)) {
+        let secret = match self.ring.open_string(&loaded.secret_enc, aad(columns::WEBHOOK_SECRET, &loaded.endpoint_id))
+        {
             Ok(secret) => Secret::new(secret),
             Err(error) => {
                 tracing::error!(%delivery_id, endpoint_id = %loaded.endpoint_id, %error, "webhook secret does not decrypt");
@@ -262,7 +278,12 @@ pub fn retry_after(headers: &http::HeaderMap, now: DateTime<Utc>) -> Option<Dura
 }
 
 /// Consumes the `webhooks` queue until `cancel` fires (worker role).
-pub async fn run_consumer(db: PgPool, broker: Broker, config: &Config, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_consumer(
+    db: PgPool,
+    broker: Broker,
+    config: &Config,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let handler = DeliveryHandler::new(db, config)?;
     let topology = queues::topology(config);
     pipes_workers::run_consumer(broker, topology, queues::WEBHOOKS, handler, config.worker_concurrency, cancel)

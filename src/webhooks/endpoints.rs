@@ -122,7 +122,12 @@ impl Endpoint {
 }
 
 /// Creates an endpoint with a fresh secret.
-pub async fn create(db: impl PgExecutor<'_>, ring: &KeyRing, url: &str, events: &[String]) -> Result<Endpoint, EndpointError> {
+pub async fn create(
+    db: impl PgExecutor<'_>,
+    ring: &KeyRing,
+    url: &str,
+    events: &[String],
+) -> Result<Endpoint, EndpointError> {
     let id = IdKind::WebhookEndpoint.new_id();
     let secret = sign::generate_secret();
     let sealed = ring
@@ -156,7 +161,12 @@ pub struct EndpointPatch {
     pub events: Option<Vec<String>>,
 }
 
-pub async fn update(db: impl PgExecutor<'_>, ring: &KeyRing, id: &str, patch: &EndpointPatch) -> Result<Option<Endpoint>, EndpointError> {
+pub async fn update(
+    db: impl PgExecutor<'_>,
+    ring: &KeyRing,
+    id: &str,
+    patch: &EndpointPatch,
+) -> Result<Option<Endpoint>, EndpointError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE webhook_endpoints SET
              endpoint_url = COALESCE($2, endpoint_url),
@@ -181,7 +191,11 @@ pub async fn delete(db: impl PgExecutor<'_>, id: &str) -> Result<bool, sqlx::Err
 }
 
 /// A page of endpoints ordered by id (ULIDs: creation order).
-pub async fn list(db: impl PgExecutor<'_>, ring: &KeyRing, page: &PageRequest) -> Result<Page<Endpoint>, EndpointError> {
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    ring: &KeyRing,
+    page: &PageRequest,
+) -> Result<Page<Endpoint>, EndpointError> {
     // `before` walks back towards the start of the list, so it reads in the
     // opposite direction and the rows are reversed afterwards.
     let backwards = page.before.is_some();

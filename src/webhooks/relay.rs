@@ -129,8 +129,10 @@ impl Relay {
     /// deliveries for endpoints added since). The event keeps its id. Returns
     /// how many deliveries were queued, or `None` if there is no such event.
     pub async fn replay_event(&self, event_id: &str) -> Result<Option<usize>, RelayError> {
-        let event: Option<String> =
-            sqlx::query_scalar("SELECT event FROM events WHERE id = $1").bind(event_id).fetch_optional(&self.db).await?;
+        let event: Option<String> = sqlx::query_scalar("SELECT event FROM events WHERE id = $1")
+            .bind(event_id)
+            .fetch_optional(&self.db)
+            .await?;
         let Some(event) = event else { return Ok(None) };
         create_deliveries(&self.db, event_id, &event).await?;
         let ids: Vec<String> = sqlx::query_scalar(

@@ -83,7 +83,12 @@ pub fn standard_signature(secret: &Secret, msg_id: &str, timestamp_s: i64, body:
 }
 
 /// Every signature header of one delivery attempt, as (name, value) pairs.
-pub fn headers(secret: &Secret, msg_id: &str, now: chrono::DateTime<chrono::Utc>, body: &[u8]) -> Result<Vec<(&'static str, String)>, SignError> {
+pub fn headers(
+    secret: &Secret,
+    msg_id: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    body: &[u8],
+) -> Result<Vec<(&'static str, String)>, SignError> {
     let seconds = now.timestamp();
     Ok(vec![
         (WORKOS_SIGNATURE, workos_signature(secret, now.timestamp_millis(), body)),

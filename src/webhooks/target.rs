@@ -126,7 +126,9 @@ pub async fn resolve(url: &Url, allow_private: bool) -> Result<Vec<SocketAddr>, 
     let addrs: Vec<SocketAddr> = match url.host().ok_or(TargetError::NoHost)? {
         Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
         Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
-        Host::Domain(name) => tokio::net::lookup_host((name, port)).await.map_err(|_| TargetError::Unresolvable)?.collect(),
+        Host::Domain(name) => {
+            tokio::net::lookup_host((name, port)).await.map_err(|_| TargetError::Unresolvable)?.collect()
+        }
     };
     if addrs.is_empty() {
         return Err(TargetError::Unresolvable);

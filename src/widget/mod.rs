@@ -58,9 +58,20 @@ fn mac_for(ring: &KeyRing, kid: Option<&str>) -> Option<(String, Hmac<sha2::Sha2
 }
 
 /// Signs a token for `user_id` (and `organization_id`) valid until `now + ttl`.
-pub fn issue(ring: &KeyRing, user_id: &str, organization_id: Option<&str>, now: DateTime<Utc>, ttl: std::time::Duration) -> (String, DateTime<Utc>) {
+pub fn issue(
+    ring: &KeyRing,
+    user_id: &str,
+    organization_id: Option<&str>,
+    now: DateTime<Utc>,
+    ttl: std::time::Duration,
+) -> (String, DateTime<Utc>) {
     let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::minutes(30));
-    let wire = Wire { sub: user_id.to_owned(), org: organization_id.map(str::to_owned), exp: expires_at.timestamp(), iat: now.timestamp() };
+    let wire = Wire {
+        sub: user_id.to_owned(),
+        org: organization_id.map(str::to_owned),
+        exp: expires_at.timestamp(),
+        iat: now.timestamp(),
+    };
     // Serializing a struct of strings and integers cannot fail.
     let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&wire).unwrap_or_default());
     // The ring always has a newest key (parsing refuses an empty ring).
@@ -79,7 +90,9 @@ pub fn verify(ring: &KeyRing, token: &str, now: DateTime<Utc>) -> Result<WidgetC
         return Err(WidgetTokenError::Malformed);
     }
     let mut parts = token.split('.');
-    let (Some(VERSION), Some(kid), Some(claims), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(VERSION), Some(kid), Some(claims), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(WidgetTokenError::Malformed);
     };
     let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| WidgetTokenError::Malformed)?;

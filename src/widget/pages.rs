@@ -22,7 +22,8 @@ const WIDGET_CSS: &str = include_str!("../../assets/widget/widget.css");
 const DONE_JS: &str = include_str!("../../assets/widget/done.js");
 
 /// The hosted page: the element, its script and stylesheet, and the API, all on this origin.
-const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; \
+const PAGE_CSP: &str =
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 /// The completion page runs one script and loads one stylesheet.
 const DONE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";

@@ -25,7 +25,8 @@ async fn a_request_without_a_key_is_401_with_a_json_body() {
         assert_eq!(body["code"], "unauthorized");
         assert!(body["message"].as_str().unwrap().contains("Authorization"), "{body}");
     }
-    let resp = app.http.get(app.url("/data-integrations")).header("authorization", "Basic dXNlcjpwdw==").send().await.unwrap();
+    let resp =
+        app.http.get(app.url("/data-integrations")).header("authorization", "Basic dXNlcjpwdw==").send().await.unwrap();
     assert_eq!(resp.status(), 401);
 }
 

@@ -3,32 +3,21 @@
 
 use std::collections::BTreeMap;
 
-use pipes::oauth::catalog::{
-    BodyContentType, Catalog, CatalogError, ClientAuth, TokenResponseShape,
-};
+use pipes::oauth::catalog::{BodyContentType, Catalog, CatalogError, ClientAuth, TokenResponseShape};
 
 fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 fn provider(slug: &str) -> &'static pipes::oauth::catalog::ProviderSpec {
-    Catalog::builtin()
-        .get(slug)
-        .unwrap_or_else(|| panic!("the catalog has no `{slug}`"))
+    Catalog::builtin().get(slug).unwrap_or_else(|| panic!("the catalog has no `{slug}`"))
 }
 
 #[test]
 fn builtin_catalog_parses_and_has_no_problems() {
     let catalog = Catalog::builtin();
     let problems = catalog.validate();
-    assert!(
-        problems.is_empty(),
-        "catalog problems:\n{}",
-        problems.join("\n")
-    );
+    assert!(problems.is_empty(), "catalog problems:\n{}", problems.join("\n"));
     assert!(catalog.len() >= 30, "only {} providers", catalog.len());
 }
 
@@ -84,39 +73,14 @@ fn iteration_is_sorted_by_slug() {
 #[test]
 fn google_asks_for_offline_access_and_has_workspace_scope_sets() {
     let google = provider("google");
-    assert_eq!(
-        google
-            .authorization_params
-            .get("access_type")
-            .map(String::as_str),
-        Some("offline")
-    );
-    assert_eq!(
-        google
-            .authorization_params
-            .get("prompt")
-            .map(String::as_str),
-        Some("consent")
-    );
+    assert_eq!(google.authorization_params.get("access_type").map(String::as_str), Some("offline"));
+    assert_eq!(google.authorization_params.get("prompt").map(String::as_str), Some("consent"));
     for set in ["gmail", "drive", "calendar"] {
-        let scopes = google
-            .scope_set(set)
-            .unwrap_or_else(|| panic!("no `{set}` scope set"));
-        assert!(
-            scopes
-                .iter()
-                .all(|s| s.starts_with("https://www.googleapis.com/auth/")),
-            "{set}: {scopes:?}"
-        );
+        let scopes = google.scope_set(set).unwrap_or_else(|| panic!("no `{set}` scope set"));
+        assert!(scopes.iter().all(|s| s.starts_with("https://www.googleapis.com/auth/")), "{set}: {scopes:?}");
     }
     assert!(google.pkce);
-    assert_eq!(
-        google
-            .scope_string(&google.default_scopes)
-            .split(' ')
-            .count(),
-        google.default_scopes.len()
-    );
+    assert_eq!(google.scope_string(&google.default_scopes).split(' ').count(), google.default_scopes.len());
 }
 
 #[test]
@@ -133,41 +97,28 @@ fn notion_sends_json_with_basic_auth() {
     let notion = provider("notion");
     assert_eq!(notion.token_body_content_type, BodyContentType::Json);
     assert_eq!(notion.client_auth, ClientAuth::BasicAuthHeader);
-    assert_eq!(
-        provider("github").token_body_content_type,
-        BodyContentType::Form
-    );
+    assert_eq!(provider("github").token_body_content_type, BodyContentType::Form);
 }
 
 #[test]
 fn slack_user_tokens_use_the_slack_response_shape_and_error_codes() {
     let slack = provider("slack");
     assert_eq!(slack.token_response, TokenResponseShape::Slack);
-    assert_eq!(
-        slack.scope_param, "user_scope",
-        "user tokens need user_scope, not scope"
-    );
+    assert_eq!(slack.scope_param, "user_scope", "user tokens need user_scope, not scope");
     assert_eq!(slack.scope_separator, ",");
     assert!(slack.is_invalid_grant("invalid_refresh_token"));
     assert!(slack.is_invalid_grant("invalid_grant"));
     assert!(!slack.is_invalid_grant("ratelimited"));
     assert!(slack.is_invalid_client("bad_client_secret"));
     assert!(slack.is_invalid_client("invalid_client"));
-    assert_eq!(
-        provider("github").token_response,
-        TokenResponseShape::Standard
-    );
+    assert_eq!(provider("github").token_response, TokenResponseShape::Standard);
 }
 
 #[test]
 fn every_provider_treats_invalid_grant_as_a_dead_grant() {
     for spec in Catalog::builtin().iter() {
         assert!(spec.is_invalid_grant("invalid_grant"), "{}", spec.slug);
-        assert!(
-            !spec.is_invalid_grant("temporarily_unavailable"),
-            "{}",
-            spec.slug
-        );
+        assert!(!spec.is_invalid_grant("temporarily_unavailable"), "{}", spec.slug);
     }
     assert!(provider("hubspot").is_invalid_grant("BAD_REFRESH_TOKEN"));
 }
@@ -176,53 +127,26 @@ fn every_provider_treats_invalid_grant_as_a_dead_grant() {
 fn atlassian_products_ask_for_the_api_audience_and_consent() {
     for slug in ["jira", "confluence"] {
         let spec = provider(slug);
-        assert_eq!(
-            spec.authorization_params
-                .get("audience")
-                .map(String::as_str),
-            Some("api.atlassian.com")
-        );
-        assert_eq!(
-            spec.authorization_params.get("prompt").map(String::as_str),
-            Some("consent")
-        );
-        assert!(
-            spec.default_scopes.iter().any(|s| s == "offline_access"),
-            "{slug} needs a refresh token"
-        );
+        assert_eq!(spec.authorization_params.get("audience").map(String::as_str), Some("api.atlassian.com"));
+        assert_eq!(spec.authorization_params.get("prompt").map(String::as_str), Some("consent"));
+        assert!(spec.default_scopes.iter().any(|s| s == "offline_access"), "{slug} needs a refresh token");
     }
 }
 
 #[test]
 fn dropbox_asks_for_offline_tokens_and_figma_refreshes_elsewhere() {
     let dropbox = provider("dropbox");
-    assert_eq!(
-        dropbox
-            .authorization_params
-            .get("token_access_type")
-            .map(String::as_str),
-        Some("offline")
-    );
+    assert_eq!(dropbox.authorization_params.get("token_access_type").map(String::as_str), Some("offline"));
 
-    let figma = provider("figma")
-        .resolve_urls(&BTreeMap::new())
-        .expect("figma resolves");
-    assert_eq!(
-        figma.refresh_token_url.as_str(),
-        "https://api.figma.com/v1/oauth/refresh"
-    );
+    let figma = provider("figma").resolve_urls(&BTreeMap::new()).expect("figma resolves");
+    assert_eq!(figma.refresh_token_url.as_str(), "https://api.figma.com/v1/oauth/refresh");
     assert_ne!(figma.refresh_token_url, figma.token_url);
 }
 
 #[test]
 fn providers_without_placeholders_resolve_to_https_and_refresh_at_the_token_url() {
-    for spec in Catalog::builtin()
-        .iter()
-        .filter(|p| p.config_params.is_empty())
-    {
-        let urls = spec
-            .resolve_urls(&BTreeMap::new())
-            .unwrap_or_else(|e| panic!("{}: {e}", spec.slug));
+    for spec in Catalog::builtin().iter().filter(|p| p.config_params.is_empty()) {
+        let urls = spec.resolve_urls(&BTreeMap::new()).unwrap_or_else(|e| panic!("{}: {e}", spec.slug));
         assert_eq!(urls.authorization_url.scheme(), "https", "{}", spec.slug);
         assert_eq!(urls.token_url.scheme(), "https", "{}", spec.slug);
         if spec.refresh_token_url.is_none() {
@@ -235,114 +159,47 @@ fn providers_without_placeholders_resolve_to_https_and_refresh_at_the_token_url(
 fn zendesk_fills_the_subdomain_and_refuses_other_hosts() {
     let zendesk = provider("zendesk");
     assert_eq!(zendesk.config_params, ["subdomain"]);
-    let urls = zendesk
-        .resolve_urls(&params(&[("subdomain", "acme")]))
-        .expect("acme resolves");
-    assert_eq!(
-        urls.authorization_url.as_str(),
-        "https://acme.zendesk.com/oauth/authorizations/new"
-    );
-    assert_eq!(
-        urls.token_url.as_str(),
-        "https://acme.zendesk.com/oauth/tokens"
-    );
+    let urls = zendesk.resolve_urls(&params(&[("subdomain", "acme")])).expect("acme resolves");
+    assert_eq!(urls.authorization_url.as_str(), "https://acme.zendesk.com/oauth/authorizations/new");
+    assert_eq!(urls.token_url.as_str(), "https://acme.zendesk.com/oauth/tokens");
 
-    for evil in [
-        "evil.com/x",
-        "evil.com",
-        "evil.com#",
-        "acme.zendesk.com@evil.com",
-        "",
-        "-acme",
-        "a b",
-    ] {
-        let err = zendesk
-            .resolve_urls(&params(&[("subdomain", evil)]))
-            .expect_err(evil);
-        assert!(
-            matches!(&err, CatalogError::InvalidParam { param, .. } if param == "subdomain"),
-            "{evil:?}: {err}"
-        );
+    for evil in ["evil.com/x", "evil.com", "evil.com#", "acme.zendesk.com@evil.com", "", "-acme", "a b"] {
+        let err = zendesk.resolve_urls(&params(&[("subdomain", evil)])).expect_err(evil);
+        assert!(matches!(&err, CatalogError::InvalidParam { param, .. } if param == "subdomain"), "{evil:?}: {err}");
     }
-    let err = zendesk
-        .resolve_urls(&BTreeMap::new())
-        .expect_err("missing subdomain");
-    assert!(
-        matches!(&err, CatalogError::MissingParam { param, .. } if param == "subdomain"),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("subdomain"),
-        "the error names the parameter: {err}"
-    );
+    let err = zendesk.resolve_urls(&BTreeMap::new()).expect_err("missing subdomain");
+    assert!(matches!(&err, CatalogError::MissingParam { param, .. } if param == "subdomain"), "{err}");
+    assert!(err.to_string().contains("subdomain"), "the error names the parameter: {err}");
 }
 
 #[test]
 fn shopify_fills_the_shop_and_refuses_other_hosts() {
     let shopify = provider("shopify");
-    let urls = shopify
-        .resolve_urls(&params(&[("shop", "my-store")]))
-        .expect("my-store resolves");
-    assert_eq!(
-        urls.authorization_url.host_str(),
-        Some("my-store.myshopify.com")
-    );
-    assert_eq!(
-        urls.token_url.as_str(),
-        "https://my-store.myshopify.com/admin/oauth/access_token"
-    );
+    let urls = shopify.resolve_urls(&params(&[("shop", "my-store")])).expect("my-store resolves");
+    assert_eq!(urls.authorization_url.host_str(), Some("my-store.myshopify.com"));
+    assert_eq!(urls.token_url.as_str(), "https://my-store.myshopify.com/admin/oauth/access_token");
 
-    assert!(shopify
-        .resolve_urls(&params(&[("shop", "evil.com/x")]))
-        .is_err());
-    assert!(shopify
-        .resolve_urls(&params(&[("shop", "evil.com?")]))
-        .is_err());
-    let err = shopify
-        .resolve_urls(&params(&[("subdomain", "acme")]))
-        .expect_err("wrong key");
-    assert!(
-        matches!(&err, CatalogError::MissingParam { param, .. } if param == "shop"),
-        "{err}"
-    );
+    assert!(shopify.resolve_urls(&params(&[("shop", "evil.com/x")])).is_err());
+    assert!(shopify.resolve_urls(&params(&[("shop", "evil.com?")])).is_err());
+    let err = shopify.resolve_urls(&params(&[("subdomain", "acme")])).expect_err("wrong key");
+    assert!(matches!(&err, CatalogError::MissingParam { param, .. } if param == "shop"), "{err}");
 }
 
 #[test]
 fn microsoft_common_needs_nothing_and_tenant_specific_fills_the_tenant() {
-    let common = provider("microsoft")
-        .resolve_urls(&BTreeMap::new())
-        .expect("common resolves");
-    assert_eq!(
-        common.token_url.as_str(),
-        "https://login.microsoftonline.com/common/oauth2/v2.0/token"
-    );
+    let common = provider("microsoft").resolve_urls(&BTreeMap::new()).expect("common resolves");
+    assert_eq!(common.token_url.as_str(), "https://login.microsoftonline.com/common/oauth2/v2.0/token");
 
     let tenant = provider("microsoft-tenant");
-    for id in [
-        "72f988bf-86f1-41af-91ab-2d7cd011db47",
-        "contoso.onmicrosoft.com",
-        "organizations",
-    ] {
+    for id in ["72f988bf-86f1-41af-91ab-2d7cd011db47", "contoso.onmicrosoft.com", "organizations"] {
         let urls = tenant.resolve_urls(&params(&[("tenant", id)])).expect(id);
-        assert_eq!(
-            urls.authorization_url.host_str(),
-            Some("login.microsoftonline.com")
-        );
-        assert_eq!(
-            urls.token_url.as_str(),
-            format!("https://login.microsoftonline.com/{id}/oauth2/v2.0/token")
-        );
+        assert_eq!(urls.authorization_url.host_str(), Some("login.microsoftonline.com"));
+        assert_eq!(urls.token_url.as_str(), format!("https://login.microsoftonline.com/{id}/oauth2/v2.0/token"));
     }
     for evil in ["evil.com/x", "../common", "a..b", "x?y=1", "x/../../y"] {
-        assert!(
-            tenant.resolve_urls(&params(&[("tenant", evil)])).is_err(),
-            "{evil:?} accepted"
-        );
+        assert!(tenant.resolve_urls(&params(&[("tenant", evil)])).is_err(), "{evil:?} accepted");
     }
-    assert!(matches!(
-        tenant.resolve_urls(&BTreeMap::new()),
-        Err(CatalogError::MissingParam { .. })
-    ));
+    assert!(matches!(tenant.resolve_urls(&BTreeMap::new()), Err(CatalogError::MissingParam { .. })));
 }
 
 const BROKEN: &str = r##"
@@ -384,8 +241,7 @@ config_params = ["host"]
 
 #[test]
 fn a_broken_catalog_reports_every_problem() {
-    let catalog =
-        Catalog::from_toml_str(BROKEN).expect("schema-valid, content-broken catalog parses");
+    let catalog = Catalog::from_toml_str(BROKEN).expect("schema-valid, content-broken catalog parses");
     let problems = catalog.validate();
     let report = problems.join("\n");
     for expected in [
@@ -432,13 +288,8 @@ tokens_expires = true
     assert!(matches!(err, CatalogError::Parse(_)));
     assert!(err.to_string().contains("tokens_expires"), "{err}");
 
-    let bad_enum = typo
-        .replace("tokens_expires = true\n", "")
-        .replace("\"request_body\"", "\"query_string\"");
-    assert!(matches!(
-        Catalog::from_toml_str(&bad_enum),
-        Err(CatalogError::Parse(_))
-    ));
+    let bad_enum = typo.replace("tokens_expires = true\n", "").replace("\"request_body\"", "\"query_string\"");
+    assert!(matches!(Catalog::from_toml_str(&bad_enum), Err(CatalogError::Parse(_))));
     let ok = typo.replace("tokens_expires = true\n", "");
     let catalog = Catalog::from_toml_str(&ok).expect("the corrected entry parses");
     assert!(catalog.validate().is_empty(), "{:?}", catalog.validate());

@@ -17,7 +17,12 @@ pub struct ApiProvider {
 
 /// Starts a demo provider (auto-consent) and creates integration `slug` for it
 /// through `POST /data-integrations`; `tweak` edits the request body first.
-pub async fn api_integration(app: &TestApp, slug: &str, auth: ClientAuthMethod, tweak: impl FnOnce(&mut Value)) -> ApiProvider {
+pub async fn api_integration(
+    app: &TestApp,
+    slug: &str,
+    auth: ClientAuthMethod,
+    tweak: impl FnOnce(&mut Value),
+) -> ApiProvider {
     let (demo, client_id, client_secret) = crate::support::fixtures::demo_client(app, slug, auth).await;
     let base = demo.base_url();
     let mut body = json!({
@@ -55,7 +60,13 @@ pub async fn provider_redirect(app: &TestApp, authorization_url: &url::Url) -> S
 }
 
 /// Connects `user` end to end; returns the callback's response.
-pub async fn connect(app: &TestApp, slug: &str, user: &str, org: Option<&str>, return_to: Option<&str>) -> reqwest::Response {
+pub async fn connect(
+    app: &TestApp,
+    slug: &str,
+    user: &str,
+    org: Option<&str>,
+    return_to: Option<&str>,
+) -> reqwest::Response {
     let url = authorize(app, slug, user, org, return_to).await;
     let callback = provider_redirect(app, &url).await;
     app.http.get(callback).send().await.expect("callback")
@@ -86,17 +97,21 @@ async fn connecting_stores_the_account_emits_connected_and_caches_a_fresh_token(
     let stored: String = sqlx::query_scalar("SELECT state_hash FROM oauth_states").fetch_one(&app.db).await.unwrap();
     assert_eq!(stored, pipes::crypto::sha256_hex(&query["state"]));
 
-    let verifier: Option<Vec<u8>> = sqlx::query_scalar("SELECT pkce_verifier_enc FROM oauth_states").fetch_one(&app.db).await.unwrap();
+    let verifier: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT pkce_verifier_enc FROM oauth_states").fetch_one(&app.db).await.unwrap();
     assert!(verifier.is_some(), "the PKCE verifier waits, sealed, for the callback");
 
     let callback = provider_redirect(&app, &url).await;
     let resp = app.http.get(callback).send().await.unwrap();
     assert_eq!(resp.status(), 302);
-    let verifier: Option<Vec<u8>> = sqlx::query_scalar("SELECT pkce_verifier_enc FROM oauth_states").fetch_one(&app.db).await.unwrap();
+    let verifier: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT pkce_verifier_enc FROM oauth_states").fetch_one(&app.db).await.unwrap();
     assert!(verifier.is_none(), "and is dropped once used");
     assert_eq!(location(&resp), "http://app.test/done?tab=apps&provider=happy&status=connected");
 
-    let (status, account) = app.admin(Method::GET, "/user_management/users/user_1/connected_accounts/happy?organization_id=org_1", None).await;
+    let (status, account) = app
+        .admin(Method::GET, "/user_management/users/user_1/connected_accounts/happy?organization_id=org_1", None)
+        .await;
     assert_eq!(status, 200, "{account}");
     assert_eq!(account["state"], "connected");
     assert_eq!(account["scopes"], json!(["read", "write"]));
@@ -145,12 +160,16 @@ async fn replayed_expired_and_forged_states_are_refused_and_store_nothing() {
     assert_eq!(account_count(&app).await, 1);
     // Expired.
     let url = authorize(&app, "states", "user_2", None, None).await;
-    sqlx::query("UPDATE oauth_states SET expires_at = now() - interval '1 second' WHERE used_at IS NULL").execute(&app.db).await.unwrap();
+    sqlx::query("UPDATE oauth_states SET expires_at = now() - interval '1 second' WHERE used_at IS NULL")
+        .execute(&app.db)
+        .await
+        .unwrap();
     let resp = app.http.get(provider_redirect(&app, &url).await).send().await.unwrap();
     assert_eq!(resp.status(), 400);
     assert!(resp.text().await.unwrap().contains("expired"));
     // Forged, and missing.
-    let forged = app.http.get(app.url("/data-integrations/states/callback?code=abc&state=forged")).send().await.unwrap();
+    let forged =
+        app.http.get(app.url("/data-integrations/states/callback?code=abc&state=forged")).send().await.unwrap();
     assert_eq!(forged.status(), 400);
     assert!(forged.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let missing = app.http.get(app.url("/data-integrations/states/callback?code=abc")).send().await.unwrap();
@@ -206,7 +225,10 @@ async fn basic_and_body_client_authentication_each_work_and_a_mismatch_marks_the
         assert!(location(&resp).ends_with("status=connected"), "{slug}: {}", location(&resp));
     }
     // The provider expects Basic; the integration sends the secret in the body.
-    api_integration(&app, "mismatch", ClientAuthMethod::Basic, |b| b["custom_provider"]["authenticate_via"] = json!("request_body")).await;
+    api_integration(&app, "mismatch", ClientAuthMethod::Basic, |b| {
+        b["custom_provider"]["authenticate_via"] = json!("request_body")
+    })
+    .await;
     let resp = connect(&app, "mismatch", "user_1", None, Some("http://app.test/")).await;
     assert!(location(&resp).ends_with("error=exchange_failed"), "{}", location(&resp));
     let (_, integration) = app.admin(Method::GET, "/data-integrations/mismatch", None).await;
@@ -220,7 +242,10 @@ async fn string_expires_in_and_non_expiring_tokens_are_stored_as_such() {
     p.demo.set_shape(Shape::ExpiresInString);
     connect(&app, "quirky", "user_1", None, None).await;
     let (expires_at, refresh_at): (Option<chrono::DateTime<Utc>>, Option<chrono::DateTime<Utc>>) =
-        sqlx::query_as("SELECT expires_at, refresh_at FROM connected_accounts WHERE user_id = 'user_1'").fetch_one(&app.db).await.unwrap();
+        sqlx::query_as("SELECT expires_at, refresh_at FROM connected_accounts WHERE user_id = 'user_1'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
     let lifetime = expires_at.expect("expiry from a string expires_in") - Utc::now();
     assert!((100..=120).contains(&lifetime.num_seconds()), "{lifetime}");
     assert!(refresh_at.unwrap() < expires_at.unwrap());
@@ -228,13 +253,16 @@ async fn string_expires_in_and_non_expiring_tokens_are_stored_as_such() {
     p.demo.set_shape(Shape::NonExpiring);
     connect(&app, "quirky", "user_2", None, None).await;
     type Stored = (Option<chrono::DateTime<Utc>>, Option<chrono::DateTime<Utc>>, Option<Vec<u8>>);
-    let (expires_at, refresh_at, refresh): Stored =
-        sqlx::query_as("SELECT expires_at, refresh_at, refresh_token_enc FROM connected_accounts WHERE user_id = 'user_2'")
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
+    let (expires_at, refresh_at, refresh): Stored = sqlx::query_as(
+        "SELECT expires_at, refresh_at, refresh_token_enc FROM connected_accounts WHERE user_id = 'user_2'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
     assert_eq!((expires_at, refresh_at, refresh), (None, None, None), "served as-is, never scheduled");
-    let Lookup::Hit(cached) = app.state.cache.get("quirky", "user_2", None, Utc::now()).await.unwrap() else { panic!("cached") };
+    let Lookup::Hit(cached) = app.state.cache.get("quirky", "user_2", None, Utc::now()).await.unwrap() else {
+        panic!("cached")
+    };
     assert_eq!(cached.expires_at, None);
 }
 
@@ -245,9 +273,18 @@ async fn slack_shaped_code_exchanges_read_the_user_token_under_authed_user() {
     let app = TestApp::spawn().await;
     let p = api_integration(&app, "slackish", ClientAuthMethod::Body, |_| {}).await;
     p.demo.set_shape(Shape::Slack);
-    let integration = pipes::store::integrations::by_slug(&app.db, app.state.keyring(), "slackish").await.unwrap().unwrap();
+    let integration =
+        pipes::store::integrations::by_slug(&app.db, app.state.keyring(), "slackish").await.unwrap().unwrap();
     let slack = pipes::oauth::catalog::Catalog::builtin().get("slack").unwrap().clone();
-    let url = pipes::oauth::client::authorization_url(&integration, &slack, &app.config().redirect_uri("slackish"), "s1", &["read".into()], None).unwrap();
+    let url = pipes::oauth::client::authorization_url(
+        &integration,
+        &slack,
+        &app.config().redirect_uri("slackish"),
+        "s1",
+        &["read".into()],
+        None,
+    )
+    .unwrap();
     let callback = url::Url::parse(&provider_redirect(&app, &url).await).unwrap();
     let code = callback.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
     let redirect_uri = app.config().redirect_uri("slackish");
@@ -268,7 +305,8 @@ async fn reconnecting_replaces_the_tokens_and_returns_the_account_to_connected()
     let app = TestApp::spawn().await;
     let p = api_integration(&app, "again", ClientAuthMethod::Basic, |_| {}).await;
     connect(&app, "again", "user_1", None, None).await;
-    let (id, old): (String, i64) = sqlx::query_as("SELECT id, token_version FROM connected_accounts").fetch_one(&app.db).await.unwrap();
+    let (id, old): (String, i64) =
+        sqlx::query_as("SELECT id, token_version FROM connected_accounts").fetch_one(&app.db).await.unwrap();
     sqlx::query("UPDATE connected_accounts SET state = 'needs_reauthorization', access_token_enc = NULL, refresh_token_enc = NULL")
         .execute(&app.db)
         .await
@@ -279,7 +317,9 @@ async fn reconnecting_replaces_the_tokens_and_returns_the_account_to_connected()
         sqlx::query_as("SELECT id, state, token_version FROM connected_accounts").fetch_one(&app.db).await.unwrap();
     assert_eq!((id2, state.as_str()), (id, "connected"));
     assert!(new > old);
-    let Lookup::Hit(cached) = app.state.cache.get("again", "user_1", None, Utc::now()).await.unwrap() else { panic!("cached") };
+    let Lookup::Hit(cached) = app.state.cache.get("again", "user_1", None, Utc::now()).await.unwrap() else {
+        panic!("cached")
+    };
     assert_eq!(cached.version, new);
     assert!(p.demo.access_token_valid(cached.access_token.expose()));
     assert_eq!(events(&app).await.len(), 2);
@@ -303,7 +343,10 @@ async fn a_callback_without_return_to_shows_a_self_contained_page() {
 #[tokio::test]
 async fn authorize_validates_its_input() {
     let app = TestApp::spawn().await;
-    api_integration(&app, "checked", ClientAuthMethod::Basic, |b| b["custom_provider"]["request_scope_separator"] = json!(",")).await;
+    api_integration(&app, "checked", ClientAuthMethod::Basic, |b| {
+        b["custom_provider"]["request_scope_separator"] = json!(",")
+    })
+    .await;
     let path = "/data-integrations/checked/authorize";
     let cases = [
         (json!({}), "user_id"),
@@ -318,7 +361,8 @@ async fn authorize_validates_its_input() {
         assert_eq!(status, 422, "{body} -> {answer}");
         assert_eq!(answer["errors"][0]["field"], field, "{answer}");
     }
-    let (status, answer) = app.admin(Method::POST, "/data-integrations/nope/authorize", Some(json!({"user_id": "u"}))).await;
+    let (status, answer) =
+        app.admin(Method::POST, "/data-integrations/nope/authorize", Some(json!({"user_id": "u"}))).await;
     assert_eq!((status, answer["code"].as_str()), (404, Some("integration_not_found")));
     app.admin(Method::PUT, "/data-integrations/checked", Some(json!({"enabled": false}))).await;
     let (status, _) = app.admin(Method::POST, path, Some(json!({"user_id": "u"}))).await;

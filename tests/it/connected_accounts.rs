@@ -24,11 +24,17 @@ async fn import_answers_201_then_409_and_caches_the_token() {
     assert_eq!(account["state"], "connected");
     assert_eq!(account["scopes"], json!(["read"]));
     assert_eq!(account["organization_id"], json!(null));
-    assert!(account.get("access_token").is_none() && !account.to_string().contains("imported-at"), "no tokens in responses");
-    let Lookup::Hit(cached) = app.state.cache.get("acme", "user_1", None, Utc::now()).await.unwrap() else { panic!("cached") };
+    assert!(
+        account.get("access_token").is_none() && !account.to_string().contains("imported-at"),
+        "no tokens in responses"
+    );
+    let Lookup::Hit(cached) = app.state.cache.get("acme", "user_1", None, Utc::now()).await.unwrap() else {
+        panic!("cached")
+    };
     assert_eq!(cached.access_token.expose(), "imported-at");
     assert_eq!(cached.missing_scopes, vec!["write".to_owned()]);
-    let refresh_at: Option<chrono::DateTime<Utc>> = sqlx::query_scalar("SELECT refresh_at FROM connected_accounts").fetch_one(&app.db).await.unwrap();
+    let refresh_at: Option<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("SELECT refresh_at FROM connected_accounts").fetch_one(&app.db).await.unwrap();
     assert!(refresh_at.is_some(), "an imported expiring token is scheduled");
     let (status, conflict) = app.admin(Method::POST, PATH, Some(body)).await;
     assert_eq!((status, conflict["code"].as_str()), (409, Some("conflict")));
@@ -43,17 +49,21 @@ async fn update_replaces_the_tokens_of_an_existing_account_only() {
     api_integration(&app, "acme", ClientAuthMethod::Basic, |_| {}).await;
     let (status, body) = app.admin(Method::PUT, PATH, Some(json!({"access_token": "at-1"}))).await;
     assert_eq!((status, body["code"].as_str()), (404, Some("connected_account_not_found")));
-    let (status, created) = app.admin(Method::POST, PATH, Some(json!({"access_token": "at-1", "state": "needs_reauthorization"}))).await;
+    let (status, created) =
+        app.admin(Method::POST, PATH, Some(json!({"access_token": "at-1", "state": "needs_reauthorization"}))).await;
     assert_eq!(status, 201);
     assert_eq!(created["state"], "needs_reauthorization");
     assert!(matches!(app.state.cache.get("acme", "user_1", None, Utc::now()).await.unwrap(), Lookup::Miss));
     assert!(events(&app).await.is_empty(), "an account imported as needing reauthorization is not connected");
-    let (status, updated) = app.admin(Method::PUT, PATH, Some(json!({"access_token": "at-2", "scopes": ["read", "write"]}))).await;
+    let (status, updated) =
+        app.admin(Method::PUT, PATH, Some(json!({"access_token": "at-2", "scopes": ["read", "write"]}))).await;
     assert_eq!(status, 200, "{updated}");
     assert_eq!(updated["id"], created["id"]);
     assert_eq!(updated["state"], "connected");
     assert_eq!(updated["scopes"], json!(["read", "write"]));
-    let Lookup::Hit(cached) = app.state.cache.get("acme", "user_1", None, Utc::now()).await.unwrap() else { panic!("cached") };
+    let Lookup::Hit(cached) = app.state.cache.get("acme", "user_1", None, Utc::now()).await.unwrap() else {
+        panic!("cached")
+    };
     assert_eq!(cached.access_token.expose(), "at-2");
     assert!(cached.expires_at.is_none());
     assert_eq!(events(&app).await.len(), 1, "back to connected: one connected event");
@@ -64,7 +74,9 @@ async fn disconnect_revokes_at_the_provider_removes_the_tokens_and_drops_the_cac
     let app = TestApp::spawn().await;
     let p = api_integration(&app, "acme", ClientAuthMethod::Basic, |_| {}).await;
     connect(&app, "acme", "user_1", Some("org_1"), None).await;
-    let Lookup::Hit(cached) = app.state.cache.get("acme", "user_1", Some("org_1"), Utc::now()).await.unwrap() else { panic!("cached") };
+    let Lookup::Hit(cached) = app.state.cache.get("acme", "user_1", Some("org_1"), Utc::now()).await.unwrap() else {
+        panic!("cached")
+    };
     let path = format!("{PATH}?organization_id=org_1");
     let (status, _) = app.admin(Method::DELETE, &path, None).await;
     assert_eq!(status, 204);
@@ -84,7 +96,10 @@ async fn disconnect_revokes_at_the_provider_removes_the_tokens_and_drops_the_cac
 #[tokio::test]
 async fn a_failed_revocation_does_not_stop_a_disconnect() {
     let app = TestApp::spawn().await;
-    api_integration(&app, "acme", ClientAuthMethod::Basic, |b| b["custom_provider"]["revocation_url"] = json!("http://127.0.0.1:9/revoke")).await;
+    api_integration(&app, "acme", ClientAuthMethod::Basic, |b| {
+        b["custom_provider"]["revocation_url"] = json!("http://127.0.0.1:9/revoke")
+    })
+    .await;
     app.admin(Method::POST, PATH, Some(json!({"access_token": "at", "refresh_token": "rt"}))).await;
     let (status, _) = app.admin(Method::DELETE, PATH, None).await;
     assert_eq!(status, 204);
@@ -111,10 +126,13 @@ async fn the_same_user_in_two_organizations_has_two_accounts() {
     ids.dedup();
     assert_eq!(ids.len(), 3);
     for (org, token) in [(Some("org_a"), "at-a"), (Some("org_b"), "at-b"), (None, "at-none")] {
-        let Lookup::Hit(cached) = app.state.cache.get("acme", "user_1", org, Utc::now()).await.unwrap() else { panic!("cached") };
+        let Lookup::Hit(cached) = app.state.cache.get("acme", "user_1", org, Utc::now()).await.unwrap() else {
+            panic!("cached")
+        };
         assert_eq!(cached.access_token.expose(), token);
     }
-    let (_, listed) = app.admin(Method::GET, "/user_management/users/user_1/data_providers?organization_id=org_b", None).await;
+    let (_, listed) =
+        app.admin(Method::GET, "/user_management/users/user_1/data_providers?organization_id=org_b", None).await;
     let account = &listed["data"][0]["connected_account"];
     assert_eq!(account["organization_id"], "org_b");
     app.admin(Method::DELETE, &format!("{PATH}?organization_id=org_a"), None).await;
@@ -166,9 +184,16 @@ async fn every_bad_input_is_a_422_and_changes_nothing() {
         }
     }
     let long_user = "u".repeat(300);
-    let (status, answer) = app.admin(Method::GET, &format!("/user_management/users/{long_user}/connected_accounts/acme"), None).await;
+    let (status, answer) =
+        app.admin(Method::GET, &format!("/user_management/users/{long_user}/connected_accounts/acme"), None).await;
     assert_eq!((status, answer["errors"][0]["field"].as_str()), (422, Some("user_id")));
-    let (status, answer) = app.admin(Method::POST, "/user_management/users/user_1/connected_accounts/nope", Some(json!({"access_token": "at"}))).await;
+    let (status, answer) = app
+        .admin(
+            Method::POST,
+            "/user_management/users/user_1/connected_accounts/nope",
+            Some(json!({"access_token": "at"})),
+        )
+        .await;
     assert_eq!((status, answer["code"].as_str()), (404, Some("integration_not_found")));
     let (status, answer) = app.call(Method::POST, PATH, Some(&app.admin_key.clone()), None).await;
     assert_eq!((status, answer["code"].as_str()), (400, Some("invalid_json")));

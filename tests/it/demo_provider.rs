@@ -11,9 +11,7 @@ use base64::Engine;
 use pipes::demo_provider::{
     ClientAuthMethod, ClientRegistration, DemoConfig, DemoProvider, Fault, IssuedTokens, Shape,
 };
-use reqwest::header::{
-    HeaderMap, CACHE_CONTROL, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE, WWW_AUTHENTICATE,
-};
+use reqwest::header::{HeaderMap, CACHE_CONTROL, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -30,9 +28,7 @@ fn http() -> Result<reqwest::Client> {
         // Another test may have installed it first; either way one provider is in place.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-    Ok(reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?)
+    Ok(reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?)
 }
 
 fn challenge(verifier: &str) -> String {
@@ -51,12 +47,7 @@ impl Response {
         let (status, headers) = (response.status(), response.headers().clone());
         let text = response.text().await?;
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok(Self {
-            status,
-            headers,
-            json,
-            text,
-        })
+        Ok(Self { status, headers, json, text })
     }
 
     fn header(&self, name: reqwest::header::HeaderName) -> Option<&str> {
@@ -64,16 +55,12 @@ impl Response {
     }
 
     fn location(&self) -> Result<Url> {
-        Ok(Url::parse(
-            self.header(LOCATION).context("no Location header")?,
-        )?)
+        Ok(Url::parse(self.header(LOCATION).context("no Location header")?)?)
     }
 }
 
 fn query(url: &Url, key: &str) -> Option<String> {
-    url.query_pairs()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
+    url.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
 }
 
 /// The value of the hidden (or other) input named `name` in a page.
@@ -91,10 +78,7 @@ struct Demo {
 
 /// A spawned provider with client `app` registered for `auth`, auto-consent on.
 async fn demo(auth: ClientAuthMethod) -> Result<Demo> {
-    let config = DemoConfig {
-        auto_consent: true,
-        ..DemoConfig::default()
-    };
+    let config = DemoConfig { auto_consent: true, ..DemoConfig::default() };
     let (provider, _) = DemoProvider::spawn(config).await?;
     provider.register_client(ClientRegistration {
         client_id: CLIENT_ID.to_owned(),
@@ -102,11 +86,7 @@ async fn demo(auth: ClientAuthMethod) -> Result<Demo> {
         redirect_uris: vec![REDIRECT.to_owned()],
         auth_method: auth,
     });
-    Ok(Demo {
-        base: provider.base_url(),
-        provider,
-        http: http()?,
-    })
+    Ok(Demo { base: provider.base_url(), provider, http: http()? })
 }
 
 impl Demo {
@@ -122,12 +102,7 @@ impl Demo {
         Response::read(request.send().await?).await
     }
 
-    async fn post_form(
-        &self,
-        path: &str,
-        form: &[(&str, &str)],
-        cookie: Option<&str>,
-    ) -> Result<Response> {
+    async fn post_form(&self, path: &str, form: &[(&str, &str)], cookie: Option<&str>) -> Result<Response> {
         let mut request = self.http.post(self.url(path)).form(form);
         if let Some(cookie) = cookie {
             request = request.header(COOKIE, cookie);
@@ -149,11 +124,7 @@ impl Demo {
 
     async fn code(&self, extra: &[(&str, &str)]) -> Result<String> {
         let response = self.authorize(extra).await?;
-        anyhow::ensure!(
-            response.status == StatusCode::FOUND,
-            "authorize answered {}",
-            response.status
-        );
+        anyhow::ensure!(response.status == StatusCode::FOUND, "authorize answered {}", response.status);
         query(&response.location()?, "code").context("no code in the redirect")
     }
 
@@ -174,40 +145,22 @@ impl Demo {
     }
 
     async fn exchange(&self, code: &str, verifier: Option<&str>) -> Result<Response> {
-        let mut form = vec![
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", REDIRECT),
-        ];
+        let mut form = vec![("grant_type", "authorization_code"), ("code", code), ("redirect_uri", REDIRECT)];
         form.extend(verifier.map(|v| ("code_verifier", v)));
         self.token(&form).await
     }
 
     async fn refresh(&self, refresh_token: &str) -> Result<Response> {
-        self.token(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-        ])
-        .await
+        self.token(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token)]).await
     }
 
     async fn userinfo(&self, access_token: &str) -> Result<Response> {
-        Response::read(
-            self.http
-                .get(self.url("/userinfo"))
-                .bearer_auth(access_token)
-                .send()
-                .await?,
-        )
-        .await
+        Response::read(self.http.get(self.url("/userinfo")).bearer_auth(access_token).send().await?).await
     }
 
     fn grant(&self, user: &str) -> Result<(String, String)> {
         let issued = self.provider.issue_grant(CLIENT_ID, user, &["profile"])?;
-        Ok((
-            issued.access_token,
-            issued.refresh_token.context("no refresh token")?,
-        ))
+        Ok((issued.access_token, issued.refresh_token.context("no refresh token")?))
     }
 }
 
@@ -228,10 +181,7 @@ async fn code_flow_with_pkce_issues_working_tokens_and_rejects_a_wrong_verifier(
 
     let code = demo.code(&pkce).await?;
     let wrong = demo.exchange(&code, Some(&format!("{VERIFIER}x"))).await?;
-    assert_eq!(
-        (wrong.status, str_field(&wrong.json, "error")),
-        (StatusCode::BAD_REQUEST, "invalid_grant")
-    );
+    assert_eq!((wrong.status, str_field(&wrong.json, "error")), (StatusCode::BAD_REQUEST, "invalid_grant"));
     let code = demo.code(&pkce).await?;
     let missing = demo.exchange(&code, None).await?;
     assert_eq!(str_field(&missing.json, "error"), "invalid_grant");
@@ -250,19 +200,9 @@ async fn code_flow_with_pkce_issues_working_tokens_and_rejects_a_wrong_verifier(
     assert!(access.starts_with("demo_at_"));
 
     let me = demo.userinfo(access).await?;
-    assert_eq!(
-        (me.status, str_field(&me.json, "sub")),
-        (StatusCode::OK, "alice")
-    );
+    assert_eq!((me.status, str_field(&me.json, "sub")), (StatusCode::OK, "alice"));
     let stats = demo.provider.stats();
-    assert_eq!(
-        (
-            stats.code_exchanges,
-            stats.grants_alive,
-            stats.token_requests
-        ),
-        (1, 1, 3)
-    );
+    assert_eq!((stats.code_exchanges, stats.grants_alive, stats.token_requests), (1, 1, 3));
     Ok(())
 }
 
@@ -279,29 +219,15 @@ async fn a_verifier_without_a_challenge_is_refused_as_a_downgrade() -> Result<()
 async fn client_must_authenticate_with_its_registered_method() -> Result<()> {
     let demo = demo(ClientAuthMethod::Basic).await?;
     let (_, refresh) = demo.grant("alice")?;
-    let form = [
-        ("grant_type", "refresh_token"),
-        ("refresh_token", refresh.as_str()),
-    ];
+    let form = [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str())];
 
     let in_body = demo.token_as(false, SECRET, &form).await?;
-    assert_eq!(
-        (in_body.status, str_field(&in_body.json, "error")),
-        (StatusCode::UNAUTHORIZED, "invalid_client")
-    );
-    assert!(in_body
-        .header(WWW_AUTHENTICATE)
-        .is_some_and(|v| v.starts_with("Basic")));
+    assert_eq!((in_body.status, str_field(&in_body.json, "error")), (StatusCode::UNAUTHORIZED, "invalid_client"));
+    assert!(in_body.header(WWW_AUTHENTICATE).is_some_and(|v| v.starts_with("Basic")));
     let bad_secret = demo.token_as(true, "nope", &form).await?;
     assert_eq!(bad_secret.status, StatusCode::UNAUTHORIZED);
-    assert!(
-        demo.provider.is_grant_alive_for_refresh(&refresh),
-        "refused requests change nothing"
-    );
-    assert_eq!(
-        demo.token_as(true, SECRET, &form).await?.status,
-        StatusCode::OK
-    );
+    assert!(demo.provider.is_grant_alive_for_refresh(&refresh), "refused requests change nothing");
+    assert_eq!(demo.token_as(true, SECRET, &form).await?.status, StatusCode::OK);
 
     demo.provider.register_client(ClientRegistration {
         client_id: CLIENT_ID.to_owned(),
@@ -310,19 +236,10 @@ async fn client_must_authenticate_with_its_registered_method() -> Result<()> {
         auth_method: ClientAuthMethod::Body,
     });
     let (_, refresh) = demo.grant("bob")?;
-    let form = [
-        ("grant_type", "refresh_token"),
-        ("refresh_token", refresh.as_str()),
-    ];
+    let form = [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str())];
     let basic = demo.token_as(true, SECRET, &form).await?;
-    assert_eq!(
-        (basic.status, str_field(&basic.json, "error")),
-        (StatusCode::UNAUTHORIZED, "invalid_client")
-    );
-    assert_eq!(
-        demo.token_as(false, SECRET, &form).await?.status,
-        StatusCode::OK
-    );
+    assert_eq!((basic.status, str_field(&basic.json, "error")), (StatusCode::UNAUTHORIZED, "invalid_client"));
+    assert_eq!(demo.token_as(false, SECRET, &form).await?.status, StatusCode::OK);
     Ok(())
 }
 
@@ -336,10 +253,7 @@ async fn a_replayed_code_is_invalid_grant_and_revokes_what_it_issued() -> Result
     assert!(demo.provider.access_token_valid(access));
 
     let replay = demo.exchange(&code, None).await?;
-    assert_eq!(
-        (replay.status, str_field(&replay.json, "error")),
-        (StatusCode::BAD_REQUEST, "invalid_grant")
-    );
+    assert_eq!((replay.status, str_field(&replay.json, "error")), (StatusCode::BAD_REQUEST, "invalid_grant"));
     assert!(!demo.provider.access_token_valid(access));
     assert_eq!(demo.provider.stats().grants_revoked, 1);
     Ok(())
@@ -350,18 +264,11 @@ async fn an_expired_code_or_another_redirect_uri_is_refused() -> Result<()> {
     let demo = demo(ClientAuthMethod::Basic).await?;
     let code = demo.code(&[]).await?;
     demo.provider.advance_clock(Duration::from_secs(61));
-    assert_eq!(
-        str_field(&demo.exchange(&code, None).await?.json, "error"),
-        "invalid_grant"
-    );
+    assert_eq!(str_field(&demo.exchange(&code, None).await?.json, "error"), "invalid_grant");
 
     let code = demo.code(&[]).await?;
     let other = demo
-        .token(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", "http://app.test/other"),
-        ])
+        .token(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", "http://app.test/other")])
         .await?;
     assert_eq!(str_field(&other.json, "error"), "invalid_grant");
     assert_eq!(demo.provider.stats().code_exchanges, 0);
@@ -384,28 +291,12 @@ async fn refresh_rotates_and_reusing_an_old_token_revokes_the_whole_grant() -> R
     assert!(demo.provider.access_token_valid(&access3));
 
     let reuse = demo.refresh(&rt1).await?;
-    assert_eq!(
-        (reuse.status, str_field(&reuse.json, "error")),
-        (StatusCode::BAD_REQUEST, "invalid_grant")
-    );
+    assert_eq!((reuse.status, str_field(&reuse.json, "error")), (StatusCode::BAD_REQUEST, "invalid_grant"));
     assert!(!demo.provider.is_grant_alive_for_refresh(&rt3));
-    assert_eq!(
-        str_field(&demo.refresh(&rt3).await?.json, "error"),
-        "invalid_grant"
-    );
-    assert!(
-        !demo.provider.access_token_valid(&access1) && !demo.provider.access_token_valid(&access3)
-    );
+    assert_eq!(str_field(&demo.refresh(&rt3).await?.json, "error"), "invalid_grant");
+    assert!(!demo.provider.access_token_valid(&access1) && !demo.provider.access_token_valid(&access3));
     let stats = demo.provider.stats();
-    assert_eq!(
-        (
-            stats.reuse_detected,
-            stats.refreshes,
-            stats.grants_revoked,
-            stats.grants_alive
-        ),
-        (1, 2, 1, 0)
-    );
+    assert_eq!((stats.reuse_detected, stats.refreshes, stats.grants_revoked, stats.grants_alive), (1, 2, 1, 0));
     Ok(())
 }
 
@@ -414,32 +305,17 @@ async fn revocation_endpoint_revokes_the_grant_of_a_token() -> Result<()> {
     let demo = demo(ClientAuthMethod::Basic).await?;
     let (access, refresh) = demo.grant("alice")?;
     let revoke = |token: String, secret: &'static str| {
-        let request = demo
-            .http
-            .post(demo.url("/revoke"))
-            .basic_auth(CLIENT_ID, Some(secret));
+        let request = demo.http.post(demo.url("/revoke")).basic_auth(CLIENT_ID, Some(secret));
         async move { Response::read(request.form(&[("token", token)]).send().await?).await }
     };
 
-    assert_eq!(
-        revoke(access.clone(), "nope").await?.status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(revoke(access.clone(), "nope").await?.status, StatusCode::UNAUTHORIZED);
     assert!(demo.provider.access_token_valid(&access));
-    assert_eq!(
-        revoke("demo_at_unknown".to_owned(), SECRET).await?.status,
-        StatusCode::OK
-    );
+    assert_eq!(revoke("demo_at_unknown".to_owned(), SECRET).await?.status, StatusCode::OK);
     assert_eq!(revoke(access.clone(), SECRET).await?.status, StatusCode::OK);
     assert!(!demo.provider.access_token_valid(&access));
-    assert_eq!(
-        demo.userinfo(&access).await?.status,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        str_field(&demo.refresh(&refresh).await?.json, "error"),
-        "invalid_grant"
-    );
+    assert_eq!(demo.userinfo(&access).await?.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(str_field(&demo.refresh(&refresh).await?.json, "error"), "invalid_grant");
     assert_eq!(demo.provider.stats().revocations, 1);
 
     let (_, refresh) = demo.grant("bob")?;
@@ -453,27 +329,15 @@ async fn revocation_endpoint_revokes_the_grant_of_a_token() -> Result<()> {
 async fn access_tokens_expire_after_the_configured_lifetime() -> Result<()> {
     let demo = demo(ClientAuthMethod::Basic).await?;
     demo.provider.set_access_ttl(Duration::from_secs(30));
-    let issued = demo
-        .provider
-        .issue_grant(CLIENT_ID, "alice", &["profile"])?;
+    let issued = demo.provider.issue_grant(CLIENT_ID, "alice", &["profile"])?;
     assert_eq!(issued.expires_in, Some(30));
-    assert_eq!(
-        demo.userinfo(&issued.access_token).await?.status,
-        StatusCode::OK
-    );
+    assert_eq!(demo.userinfo(&issued.access_token).await?.status, StatusCode::OK);
 
     demo.provider.advance_clock(Duration::from_secs(31));
-    assert_eq!(
-        demo.userinfo(&issued.access_token).await?.status,
-        StatusCode::UNAUTHORIZED
-    );
-    let refreshed = demo
-        .refresh(issued.refresh_token.as_deref().context("refresh token")?)
-        .await?;
+    assert_eq!(demo.userinfo(&issued.access_token).await?.status, StatusCode::UNAUTHORIZED);
+    let refreshed = demo.refresh(issued.refresh_token.as_deref().context("refresh token")?).await?;
     assert_eq!(refreshed.json["expires_in"], 30);
-    assert!(demo
-        .provider
-        .access_token_valid(str_field(&refreshed.json, "access_token")));
+    assert!(demo.provider.access_token_valid(str_field(&refreshed.json, "access_token")));
     Ok(())
 }
 
@@ -484,9 +348,7 @@ async fn injected_faults_answer_in_order_and_change_nothing() -> Result<()> {
     for fault in [
         Fault::Status(503),
         Fault::Status(500),
-        Fault::TooManyRequests {
-            retry_after_secs: 7,
-        },
+        Fault::TooManyRequests { retry_after_secs: 7 },
         Fault::InvalidGrant,
         Fault::InvalidClient,
         Fault::SlackError("token_revoked".to_owned()),
@@ -496,43 +358,22 @@ async fn injected_faults_answer_in_order_and_change_nothing() -> Result<()> {
 
     let unavailable = demo.refresh(&refresh).await?;
     assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        str_field(&unavailable.json, "error"),
-        "temporarily_unavailable"
-    );
-    assert_eq!(
-        demo.refresh(&refresh).await?.status,
-        StatusCode::INTERNAL_SERVER_ERROR
-    );
+    assert_eq!(str_field(&unavailable.json, "error"), "temporarily_unavailable");
+    assert_eq!(demo.refresh(&refresh).await?.status, StatusCode::INTERNAL_SERVER_ERROR);
     let limited = demo.refresh(&refresh).await?;
-    assert_eq!(
-        (limited.status, limited.header(RETRY_AFTER)),
-        (StatusCode::TOO_MANY_REQUESTS, Some("7"))
-    );
+    assert_eq!((limited.status, limited.header(RETRY_AFTER)), (StatusCode::TOO_MANY_REQUESTS, Some("7")));
     let grant = demo.refresh(&refresh).await?;
-    assert_eq!(
-        (grant.status, str_field(&grant.json, "error")),
-        (StatusCode::BAD_REQUEST, "invalid_grant")
-    );
+    assert_eq!((grant.status, str_field(&grant.json, "error")), (StatusCode::BAD_REQUEST, "invalid_grant"));
     let client = demo.refresh(&refresh).await?;
-    assert_eq!(
-        (client.status, str_field(&client.json, "error")),
-        (StatusCode::UNAUTHORIZED, "invalid_client")
-    );
+    assert_eq!((client.status, str_field(&client.json, "error")), (StatusCode::UNAUTHORIZED, "invalid_client"));
     let slack = demo.refresh(&refresh).await?;
     assert_eq!(slack.status, StatusCode::OK);
-    assert_eq!(
-        (&slack.json["ok"], str_field(&slack.json, "error")),
-        (&Value::Bool(false), "token_revoked")
-    );
+    assert_eq!((&slack.json["ok"], str_field(&slack.json, "error")), (&Value::Bool(false), "token_revoked"));
 
     assert!(demo.provider.is_grant_alive_for_refresh(&refresh));
     assert_eq!(demo.refresh(&refresh).await?.status, StatusCode::OK);
     let stats = demo.provider.stats();
-    assert_eq!(
-        (stats.token_requests, stats.refreshes, stats.grants_revoked),
-        (7, 1, 0)
-    );
+    assert_eq!((stats.token_requests, stats.refreshes, stats.grants_revoked), (7, 1, 0));
     Ok(())
 }
 
@@ -540,26 +381,19 @@ async fn injected_faults_answer_in_order_and_change_nothing() -> Result<()> {
 async fn a_delay_fault_times_the_client_out_without_rotating_the_token() -> Result<()> {
     let demo = demo(ClientAuthMethod::Basic).await?;
     let (_, refresh) = demo.grant("alice")?;
-    demo.provider
-        .push_fault(Fault::Delay(Duration::from_millis(800)));
+    demo.provider.push_fault(Fault::Delay(Duration::from_millis(800)));
 
     let attempt = demo
         .http
         .post(demo.url("/token"))
         .basic_auth(CLIENT_ID, Some(SECRET))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh.as_str()),
-        ])
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh.as_str())])
         .timeout(Duration::from_millis(200))
         .send()
         .await;
     assert!(attempt.is_err_and(|e| e.is_timeout()));
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(
-        demo.provider.is_grant_alive_for_refresh(&refresh),
-        "the abandoned request rotated nothing"
-    );
+    assert!(demo.provider.is_grant_alive_for_refresh(&refresh), "the abandoned request rotated nothing");
     assert_eq!(demo.provider.stats().refreshes, 0);
     assert_eq!(demo.refresh(&refresh).await?.status, StatusCode::OK);
     Ok(())
@@ -571,31 +405,19 @@ async fn slack_shape_nests_user_tokens_and_reports_errors_as_ok_false() -> Resul
     demo.provider.set_shape(Shape::Slack);
     let code = demo.code(&[("scope", "chat:write users:read")]).await?;
     let ok = demo.exchange(&code, None).await?;
-    assert_eq!(
-        (ok.status, &ok.json["ok"]),
-        (StatusCode::OK, &Value::Bool(true))
-    );
+    assert_eq!((ok.status, &ok.json["ok"]), (StatusCode::OK, &Value::Bool(true)));
     let user = &ok.json["authed_user"];
     assert!(str_field(user, "access_token").starts_with("demo_at_"));
     assert!(str_field(user, "refresh_token").starts_with("demo_rt_"));
-    assert_eq!(
-        (&user["expires_in"], str_field(user, "scope")),
-        (&Value::from(120), "chat:write,users:read")
-    );
+    assert_eq!((&user["expires_in"], str_field(user, "scope")), (&Value::from(120), "chat:write,users:read"));
     assert!(ok.json.get("access_token").is_none());
 
     let bad = demo.refresh("demo_rt_unknown").await?;
     assert_eq!(bad.status, StatusCode::OK);
-    assert_eq!(
-        (&bad.json["ok"], str_field(&bad.json, "error")),
-        (&Value::Bool(false), "invalid_refresh_token")
-    );
+    assert_eq!((&bad.json["ok"], str_field(&bad.json, "error")), (&Value::Bool(false), "invalid_refresh_token"));
     demo.provider.push_fault(Fault::InvalidGrant);
     let injected = demo.refresh(str_field(user, "refresh_token")).await?;
-    assert_eq!(
-        (injected.status, str_field(&injected.json, "error")),
-        (StatusCode::OK, "invalid_refresh_token")
-    );
+    assert_eq!((injected.status, str_field(&injected.json, "error")), (StatusCode::OK, "invalid_refresh_token"));
     Ok(())
 }
 
@@ -616,14 +438,9 @@ async fn non_expiring_shape_issues_tokens_without_expiry_or_refresh_token() -> R
     let code = demo.code(&[]).await?;
     let response = demo.exchange(&code, None).await?;
     assert_eq!(response.status, StatusCode::OK);
-    assert!(
-        response.json.get("expires_in").is_none() && response.json.get("refresh_token").is_none()
-    );
-    demo.provider
-        .advance_clock(Duration::from_secs(86_400 * 365));
-    assert!(demo
-        .provider
-        .access_token_valid(str_field(&response.json, "access_token")));
+    assert!(response.json.get("expires_in").is_none() && response.json.get("refresh_token").is_none());
+    demo.provider.advance_clock(Duration::from_secs(86_400 * 365));
+    assert!(demo.provider.access_token_valid(str_field(&response.json, "access_token")));
     Ok(())
 }
 
@@ -650,10 +467,7 @@ async fn deny_next_consent_redirects_with_access_denied_once() -> Result<()> {
     assert_eq!(query(&denied, "error").as_deref(), Some("access_denied"));
     assert_eq!(query(&denied, "state").as_deref(), Some("st-123"));
     assert!(query(&denied, "code").is_none());
-    assert!(
-        demo.code(&[]).await.is_ok(),
-        "only the next consent is denied"
-    );
+    assert!(demo.code(&[]).await.is_ok(), "only the next consent is denied");
     Ok(())
 }
 
@@ -661,37 +475,17 @@ async fn deny_next_consent_redirects_with_access_denied_once() -> Result<()> {
 async fn authorize_never_redirects_to_an_unregistered_uri() -> Result<()> {
     let demo = demo(ClientAuthMethod::Basic).await?;
     let url = |client: &str, redirect: &str| {
-        format!(
-            "{}/authorize?response_type=code&client_id={client}&redirect_uri={redirect}",
-            demo.base
-        )
+        format!("{}/authorize?response_type=code&client_id={client}&redirect_uri={redirect}", demo.base)
     };
-    for bad in [
-        url("nobody", REDIRECT),
-        url(CLIENT_ID, "http://evil.test/cb"),
-    ] {
+    for bad in [url("nobody", REDIRECT), url(CLIENT_ID, "http://evil.test/cb")] {
         let response = Response::read(demo.http.get(bad).send().await?).await?;
         assert_eq!(response.status, StatusCode::BAD_REQUEST);
         assert!(response.header(LOCATION).is_none());
     }
-    let token = demo
-        .authorize(&[("response_type", "token")])
-        .await?
-        .location()?;
-    assert_eq!(
-        query(&token, "error").as_deref(),
-        Some("unsupported_response_type")
-    );
-    let plain = demo
-        .authorize(&[
-            ("code_challenge", &challenge(VERIFIER)),
-            ("code_challenge_method", "plain"),
-        ])
-        .await?;
-    assert_eq!(
-        query(&plain.location()?, "error").as_deref(),
-        Some("invalid_request")
-    );
+    let token = demo.authorize(&[("response_type", "token")]).await?.location()?;
+    assert_eq!(query(&token, "error").as_deref(), Some("unsupported_response_type"));
+    let plain = demo.authorize(&[("code_challenge", &challenge(VERIFIER)), ("code_challenge_method", "plain")]).await?;
+    assert_eq!(query(&plain.location()?, "error").as_deref(), Some("invalid_request"));
     Ok(())
 }
 
@@ -702,73 +496,38 @@ async fn html_flow_signs_in_asks_consent_and_redirects_with_a_code() -> Result<(
 
     let login = demo.authorize(&[("scope", "profile files.read")]).await?;
     assert_eq!(login.status, StatusCode::OK);
-    assert!(
-        login.text.contains("<label for=\"username\">") && login.text.contains("action=\"login\"")
-    );
-    let cookie = login
-        .header(SET_COOKIE)
-        .and_then(|c| c.split(';').next())
-        .context("session cookie")?
-        .to_owned();
+    assert!(login.text.contains("<label for=\"username\">") && login.text.contains("action=\"login\""));
+    let cookie = login.header(SET_COOKIE).and_then(|c| c.split(';').next()).context("session cookie")?.to_owned();
     let request = input_value(&login.text, "request").context("request field")?;
     let csrf = input_value(&login.text, "csrf").context("csrf field")?;
 
     let forged = demo
-        .post_form(
-            "/login",
-            &[
-                ("request", &request),
-                ("csrf", "forged"),
-                ("username", "eve"),
-            ],
-            Some(&cookie),
-        )
+        .post_form("/login", &[("request", &request), ("csrf", "forged"), ("username", "eve")], Some(&cookie))
         .await?;
     assert_eq!(forged.status, StatusCode::BAD_REQUEST);
-    let no_cookie = demo
-        .post_form(
-            "/login",
-            &[("request", &request), ("csrf", &csrf), ("username", "eve")],
-            None,
-        )
-        .await?;
+    let no_cookie =
+        demo.post_form("/login", &[("request", &request), ("csrf", &csrf), ("username", "eve")], None).await?;
     assert_eq!(no_cookie.status, StatusCode::BAD_REQUEST);
 
-    let fields = [
-        ("request", request.as_str()),
-        ("csrf", csrf.as_str()),
-        ("username", "carol"),
-    ];
+    let fields = [("request", request.as_str()), ("csrf", csrf.as_str()), ("username", "carol")];
     let consent = demo.post_form("/login", &fields, Some(&cookie)).await?;
     assert_eq!(consent.status, StatusCode::OK);
     assert!(consent.text.contains("files.read") && consent.text.contains("carol"));
     assert!(consent.text.contains("value=\"approve\"") && consent.text.contains("value=\"deny\""));
 
-    let decision = [
-        ("request", request.as_str()),
-        ("csrf", csrf.as_str()),
-        ("decision", "approve"),
-    ];
+    let decision = [("request", request.as_str()), ("csrf", csrf.as_str()), ("decision", "approve")];
     let redirect = demo.post_form("/consent", &decision, Some(&cookie)).await?;
     assert_eq!(redirect.status, StatusCode::SEE_OTHER);
     let location = redirect.location()?;
     assert!(location.as_str().starts_with(REDIRECT));
     assert_eq!(query(&location, "state").as_deref(), Some("st-123"));
-    let tokens = demo
-        .exchange(&query(&location, "code").context("code")?, None)
-        .await?;
+    let tokens = demo.exchange(&query(&location, "code").context("code")?, None).await?;
     assert_eq!(str_field(&tokens.json, "scope"), "profile files.read");
-    let me = demo
-        .userinfo(str_field(&tokens.json, "access_token"))
-        .await?;
+    let me = demo.userinfo(str_field(&tokens.json, "access_token")).await?;
     assert_eq!(str_field(&me.json, "sub"), "carol");
 
     let again = demo.post_form("/consent", &decision, Some(&cookie)).await?;
-    assert_eq!(
-        (again.status, again.header(LOCATION)),
-        (StatusCode::BAD_REQUEST, None),
-        "a request is used once"
-    );
+    assert_eq!((again.status, again.header(LOCATION)), (StatusCode::BAD_REQUEST, None), "a request is used once");
     Ok(())
 }
 
@@ -777,28 +536,13 @@ async fn html_flow_deny_redirects_with_access_denied() -> Result<()> {
     let demo = demo(ClientAuthMethod::Basic).await?;
     demo.provider.set_auto_consent(false);
     let login = demo.authorize(&[]).await?;
-    let cookie = login
-        .header(SET_COOKIE)
-        .and_then(|c| c.split(';').next())
-        .context("cookie")?
-        .to_owned();
+    let cookie = login.header(SET_COOKIE).and_then(|c| c.split(';').next()).context("cookie")?.to_owned();
     let request = input_value(&login.text, "request").context("request")?;
     let csrf = input_value(&login.text, "csrf").context("csrf")?;
-    let fields = [
-        ("request", request.as_str()),
-        ("csrf", csrf.as_str()),
-        ("username", "dave"),
-    ];
+    let fields = [("request", request.as_str()), ("csrf", csrf.as_str()), ("username", "dave")];
     demo.post_form("/login", &fields, Some(&cookie)).await?;
-    let decision = [
-        ("request", request.as_str()),
-        ("csrf", csrf.as_str()),
-        ("decision", "deny"),
-    ];
-    let redirect = demo
-        .post_form("/consent", &decision, Some(&cookie))
-        .await?
-        .location()?;
+    let decision = [("request", request.as_str()), ("csrf", csrf.as_str()), ("decision", "deny")];
+    let redirect = demo.post_form("/consent", &decision, Some(&cookie)).await?.location()?;
     assert_eq!(query(&redirect, "error").as_deref(), Some("access_denied"));
     assert_eq!(demo.provider.stats().grants_alive, 0);
     Ok(())
@@ -811,31 +555,16 @@ async fn grants_page_lists_live_grants_and_revokes_one() -> Result<()> {
     let page = demo.get("/grants", None).await?;
     assert!(page.text.contains("&lt;bob&gt;"), "user names are escaped");
     assert!(page.text.contains("action=\"grants/1/revoke\""));
-    let cookie = page
-        .header(SET_COOKIE)
-        .and_then(|c| c.split(';').next())
-        .context("cookie")?
-        .to_owned();
+    let cookie = page.header(SET_COOKIE).and_then(|c| c.split(';').next()).context("cookie")?.to_owned();
     let csrf = input_value(&page.text, "csrf").context("csrf")?;
 
-    let forged = demo
-        .post_form("/grants/1/revoke", &[("csrf", "x")], Some(&cookie))
-        .await?;
+    let forged = demo.post_form("/grants/1/revoke", &[("csrf", "x")], Some(&cookie)).await?;
     assert_eq!(forged.status, StatusCode::BAD_REQUEST);
     assert!(demo.provider.access_token_valid(&access));
-    let revoked = demo
-        .post_form("/grants/1/revoke", &[("csrf", &csrf)], Some(&cookie))
-        .await?;
-    assert_eq!(
-        (revoked.status, revoked.header(LOCATION)),
-        (StatusCode::SEE_OTHER, Some("../../grants"))
-    );
+    let revoked = demo.post_form("/grants/1/revoke", &[("csrf", &csrf)], Some(&cookie)).await?;
+    assert_eq!((revoked.status, revoked.header(LOCATION)), (StatusCode::SEE_OTHER, Some("../../grants")));
     assert!(!demo.provider.access_token_valid(&access));
-    assert!(!demo
-        .get("/grants", Some(&cookie))
-        .await?
-        .text
-        .contains("&lt;bob&gt;"));
+    assert!(!demo.get("/grants", Some(&cookie)).await?.text.contains("&lt;bob&gt;"));
     assert_eq!(demo.provider.stats().revocations, 1);
     Ok(())
 }
@@ -843,18 +572,9 @@ async fn grants_page_lists_live_grants_and_revokes_one() -> Result<()> {
 #[tokio::test]
 async fn debug_output_never_shows_tokens_or_secrets() -> Result<()> {
     let demo = demo(ClientAuthMethod::Basic).await?;
-    let issued: IssuedTokens = demo
-        .provider
-        .issue_grant(CLIENT_ID, "alice", &["profile"])?;
-    let printed = format!(
-        "{issued:?} {:?}",
-        ClientRegistration::for_pipes_dev("http://localhost:8080/")
-    );
-    assert!(
-        !printed.contains(&issued.access_token)
-            && !printed.contains("demo_rt_")
-            && !printed.contains("demo_cs_")
-    );
+    let issued: IssuedTokens = demo.provider.issue_grant(CLIENT_ID, "alice", &["profile"])?;
+    let printed = format!("{issued:?} {:?}", ClientRegistration::for_pipes_dev("http://localhost:8080/"));
+    assert!(!printed.contains(&issued.access_token) && !printed.contains("demo_rt_") && !printed.contains("demo_cs_"));
     assert!(printed.contains("http://localhost:8080/data-integrations/demo/callback"));
     Ok(())
 }

@@ -68,7 +68,11 @@ fn configuration_reads_a_toml_file_with_the_same_keys() {
     let dir = std::env::temp_dir().join(format!("pipes-cfg-{}", ulid::Ulid::new()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("pipes.toml");
-    std::fs::write(&path, format!("encryption_keys = \"{TEST_KEY}\"\nPIPES_MIN_VALIDITY = \"90s\"\nworker_concurrency = 3\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("encryption_keys = \"{TEST_KEY}\"\nPIPES_MIN_VALIDITY = \"90s\"\nworker_concurrency = 3\n"),
+    )
+    .unwrap();
     let mut s = Settings::default();
     s.merge_file(&path).unwrap();
     let config = Config::from_settings(&s).unwrap();

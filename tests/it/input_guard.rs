@@ -57,7 +57,13 @@ async fn nul_characters_in_json_bodies_are_field_errors_and_store_nothing() {
     assert_eq!(status, 200);
     assert_eq!(body["data"], json!([]), "nothing was stored");
 
-    let (status, _, body) = raw(&app, Method::POST, "/data-integrations/github/token", Some(json!({"user_id": "u1", "organization_id": "o\u{0}"}))).await;
+    let (status, _, body) = raw(
+        &app,
+        Method::POST,
+        "/data-integrations/github/token",
+        Some(json!({"user_id": "u1", "organization_id": "o\u{0}"})),
+    )
+    .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["errors"][0]["field"], "organization_id", "{body}");
 }

@@ -36,12 +36,18 @@ async fn a_catalog_provider_needs_only_credentials_and_its_secret_is_sealed_and_
     assert_eq!(created["redirect_uri"], app.config().redirect_uri("github"));
     let defaults = &pipes::oauth::catalog::Catalog::builtin().get("github").unwrap().default_scopes;
     assert_eq!(created["scopes"], json!(defaults));
-    assert_eq!(created["credentials"], json!({"type": "custom", "client_id": "gh-client", "redacted_client_secret": "********abcd"}));
-    assert!(created["created_at"].as_str().unwrap().ends_with('Z') && created["created_at"].as_str().unwrap().len() == 24);
+    assert_eq!(
+        created["credentials"],
+        json!({"type": "custom", "client_id": "gh-client", "redacted_client_secret": "********abcd"})
+    );
+    assert!(
+        created["created_at"].as_str().unwrap().ends_with('Z') && created["created_at"].as_str().unwrap().len() == 24
+    );
     let (_, shown) = app.admin(Method::GET, "/data-integrations/github", None).await;
     assert_eq!(shown, created);
     assert!(!shown.to_string().contains(secret));
-    let (id, sealed): (String, Vec<u8>) = sqlx::query_as("SELECT id, client_secret_enc FROM integrations").fetch_one(&app.db).await.unwrap();
+    let (id, sealed): (String, Vec<u8>) =
+        sqlx::query_as("SELECT id, client_secret_enc FROM integrations").fetch_one(&app.db).await.unwrap();
     assert!(!sealed.windows(secret.len()).any(|w| w == secret.as_bytes()));
     let opened = app.state.keyring().open_string(&sealed, aad(pipes::keys::columns::CLIENT_SECRET, &id)).unwrap();
     assert_eq!(opened, secret);
@@ -101,7 +107,10 @@ async fn every_invalid_create_is_a_422_naming_the_field_and_stores_nothing() {
         (json!({"provider": "github", "credentials": {"type": "organization"}}), "credentials.type"),
         (json!({"provider": "github", "credentials": {"client_id": "id"}}), "credentials.client_secret"),
         (json!({"provider": "github", "credentials": {"client_secret": "s"}}), "credentials.client_id"),
-        (with(json!({"custom_provider": {"authorization_url": "http://x.test/a"}})), "custom_provider.authorization_url"),
+        (
+            with(json!({"custom_provider": {"authorization_url": "http://x.test/a"}})),
+            "custom_provider.authorization_url",
+        ),
         (with(json!({"custom_provider": {"token_url": "/relative"}})), "custom_provider.token_url"),
         (with(json!({"custom_provider": {"token_url": "ftp://x.test/t"}})), "custom_provider.token_url"),
         (with(json!({"custom_provider": {"token_url": "https://user:pw@x.test/t"}})), "custom_provider.token_url"),
@@ -109,8 +118,14 @@ async fn every_invalid_create_is_a_422_naming_the_field_and_stores_nothing() {
         (with(json!({"custom_provider": {"name": ""}})), "custom_provider.name"),
         (with(json!({"custom_provider": {"request_scope_separator": ";"}})), "custom_provider.request_scope_separator"),
         (with(json!({"custom_provider": {"authenticate_via": "jwt"}})), "custom_provider.authenticate_via"),
-        (with(json!({"custom_provider": {"token_body_content_type": "xml"}})), "custom_provider.token_body_content_type"),
-        (with(json!({"custom_provider": {"additional_authorization_parameters": {"state": "x"}}})), "custom_provider.additional_authorization_parameters.state"),
+        (
+            with(json!({"custom_provider": {"token_body_content_type": "xml"}})),
+            "custom_provider.token_body_content_type",
+        ),
+        (
+            with(json!({"custom_provider": {"additional_authorization_parameters": {"state": "x"}}})),
+            "custom_provider.additional_authorization_parameters.state",
+        ),
         (with(json!({"custom_provider": {"scopes_required": true}})), "scopes"),
         (with(json!({"scopes": ["has space"]})), "scopes[0]"),
         (with(json!({"config": {"subdomain": "acme"}})), "config"),
@@ -118,18 +133,28 @@ async fn every_invalid_create_is_a_422_naming_the_field_and_stores_nothing() {
         (with(json!({"ownership": "organization"})), "ownership"),
         (with(json!({"enabled": "yes"})), "enabled"),
         (json!({"provider": "zendesk", "credentials": creds}), "config.subdomain"),
-        (json!({"provider": "zendesk", "credentials": creds, "config": {"subdomain": "evil.test/x"}}), "config.subdomain"),
+        (
+            json!({"provider": "zendesk", "credentials": creds, "config": {"subdomain": "evil.test/x"}}),
+            "config.subdomain",
+        ),
         (json!({"provider": "github", "credentials": creds, "config": {"tenant": "x"}}), "config.tenant"),
     ];
     for (body, field) in cases {
         let (status, answer) = app.admin(Method::POST, "/data-integrations", Some(body.clone())).await;
         assert_eq!(status, 422, "{body} -> {answer}");
-        let fields: Vec<&str> = answer["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+        let fields: Vec<&str> =
+            answer["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
         assert!(fields.contains(&field), "{body}: expected {field} in {fields:?}");
         assert_eq!(answer["code"], "validation_error");
     }
     assert_eq!(integration_count(&app).await, 0);
-    let (status, ok) = app.admin(Method::POST, "/data-integrations", Some(json!({"provider": "zendesk", "credentials": creds, "config": {"subdomain": "acme"}}))).await;
+    let (status, ok) = app
+        .admin(
+            Method::POST,
+            "/data-integrations",
+            Some(json!({"provider": "zendesk", "credentials": creds, "config": {"subdomain": "acme"}})),
+        )
+        .await;
     assert_eq!(status, 201, "{ok}");
     assert_eq!(ok["config"], json!({"subdomain": "acme"}));
 }
@@ -153,7 +178,9 @@ async fn the_list_pages_with_limit_before_after_and_order() {
             "custom_provider": {"name": slug, "authorization_url": "https://x.test/a", "token_url": "https://x.test/t"}});
         assert_eq!(app.admin(Method::POST, "/data-integrations", Some(body)).await.0, 201);
     }
-    let slugs = |page: &Value| page["data"].as_array().unwrap().iter().map(|d| d["slug"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let slugs = |page: &Value| {
+        page["data"].as_array().unwrap().iter().map(|d| d["slug"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
     let (_, first) = app.admin(Method::GET, "/data-integrations?limit=2", None).await;
     assert_eq!(slugs(&first), ["p5", "p4"], "newest first by default");
     assert_eq!(first["list_metadata"]["before"], json!(null));
@@ -195,14 +222,17 @@ async fn update_changes_fields_rotates_credentials_and_evicts_cached_tokens() {
     assert_eq!(updated["custom_provider"]["request_scope_separator"], ",");
     assert!(updated["custom_provider"]["token_url"].as_str().unwrap().ends_with("/token"));
     assert!(matches!(app.state.cache.get("acme", "user_1", None, Utc::now()).await.unwrap(), Lookup::Miss));
-    let (status, answer) = app.admin(Method::PUT, "/data-integrations/acme", Some(json!({"custom_provider": {"token_url": "http://x.test"}}))).await;
+    let (status, answer) = app
+        .admin(Method::PUT, "/data-integrations/acme", Some(json!({"custom_provider": {"token_url": "http://x.test"}})))
+        .await;
     assert_eq!((status, answer["errors"][0]["field"].as_str()), (422, Some("custom_provider.token_url")));
     let (_, unchanged) = app.admin(Method::GET, "/data-integrations/acme", None).await;
     assert!(unchanged["custom_provider"]["token_url"].as_str().unwrap().starts_with("http://127.0.0.1"));
     let (status, _) = app.admin(Method::PUT, "/data-integrations/nope", Some(json!({"enabled": false}))).await;
     assert_eq!(status, 404);
     app.admin(Method::POST, "/data-integrations", Some(github("s3cr3t-value-0000"))).await;
-    let (status, answer) = app.admin(Method::PUT, "/data-integrations/github", Some(json!({"custom_provider": {"name": "x"}}))).await;
+    let (status, answer) =
+        app.admin(Method::PUT, "/data-integrations/github", Some(json!({"custom_provider": {"name": "x"}}))).await;
     assert_eq!((status, answer["errors"][0]["field"].as_str()), (422, Some("custom_provider")));
     let (_, reset) = app.admin(Method::PUT, "/data-integrations/github", Some(json!({"scopes": null}))).await;
     let defaults = &pipes::oauth::catalog::Catalog::builtin().get("github").unwrap().default_scopes;
@@ -221,7 +251,8 @@ async fn delete_removes_the_integration_with_its_accounts_and_says_so_in_events(
     assert_eq!(status, 204);
     assert_eq!(integration_count(&app).await, 0);
     assert!(matches!(app.state.cache.get("acme", "user_1", None, Utc::now()).await.unwrap(), Lookup::Miss));
-    let disconnected = events(&app).await.into_iter().filter(|(e, _)| e == "pipes.connected_account.disconnected").count();
+    let disconnected =
+        events(&app).await.into_iter().filter(|(e, _)| e == "pipes.connected_account.disconnected").count();
     assert_eq!(disconnected, 2);
     let (status, answer) = app.admin(Method::DELETE, "/data-integrations/acme", None).await;
     assert_eq!((status, answer["code"].as_str()), (404, Some("integration_not_found")));

@@ -49,7 +49,12 @@ async fn metrics_and_status_tell_the_story_of_a_scripted_flow() {
     let app = TestApp::spawn().await;
     let slug = "ob-flow";
     let receiver = Receiver::start([]).await;
-    create_endpoint(&app, &receiver.url(), &["pipes.connected_account.connected", "pipes.connected_account.reauthorization_needed"]).await;
+    create_endpoint(
+        &app,
+        &receiver.url(),
+        &["pipes.connected_account.connected", "pipes.connected_account.reauthorization_needed"],
+    )
+    .await;
     let _webhooks = Workers::start(&app).await;
     let provider = api_integration(&app, slug, ClientAuthMethod::Basic, |_| {}).await;
 
@@ -87,7 +92,8 @@ async fn metrics_and_status_tell_the_story_of_a_scripted_flow() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = listener.local_addr().unwrap();
     tokio::spawn(pipes::app::serve(listener, pipes::roles::metrics_router(app.state.clone()), app.cancel.clone()));
-    let webhook_delivered = |m: &HashMap<String, f64>| value(m, "pipes_webhook_deliveries_total", &[("outcome", "delivered")]);
+    let webhook_delivered =
+        |m: &HashMap<String, f64>| value(m, "pipes_webhook_deliveries_total", &[("outcome", "delivered")]);
     let mut roles = Vec::new();
     for url in [app.url("/metrics"), format!("http://{metrics_addr}/metrics")] {
         let m = scrape(&app, &url).await;
@@ -95,17 +101,26 @@ async fn metrics_and_status_tell_the_story_of_a_scripted_flow() {
             + value(&m, "pipes_token_reads_total", &[("provider", slug), ("result", "miss")]);
         assert_eq!(alice, 3.0, "{url}: alice's three reads are hits or misses");
         assert_eq!(value(&m, "pipes_token_reads_total", &[("provider", slug), ("result", "not_installed")]), 1.0);
-        assert_eq!(value(&m, "pipes_token_reads_total", &[("provider", slug), ("result", "needs_reauthorization")]), 1.0);
+        assert_eq!(
+            value(&m, "pipes_token_reads_total", &[("provider", slug), ("result", "needs_reauthorization")]),
+            1.0
+        );
         assert_eq!(value(&m, "pipes_stale_tokens_served_total", &[("provider", slug)]), 0.0);
         assert!(value(&m, "pipes_token_read_duration_seconds_count", &[]) >= 5.0);
         assert!(value(&m, "pipes_refresh_jobs_enqueued_total", &[("provider", slug)]) >= 2.0);
-        assert_eq!(value(&m, "pipes_refresh_attempts_total", &[("provider", slug), ("outcome", "reauthorization_needed")]), 1.0);
+        assert_eq!(
+            value(&m, "pipes_refresh_attempts_total", &[("provider", slug), ("outcome", "reauthorization_needed")]),
+            1.0
+        );
         assert!(value(&m, "pipes_refresh_attempts_total", &[("provider", slug), ("outcome", "success")]) >= 1.0);
         assert!(value(&m, "pipes_refresh_duration_seconds_count", &[("provider", slug)]) >= 2.0);
         assert!(value(&m, "pipes_refresh_lag_seconds_count", &[]) >= 1.0);
         assert!(webhook_delivered(&m) >= 2.0);
         assert_eq!(value(&m, "pipes_connected_accounts", &[("provider", slug), ("state", "connected")]), 2.0);
-        assert_eq!(value(&m, "pipes_connected_accounts", &[("provider", slug), ("state", "needs_reauthorization")]), 1.0);
+        assert_eq!(
+            value(&m, "pipes_connected_accounts", &[("provider", slug), ("state", "needs_reauthorization")]),
+            1.0
+        );
         assert_eq!(value(&m, "pipes_integrations_invalid", &[("provider", slug)]), 0.0);
         assert!(m.keys().any(|k| k.starts_with("pipes_scheduler_tick_duration_seconds_count")));
         assert!(m.keys().any(|k| k.starts_with("pipes_queue_messages{")), "queue depths sampled");
@@ -117,12 +132,18 @@ async fn metrics_and_status_tell_the_story_of_a_scripted_flow() {
     let status = pipes::status::gather(&app.db, app.config(), chrono::Utc::now()).await.unwrap();
     let ours = status.integrations.iter().find(|i| i.slug == slug).expect("integration in status");
     let m = &roles[0];
-    assert_eq!(ours.accounts.connected as f64, value(m, "pipes_connected_accounts", &[("provider", slug), ("state", "connected")]));
+    assert_eq!(
+        ours.accounts.connected as f64,
+        value(m, "pipes_connected_accounts", &[("provider", slug), ("state", "connected")])
+    );
     assert_eq!(
         ours.accounts.needs_reauthorization as f64,
         value(m, "pipes_connected_accounts", &[("provider", slug), ("state", "needs_reauthorization")])
     );
-    assert_eq!(status.invalid_integrations.is_empty(), value(m, "pipes_integrations_invalid", &[("provider", slug)]) == 0.0);
+    assert_eq!(
+        status.invalid_integrations.is_empty(),
+        value(m, "pipes_integrations_invalid", &[("provider", slug)]) == 0.0
+    );
     assert!(status.webhooks.delivered_last_24h >= 2);
     let json = serde_json::to_value(&status).unwrap();
     assert!(json["queues"]["depths"].as_array().is_some_and(|d| !d.is_empty()), "{json}");

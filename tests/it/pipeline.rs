@@ -119,12 +119,19 @@ async fn a_due_account_is_refreshed_before_expiry_without_any_read_and_the_rotat
     let p = demo_integration(&app, "pl-due", ClientAuthMethod::Basic).await;
     let (account, old_access) = seed_account(&app, &p, "u1", None, Duration::from_secs(4)).await;
     let mut pipeline = Pipeline::start(&app);
-    let refreshed = eventually(Duration::from_secs(10), || async { load(&app, &account.id).await.token_version > account.token_version }).await;
+    let refreshed = eventually(Duration::from_secs(10), || async {
+        load(&app, &account.id).await.token_version > account.token_version
+    })
+    .await;
     assert!(refreshed, "the scheduler and a worker refreshed the account");
     let stored = load(&app, &account.id).await;
     let now = Utc::now();
     let refreshed_at: chrono::DateTime<Utc> =
-        sqlx::query_scalar("SELECT last_refreshed_at FROM connected_accounts WHERE id = $1").bind(&account.id).fetch_one(&app.db).await.unwrap();
+        sqlx::query_scalar("SELECT last_refreshed_at FROM connected_accounts WHERE id = $1")
+            .bind(&account.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
     assert!(refreshed_at < account.expires_at.unwrap(), "refreshed before the old token expired");
     let new_access = stored.access_token.as_ref().unwrap().expose().to_owned();
     assert_ne!(new_access, old_access);
@@ -151,7 +158,12 @@ async fn a_refresh_response_without_a_new_refresh_token_keeps_the_old_one() {
     p.demo.set_shape(Shape::NoRotation);
     let (account, old_access) = seed_account(&app, &p, "u1", Some("org_1"), Duration::from_secs(3)).await;
     let mut pipeline = Pipeline::start(&app);
-    assert!(eventually(Duration::from_secs(10), || async { load(&app, &account.id).await.token_version > account.token_version }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            load(&app, &account.id).await.token_version > account.token_version
+        })
+        .await
+    );
     let stored = load(&app, &account.id).await;
     assert_ne!(stored.access_token.as_ref().unwrap().expose(), old_access);
     assert_eq!(stored.refresh_token.as_ref().unwrap().expose(), account.refresh_token.as_ref().unwrap().expose());
@@ -167,14 +179,22 @@ async fn a_revoked_grant_marks_reauthorization_with_exactly_one_event() {
     app.state.cache.put(&account, &p.integration, Utc::now()).await;
     assert!(p.demo.revoke_grant_of(&token));
     let mut pipeline = Pipeline::start(&app);
-    assert!(eventually(Duration::from_secs(10), || async { load(&app, &account.id).await.state == AccountState::NeedsReauthorization }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            load(&app, &account.id).await.state == AccountState::NeedsReauthorization
+        })
+        .await
+    );
     // A few more ticks change nothing: no second job, no second event.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     pipeline.stop().await;
     let events: Vec<String> = sqlx::query_scalar("SELECT event FROM events").fetch_all(&app.db).await.unwrap();
     assert_eq!(events, vec!["pipes.connected_account.reauthorization_needed".to_owned()]);
     assert_eq!(p.demo.stats().token_requests, 1);
-    assert!(matches!(app.state.cache.get("pl-revoked", "u1", None, Utc::now()).await.unwrap(), Lookup::Miss), "cache entry dropped");
+    assert!(
+        matches!(app.state.cache.get("pl-revoked", "u1", None, Utc::now()).await.unwrap(), Lookup::Miss),
+        "cache entry dropped"
+    );
 }
 
 #[tokio::test]
@@ -185,7 +205,12 @@ async fn two_503s_then_success_are_retried_and_the_account_stays_connected() {
     p.demo.push_fault(Fault::Status(503));
     p.demo.push_fault(Fault::Status(503));
     let mut pipeline = Pipeline::start(&app);
-    assert!(eventually(Duration::from_secs(10), || async { load(&app, &account.id).await.token_version > account.token_version }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            load(&app, &account.id).await.token_version > account.token_version
+        })
+        .await
+    );
     pipeline.stop().await;
     let stored = load(&app, &account.id).await;
     assert_eq!(stored.state, AccountState::Connected);
@@ -223,7 +248,12 @@ async fn invalid_client_marks_the_integration_invalid_and_leaves_accounts_untouc
     p.demo.push_fault(Fault::InvalidClient);
     let mut pipeline = Pipeline::start(&app);
     let invalid = || async {
-        sqlx::query_scalar::<_, String>("SELECT state FROM integrations WHERE id = $1").bind(&p.integration.id).fetch_one(&app.db).await.unwrap() == "invalid"
+        sqlx::query_scalar::<_, String>("SELECT state FROM integrations WHERE id = $1")
+            .bind(&p.integration.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+            == "invalid"
     };
     assert!(eventually(Duration::from_secs(10), invalid).await);
     // More ticks: the scheduler leaves the integration's accounts alone until it is fixed.
@@ -247,7 +277,12 @@ async fn a_job_that_exhausts_its_retries_is_dead_lettered_and_the_next_pass_trie
         p.demo.push_fault(Fault::Status(502));
     }
     let mut pipeline = Pipeline::start(&app);
-    assert!(eventually(Duration::from_secs(15), || async { load(&app, &account.id).await.token_version > account.token_version }).await);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            load(&app, &account.id).await.token_version > account.token_version
+        })
+        .await
+    );
     pipeline.stop().await;
     assert_eq!(Pipeline::depth(&app, "refresh.dead").await, 1, "the exhausted job was dead-lettered");
     let stored = load(&app, &account.id).await;

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
+use pipes_workers::lapin::message::BasicGetMessage;
 use pipes_workers::lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueDeleteOptions};
 use pipes_workers::lapin::types::{AMQPValue, FieldTable};
-use pipes_workers::lapin::message::BasicGetMessage;
 use pipes_workers::{
-    run_consumer, Broker, CancellationToken, Handler, Headers, JobContext, Outcome, PublishError, Publisher,
-    QueueSpec, Topology, ATTEMPT_HEADER, REASON_HEADER,
+    run_consumer, Broker, CancellationToken, Handler, Headers, JobContext, Outcome, PublishError, Publisher, QueueSpec,
+    Topology, ATTEMPT_HEADER, REASON_HEADER,
 };
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -61,9 +61,9 @@ impl Script {
     }
 
     async fn wait_for_calls(&self, n: usize, within: Duration) -> Result<Vec<Seen>> {
-        eventually(within, || self.seen().len() >= n).await.with_context(|| {
-            format!("expected {n} handler calls, saw {}", self.seen().len())
-        })?;
+        eventually(within, || self.seen().len() >= n)
+            .await
+            .with_context(|| format!("expected {n} handler calls, saw {}", self.seen().len()))?;
         Ok(self.seen())
     }
 }
@@ -334,7 +334,12 @@ async fn job_dropped_mid_handling_is_redelivered_and_completed_once() -> Result<
     // A worker takes the job and dies (its channel goes away) without acking.
     let doomed = rig.broker.channel().await?;
     let mut deliveries = doomed
-        .basic_consume(rig.work().as_str().into(), "doomed".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            rig.work().as_str().into(),
+            "doomed".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let first = tokio::time::timeout(Duration::from_secs(10), deliveries.next()).await?.context("stream ended")??;
     assert_eq!(serde_json::from_slice::<Job>(&first.data)?, Job { id: 5 });

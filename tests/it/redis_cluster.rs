@@ -73,7 +73,10 @@ async fn spawn_replica(app: &TestApp, cluster: &RedisCluster, cancel: &Cancellat
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(app::serve(listener, app::router(replica.clone()), cancel.clone()));
     let local = replica.cache.local().clone();
-    assert!(eventually(Duration::from_secs(5), async || local.is_enabled()).await.is_some(), "replica subscription live");
+    assert!(
+        eventually(Duration::from_secs(5), async || local.is_enabled()).await.is_some(),
+        "replica subscription live"
+    );
     (replica, url)
 }
 
@@ -121,23 +124,38 @@ async fn disconnects_and_reauthorizations_reach_every_replica_through_the_cluste
     }
     for (user, org) in [("leaver", Some("org_1")), ("revoked", None)] {
         let key = entry_key(replica.cache.redis(), "rcl-inval", user, org);
-        assert!(replica.cache.local().get(&key, Utc::now()).is_some(), "the replica answers {user} from its local cache");
+        assert!(
+            replica.cache.local().get(&key, Utc::now()).is_some(),
+            "the replica answers {user} from its local cache"
+        );
     }
 
     // A disconnect through the API of the first process.
-    let (status, body) = app.admin(Method::DELETE, "/user_management/users/leaver/connected_accounts/rcl-inval?organization_id=org_1", None).await;
+    let (status, body) = app
+        .admin(Method::DELETE, "/user_management/users/leaver/connected_accounts/rcl-inval?organization_id=org_1", None)
+        .await;
     assert_eq!(status, 204, "{body}");
     let not_installed = json!({"active": false, "error": "not_installed"});
-    let took = eventually(Duration::from_secs(1), async || read_at(&app, &replica_url, "rcl-inval", leaver.clone()).await.1 == not_installed).await;
+    let took = eventually(Duration::from_secs(1), async || {
+        read_at(&app, &replica_url, "rcl-inval", leaver.clone()).await.1 == not_installed
+    })
+    .await;
     assert!(took.is_some(), "the replica stopped serving the disconnected token within 1 s");
 
     // A refresh that finds the grant revoked, in the first process.
     assert!(p.demo.revoke_grant_of(&reauth_token));
-    sqlx::query("UPDATE connected_accounts SET refresh_at = now() WHERE id = $1").bind(&reauth.id).execute(&app.db).await.unwrap();
+    sqlx::query("UPDATE connected_accounts SET refresh_at = now() WHERE id = $1")
+        .bind(&reauth.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
     let outcome = app.state.refresher.refresh(&p.integration, &reauth.id, Reason::Scheduled).await.unwrap();
     assert!(matches!(outcome, RefreshOutcome::NeedsReauthorization), "{outcome:?}");
     let needs = json!({"active": false, "error": "needs_reauthorization"});
-    let took = eventually(Duration::from_secs(1), async || read_at(&app, &replica_url, "rcl-inval", revoked.clone()).await.1 == needs).await;
+    let took = eventually(Duration::from_secs(1), async || {
+        read_at(&app, &replica_url, "rcl-inval", revoked.clone()).await.1 == needs
+    })
+    .await;
     assert!(took.is_some(), "the replica stopped serving the revoked grant's token within 1 s");
 }
 
@@ -163,7 +181,8 @@ async fn an_integration_change_evicts_its_entries_from_every_primary() {
     assert!(before.iter().filter(|n| **n > 0).count() >= 2, "entries on several nodes: {before:?}");
 
     // Narrowing the scopes changes every cached answer's missing_scopes.
-    let (status, body) = app.admin(Method::PUT, "/data-integrations/rcl-evict", Some(json!({"scopes": ["read"]}))).await;
+    let (status, body) =
+        app.admin(Method::PUT, "/data-integrations/rcl-evict", Some(json!({"scopes": ["read"]}))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(count("rcl-evict"), vec![0, 0, 0], "every primary was scanned");
     assert_eq!(count("rcl-keep").iter().sum::<usize>(), 30, "other integrations keep their entries");
@@ -183,7 +202,10 @@ async fn reads_fall_back_to_postgres_while_the_cluster_is_down_and_use_it_again_
 
     cluster.stop_all();
     let local = app.state.cache.local().clone();
-    assert!(eventually(Duration::from_secs(3), async || !local.is_enabled()).await.is_some(), "the lost subscription turns the local cache off");
+    assert!(
+        eventually(Duration::from_secs(3), async || !local.is_enabled()).await.is_some(),
+        "the lost subscription turns the local cache off"
+    );
     for _ in 0..3 {
         let started = Instant::now();
         let (status, answer) = read_at(&app, &app.base_url, "rcl-down", u1.clone()).await;
@@ -196,7 +218,10 @@ async fn reads_fall_back_to_postgres_while_the_cluster_is_down_and_use_it_again_
     assert_ne!(token_of(&answer), expired);
 
     cluster.restart_all().await;
-    assert!(eventually(Duration::from_secs(10), async || local.is_enabled()).await.is_some(), "the subscription is back with the cluster");
+    assert!(
+        eventually(Duration::from_secs(10), async || local.is_enabled()).await.is_some(),
+        "the subscription is back with the cluster"
+    );
     let cached = eventually(Duration::from_secs(10), async || {
         read_at(&app, &app.base_url, "rcl-down", json!({"user_id": "u1"})).await;
         matches!(app.state.cache.get("rcl-down", "u1", None, Utc::now()).await, Ok(Lookup::Hit(_)))

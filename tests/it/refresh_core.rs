@@ -19,7 +19,11 @@ async fn an_expiring_token_is_refreshed_and_rotated() {
     let new_token = stored.access_token.as_ref().unwrap().expose().to_owned();
     assert_ne!(new_token, old_token);
     assert!(p.demo.access_token_valid(&new_token));
-    assert_ne!(stored.refresh_token.as_ref().unwrap().expose(), account.refresh_token.as_ref().unwrap().expose(), "rotated");
+    assert_ne!(
+        stored.refresh_token.as_ref().unwrap().expose(),
+        account.refresh_token.as_ref().unwrap().expose(),
+        "rotated"
+    );
     assert!(stored.token_version > account.token_version);
     assert!(stored.refresh_at.unwrap() < stored.expires_at.unwrap());
     // Fresh now: a second call does nothing.
@@ -63,7 +67,8 @@ async fn a_revoked_grant_marks_reauthorization_with_one_event() {
     assert!(stored.access_token.is_none() && stored.refresh_token.is_none());
     let again = app.state.refresher.refresh(&p.integration, &account.id, Reason::Scheduled).await.unwrap();
     assert!(matches!(again, RefreshOutcome::NotConnected(_)), "{again:?}");
-    let events: Vec<(String, serde_json::Value)> = sqlx::query_as("SELECT event, data FROM events").fetch_all(&app.db).await.unwrap();
+    let events: Vec<(String, serde_json::Value)> =
+        sqlx::query_as("SELECT event, data FROM events").fetch_all(&app.db).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].0, "pipes.connected_account.reauthorization_needed");
     assert_eq!(events[0].1["id"], account.id);
@@ -89,7 +94,11 @@ async fn transient_failures_keep_the_account_connected_and_invalid_client_marks_
     p.demo.push_fault(Fault::InvalidClient);
     let outcome = app.state.refresher.refresh(&p.integration, &account.id, Reason::Scheduled).await.unwrap();
     assert!(matches!(outcome, RefreshOutcome::IntegrationInvalid), "{outcome:?}");
-    let state: String = sqlx::query_scalar("SELECT state FROM integrations WHERE id = $1").bind(&p.integration.id).fetch_one(&app.db).await.unwrap();
+    let state: String = sqlx::query_scalar("SELECT state FROM integrations WHERE id = $1")
+        .bind(&p.integration.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
     assert_eq!(state, "invalid");
     let stored = accounts::find_by_id(&app.db, app.state.keyring(), &account.id).await.unwrap().unwrap();
     assert_eq!(stored.state, accounts::AccountState::Connected, "accounts untouched");

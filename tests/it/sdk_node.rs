@@ -41,15 +41,24 @@ async fn the_official_node_sdk_drives_integrations_connect_and_connected_account
         .env("PIPES_SDK_RETURN_TO", "http://app.test/connected")
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the SDK script finishes").expect("node runs");
+    let output =
+        tokio::time::timeout(Duration::from_secs(60), run).await.expect("the SDK script finishes").expect("node runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "SDK script failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("\"ok\":true"), "{stdout}");
     // What the SDK did is what the store and the outbox say.
     assert_eq!(demo.stats().code_exchanges, 1);
-    let users: Vec<String> = sqlx::query_scalar("SELECT user_id FROM connected_accounts").fetch_all(&app.db).await.unwrap();
+    let users: Vec<String> =
+        sqlx::query_scalar("SELECT user_id FROM connected_accounts").fetch_all(&app.db).await.unwrap();
     assert_eq!(users, ["user_imported"]);
     let kinds: Vec<String> = events(&app).await.into_iter().map(|(e, _)| e).collect();
-    assert_eq!(kinds, ["pipes.connected_account.connected", "pipes.connected_account.connected", "pipes.connected_account.disconnected"]);
+    assert_eq!(
+        kinds,
+        [
+            "pipes.connected_account.connected",
+            "pipes.connected_account.connected",
+            "pipes.connected_account.disconnected"
+        ]
+    );
 }

@@ -96,7 +96,13 @@ async fn a_rotated_token_survives_postgres_dropping_out_between_the_answer_and_t
         .connect(&format!("postgres://postgres@{}/{}", proxy.addr(), app.db_name))
         .await
         .unwrap();
-    let refresher = pipes::refresh::Refresher::new(db, app.state.keyring().clone(), app.state.http.clone(), app.state.cache.clone(), app.config());
+    let refresher = pipes::refresh::Refresher::new(
+        db,
+        app.state.keyring().clone(),
+        app.state.http.clone(),
+        app.state.cache.clone(),
+        app.config(),
+    );
     // The provider rotates the refresh token after 1.5 s; PostgreSQL is gone from 0.5 s to 3.5 s.
     p.demo.push_fault(Fault::Delay(Duration::from_millis(1500)));
     let integration = p.integration.clone();

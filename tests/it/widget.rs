@@ -16,7 +16,8 @@ use crate::support::app::{TestApp, TEST_KEY};
 use crate::support::fixtures::{demo_integration, seed_account};
 
 async fn widget_token(app: &TestApp, user: &str, org: Option<&str>) -> String {
-    let (status, body) = app.admin(Method::POST, "/widgets/token", Some(json!({ "user_id": user, "organization_id": org }))).await;
+    let (status, body) =
+        app.admin(Method::POST, "/widgets/token", Some(json!({ "user_id": user, "organization_id": org }))).await;
     assert_eq!(status, 200, "{body}");
     body["token"].as_str().expect("token").to_owned()
 }
@@ -40,18 +41,33 @@ async fn widget_tokens_need_an_admin_key_and_a_user() {
     let (status, err) = app.admin(Method::POST, "/widgets/token", Some(json!({ "organization_id": "org_1" }))).await;
     assert_eq!((status, err["errors"][0]["field"].as_str()), (422, Some("user_id")));
     // What the Node SDK's widgets.getToken sends (its `scopes` are ignored).
-    let (status, ok) = app.admin(Method::POST, "/widgets/token", Some(json!({ "user_id": "user_a", "organization_id": "org_1", "scopes": ["widgets:users-table:manage"] }))).await;
+    let (status, ok) = app
+        .admin(
+            Method::POST,
+            "/widgets/token",
+            Some(json!({ "user_id": "user_a", "organization_id": "org_1", "scopes": ["widgets:users-table:manage"] })),
+        )
+        .await;
     assert_eq!(status, 200, "{ok}");
     let claims = widget::verify(app.state.keyring(), ok["token"].as_str().unwrap(), Utc::now()).expect("verifies");
     assert_eq!((claims.user_id.as_str(), claims.organization_id.as_deref()), ("user_a", Some("org_1")));
     let ttl = claims.expires_at - Utc::now();
-    assert!(ttl <= chrono::Duration::minutes(30) && ttl > chrono::Duration::minutes(29), "lives PIPES_WIDGET_TOKEN_TTL");
+    assert!(
+        ttl <= chrono::Duration::minutes(30) && ttl > chrono::Duration::minutes(29),
+        "lives PIPES_WIDGET_TOKEN_TTL"
+    );
 }
 
 #[tokio::test]
 async fn an_expired_or_forged_widget_token_is_refused_with_a_code_the_widget_acts_on() {
     let app = TestApp::spawn().await;
-    let (expired, _) = widget::issue(app.state.keyring(), "user_a", None, Utc::now() - chrono::Duration::hours(2), Duration::from_secs(60));
+    let (expired, _) = widget::issue(
+        app.state.keyring(),
+        "user_a",
+        None,
+        Utc::now() - chrono::Duration::hours(2),
+        Duration::from_secs(60),
+    );
     let (status, body) = widget_call(&app, Method::GET, "/providers", &expired, None).await;
     assert_eq!((status, body["code"].as_str()), (401, Some("widget_token_expired")));
     // Changing the user inside a valid token breaks its signature.
@@ -123,13 +139,29 @@ async fn widget_authorize_comes_back_to_the_completion_page_for_the_token_user()
     let app = TestApp::spawn().await;
     let _provider = demo_integration(&app, "wd-auth", ClientAuthMethod::Basic).await;
     let token = widget_token(&app, "user_a", Some("org_1")).await;
-    let (status, err) = widget_call(&app, Method::POST, "/wd-auth/authorize", &token, Some(json!({ "opener_origin": "http://evil.test" }))).await;
+    let (status, err) = widget_call(
+        &app,
+        Method::POST,
+        "/wd-auth/authorize",
+        &token,
+        Some(json!({ "opener_origin": "http://evil.test" })),
+    )
+    .await;
     assert_eq!((status, err["errors"][0]["field"].as_str()), (422, Some("opener_origin")));
-    let (status, err) = widget_call(&app, Method::POST, "/wd-auth/authorize", &token, Some(json!({ "redirect_to": "https://evil.test/x" }))).await;
+    let (status, err) = widget_call(
+        &app,
+        Method::POST,
+        "/wd-auth/authorize",
+        &token,
+        Some(json!({ "redirect_to": "https://evil.test/x" })),
+    )
+    .await;
     assert_eq!((status, err["errors"][0]["field"].as_str()), (422, Some("redirect_to")));
     assert_eq!(widget_call(&app, Method::POST, "/nope/authorize", &token, Some(json!({}))).await.0, 404);
 
-    let (status, body) = widget_call(&app, Method::POST, "/wd-auth/authorize", &token, Some(json!({ "opener_origin": app.base_url }))).await;
+    let (status, body) =
+        widget_call(&app, Method::POST, "/wd-auth/authorize", &token, Some(json!({ "opener_origin": app.base_url })))
+            .await;
     assert_eq!(status, 200, "{body}");
     // The demo provider consents at once here; follow the browser's redirects by hand.
     let to_callback = app.http.get(body["url"].as_str().unwrap()).send().await.unwrap();
@@ -138,8 +170,13 @@ async fn widget_authorize_comes_back_to_the_completion_page_for_the_token_user()
     let done = url::Url::parse(to_done.headers()["location"].to_str().unwrap()).unwrap();
     assert_eq!(done.path(), "/widget/done");
     let q: std::collections::HashMap<String, String> = done.query_pairs().into_owned().collect();
-    assert_eq!((q["opener_origin"].as_str(), q["provider"].as_str(), q["status"].as_str()), (app.base_url.as_str(), "wd-auth", "connected"));
-    let (status, _) = app.admin(Method::GET, "/user_management/users/user_a/connected_accounts/wd-auth?organization_id=org_1", None).await;
+    assert_eq!(
+        (q["opener_origin"].as_str(), q["provider"].as_str(), q["status"].as_str()),
+        (app.base_url.as_str(), "wd-auth", "connected")
+    );
+    let (status, _) = app
+        .admin(Method::GET, "/user_management/users/user_a/connected_accounts/wd-auth?organization_id=org_1", None)
+        .await;
     assert_eq!(status, 200, "connected for the token's user and organization");
     let page = app.http.get(done.as_str()).send().await.unwrap().text().await.unwrap();
     assert!(page.contains(&format!("data-opener-origin=\"{}\"", app.base_url)), "{page}");
@@ -150,7 +187,10 @@ async fn widget_pages_have_a_strict_csp_and_never_reflect_unchecked_input() {
     let app = TestApp::spawn().await;
     let resp = app.http.get(app.url("/widget?token=%22%3E%3Cscript%3Ealert(1)%3C/script%3E")).send().await.unwrap();
     let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_owned();
-    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
     assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
     let html = resp.text().await.unwrap();
     assert!(!html.contains("<script>alert") && html.contains("&quot;&gt;&lt;script&gt;"), "the token is escaped");
@@ -158,9 +198,14 @@ async fn widget_pages_have_a_strict_csp_and_never_reflect_unchecked_input() {
     let done = app.http.get(app.url("/widget/done?back=https%3A%2F%2Fevil.test%2F&opener_origin=https%3A%2F%2Fevil.test&provider=x&status=connected")).send().await.unwrap();
     assert!(done.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
     let html = done.text().await.unwrap();
-    assert!(html.contains("data-back=\"\"") && html.contains("data-opener-origin=\"\""), "foreign targets are dropped: {html}");
+    assert!(
+        html.contains("data-back=\"\"") && html.contains("data-opener-origin=\"\""),
+        "foreign targets are dropped: {html}"
+    );
 
-    for (path, kind) in [("/widget.js", "text/javascript"), ("/widget.css", "text/css"), ("/widget/done.js", "text/javascript")] {
+    for (path, kind) in
+        [("/widget.js", "text/javascript"), ("/widget.css", "text/css"), ("/widget/done.js", "text/javascript")]
+    {
         let resp = app.http.get(app.url(path)).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         assert!(resp.headers()["content-type"].to_str().unwrap().starts_with(kind));

@@ -66,10 +66,7 @@ pub struct Broker {
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may carry a password: never print it.
-        f.debug_struct("Broker")
-            .field("name", &self.shared.name)
-            .field("connected", &self.is_connected())
-            .finish()
+        f.debug_struct("Broker").field("name", &self.shared.name).field("connected", &self.is_connected()).finish()
     }
 }
 
@@ -171,10 +168,9 @@ async fn supervise(shared: Arc<Shared>, stop: CancellationToken) {
                 // Publishers and consumers drop their channels when they see the new
                 // generation; the old connection itself must be closed explicitly.
                 tokio::spawn(retire(current.connection.clone(), stop.clone()));
-                shared.current.send_replace(Current {
-                    generation: current.generation + 1,
-                    connection: Arc::new(connection),
-                });
+                shared
+                    .current
+                    .send_replace(Current { generation: current.generation + 1, connection: Arc::new(connection) });
                 down_since = None;
                 tracing::info!(connection = %shared.name, "broker connection re-established");
             }

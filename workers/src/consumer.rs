@@ -181,12 +181,14 @@ async fn start_session<H: Handler>(
 ) -> Result<(Channel, Consumer), SessionError> {
     let (channel, _generation) = broker.channel_with_generation().await?;
     runtime.topology.declare(&channel).await?;
-    channel
-        .basic_qos(concurrency, BasicQosOptions { global: false })
-        .await
-        .map_err(SessionError::Consume)?;
+    channel.basic_qos(concurrency, BasicQosOptions { global: false }).await.map_err(SessionError::Consume)?;
     let consumer = channel
-        .basic_consume(short(&runtime.work_queue)?, consumer_tag(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            short(&runtime.work_queue)?,
+            consumer_tag(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .map_err(SessionError::Consume)?;
     Ok((channel, consumer))
@@ -249,13 +251,23 @@ async fn process<H: Handler>(runtime: Arc<Runtime<H>>, delivery: Delivery, _perm
     let headers = Headers::from_table(delivery.properties.headers().as_ref());
     let attempt = headers.attempt().unwrap_or(1).max(1);
     let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
-    let ctx = JobContext { attempt, redelivered: delivery.redelivered, message_id: message_id.clone(), headers: headers.clone() };
+    let ctx = JobContext {
+        attempt,
+        redelivered: delivery.redelivered,
+        message_id: message_id.clone(),
+        headers: headers.clone(),
+    };
 
     let outcome = match serde_json::from_slice::<H::Job>(&delivery.data) {
         // Only the error's position goes into the reason: serde's message can quote
         // payload values, and the payload is not ours to log.
         Err(error) => Outcome::DeadLetter {
-            reason: format!("undecodable payload ({:?} error at line {} column {})", error.classify(), error.line(), error.column()),
+            reason: format!(
+                "undecodable payload ({:?} error at line {} column {})",
+                error.classify(),
+                error.line(),
+                error.column()
+            ),
         },
         Ok(job) => AssertUnwindSafe(runtime.handler.handle(job, ctx))
             .catch_unwind()

@@ -198,7 +198,8 @@ impl Publisher {
     ) -> Result<String, PublishError> {
         let routing_key = ShortString::try_new(queue).map_err(|_| PublishError::NameTooLong(queue.to_owned()))?;
         let message_id = message_id.map_or_else(new_message_id, str::to_owned);
-        let id = ShortString::try_new(message_id.as_str()).map_err(|_| PublishError::NameTooLong(message_id.clone()))?;
+        let id =
+            ShortString::try_new(message_id.as_str()).map_err(|_| PublishError::NameTooLong(message_id.clone()))?;
         let properties = BasicProperties::default()
             .with_delivery_mode(2) // persistent
             .with_content_type("application/json".into())
@@ -210,10 +211,8 @@ impl Publisher {
 
         let confirm = async {
             let options = BasicPublishOptions { mandatory: true, immediate: false };
-            let pending = channel
-                .basic_publish("".into(), routing_key, options, body, properties)
-                .await
-                .map_err(broker_error)?;
+            let pending =
+                channel.basic_publish("".into(), routing_key, options, body, properties).await.map_err(broker_error)?;
             pending.await.map_err(broker_error)
         };
         let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
@@ -250,10 +249,7 @@ impl Publisher {
         }
         *slot = None;
         let (channel, generation) = self.broker.channel_with_generation().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(PublishError::Channel)?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(PublishError::Channel)?;
         *slot = Some((channel.clone(), generation));
         Ok(channel)
     }

@@ -54,9 +54,8 @@ impl QueueSpec {
         if index > last {
             return None;
         }
-        let floor = after.map_or(index, |after| {
-            self.retry_delays.iter().position(|delay| *delay >= after).unwrap_or(last)
-        });
+        let floor =
+            after.map_or(index, |after| self.retry_delays.iter().position(|delay| *delay >= after).unwrap_or(last));
         self.retry_delays.get(index.max(floor)).copied()
     }
 }

@@ -11,15 +11,8 @@ use url::Url;
 use super::{template_host, ProviderSpec, SCOPE_SEPARATORS};
 
 /// Authorization query keys Pipes sets itself; a catalog entry may not override them.
-const RESERVED_AUTHORIZATION_PARAMS: [&str; 7] = [
-    "response_type",
-    "client_id",
-    "redirect_uri",
-    "state",
-    "scope",
-    "code_challenge",
-    "code_challenge_method",
-];
+const RESERVED_AUTHORIZATION_PARAMS: [&str; 7] =
+    ["response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method"];
 
 impl ProviderSpec {
     /// Every problem with this entry, each prefixed with the slug.
@@ -55,37 +48,28 @@ impl ProviderSpec {
             problem("config_params has duplicates".into());
         }
         for name in used.difference(&declared) {
-            problem(format!(
-                "placeholder {{{name}}} is not declared in config_params"
-            ));
+            problem(format!("placeholder {{{name}}} is not declared in config_params"));
         }
         for name in declared.difference(&used) {
-            problem(format!(
-                "config_params declares `{name}`, which no URL uses"
-            ));
+            problem(format!("config_params declares `{name}`, which no URL uses"));
         }
 
         if !SCOPE_SEPARATORS.contains(&self.scope_separator.as_str()) {
-            problem(format!(
-                "scope_separator {:?} is not one of {SCOPE_SEPARATORS:?}",
-                self.scope_separator
-            ));
+            problem(format!("scope_separator {:?} is not one of {SCOPE_SEPARATORS:?}", self.scope_separator));
         }
         if !is_param_name(&self.scope_param) {
-            problem(format!(
-                "scope_param {:?} is not a parameter name",
-                self.scope_param
-            ));
+            problem(format!("scope_param {:?} is not a parameter name", self.scope_param));
         }
         if self.default_scopes.is_empty() && !self.scopes_configured_at_provider {
-            problem("default_scopes is empty (set scopes_configured_at_provider if scopes live in the app's settings)".into());
+            problem(
+                "default_scopes is empty (set scopes_configured_at_provider if scopes live in the app's settings)"
+                    .into(),
+            );
         }
         let mut scope_lists = vec![("default_scopes".to_owned(), &self.default_scopes)];
         for (name, scopes) in &self.scope_sets {
             if !is_param_name(name) {
-                problem(format!(
-                    "scope set name {name:?} must be lowercase [a-z0-9_]"
-                ));
+                problem(format!("scope set name {name:?} must be lowercase [a-z0-9_]"));
             }
             if scopes.is_empty() {
                 problem(format!("scope set `{name}` is empty"));
@@ -98,9 +82,7 @@ impl ProviderSpec {
                     || scope.chars().any(char::is_whitespace)
                     || scope.contains(self.scope_separator.as_str())
                 {
-                    problem(format!(
-                        "{what}: scope {scope:?} is empty or contains whitespace or the separator"
-                    ));
+                    problem(format!("{what}: scope {scope:?} is empty or contains whitespace or the separator"));
                 }
             }
             if scopes.iter().collect::<BTreeSet<_>>().len() != scopes.len() {
@@ -110,9 +92,7 @@ impl ProviderSpec {
 
         for (key, value) in &self.authorization_params {
             if RESERVED_AUTHORIZATION_PARAMS.contains(&key.as_str()) || *key == self.scope_param {
-                problem(format!(
-                    "authorization_params may not set `{key}`; Pipes sets it"
-                ));
+                problem(format!("authorization_params may not set `{key}`; Pipes sets it"));
             }
             if value.is_empty() {
                 problem(format!("authorization_params.{key} is empty"));
@@ -145,9 +125,7 @@ fn placeholders(template: &str) -> Result<Vec<String>, String> {
         let end = after.find('}').ok_or("unclosed '{'")?;
         let name = &after[..end];
         if !is_param_name(name) {
-            return Err(format!(
-                "placeholder {{{name}}} must be lowercase [a-z0-9_]"
-            ));
+            return Err(format!("placeholder {{{name}}} must be lowercase [a-z0-9_]"));
         }
         names.push(name.to_owned());
         rest = &after[end + 1..];
@@ -170,41 +148,28 @@ fn check_template(template: &str) -> Result<(), String> {
         // registrable domain, so it can only choose a subdomain of it.
         let fixed = &host[end + 1..];
         if !fixed.starts_with('.') || fixed.matches('.').count() < 2 {
-            return Err(format!(
-                "{template:?} must keep a fixed domain after the host placeholder"
-            ));
+            return Err(format!("{template:?} must keep a fixed domain after the host placeholder"));
         }
     }
     let query_start = template.find(['?', '#']).unwrap_or(template.len());
     if template[query_start..].contains('{') {
-        return Err(format!(
-            "{template:?} has a placeholder in its query or fragment"
-        ));
+        return Err(format!("{template:?} has a placeholder in its query or fragment"));
     }
     let sample = template.replace(['{', '}'], "");
     let url = Url::parse(&sample).map_err(|e| format!("{template:?} is not a valid URL: {e}"))?;
-    if url.host_str().is_none()
-        || !url.username().is_empty()
-        || url.password().is_some()
-        || url.port().is_some()
-    {
-        return Err(format!(
-            "{template:?} must have a plain host (no credentials or port)"
-        ));
+    if url.host_str().is_none() || !url.username().is_empty() || url.password().is_some() || url.port().is_some() {
+        return Err(format!("{template:?} must have a plain host (no credentials or port)"));
     }
     Ok(())
 }
 
 fn is_slug(s: &str) -> bool {
     !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
 
 fn is_param_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }

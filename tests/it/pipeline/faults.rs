@@ -25,11 +25,13 @@ fn other_process(app: &TestApp, cancel: &CancellationToken) -> AppState {
 }
 
 async fn lease_taken(app: &TestApp, id: &str) -> bool {
-    sqlx::query_scalar::<_, bool>("SELECT lease_until IS NOT NULL AND lease_until > now() FROM connected_accounts WHERE id = $1")
-        .bind(id)
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
+    sqlx::query_scalar::<_, bool>(
+        "SELECT lease_until IS NOT NULL AND lease_until > now() FROM connected_accounts WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
 }
 
 /// Inserts `n` connected accounts of `integration_id` with placeholder ciphertexts (never
@@ -75,7 +77,10 @@ async fn two_workers_and_on_demand_reads_never_reuse_a_refresh_token() {
             while std::time::Instant::now() < until {
                 let id = &ids[rand::thread_rng().gen_range(0..ids.len())];
                 let outcome = reader.refresher.refresh(&integration, id, Reason::OnDemand).await.unwrap();
-                assert!(matches!(outcome, RefreshOutcome::Refreshed(_) | RefreshOutcome::AlreadyFresh(_)), "{outcome:?}");
+                assert!(
+                    matches!(outcome, RefreshOutcome::Refreshed(_) | RefreshOutcome::AlreadyFresh(_)),
+                    "{outcome:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }));
@@ -92,7 +97,10 @@ async fn two_workers_and_on_demand_reads_never_reuse_a_refresh_token() {
     for id in &ids {
         let account = load(&app, id).await;
         assert_eq!(account.state, AccountState::Connected);
-        assert!(p.demo.is_grant_alive_for_refresh(account.refresh_token.as_ref().unwrap().expose()), "grant of {id} alive");
+        assert!(
+            p.demo.is_grant_alive_for_refresh(account.refresh_token.as_ref().unwrap().expose()),
+            "grant of {id} alive"
+        );
     }
 }
 
@@ -107,14 +115,25 @@ async fn a_worker_that_dies_mid_job_has_its_job_redelivered_and_completed_once()
     pipeline.scheduler(app.state.clone());
     let doomed_cancel = CancellationToken::new();
     let doomed = pipes::worker::spawn(other_process(&app, &doomed_cancel), doomed_cancel.clone());
-    assert!(eventually(Duration::from_secs(10), || lease_taken(&app, &account.id)).await, "the first worker took the job");
+    assert!(
+        eventually(Duration::from_secs(10), || lease_taken(&app, &account.id)).await,
+        "the first worker took the job"
+    );
     // The process dies: its channel and connection go without an ack.
     doomed.abort();
     let _ = doomed.await;
     doomed_cancel.cancel();
     pipeline.worker(app.state.clone());
-    assert!(eventually(Duration::from_secs(20), || async { load(&app, &account.id).await.token_version > account.token_version }).await);
-    assert!(eventually(Duration::from_secs(5), || async { Pipeline::depth(&app, "refresh").await == 0 }).await, "the redelivered job was acked");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            load(&app, &account.id).await.token_version > account.token_version
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async { Pipeline::depth(&app, "refresh").await == 0 }).await,
+        "the redelivered job was acked"
+    );
     pipeline.stop().await;
     let stats = p.demo.stats();
     assert_eq!((stats.refreshes, stats.reuse_detected), (1, 0), "completed once, no token presented twice");
@@ -134,14 +153,22 @@ async fn a_cut_broker_connection_recovers_and_the_jobs_complete() {
     let p = demo_integration(&app, "pl-cut", ClientAuthMethod::Basic).await;
     let (first, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(2)).await;
     let mut pipeline = Pipeline::start(&app);
-    assert!(eventually(Duration::from_secs(10), || async { load(&app, &first.id).await.token_version > first.token_version }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            load(&app, &first.id).await.token_version > first.token_version
+        })
+        .await
+    );
     proxy.cut();
     let (second, _) = seed_account(&app, &p, "u2", None, Duration::from_secs(2)).await;
     // Ticks run against a dead broker meanwhile: their publishes fail and are released.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(load(&app, &second.id).await.token_version, second.token_version);
     proxy.restore();
-    let recovered = eventually(Duration::from_secs(15), || async { load(&app, &second.id).await.token_version > second.token_version }).await;
+    let recovered = eventually(Duration::from_secs(15), || async {
+        load(&app, &second.id).await.token_version > second.token_version
+    })
+    .await;
     assert!(recovered, "scheduler and worker recovered and refreshed the account");
     pipeline.stop().await;
     let stats = p.demo.stats();
@@ -158,7 +185,11 @@ async fn two_schedulers_enqueue_each_due_account_once() {
     pipeline.scheduler(app.state.clone());
     pipeline.scheduler(other_process(&app, &others));
     let all_enqueued = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM connected_accounts WHERE enqueued_at IS NOT NULL").fetch_one(&app.db).await.unwrap() == 2500
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM connected_accounts WHERE enqueued_at IS NOT NULL")
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+            == 2500
     };
     assert!(eventually(Duration::from_secs(15), all_enqueued).await);
     tokio::time::sleep(Duration::from_millis(2200)).await; // two more ticks each
@@ -199,13 +230,14 @@ async fn the_claim_query_walks_the_due_index() {
     let p = demo_integration(&app, "pl-plan", ClientAuthMethod::Basic).await;
     insert_accounts(&app, &p.integration.id, 50_000, 100).await;
     sqlx::query("ANALYZE connected_accounts").execute(&app.db).await.unwrap();
-    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", pipes::scheduler::claim::CLAIM_SQL)))
-        .bind(Duration::from_secs(300))
-        .bind(pipes::scheduler::claim::BATCH)
-        .bind(chrono::DateTime::UNIX_EPOCH)
-        .fetch_all(&app.db)
-        .await
-        .unwrap();
+    let plan: Vec<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", pipes::scheduler::claim::CLAIM_SQL)))
+            .bind(Duration::from_secs(300))
+            .bind(pipes::scheduler::claim::BATCH)
+            .bind(chrono::DateTime::UNIX_EPOCH)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
     let plan = plan.join("\n");
     assert!(plan.contains("connected_accounts_due_idx"), "the claim uses the partial due index:\n{plan}");
     assert!(!plan.contains("Seq Scan on connected_accounts"), "and never scans the table:\n{plan}");

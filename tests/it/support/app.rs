@@ -125,7 +125,13 @@ impl TestApp {
     }
 
     /// Sends `method path` with `key` (if any) and a JSON body (if any); returns status and JSON.
-    pub async fn call(&self, method: reqwest::Method, path: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self.http.request(method, self.url(path));
         if let Some(key) = key {
             req = req.bearer_auth(key);
@@ -136,7 +142,8 @@ impl TestApp {
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body");
-        let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let json =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         (status, json)
     }
 
@@ -164,8 +171,11 @@ impl Drop for TestApp {
                 }
                 if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") {
                     if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                        let keys: Vec<String> =
-                            redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap_or_default();
+                        let keys: Vec<String> = redis::cmd("KEYS")
+                            .arg(format!("{prefix}:*"))
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap_or_default();
                         if !keys.is_empty() {
                             let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
                         }

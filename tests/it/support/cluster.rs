@@ -23,7 +23,8 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts 3 primaries (no replicas) and waits until the cluster is `ok`.
     pub async fn start() -> RedisCluster {
-        let dir = std::env::temp_dir().join(format!("pipes-it-cluster-{}", ulid::Ulid::new().to_string().to_lowercase()));
+        let dir =
+            std::env::temp_dir().join(format!("pipes-it-cluster-{}", ulid::Ulid::new().to_string().to_lowercase()));
         std::fs::create_dir_all(&dir).expect("cluster directory");
         let mut ports = Vec::new();
         for _ in 0..3 {
@@ -59,7 +60,13 @@ impl RedisCluster {
     pub fn keys_per_node(&self, pattern: &str) -> Vec<Vec<String>> {
         self.ports
             .iter()
-            .map(|p| cli(*p, &["--scan", "--pattern", pattern]).lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
+            .map(|p| {
+                cli(*p, &["--scan", "--pattern", pattern])
+                    .lines()
+                    .map(str::to_owned)
+                    .filter(|l| !l.is_empty())
+                    .collect()
+            })
             .collect()
     }
 
@@ -132,7 +139,12 @@ fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
 async fn start_node_on_free_port(dir: &std::path::Path) -> u16 {
     let span = LAST_PORT - FIRST_PORT;
     // A random start per test binary, so two runs at once rarely collide.
-    let _ = NEXT_PORT.compare_exchange(0, (std::process::id() % u32::from(span)) as u16 + 1, Ordering::SeqCst, Ordering::SeqCst);
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        (std::process::id() % u32::from(span)) as u16 + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
     for _ in 0..50 {
         let port = FIRST_PORT + NEXT_PORT.fetch_add(1, Ordering::SeqCst) % span;
         if !port_free(port) || !port_free(port + 10_000) {
@@ -162,7 +174,9 @@ fn spawn_node(dir: &std::path::Path, port: u16) -> bool {
         .arg(dir.join(format!("redis-{port}.log")))
         .stdin(Stdio::null())
         .status()
-        .unwrap_or_else(|err| panic!("redis-server could not be run ({err}); the Redis Cluster tests need it installed"));
+        .unwrap_or_else(|err| {
+            panic!("redis-server could not be run ({err}); the Redis Cluster tests need it installed")
+        });
     if !status.success() {
         return false;
     }

@@ -21,7 +21,8 @@ pub struct Provider {
 /// Starts an auto-consenting demo provider with a client registered for
 /// integration `slug`'s redirect URI; returns it with the client id and secret.
 pub async fn demo_client(app: &TestApp, slug: &str, auth: ClientAuthMethod) -> (DemoProvider, String, String) {
-    let (demo, _addr) = DemoProvider::spawn(DemoConfig { auto_consent: true, ..DemoConfig::default() }).await.expect("demo provider");
+    let (demo, _addr) =
+        DemoProvider::spawn(DemoConfig { auto_consent: true, ..DemoConfig::default() }).await.expect("demo provider");
     let client_id = format!("client-{slug}");
     let client_secret = format!("demo_cs_{}", ulid::Ulid::new());
     demo.register_client(ClientRegistration {
@@ -67,7 +68,13 @@ pub async fn demo_integration(app: &TestApp, slug: &str, auth: ClientAuthMethod)
 
 /// Issues a grant at the demo provider and stores it as a connected account
 /// whose token expires in `expires_in` (as the store sees it).
-pub async fn seed_account(app: &TestApp, p: &Provider, user: &str, org: Option<&str>, expires_in: Duration) -> (Account, String) {
+pub async fn seed_account(
+    app: &TestApp,
+    p: &Provider,
+    user: &str,
+    org: Option<&str>,
+    expires_in: Duration,
+) -> (Account, String) {
     let issued = p.demo.issue_grant(&p.integration.client_id, user, &["read"]).expect("grant");
     let now = Utc::now();
     let expires_at = now + chrono::Duration::from_std(expires_in).unwrap();
@@ -77,12 +84,23 @@ pub async fn seed_account(app: &TestApp, p: &Provider, user: &str, org: Option<&
         expires_at: Some(expires_at),
         scopes: vec!["read".into()],
     };
-    let refresh_at = app.state.refresher.schedule(&p.integration, now, Some(expires_at), tokens.refresh_token.is_some());
+    let refresh_at =
+        app.state.refresher.schedule(&p.integration, now, Some(expires_at), tokens.refresh_token.is_some());
     let mut tx = app.db.begin().await.unwrap();
-    let account = accounts::write_tokens(&mut tx, app.state.keyring(), WriteMode::Upsert, &p.integration.id, user, org, &tokens, refresh_at, AccountState::Connected)
-        .await
-        .unwrap()
-        .unwrap();
+    let account = accounts::write_tokens(
+        &mut tx,
+        app.state.keyring(),
+        WriteMode::Upsert,
+        &p.integration.id,
+        user,
+        org,
+        &tokens,
+        refresh_at,
+        AccountState::Connected,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     tx.commit().await.unwrap();
     (account, issued.access_token)
 }

@@ -55,10 +55,20 @@ async fn replace_in_postgres_only(app: &TestApp, integration_id: &str, user: &st
         scopes: vec!["read".into()],
     };
     let mut tx = app.db.begin().await.unwrap();
-    accounts::write_tokens(&mut tx, app.state.keyring(), WriteMode::UpdateOnly, integration_id, user, None, &tokens, None, AccountState::Connected)
-        .await
-        .unwrap()
-        .unwrap();
+    accounts::write_tokens(
+        &mut tx,
+        app.state.keyring(),
+        WriteMode::UpdateOnly,
+        integration_id,
+        user,
+        None,
+        &tokens,
+        None,
+        AccountState::Connected,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -72,7 +82,10 @@ async fn reads_are_answered_from_postgres_while_redis_is_cut() {
     let degraded_before = metric(&app, "pipes_cache_degraded_total");
     proxy.cut();
     let local = app.state.cache.local().clone();
-    assert!(eventually(Duration::from_secs(3), async || !local.is_enabled()).await.is_some(), "a lost subscription switches the local cache off");
+    assert!(
+        eventually(Duration::from_secs(3), async || !local.is_enabled()).await.is_some(),
+        "a lost subscription switches the local cache off"
+    );
     assert!(local.is_empty(), "and empties it");
     for _ in 0..3 {
         let started = Instant::now();
@@ -145,7 +158,10 @@ async fn a_disconnect_stops_being_served_by_another_replica_within_a_second() {
     let gone = accounts::delete(&mut tx, app.state.keyring(), &account.id).await.unwrap().unwrap();
     tx.commit().await.unwrap();
     app.state.cache.tombstone("tc-replicas", "u1", Some("org_1"), gone.token_version).await;
-    let took = eventually(Duration::from_secs(1), async || read_replica().await == json!({"active": false, "error": "not_installed"})).await;
+    let took = eventually(Duration::from_secs(1), async || {
+        read_replica().await == json!({"active": false, "error": "not_installed"})
+    })
+    .await;
     assert!(took.is_some(), "the replica stopped serving the disconnected token within 1 s");
 }
 

@@ -36,7 +36,12 @@ pub fn metric(app: &TestApp, series: &str) -> f64 {
 }
 
 /// Stores an account whose token has no refresh token and expires at `expires_at`.
-async fn seed_without_refresh_token(app: &TestApp, p: &Provider, user: &str, expires_at: chrono::DateTime<Utc>) -> accounts::Account {
+async fn seed_without_refresh_token(
+    app: &TestApp,
+    p: &Provider,
+    user: &str,
+    expires_at: chrono::DateTime<Utc>,
+) -> accounts::Account {
     let tokens = TokenSet {
         access_token: Secret::new("no-refresh-token"),
         refresh_token: None,
@@ -44,10 +49,20 @@ async fn seed_without_refresh_token(app: &TestApp, p: &Provider, user: &str, exp
         scopes: vec!["read".into()],
     };
     let mut tx = app.db.begin().await.unwrap();
-    let account = accounts::write_tokens(&mut tx, app.state.keyring(), WriteMode::Upsert, &p.integration.id, user, None, &tokens, None, AccountState::Connected)
-        .await
-        .unwrap()
-        .unwrap();
+    let account = accounts::write_tokens(
+        &mut tx,
+        app.state.keyring(),
+        WriteMode::Upsert,
+        &p.integration.id,
+        user,
+        None,
+        &tokens,
+        None,
+        AccountState::Connected,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     tx.commit().await.unwrap();
     account
 }
@@ -67,7 +82,8 @@ async fn a_fresh_account_is_answered_from_postgres_then_from_the_cache() {
     let expires_at = at["expires_at"].as_str().unwrap();
     assert_eq!(expires_at, pipes::time::rfc3339(account.expires_at.unwrap()));
     assert!(expires_at.ends_with('Z') && expires_at.len() == "2026-11-27T12:00:00.000Z".len(), "{expires_at}");
-    let (_, second) = read(&app, "tk-fresh", json!({"user_id": "u1", "organization_id": null, "unknown_field": 1})).await;
+    let (_, second) =
+        read(&app, "tk-fresh", json!({"user_id": "u1", "organization_id": null, "unknown_field": 1})).await;
     assert_eq!(second, first, "null organization_id means absent; unknown fields are ignored");
     assert_eq!(metric(&app, r#"pipes_token_reads_total{provider="tk-fresh",result="miss"}"#), 1.0);
     assert_eq!(metric(&app, r#"pipes_token_reads_total{provider="tk-fresh",result="hit"}"#), 1.0);
@@ -80,7 +96,9 @@ async fn the_credentials_route_answers_the_same_token_as_a_credential() {
     let p = demo_integration(&app, "tk-cred", ClientAuthMethod::Basic).await;
     let (_, token) = seed_account(&app, &p, "u1", Some("org_1"), HOUR).await;
     let body = json!({"user_id": "u1", "organization_id": "org_1"});
-    let (status, answer) = app.call(Method::POST, "/data-integrations/tk-cred/credentials", Some(&app.tokens_key.clone()), Some(body.clone())).await;
+    let (status, answer) = app
+        .call(Method::POST, "/data-integrations/tk-cred/credentials", Some(&app.tokens_key.clone()), Some(body.clone()))
+        .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["active"], true);
     let credential = &answer["credential"];
@@ -90,7 +108,14 @@ async fn the_credentials_route_answers_the_same_token_as_a_credential() {
     assert_eq!(credential["missing_scopes"], json!(["write"]));
     let (_, as_token) = read(&app, "tk-cred", body).await;
     assert_eq!(as_token["access_token"]["expires_at"], credential["expires_at"]);
-    let (_, none) = app.call(Method::POST, "/data-integrations/tk-cred/credentials", Some(&app.tokens_key.clone()), Some(json!({"user_id": "nobody"}))).await;
+    let (_, none) = app
+        .call(
+            Method::POST,
+            "/data-integrations/tk-cred/credentials",
+            Some(&app.tokens_key.clone()),
+            Some(json!({"user_id": "nobody"})),
+        )
+        .await;
     assert_eq!(none, json!({"active": false, "error": "not_installed"}));
 }
 
@@ -101,7 +126,8 @@ async fn unknown_owners_are_not_installed_and_unknown_or_disabled_integrations_a
     let (account, _) = seed_account(&app, &p, "u1", None, HOUR).await;
     let (status, answer) = read(&app, "tk-404", json!({"user_id": "someone-else"})).await;
     assert_eq!((status, answer), (200, json!({"active": false, "error": "not_installed"})));
-    let (status, answer) = read(&app, "tk-404", json!({"user_id": "u1", "connected_account_id": "data_installation_other"})).await;
+    let (status, answer) =
+        read(&app, "tk-404", json!({"user_id": "u1", "connected_account_id": "data_installation_other"})).await;
     assert_eq!((status, &answer), (200, &json!({"active": false, "error": "not_installed"})), "another account id");
     let (_, answer) = read(&app, "tk-404", json!({"user_id": "u1", "connected_account_id": account.id})).await;
     token_of(&answer);
@@ -210,7 +236,8 @@ async fn an_expired_token_without_a_refresh_token_marks_reauthorization_with_its
     assert_eq!((status, answer), (200, json!({"active": false, "error": "needs_reauthorization"})));
     let stored = accounts::find_by_id(&app.db, app.state.keyring(), &account.id).await.unwrap().unwrap();
     assert_eq!(stored.state, AccountState::NeedsReauthorization);
-    let events: Vec<(String, Value)> = sqlx::query_as("SELECT event, data FROM events").fetch_all(&app.db).await.unwrap();
+    let events: Vec<(String, Value)> =
+        sqlx::query_as("SELECT event, data FROM events").fetch_all(&app.db).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].0, "pipes.connected_account.reauthorization_needed");
     assert_eq!(events[0].1["id"], account.id);

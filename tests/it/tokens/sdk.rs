@@ -38,7 +38,11 @@ async fn scenario(slug: &str) -> (TestApp, Value, Vec<Result<String, &'static st
 }
 
 async fn run_script(app: &TestApp, slug: &str, owners: &Value, program: PathBuf, script: PathBuf) -> Vec<Value> {
-    assert!(program.exists() || program.components().count() == 1, "{} is missing: run .ci/install-tools", program.display());
+    assert!(
+        program.exists() || program.components().count() == 1,
+        "{} is missing: run .ci/install-tools",
+        program.display()
+    );
     let output = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(&program)
@@ -54,7 +58,12 @@ async fn run_script(app: &TestApp, slug: &str, owners: &Value, program: PathBuf,
     .expect("the SDK script finished in time")
     .unwrap_or_else(|e| panic!("{} could not start ({e}): run .ci/install-tools", program.display()));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{} failed:\n{stdout}\n{}", script.display(), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{} failed:\n{stdout}\n{}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_str::<Vec<Value>>(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
@@ -85,7 +94,10 @@ async fn the_node_sdk_parses_every_answer_shape() {
     let (app, owners, expected) = scenario("sdk-node").await;
     let node = std::env::var_os("PIPES_SDK_NODE").map(PathBuf::from).unwrap_or_else(|| "node".into());
     let script = repo().join("tests/sdk/node/get_access_token.mjs");
-    assert!(repo().join("tests/sdk/node/node_modules/@workos-inc/node").exists(), "run .ci/install-tools (npm ci in tests/sdk/node)");
+    assert!(
+        repo().join("tests/sdk/node/node_modules/@workos-inc/node").exists(),
+        "run .ci/install-tools (npm ci in tests/sdk/node)"
+    );
     let results = run_script(&app, "sdk-node", &owners, node, script).await;
     check(&results, &expected);
     assert_eq!(results[0]["expires_at_is_date"], true, "expires_at parsed into a Date");
@@ -94,7 +106,9 @@ async fn the_node_sdk_parses_every_answer_shape() {
 #[tokio::test]
 async fn the_python_sdk_parses_every_answer_shape() {
     let (app, owners, expected) = scenario("sdk-python").await;
-    let python = std::env::var_os("PIPES_SDK_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo().join("target/sdk-venv/bin/python"));
+    let python = std::env::var_os("PIPES_SDK_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/sdk-venv/bin/python"));
     let script = repo().join("tests/sdk/python/get_access_token.py");
     let results = run_script(&app, "sdk-python", &owners, python, script).await;
     check(&results, &expected);

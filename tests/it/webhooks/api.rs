@@ -19,12 +19,21 @@ async fn the_node_sdk_manages_endpoints_and_lists_events() {
     .await;
     let p = demo_integration(&app, "wh-sdk", pipes::demo_provider::ClientAuthMethod::Basic).await;
     let (account, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(3600)).await;
-    let connected = emit(&app, EventKind::Connected, &pipes::events::account_data(&account, &p.integration, "connected")).await;
-    emit(&app, EventKind::ReauthorizationNeeded, &pipes::events::account_data(&account, &p.integration, "needs_reauthorization")).await;
+    let connected =
+        emit(&app, EventKind::Connected, &pipes::events::account_data(&account, &p.integration, "connected")).await;
+    emit(
+        &app,
+        EventKind::ReauthorizationNeeded,
+        &pipes::events::account_data(&account, &p.integration, "needs_reauthorization"),
+    )
+    .await;
 
     // The SDK calls back into this test's server: wait for it off the runtime.
     let input = json!({"apiKey": app.admin_key, "port": app.addr.port()});
-    let out = tokio::task::spawn_blocking(move || run_script("node", "node/webhook_endpoints.mjs", &input)).await.unwrap().expect("SDK calls succeed");
+    let out = tokio::task::spawn_blocking(move || run_script("node", "node/webhook_endpoints.mjs", &input))
+        .await
+        .unwrap()
+        .expect("SDK calls succeed");
     let created = &out["created"];
     assert!(created["id"].as_str().unwrap().starts_with("we_"));
     assert_eq!(created["endpointUrl"], "https://hooks.example.com/pipes");
@@ -41,11 +50,13 @@ async fn the_node_sdk_manages_endpoints_and_lists_events() {
     assert_eq!(events[0]["event"], "pipes.connected_account.connected");
     assert_eq!(events[0]["data"]["providerSlug"], "wh-sdk");
     assert_eq!(out["afterDelete"], json!([]));
-    let (stored, plain): (i64, i64) = sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE position($1::bytea in secret_enc) > 0) FROM webhook_endpoints")
-        .bind(secret.as_bytes())
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let (stored, plain): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE position($1::bytea in secret_enc) > 0) FROM webhook_endpoints",
+    )
+    .bind(secret.as_bytes())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
     assert_eq!((stored, plain), (0, 0));
 }
 
@@ -53,9 +64,21 @@ async fn the_node_sdk_manages_endpoints_and_lists_events() {
 async fn bad_endpoint_input_gets_a_clear_4xx_and_changes_nothing() {
     let app = TestApp::spawn().await;
     let cases: Vec<(Value, &str, &str)> = vec![
-        (json!({"endpoint_url": "ftp://example.com/x", "events": ["pipes.connected_account.connected"]}), "endpoint_url", "invalid_scheme"),
-        (json!({"endpoint_url": "not a url", "events": ["pipes.connected_account.connected"]}), "endpoint_url", "invalid_url"),
-        (json!({"endpoint_url": "https://u:p@example.com/", "events": ["pipes.connected_account.connected"]}), "endpoint_url", "credentials_not_allowed"),
+        (
+            json!({"endpoint_url": "ftp://example.com/x", "events": ["pipes.connected_account.connected"]}),
+            "endpoint_url",
+            "invalid_scheme",
+        ),
+        (
+            json!({"endpoint_url": "not a url", "events": ["pipes.connected_account.connected"]}),
+            "endpoint_url",
+            "invalid_url",
+        ),
+        (
+            json!({"endpoint_url": "https://u:p@example.com/", "events": ["pipes.connected_account.connected"]}),
+            "endpoint_url",
+            "credentials_not_allowed",
+        ),
         (json!({"endpoint_url": "https://example.com/", "events": []}), "events", "required"),
         (json!({"endpoint_url": "https://example.com/", "events": ["user.created"]}), "events[0]", "unknown_event"),
         (json!({"events": ["pipes.connected_account.connected"]}), "endpoint_url", "required"),
@@ -66,7 +89,8 @@ async fn bad_endpoint_input_gets_a_clear_4xx_and_changes_nothing() {
         assert_eq!(answer["errors"][0]["field"], field, "{body}: {answer}");
         assert_eq!(answer["errors"][0]["code"], code, "{body}: {answer}");
     }
-    let (status, _) = app.call(Method::POST, "/webhook_endpoints", Some(&app.tokens_key.clone()), Some(json!({}))).await;
+    let (status, _) =
+        app.call(Method::POST, "/webhook_endpoints", Some(&app.tokens_key.clone()), Some(json!({}))).await;
     assert_eq!(status, 403);
     let (status, _) = app.call(Method::GET, "/events", None, None).await;
     assert_eq!(status, 401);
@@ -74,14 +98,22 @@ async fn bad_endpoint_input_gets_a_clear_4xx_and_changes_nothing() {
     assert_eq!(count, 0);
 
     let (id, _) = create_endpoint(&app, "https://example.com/hook", &["pipes.connected_account.connected"]).await;
-    let (status, body) = app.admin(Method::PATCH, &format!("/webhook_endpoints/{id}"), Some(json!({"status": "paused"}))).await;
+    let (status, body) =
+        app.admin(Method::PATCH, &format!("/webhook_endpoints/{id}"), Some(json!({"status": "paused"}))).await;
     assert_eq!((status, body["errors"][0]["field"].as_str()), (422, Some("status")));
     for path in ["/webhook_endpoints/we_01ARZ3NDEKTSV4RRFFQ69G5FAV", "/webhook_endpoints/nope"] {
         let (status, body) = app.admin(Method::PATCH, path, Some(json!({"status": "enabled"}))).await;
         assert_eq!((status, body["code"].as_str()), (404, Some("webhook_endpoint_not_found")));
         assert_eq!(app.admin(Method::DELETE, path, None).await.0, 404);
     }
-    for query in ["limit=0", "limit=101", "order=sideways", "events=user.created", "after=event_01ARZ3NDEKTSV4RRFFQ69G5FAV", "range_start=yesterday"] {
+    for query in [
+        "limit=0",
+        "limit=101",
+        "order=sideways",
+        "events=user.created",
+        "after=event_01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        "range_start=yesterday",
+    ] {
         let (status, body) = app.admin(Method::GET, &format!("/events?{query}"), None).await;
         assert_eq!(status, 422, "{query}: {body}");
     }
@@ -95,7 +127,9 @@ async fn events_page_forward_with_after_for_catching_up() {
     let (account, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(3600)).await;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(emit(&app, EventKind::Connected, &pipes::events::account_data(&account, &p.integration, "connected")).await);
+        ids.push(
+            emit(&app, EventKind::Connected, &pipes::events::account_data(&account, &p.integration, "connected")).await,
+        );
     }
     let (status, page) = app.admin(Method::GET, "/events?limit=2", None).await;
     assert_eq!(status, 200);
@@ -109,6 +143,12 @@ async fn events_page_forward_with_after_for_catching_up() {
     assert_eq!(rest, ids[2..].iter().map(String::as_str).collect::<Vec<_>>());
     let (_, newest) = app.admin(Method::GET, "/events?order=desc&limit=1", None).await;
     assert_eq!(newest["data"][0]["id"], ids[4].as_str());
-    let (_, repeated) = app.admin(Method::GET, "/events?events=pipes.connected_account.disconnected&events=pipes.connected_account.connected&limit=100", None).await;
+    let (_, repeated) = app
+        .admin(
+            Method::GET,
+            "/events?events=pipes.connected_account.disconnected&events=pipes.connected_account.connected&limit=100",
+            None,
+        )
+        .await;
     assert_eq!(repeated["data"].as_array().unwrap().len(), 5);
 }

@@ -57,7 +57,8 @@ async fn a_delivery_verifies_with_the_node_sdk_and_standard_webhooks() {
     assert!(verify_with_node_sdk(&tampered, &secret).is_err());
     assert!(verify_with_standard_webhooks(&tampered, &secret).is_err());
     // The worker records the outcome just after the receiver answered.
-    let delivered = eventually(WAIT, || async { delivery_status(&app, &event_id).await.as_deref() == Some("delivered") }).await;
+    let delivered =
+        eventually(WAIT, || async { delivery_status(&app, &event_id).await.as_deref() == Some("delivered") }).await;
     assert!(delivered, "the delivery is recorded as delivered");
 }
 
@@ -78,7 +79,9 @@ async fn an_endpoint_that_fails_three_times_gets_the_event_on_the_fourth_attempt
     assert!(ids.iter().all(|id| *id == ids[0]), "same event id on every attempt: {ids:?}");
     assert!(got.iter().all(|c| c.header("webhook-id") == ids[0]));
     let event_id = ids[0].clone();
-    assert!(eventually(WAIT, || async { delivery_status(&app, &event_id).await.as_deref() == Some("delivered") }).await);
+    assert!(
+        eventually(WAIT, || async { delivery_status(&app, &event_id).await.as_deref() == Some("delivered") }).await
+    );
     let attempts = attempts_of(&app, &event_id).await;
     let codes: Vec<Option<i32>> = attempts.iter().map(|a| a.0).collect();
     assert_eq!(codes, vec![Some(500), Some(429), Some(503), Some(200)]);
@@ -100,7 +103,10 @@ async fn an_endpoint_that_fails_three_times_gets_the_event_on_the_fourth_attempt
     assert_eq!(receiver.captured().len(), 4, "nothing after the 2xx");
     let metrics = app.state.metrics.render();
     for outcome in ["delivered", "retried"] {
-        assert!(metrics.contains(&format!("pipes_webhook_deliveries_total{{outcome=\"{outcome}\"}}")), "{outcome} counted");
+        assert!(
+            metrics.contains(&format!("pipes_webhook_deliveries_total{{outcome=\"{outcome}\"}}")),
+            "{outcome} counted"
+        );
     }
 }
 
@@ -120,15 +126,23 @@ async fn a_receiver_that_is_down_gets_the_event_once_it_is_back() {
     let (account, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(3600)).await;
     let event_id = emit(&app, EventKind::Connected, &events::account_data(&account, &p.integration, "connected")).await;
 
-    assert!(eventually(WAIT, || async { attempts_of(&app, &event_id).await.len() >= 2 }).await, "failed attempts recorded");
+    assert!(
+        eventually(WAIT, || async { attempts_of(&app, &event_id).await.len() >= 2 }).await,
+        "failed attempts recorded"
+    );
     let failed = attempts_of(&app, &event_id).await;
-    assert!(failed.iter().all(|(code, error)| code.is_none() && error.as_deref() == Some("connection_failed")), "{failed:?}");
+    assert!(
+        failed.iter().all(|(code, error)| code.is_none() && error.as_deref() == Some("connection_failed")),
+        "{failed:?}"
+    );
     assert!(receiver.captured().is_empty());
     proxy.restore();
     let got = receiver.wait_for(1).await;
     assert_eq!(got[0].json()["id"], event_id.as_str());
     assert_eq!(got[0].json()["data"]["state"], "connected");
-    assert!(eventually(WAIT, || async { delivery_status(&app, &event_id).await.as_deref() == Some("delivered") }).await);
+    assert!(
+        eventually(WAIT, || async { delivery_status(&app, &event_id).await.as_deref() == Some("delivered") }).await
+    );
 }
 
 #[tokio::test]
@@ -141,7 +155,9 @@ async fn a_disabled_endpoint_and_a_filtered_out_event_get_nothing() {
     create_endpoint(&app, &all.url(), &every).await;
     create_endpoint(&app, &only_connected.url(), &["pipes.connected_account.connected"]).await;
     let (disabled_id, _) = create_endpoint(&app, &disabled.url(), &every).await;
-    let (status, body) = app.admin(Method::PATCH, &format!("/webhook_endpoints/{disabled_id}"), Some(json!({"status": "disabled"}))).await;
+    let (status, body) = app
+        .admin(Method::PATCH, &format!("/webhook_endpoints/{disabled_id}"), Some(json!({"status": "disabled"})))
+        .await;
     assert_eq!((status, body["status"].as_str()), (200, Some("disabled")));
     let _workers = Workers::start(&app).await;
 
@@ -150,23 +166,40 @@ async fn a_disabled_endpoint_and_a_filtered_out_event_get_nothing() {
     let (account, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(3600)).await;
     let mut tx = app.db.begin().await.unwrap();
     let gone = accounts::delete(&mut tx, app.state.keyring(), &account.id).await.unwrap().unwrap();
-    let disconnected = events::emit(&mut tx, EventKind::Disconnected, &events::account_data(&gone, &p.integration, "disconnected")).await.unwrap();
+    let disconnected =
+        events::emit(&mut tx, EventKind::Disconnected, &events::account_data(&gone, &p.integration, "disconnected"))
+            .await
+            .unwrap();
     tx.commit().await.unwrap();
-    let connected = emit(&app, EventKind::Connected, &events::account_data(&account, &p.integration, "connected")).await;
+    let connected =
+        emit(&app, EventKind::Connected, &events::account_data(&account, &p.integration, "connected")).await;
 
     let got = all.wait_for(2).await;
-    let mut seen: Vec<(String, String)> = got.iter().map(|c| (c.json()["id"].as_str().unwrap().to_owned(), c.json()["event"].as_str().unwrap().to_owned())).collect();
+    let mut seen: Vec<(String, String)> = got
+        .iter()
+        .map(|c| (c.json()["id"].as_str().unwrap().to_owned(), c.json()["event"].as_str().unwrap().to_owned()))
+        .collect();
     seen.sort();
-    let mut expected = vec![(disconnected.clone(), "pipes.connected_account.disconnected".to_owned()), (connected.clone(), "pipes.connected_account.connected".to_owned())];
+    let mut expected = vec![
+        (disconnected.clone(), "pipes.connected_account.disconnected".to_owned()),
+        (connected.clone(), "pipes.connected_account.connected".to_owned()),
+    ];
     expected.sort();
     assert_eq!(seen, expected);
-    assert_eq!(got.iter().find(|c| c.json()["id"] == disconnected.as_str()).unwrap().json()["data"]["state"], "disconnected");
+    assert_eq!(
+        got.iter().find(|c| c.json()["id"] == disconnected.as_str()).unwrap().json()["data"]["state"],
+        "disconnected"
+    );
     let got = only_connected.wait_for(1).await;
     assert_eq!(got[0].json()["id"], connected.as_str());
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(only_connected.captured().len(), 1, "the filtered-out event never came");
     assert!(disabled.captured().is_empty(), "the disabled endpoint got nothing");
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1").bind(&disabled_id).fetch_one(&app.db).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1")
+        .bind(&disabled_id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
     assert_eq!(rows, 0);
 }
 
@@ -176,8 +209,21 @@ async fn a_private_address_is_refused_unless_allowed() {
         s.set("PIPES_WEBHOOK_ALLOW_PRIVATE", "false");
     })
     .await;
-    for url in ["http://127.0.0.1:9/hook", "http://localhost:9/", "http://10.1.2.3/", "http://[::1]/", "http://169.254.169.254/latest", "http://192.168.0.1/"] {
-        let (status, body) = app.admin(Method::POST, "/webhook_endpoints", Some(json!({"endpoint_url": url, "events": ["pipes.connected_account.connected"]}))).await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost:9/",
+        "http://10.1.2.3/",
+        "http://[::1]/",
+        "http://169.254.169.254/latest",
+        "http://192.168.0.1/",
+    ] {
+        let (status, body) = app
+            .admin(
+                Method::POST,
+                "/webhook_endpoints",
+                Some(json!({"endpoint_url": url, "events": ["pipes.connected_account.connected"]})),
+            )
+            .await;
         assert_eq!(status, 422, "{url}: {body}");
         assert_eq!(body["errors"][0]["field"], "endpoint_url");
         assert_eq!(body["errors"][0]["code"], "private_address", "{url}");
@@ -188,7 +234,9 @@ async fn a_private_address_is_refused_unless_allowed() {
     // An endpoint stored while private targets were allowed (or whose name now
     // resolves inside) is refused again at delivery time, without a request.
     let receiver = Receiver::start([]).await;
-    endpoints::create(&app.db, app.state.keyring(), &receiver.url(), &["pipes.connected_account.connected".to_owned()]).await.unwrap();
+    endpoints::create(&app.db, app.state.keyring(), &receiver.url(), &["pipes.connected_account.connected".to_owned()])
+        .await
+        .unwrap();
     let _workers = Workers::start(&app).await;
     let p = demo_integration(&app, "wh-private", pipes::demo_provider::ClientAuthMethod::Basic).await;
     let (account, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(3600)).await;

@@ -13,8 +13,18 @@ use super::harness::{create_endpoint, verify_with_node_sdk, Receiver, Workers};
 use crate::connect::{api_integration, connect};
 use crate::support::app::TestApp;
 
-const ACCOUNT_FIELDS: [&str; 10] =
-    ["object", "id", "data_integration_id", "provider_slug", "user_id", "organization_id", "scopes", "state", "created_at", "updated_at"];
+const ACCOUNT_FIELDS: [&str; 10] = [
+    "object",
+    "id",
+    "data_integration_id",
+    "provider_slug",
+    "user_id",
+    "organization_id",
+    "scopes",
+    "state",
+    "created_at",
+    "updated_at",
+];
 const FAILURE_FIELDS: [&str; 10] = [
     "object",
     "data_integration_id",
@@ -62,10 +72,11 @@ async fn the_real_flows_deliver_all_four_event_types() {
     connect(&app, slug, "u2", None, None).await;
     // reauthorization_needed: the grant is revoked at the provider, then a refresh runs
     let integration = pipes::store::integrations::by_slug(&app.db, app.state.keyring(), slug).await.unwrap().unwrap();
-    let account = pipes::store::accounts::find_for_owner(&app.db, app.state.keyring(), &integration.id, "u1", Some("org_1"))
-        .await
-        .unwrap()
-        .expect("u1 connected");
+    let account =
+        pipes::store::accounts::find_for_owner(&app.db, app.state.keyring(), &integration.id, "u1", Some("org_1"))
+            .await
+            .unwrap()
+            .expect("u1 connected");
     let token = account.access_token.clone().unwrap();
     assert!(provider.demo.revoke_grant_of(token.expose()));
     sqlx::query("UPDATE connected_accounts SET refresh_at = now() - interval '1 second' WHERE id = $1")
@@ -77,12 +88,14 @@ async fn the_real_flows_deliver_all_four_event_types() {
     assert!(matches!(outcome, RefreshOutcome::NeedsReauthorization), "{outcome:?}");
     // disconnected: connect u3, then DELETE
     connect(&app, slug, "u3", None, None).await;
-    let (status, _) = app.admin(Method::DELETE, &format!("/user_management/users/u3/connected_accounts/{slug}"), None).await;
+    let (status, _) =
+        app.admin(Method::DELETE, &format!("/user_management/users/u3/connected_accounts/{slug}"), None).await;
     assert_eq!(status, 204);
 
     let deliveries = receiver.wait_for(5).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let deliveries: Vec<_> = if receiver.captured().len() > deliveries.len() { receiver.captured() } else { deliveries };
+    let deliveries: Vec<_> =
+        if receiver.captured().len() > deliveries.len() { receiver.captured() } else { deliveries };
     let mut kinds: Vec<String> = deliveries.iter().map(|d| d.json()["event"].as_str().unwrap().to_owned()).collect();
     kinds.sort();
     assert_eq!(

@@ -21,7 +21,6 @@ use serde_json::{json, Value};
 
 use crate::support::app::TestApp;
 
-
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// One request the receiver got.
@@ -155,7 +154,10 @@ impl Drop for Workers {
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async move {
-                let Ok(broker) = Broker::connect("amqp://guest:guest@127.0.0.1:5672/%2f", "pipes-tests-cleanup").await else { return };
+                let Ok(broker) = Broker::connect("amqp://guest:guest@127.0.0.1:5672/%2f", "pipes-tests-cleanup").await
+                else {
+                    return;
+                };
                 let Ok(channel) = broker.channel().await else { return };
                 for name in names {
                     let _ = channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await;
@@ -168,7 +170,8 @@ impl Drop for Workers {
 
 /// Creates an endpoint through the API; returns (id, secret).
 pub async fn create_endpoint(app: &TestApp, url: &str, events: &[&str]) -> (String, String) {
-    let (status, body) = app.admin(Method::POST, "/webhook_endpoints", Some(json!({"endpoint_url": url, "events": events}))).await;
+    let (status, body) =
+        app.admin(Method::POST, "/webhook_endpoints", Some(json!({"endpoint_url": url, "events": events}))).await;
     assert_eq!(status, 201, "{body}");
     (body["id"].as_str().unwrap().to_owned(), body["secret"].as_str().unwrap().to_owned())
 }
@@ -193,7 +196,11 @@ pub async fn attempts_of(app: &TestApp, event_id: &str) -> Vec<(Option<i32>, Opt
 }
 
 pub async fn delivery_status(app: &TestApp, event_id: &str) -> Option<String> {
-    sqlx::query_scalar("SELECT status FROM webhook_deliveries WHERE event_id = $1").bind(event_id).fetch_optional(&app.db).await.unwrap()
+    sqlx::query_scalar("SELECT status FROM webhook_deliveries WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_optional(&app.db)
+        .await
+        .unwrap()
 }
 
 pub fn run_script(program: &str, script: &str, input: &Value) -> Result<Value, String> {
@@ -231,4 +238,3 @@ pub fn verify_with_standard_webhooks(delivery: &Captured, secret: &str) -> Resul
     let input = json!({"payload": delivery.body, "headers": headers, "secret": secret});
     run_script("python3", "python/verify_standard_webhook.py", &input)
 }
-

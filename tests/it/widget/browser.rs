@@ -72,7 +72,13 @@ async fn a_user_connects_reauthorizes_and_disconnects_in_a_real_browser() {
     let (status, body) = app.admin(Method::POST, "/widgets/token", Some(json!({ "user_id": "user_alice" }))).await;
     assert_eq!(status, 200, "{body}");
     let widget_url = app.url(&format!("/widget?token={}", body["token"].as_str().unwrap()));
-    let (expired, _) = pipes::widget::issue(app.state.keyring(), "user_alice", None, Utc::now() - chrono::Duration::hours(1), Duration::from_secs(60));
+    let (expired, _) = pipes::widget::issue(
+        app.state.keyring(),
+        "user_alice",
+        None,
+        Utc::now() - chrono::Duration::hours(1),
+        Duration::from_secs(60),
+    );
     let expired_url = app.url(&format!("/widget?token={expired}"));
     let shots = root().join("artifacts/screenshots");
 
@@ -109,26 +115,45 @@ async fn a_user_connects_reauthorizes_and_disconnects_in_a_real_browser() {
     let done = tokio::time::timeout(SCENARIO_TIMEOUT, scenario).await.unwrap_or(false);
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     let mut err = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err)).await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(2), tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err))
+            .await;
     assert!(done, "the browser scenario did not finish (screenshots in {}); stderr:\n{err}", shots.display());
     assert!(matches!(status, Ok(Ok(s)) if s.success()), "node exited with {status:?}; stderr:\n{err}");
 
     // The account ended disconnected; the denied consent stored nothing.
     let (status, _) = app.admin(Method::GET, "/user_management/users/user_alice/connected_accounts/demo", None).await;
     assert_eq!(status, 404);
-    for name in ["01-connect", "03-connected", "04-needs-reauthorization", "05-reconnected", "07-disconnected", "08-denied", "09-expired"] {
+    for name in [
+        "01-connect",
+        "03-connected",
+        "04-needs-reauthorization",
+        "05-reconnected",
+        "07-disconnected",
+        "08-denied",
+        "09-expired",
+    ] {
         assert!(shots.join(format!("{name}.png")).is_file(), "screenshot {name}");
     }
 }
 
 /// The refresh a scheduler would run next: it finds the grant revoked.
 async fn force_refresh(app: &TestApp, integration: &pipes::store::integrations::Integration) {
-    let id: String = sqlx::query_scalar("UPDATE connected_accounts SET refresh_at = now() WHERE user_id = 'user_alice' RETURNING id")
-        .fetch_one(&app.db)
-        .await
-        .expect("alice's account exists");
+    let id: String = sqlx::query_scalar(
+        "UPDATE connected_accounts SET refresh_at = now() WHERE user_id = 'user_alice' RETURNING id",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("alice's account exists");
     let outcome = app.state.refresher.refresh(integration, &id, Reason::Scheduled).await.expect("refresh");
     assert!(matches!(outcome, RefreshOutcome::NeedsReauthorization), "{outcome:?}");
-    let (status, read) = app.call(Method::POST, "/data-integrations/demo/token", Some(&app.tokens_key), Some(json!({ "user_id": "user_alice" }))).await;
+    let (status, read) = app
+        .call(
+            Method::POST,
+            "/data-integrations/demo/token",
+            Some(&app.tokens_key),
+            Some(json!({ "user_id": "user_alice" })),
+        )
+        .await;
     assert_eq!((status, &read), (200, &json!({ "active": false, "error": "needs_reauthorization" })));
 }
