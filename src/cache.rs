@@ -1,6 +1,7 @@
 //! The Redis token cache: one encrypted entry per connected account, holding
 //! exactly what a token read answers. An entry lives until `min_validity`
-//! before the token expires, so a hit is always fresh.
+//! plus the serve margin (`store::accounts::serve_floor`) before the token
+//! expires, so a hit is always fresh.
 //!
 //! Every value starts with the account's token version (`{version}|…`), and
 //! writes go through a script that refuses to replace a newer version. A
@@ -198,7 +199,7 @@ impl TokenCache {
         // keeps a clock-skewed entry from ever being served.
         let fresh = entry
             .expires_at
-            .is_none_or(|exp| exp > now + chrono::Duration::from_std(self.min_validity).unwrap_or_default());
+            .is_none_or(|exp| exp > now + crate::store::accounts::serve_floor(self.min_validity));
         if fresh {
             Lookup::Hit(entry)
         } else {
@@ -218,7 +219,7 @@ impl TokenCache {
         }
         let ttl = match account.expires_at {
             None => NON_EXPIRING_TTL,
-            Some(exp) => (exp - now - chrono::Duration::from_std(self.min_validity).ok()?).to_std().ok()?,
+            Some(exp) => (exp - now - crate::store::accounts::serve_floor(self.min_validity)).to_std().ok()?,
         };
         if ttl < Duration::from_millis(10) {
             return None;

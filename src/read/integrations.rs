@@ -27,14 +27,18 @@ const MAX_SLUG_LEN: usize = 100;
 pub struct View {
     pub integration: Arc<Integration>,
     pub hits: metrics::Counter,
+    /// `pipes_stale_tokens_served_total` for this provider: must stay 0.
+    pub stale: metrics::Counter,
 }
 
 impl View {
     fn new(integration: Integration) -> Self {
         let provider = integration.slug.clone();
         // Registered at zero so the "must stay 0" series exists for every provider.
-        metrics::counter!(m::STALE_TOKENS_SERVED, "provider" => provider.clone()).increment(0);
+        let stale = metrics::counter!(m::STALE_TOKENS_SERVED, "provider" => provider.clone());
+        stale.increment(0);
         View {
+            stale,
             hits: metrics::counter!(m::TOKEN_READS, "provider" => provider, "result" => "hit"),
             integration: Arc::new(integration),
         }

@@ -26,8 +26,10 @@ const CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 pub struct Ready {
     pub account_id: String,
     pub version: i64,
-    /// The answer stops being fresh at this instant (`expires_at − min_validity`).
+    /// The answer stops being fresh at this instant (`expires_at − min_validity − SERVE_MARGIN`).
     pub fresh_until: Option<DateTime<Utc>>,
+    /// When the token itself expires.
+    pub expires_at: Option<DateTime<Utc>>,
     pub stored: Instant,
     /// The `/token` body.
     pub token_body: Bytes,

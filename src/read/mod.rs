@@ -113,6 +113,7 @@ impl Reader {
         if let Some(ready) = inner.cache.local().get(&key, Utc::now()) {
             if owner.connected_account_id.as_ref().is_none_or(|id| *id == ready.account_id) {
                 view.hits.increment(1);
+                self.check_served(&view, &ready);
                 inner.hit_duration.record(started.elapsed().as_secs_f64());
                 return Ok(Answer::Active(ready));
             }
@@ -121,9 +122,23 @@ impl Reader {
             Ok((answer, label)) => (Ok(answer), label),
             Err(err) => (Err(err), "error"),
         };
+        if let Ok(Answer::Active(ready)) = &result {
+            self.check_served(&view, ready);
+        }
         metrics::counter!(m::TOKEN_READS, "provider" => view.label().to_owned(), "result" => label).increment(1);
         metrics::histogram!(m::TOKEN_READ_DURATION, "result" => label).record(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// The tripwire behind `pipes_stale_tokens_served_total`: judged at the
+    /// moment of answering against the promise itself (`min_validity`, without
+    /// the serve margin), independently of the freshness checks that chose the
+    /// answer. Counts; it never changes what is served.
+    fn check_served(&self, view: &View, ready: &local::Ready) {
+        if answer::is_stale(ready.expires_at, Utc::now(), self.0.cache.min_validity()) {
+            view.stale.increment(1);
+            tracing::error!(account_id = %ready.account_id, "served a token with less than min_validity left");
+        }
     }
 
     /// Redis, then PostgreSQL; returns the answer and its metric label.

@@ -114,15 +114,26 @@ impl Account {
         })
     }
 
-    /// True when the access token stays valid for at least `min_validity` after `now`.
+    /// True when the access token is fresh enough to serve: it stays valid for
+    /// at least `min_validity` plus [`SERVE_MARGIN`] after `now`.
     pub fn is_fresh(&self, now: DateTime<Utc>, min_validity: Duration) -> bool {
         self.state == AccountState::Connected
             && self.access_token.is_some()
-            && match self.expires_at {
-                None => true,
-                Some(exp) => exp > now + chrono::Duration::from_std(min_validity).unwrap_or_default(),
-            }
+            && self.expires_at.is_none_or(|exp| exp > now + serve_floor(min_validity))
     }
+}
+
+/// Kept on top of `min_validity` wherever Pipes decides that a token is fresh
+/// enough to serve or to cache: the answer still has to travel to the caller,
+/// and on a loaded machine a token judged fresh with `min_validity + 0.1 s`
+/// left would arrive with less than the promised `min_validity`.
+pub const SERVE_MARGIN: Duration = Duration::from_secs(5);
+
+/// The least time a token must have left for Pipes to serve it or cache it:
+/// `min_validity + SERVE_MARGIN`. The store, the Redis cache and the local
+/// answer cache all judge freshness by this one value.
+pub fn serve_floor(min_validity: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(min_validity + SERVE_MARGIN).unwrap_or_else(|_| chrono::Duration::days(36_500))
 }
 
 /// When to refresh (DESIGN §2.2): `expires_at - min(lead, lifetime / 2)`, minus

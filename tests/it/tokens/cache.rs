@@ -174,6 +174,7 @@ fn ready_until(version: i64, token: &str, fresh_until: chrono::DateTime<Utc>) ->
         account_id: "data_installation_x".into(),
         version,
         fresh_until: Some(fresh_until),
+        expires_at: Some(fresh_until + chrono::Duration::seconds(65)),
         stored: Instant::now(),
         token_body: token.as_bytes().to_vec().into(),
         credential_body: token.as_bytes().to_vec().into(),
