@@ -11,7 +11,8 @@
 # Needs: PostgreSQL on 5432, Redis on 6379, `wrk` (apt package) and
 # `redis-benchmark`; builds with `cargo build --release` first.
 # Knobs: ACCOUNTS (1000), DURATION (15s), CONNECTIONS (50), THREADS (wrk
-# threads, 2), WORKERS (tokio worker threads of `pipes serve`; default: one per core).
+# threads, 2), WORKERS (tokio worker threads of `pipes serve`; default: one per core),
+# PERF (a file: record a perf profile of `pipes serve` during the run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,6 +76,11 @@ sample_rss() {
 }
 sample_rss &
 sampler=$!
+# PERF=file: sample `pipes serve` (call graphs) during the measured run; read it with
+# `perf report -i file --no-children`.
+if [ -n "${PERF:-}" ]; then
+  perf record -q -F 1999 -g -p "$serve_pid" -o "$PERF" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
+fi
 wrk_out=$(wrk -t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" --latency -s benches/read.lua "http://127.0.0.1:$PORT")
 kill "$sampler" 2>/dev/null || true
 rss_kb=$(cat "/tmp/pipes-bench-rss.$run_id" 2>/dev/null || echo 0)

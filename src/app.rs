@@ -24,7 +24,7 @@ pub const BODY_LIMIT: usize = 256 * 1024;
 /// Upper bound of one request, on-demand refresh included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Everything a handler needs. Cheap to clone.
 #[derive(Clone)]
@@ -105,9 +105,19 @@ struct MakeUlidRequestId;
 
 impl MakeRequestId for MakeUlidRequestId {
     fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        let id = format!("req_{}", ulid::Ulid::new());
-        axum::http::HeaderValue::from_str(&id).ok().map(RequestId::new)
+        Some(RequestId::new(new_request_id()))
     }
+}
+
+/// A new request id, `req_` and a ULID, encoded without a temporary `String`.
+pub fn new_request_id() -> axum::http::HeaderValue {
+    let mut id = [0u8; 4 + ulid::ULID_LEN];
+    id[..4].copy_from_slice(b"req_");
+    let mut ulid = [0u8; ulid::ULID_LEN];
+    ulid::Ulid::new().array_to_str(&mut ulid);
+    id[4..].copy_from_slice(&ulid);
+    // ASCII letters, digits and `_` only: always a valid header value.
+    axum::http::HeaderValue::from_bytes(&id).unwrap_or_else(|_| axum::http::HeaderValue::from_static("req_"))
 }
 
 /// The full HTTP application of `pipes serve`.
@@ -122,6 +132,23 @@ pub fn router(state: AppState) -> Router {
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeUlidRequestId))
+}
+
+/// The HTTP service of `pipes serve`: [`router`] behind the token-read fast lane.
+pub fn service(state: AppState) -> crate::api::fast_lane::FastLane {
+    crate::api::fast_lane::FastLane::new(state.clone(), router(state))
+}
+
+/// Serves the API ([`service`]) on `listener` until `cancel` fires, then drains
+/// in-flight requests.
+pub async fn serve_api(
+    listener: tokio::net::TcpListener,
+    service: crate::api::fast_lane::FastLane,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, tower::make::Shared::new(service))
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
 }
 
 /// Serves `router` on `listener` until `cancel` fires, then drains in-flight requests.

@@ -60,6 +60,13 @@ struct Verdict {
     recheck_at: Instant,
 }
 
+impl Verdict {
+    /// Trusted without asking PostgreSQL again.
+    fn current(&self) -> bool {
+        Instant::now() < self.recheck_at && self.checked.elapsed() < KEY_CACHE_STALE_IF_ERROR
+    }
+}
+
 /// Remembers recent verifications by key hash (never the key itself).
 #[derive(Clone)]
 pub struct KeyVerifier {
@@ -72,15 +79,22 @@ impl KeyVerifier {
         KeyVerifier { db, cache: Arc::new(quick_cache::sync::Cache::new(10_000)) }
     }
 
+    /// The role of a presented key if a verdict younger than [`KEY_CACHE_TTL`]
+    /// says it is valid, without waiting for anything; `None` means "ask
+    /// [`Self::verify`]" (unknown, revoked, or not checked recently).
+    pub fn recently_verified(&self, presented: &str) -> Option<Role> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
+        self.cache.get(&digest).filter(Verdict::current).and_then(|v| v.role)
+    }
+
     /// The role of a presented key, or `None` for unknown and revoked keys.
     pub async fn verify(&self, presented: &str) -> Result<Option<Role>, ApiError> {
         use sha2::Digest;
         let digest: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
         let known = self.cache.get(&digest);
-        if let Some(v) = known {
-            if Instant::now() < v.recheck_at && v.checked.elapsed() < KEY_CACHE_STALE_IF_ERROR {
-                return Ok(v.role);
-            }
+        if let Some(v) = known.as_ref().filter(|v| v.current()) {
+            return Ok(v.role);
         }
         let row = sqlx::query(
             "UPDATE api_keys SET last_used_at = now()
@@ -113,18 +127,22 @@ pub struct AnyKey(pub Role);
 /// An `admin` key.
 pub struct AdminKey;
 
-async fn role_of(parts: &Parts, state: &AppState) -> Result<Role, ApiError> {
-    let header = parts
-        .headers
+/// The API key of `Authorization: Bearer <key>`.
+pub fn bearer_key(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let header = headers
         .get(AUTHORIZATION)
         .ok_or(ApiError::Unauthorized("Missing Authorization header: send `Authorization: Bearer <api key>`."))?;
     let value = header.to_str().map_err(|_| ApiError::Unauthorized("Malformed Authorization header."))?;
-    let key = value
+    value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|k| !k.is_empty())
-        .ok_or(ApiError::Unauthorized("The Authorization header must be `Bearer <api key>`."))?;
+        .ok_or(ApiError::Unauthorized("The Authorization header must be `Bearer <api key>`."))
+}
+
+async fn role_of(parts: &Parts, state: &AppState) -> Result<Role, ApiError> {
+    let key = bearer_key(&parts.headers)?;
     state.keys.verify(key).await?.ok_or(ApiError::Unauthorized("Unknown or revoked API key."))
 }
 

@@ -197,9 +197,8 @@ impl TokenCache {
         let Ok(entry) = serde_json::from_slice::<CachedToken>(&plain) else { return Lookup::Miss };
         // The TTL already guarantees this; checking again costs nothing and
         // keeps a clock-skewed entry from ever being served.
-        let fresh = entry
-            .expires_at
-            .is_none_or(|exp| exp > now + crate::store::accounts::serve_floor(self.min_validity));
+        let fresh =
+            entry.expires_at.is_none_or(|exp| exp > now + crate::store::accounts::serve_floor(self.min_validity));
         if fresh {
             Lookup::Hit(entry)
         } else {

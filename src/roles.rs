@@ -35,10 +35,10 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
     if roles.serve {
         let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
         tracing::info!(addr = %listener.local_addr()?, "serving the HTTP API");
-        let router = app::router(state.clone());
+        let service = app::service(state.clone());
         let cancel = cancel.clone();
         tasks.spawn(async move {
-            if let Err(err) = app::serve(listener, router, cancel).await {
+            if let Err(err) = app::serve_api(listener, service, cancel).await {
                 tracing::error!(error = %err, "HTTP server stopped");
             }
         });

@@ -14,6 +14,11 @@ use crate::error::ApiError;
 /// Rejects unusable URLs (see the module header); passes everything else on.
 pub async fn reject_unusable_url(request: Request, next: Next) -> Response {
     let uri = request.uri();
+    // A parsed URI is UTF-8 without NUL (the `http` crate checks); only percent-encoding
+    // can smuggle either in.
+    if !uri.path().contains('%') && !uri.query().is_some_and(|q| q.contains('%')) {
+        return next.run(request).await;
+    }
     let path = percent_decode(uri.path().as_bytes());
     let query = uri.query().map(|q| percent_decode(q.as_bytes())).unwrap_or_default();
     let problem = if path.contains(&0) {

@@ -4,6 +4,7 @@ pub mod connect;
 pub mod connected_accounts;
 pub mod events;
 pub mod extract;
+pub mod fast_lane;
 pub mod guard;
 pub mod health;
 pub mod integrations;

@@ -115,8 +115,7 @@ impl TokenRequest {
     }
 }
 
-/// The validated body. The common case is parsed straight into the struct;
-/// only a failure goes through the slower parser that names the bad field.
+/// The validated body (see [`parse_owner`]).
 pub struct OwnerBody(pub Owner);
 
 impl<S: Send + Sync> FromRequest<S> for OwnerBody {
@@ -130,14 +129,21 @@ impl<S: Send + Sync> FromRequest<S> for OwnerBody {
                 ApiError::bad_request(format!("Could not read the request body: {e}"))
             }
         })?;
-        // serde would also take a JSON array for a struct; only objects are valid.
-        let is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        let parsed = match serde_json::from_slice::<TokenRequest>(&bytes) {
-            Ok(request) if is_object => request,
-            _ => crate::api::extract::parse_json::<TokenRequest>(&bytes)?,
-        };
-        parsed.into_owner().map(OwnerBody)
+        parse_owner(&bytes).map(OwnerBody)
     }
+}
+
+/// The owner a token read asks about, from its JSON body. The common case is
+/// parsed straight into the struct; only a failure goes through the slower
+/// parser that names the bad field.
+pub fn parse_owner(bytes: &[u8]) -> Result<Owner, ApiError> {
+    // serde would also take a JSON array for a struct; only objects are valid.
+    let is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let parsed = match serde_json::from_slice::<TokenRequest>(bytes) {
+        Ok(request) if is_object => request,
+        _ => crate::api::extract::parse_json::<TokenRequest>(bytes)?,
+    };
+    parsed.into_owner()
 }
 
 async fn answer(state: &AppState, slug: &str, owner: &Owner, shape: Shape) -> Response {

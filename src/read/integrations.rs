@@ -72,6 +72,14 @@ impl IntegrationViews {
         IntegrationViews { db, ring, map: Arc::new(quick_cache::sync::Cache::new(1_000)), local }
     }
 
+    /// The loaded integration `slug` if it is enabled and its copy is current,
+    /// without waiting for anything; `None` means "ask [`Self::get`]".
+    pub fn peek(&self, slug: &str) -> Option<Arc<View>> {
+        let slot = self.map.get(slug)?;
+        let current = slot.generation == self.local.integrations_generation() && slot.loaded.elapsed() < TTL;
+        slot.view.filter(|view| current && view.integration.enabled)
+    }
+
     /// The integration `slug`, enabled or not; `None` if there is none.
     pub async fn get(&self, slug: &str) -> Result<Option<Arc<View>>, IntegrationError> {
         if slug.is_empty() || slug.len() > MAX_SLUG_LEN {

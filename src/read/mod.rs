@@ -95,6 +95,29 @@ impl Reader {
         &self.0.views
     }
 
+    /// The answer for `owner` from the in-process answer cache alone, if the
+    /// integration is loaded and the answer is there: no I/O, no waiting. `None`
+    /// means "ask [`Self::read`]", which tries this first anyway.
+    pub fn hit(&self, slug: &str, owner: &Owner) -> Option<Arc<local::Ready>> {
+        let started = Instant::now();
+        let view = self.0.views.peek(slug)?;
+        self.local_hit(&view, owner, started)
+    }
+
+    fn local_hit(&self, view: &View, owner: &Owner, started: Instant) -> Option<Arc<local::Ready>> {
+        let inner = &self.0;
+        let key =
+            entry_key(inner.cache.redis(), &view.integration.slug, &owner.user_id, owner.organization_id.as_deref());
+        let ready = inner.cache.local().get(&key, Utc::now())?;
+        if owner.connected_account_id.as_ref().is_some_and(|id| *id != ready.account_id) {
+            return None;
+        }
+        view.hits.increment(1);
+        self.check_served(view, &ready);
+        inner.hit_duration.record(started.elapsed().as_secs_f64());
+        Some(ready)
+    }
+
     /// Answers a read of `slug` for `owner`.
     pub async fn read(&self, slug: &str, owner: &Owner) -> Result<Answer, ApiError> {
         let started = Instant::now();
@@ -109,15 +132,10 @@ impl Reader {
                 })
             }
         };
-        let key = entry_key(inner.cache.redis(), slug, &owner.user_id, owner.organization_id.as_deref());
-        if let Some(ready) = inner.cache.local().get(&key, Utc::now()) {
-            if owner.connected_account_id.as_ref().is_none_or(|id| *id == ready.account_id) {
-                view.hits.increment(1);
-                self.check_served(&view, &ready);
-                inner.hit_duration.record(started.elapsed().as_secs_f64());
-                return Ok(Answer::Active(ready));
-            }
+        if let Some(ready) = self.local_hit(&view, owner, started) {
+            return Ok(Answer::Active(ready));
         }
+        let key = entry_key(inner.cache.redis(), slug, &owner.user_id, owner.organization_id.as_deref());
         let (result, label) = match self.read_through(&view, &key, owner).await {
             Ok((answer, label)) => (Ok(answer), label),
             Err(err) => (Err(err), "error"),

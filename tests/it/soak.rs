@@ -169,7 +169,11 @@ async fn a_token_just_above_min_validity_is_refreshed_not_served() {
     assert_eq!(p.demo.stats().refreshes, 1);
     let expires_at: chrono::DateTime<Utc> = answer["access_token"]["expires_at"].as_str().unwrap().parse().unwrap();
     let floor = pipes::store::accounts::serve_floor(min_validity);
-    assert!(expires_at - Utc::now() > floor - chrono::Duration::seconds(1), "served with {:?} left", expires_at - Utc::now());
+    assert!(
+        expires_at - Utc::now() > floor - chrono::Duration::seconds(1),
+        "served with {:?} left",
+        expires_at - Utc::now()
+    );
     // Comfortably above the floor, the stored token is served as it is.
     let (_, kept) = seed_account(&app, &p, "u2", None, min_validity + pipes::store::accounts::SERVE_MARGIN * 3).await;
     let (_, answer) = crate::tokens::read(&app, "soak-margin", serde_json::json!({"user_id": "u2"})).await;

@@ -104,8 +104,7 @@ impl TestApp {
         let cancel = CancellationToken::new();
         let state = AppState::new(config, cancel.clone()).expect("state");
         assert!(state.redis.wait_connected(Duration::from_secs(5)).await, "redis reachable");
-        let router = app::router(state.clone());
-        tokio::spawn(app::serve(listener, router, cancel.clone()));
+        tokio::spawn(app::serve_api(listener, app::service(state.clone()), cancel.clone()));
         let (admin_key, _) = pipes::auth::create_key(&state.db, "test-admin", Role::Admin).await.expect("key");
         let (tokens_key, _) = pipes::auth::create_key(&state.db, "test-tokens", Role::Tokens).await.expect("key");
         let http = reqwest::Client::builder()

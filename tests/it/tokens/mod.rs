@@ -3,6 +3,7 @@
 //! and request validation. Cache behaviour is in `cache.rs`, SDKs in `sdk.rs`.
 
 mod cache;
+mod fast_lane;
 mod sdk;
 
 use std::time::Duration;
