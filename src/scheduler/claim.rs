@@ -107,7 +107,8 @@ pub async fn release(db: &PgPool, claimed: &[Claimed]) -> Result<(), sqlx::Error
 
 /// The scheduler task: claims and publishes batch after batch until nothing is due.
 /// Stops at the first batch with an unconfirmed publish (the broker is likely down; the
-/// next tick tries again) and between batches on shutdown.
+/// next tick tries again) and between batches on shutdown; after shutdown began no new
+/// publish starts (those accounts are released too).
 pub async fn enqueue_due(tick: Tick) -> Result<(), ClaimError> {
     let db = &tick.state.db;
     let queue = tick.topology.work_queue(REFRESH);
@@ -118,10 +119,15 @@ pub async fn enqueue_due(tick: Tick) -> Result<(), ClaimError> {
         // Ties at the cursor are read again; they are enqueued by now and filtered out.
         cursor = batch.iter().map(|c| c.refresh_at).max().unwrap_or(cursor);
         let publisher = &tick.publisher;
+        let cancel = &tick.cancel;
         let results: Vec<(Claimed, Result<(), PublishError>)> = futures_util::stream::iter(batch)
             .map(|claimed| {
                 let queue = queue.as_str();
                 async move {
+                    if cancel.is_cancelled() {
+                        // Shutting down: released below, for the next scheduler.
+                        return (claimed, Err(PublishError::ShuttingDown { queue: queue.to_owned() }));
+                    }
                     let job = RefreshJob::V1 {
                         account_id: claimed.account_id.clone(),
                         integration_id: claimed.integration_id.clone(),

@@ -13,7 +13,7 @@ use pipes_workers::Broker;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use super::{eventually, load, Pipeline, AMQP_URL};
+use super::{eventually, lease_taken, load, Pipeline, AMQP_URL};
 use crate::support::app::TestApp;
 use crate::support::fixtures::{demo_integration, seed_account};
 use crate::support::proxy::TcpProxy;
@@ -22,16 +22,6 @@ use crate::support::proxy::TcpProxy;
 /// flight shares nothing in memory with the app's).
 fn other_process(app: &TestApp, cancel: &CancellationToken) -> AppState {
     AppState::new(app.config().clone(), cancel.clone()).expect("second state")
-}
-
-async fn lease_taken(app: &TestApp, id: &str) -> bool {
-    sqlx::query_scalar::<_, bool>(
-        "SELECT lease_until IS NOT NULL AND lease_until > now() FROM connected_accounts WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_one(&app.db)
-    .await
-    .unwrap()
 }
 
 /// Inserts `n` connected accounts of `integration_id` with placeholder ciphertexts (never
