@@ -52,7 +52,8 @@ pub struct Scheduler {
 impl Scheduler {
     /// A scheduler that claims due accounts and publishes their refresh jobs.
     pub fn new(state: AppState) -> Self {
-        Scheduler { state, tasks: Vec::new() }.with_task("refresh", claim::enqueue_due)
+        let claims = claim::Claims::default();
+        Scheduler { state, tasks: Vec::new() }.with_task("refresh", move |tick| claims.clone().enqueue_due(tick))
     }
 
     /// Adds a task run on every tick after the ones already added.

@@ -225,10 +225,22 @@ async fn the_claim_query_walks_the_due_index() {
             .bind(Duration::from_secs(300))
             .bind(pipes::scheduler::claim::BATCH)
             .bind(chrono::DateTime::UNIX_EPOCH)
+            .bind(pipes::scheduler::claim::new_claim_id())
             .fetch_all(&app.db)
             .await
             .unwrap();
     let plan = plan.join("\n");
     assert!(plan.contains("connected_accounts_due_idx"), "the claim uses the partial due index:\n{plan}");
+    assert!(!plan.contains("Seq Scan on connected_accounts"), "and never scans the table:\n{plan}");
+    // Publishing a lost claim's accounts walks the same index.
+    let plan: Vec<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", pipes::scheduler::claim::RECLAIM_SQL)))
+            .bind(pipes::scheduler::claim::new_claim_id())
+            .bind(pipes::scheduler::claim::new_claim_id())
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("connected_accounts_due_idx"), "the re-claim uses the partial due index:\n{plan}");
     assert!(!plan.contains("Seq Scan on connected_accounts"), "and never scans the table:\n{plan}");
 }

@@ -1,11 +1,16 @@
 //! The pipeline across silent failures: a broker that stops answering without closing
-//! anything (a network partition), and a shutdown that must not wait for it forever.
+//! anything (a network partition), a shutdown that must not wait for it forever, and a
+//! claim that PostgreSQL committed while its answer was lost.
 
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use pipes::demo_provider::{ClientAuthMethod, Fault};
 use pipes::roles::RoleSet;
-use pipes_workers::{Broker, DEFAULT_HEARTBEAT};
+use pipes::scheduler::claim::{ClaimError, Claims};
+use pipes::scheduler::Tick;
+use pipes_workers::{Broker, Publisher, DEFAULT_HEARTBEAT};
+use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
 use super::{eventually, lease_taken, load, Pipeline, AMQP_URL};
@@ -15,6 +20,15 @@ use crate::support::proxy::TcpProxy;
 
 async fn enqueued(app: &TestApp, id: &str) -> bool {
     sqlx::query_scalar::<_, bool>("SELECT enqueued_at IS NOT NULL FROM connected_accounts WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+/// A scheduler claimed the account at some point (the mark may be released since).
+async fn claimed(app: &TestApp, id: &str) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT claim_id IS NOT NULL FROM connected_accounts WHERE id = $1")
         .bind(id)
         .fetch_one(&app.db)
         .await
@@ -70,12 +84,10 @@ async fn stop_cut_off_from_the_broker(fault: fn(&TcpProxy)) {
     fault(&proxy);
     // An account claimed meanwhile: the scheduler's publish gets no confirm.
     let (second, _) = seed_account(&app, &p, "u2", None, Duration::from_secs(2)).await;
-    // (Cut, the publish fails at once and the account is released: no mark to wait for.)
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(eventually(Duration::from_secs(5), || claimed(&app, &second.id)).await, "the scheduler claimed u2");
     // SIGTERM: before, this waited for the broker until lapin gave the connection up.
     let took = pipeline.stop_within(Duration::from_secs(30)).await;
     proxy.restore();
-    eprintln!("stopped in {took:?}");
     assert!(took < Duration::from_secs(9), "stopping took {took:?}");
     assert!(load(&app, &first.id).await.token_version > first.token_version, "the job in flight was finished");
     // The job that was never confirmed did not leave its account waiting PIPES_REQUEUE_AFTER.
@@ -105,4 +117,68 @@ async fn a_process_stops_after_pipes_shutdown_timeout_even_with_a_job_still_runn
     assert!(took >= Duration::from_millis(1900), "it waited for the job first ({took:?})");
     assert!(took < Duration::from_secs(5), "then gave up after PIPES_SHUTDOWN_TIMEOUT ({took:?})");
     assert_eq!(load(&app, &account.id).await.token_version, account.token_version, "the job had not finished");
+}
+
+#[tokio::test]
+async fn a_claim_whose_answer_was_lost_is_published_on_the_next_tick_not_after_requeue_after() {
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let app = TestApp::spawn_with(|s| {
+        s.set("PIPES_REQUEUE_AFTER", "10m");
+    })
+    .await;
+    let queues = Pipeline::new(&app);
+    let p = demo_integration(&app, "pl-lost-claim", ClientAuthMethod::Basic).await;
+    let (account, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(3600)).await;
+    // The scheduler reaches PostgreSQL through the proxy, on one connection (no ping
+    // before each use: under `hold_replies` it would never be answered).
+    let mut state = app.state.clone();
+    state.db = PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_lazy(&format!("postgres://postgres@{}/{}", proxy.addr(), app.db_name))
+        .unwrap();
+    let broker = Broker::connect(AMQP_URL, "pipes-tests").await.unwrap();
+    let topology = pipes::queues::topology(app.config());
+    topology.declare(&broker.channel().await.unwrap()).await.unwrap();
+    let publisher = Publisher::new(&broker);
+    let tick = || Tick {
+        state: state.clone(),
+        publisher: publisher.clone(),
+        topology: topology.clone(),
+        now: Utc::now(),
+        cancel: queues.cancel.clone(),
+    };
+    let claims = Claims::default();
+    // A tick with nothing due: the connection is open and the claim prepared on it. It is
+    // back in the pool once sqlx's ping on release is answered: wait for that.
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { state.db.num_idle() == 1 }).await, "connection released");
+
+    // The account comes due; PostgreSQL runs the next claim, but its answer is lost.
+    sqlx::query("UPDATE connected_accounts SET refresh_at = now() - interval '1 second' WHERE id = $1")
+        .bind(&account.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    proxy.hold_replies();
+    let lost = tokio::spawn(claims.clone().enqueue_due(tick()));
+    assert!(eventually(Duration::from_secs(5), || enqueued(&app, &account.id)).await, "the claim committed");
+    proxy.cut();
+    let failed = tokio::time::timeout(Duration::from_secs(5), lost).await.expect("the claim fails").unwrap();
+    assert!(matches!(failed, Err(ClaimError::Db(_))), "{failed:?}");
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 0, "nothing was published");
+
+    // PostgreSQL is reachable again: the next tick that gets through publishes the account,
+    // although PIPES_REQUEUE_AFTER (10 min) is far off.
+    proxy.restore();
+    let published = eventually(Duration::from_secs(10), || async {
+        claims.clone().enqueue_due(tick()).await.is_ok() && Pipeline::depth(&app, "refresh").await == 1
+    })
+    .await;
+    assert!(published, "the lost claim's account was published");
+    // Once: later ticks publish nothing more.
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 1, "published once");
+    assert!(enqueued(&app, &account.id).await, "and marked enqueued for the worker");
 }
