@@ -241,9 +241,15 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
         let started = Instant::now();
         let (mut claimed, mut cursor) = (0, chrono::DateTime::UNIX_EPOCH);
         loop {
-            let batch =
-                pipes::scheduler::claim::claim(db, config.requeue_after, pipes::scheduler::claim::BATCH, cursor)
-                    .await?;
+            let claim_id = pipes::scheduler::claim::new_claim_id();
+            let batch = pipes::scheduler::claim::claim(
+                db,
+                config.requeue_after,
+                pipes::scheduler::claim::BATCH,
+                cursor,
+                &claim_id,
+            )
+            .await?;
             claimed += batch.len() as i64;
             cursor = batch.iter().map(|c| c.refresh_at).max().unwrap_or(cursor);
             if (batch.len() as i64) < pipes::scheduler::claim::BATCH {
@@ -264,7 +270,7 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
             cancel: cancel.clone(),
         };
         let started = Instant::now();
-        pipes::scheduler::claim::enqueue_due(tick).await?;
+        pipes::scheduler::claim::Claims::default().enqueue_due(tick).await?;
         ticks.push(started.elapsed());
         let channel = broker.channel().await?;
         channel.queue_purge(topology.work_queue(pipes::queues::REFRESH).as_str().into(), Default::default()).await?;

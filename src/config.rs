@@ -83,6 +83,9 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// Lifetime of a widget token.
     pub widget_token_ttl: Duration,
+    /// After SIGTERM, how long a process waits for its roles to finish in-flight work
+    /// before it exits anyway.
+    pub shutdown_timeout: Duration,
     /// Where `pipes demo-provider` (and `pipes dev`) serve the demo OAuth provider.
     pub demo_listen: SocketAddr,
     /// The demo provider's origin as a browser reaches it.
@@ -286,6 +289,7 @@ impl Config {
             requeue_after: duration(s, "PIPES_REQUEUE_AFTER", "5m")?,
             redis_timeout: duration(s, "PIPES_REDIS_TIMEOUT", "250ms")?,
             widget_token_ttl: duration(s, "PIPES_WIDGET_TOKEN_TTL", "30m")?,
+            shutdown_timeout: duration(s, "PIPES_SHUTDOWN_TIMEOUT", "30s")?,
             demo_listen: addr(s, "PIPES_DEMO_LISTEN", "127.0.0.1:8090")?,
             demo_public_url: s.get("PIPES_DEMO_PUBLIC_URL").unwrap_or("http://localhost:8090").trim().to_owned(),
             demo_internal_url: s

@@ -57,7 +57,12 @@ pub async fn connect_broker(
 ) -> Option<pipes_workers::Broker> {
     let mut pause = std::time::Duration::from_millis(200);
     loop {
-        match pipes_workers::Broker::connect(url, name).await {
+        // A broker that accepts the socket but never answers must not hold up shutdown.
+        let connected = tokio::select! {
+            () = cancel.cancelled() => return None,
+            connected = pipes_workers::Broker::connect(url, name) => connected,
+        };
+        match connected {
             Ok(broker) => return Some(broker),
             Err(err) => tracing::warn!(error = %err, retry_in = ?pause, "message broker unreachable"),
         }

@@ -1,7 +1,10 @@
 //! The long-running roles: `serve`, `scheduler`, `worker`, and `dev` (all of
 //! them in one process). Each runs until its cancellation token fires, then
-//! finishes in-flight work and returns.
+//! finishes in-flight work and returns. The process waits for that at most
+//! `PIPES_SHUTDOWN_TIMEOUT`, then names what did not finish and exits anyway (unacked
+//! jobs are redelivered by the broker; handlers are idempotent).
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::routing::get;
@@ -20,24 +23,70 @@ pub struct RoleSet {
     pub worker: bool,
 }
 
-/// Runs `roles` until `cancel` fires.
+/// The role tasks of one process, each known by name until it finishes.
+#[derive(Clone, Default)]
+struct Tasks {
+    tracker: TaskTracker,
+    running: Arc<Mutex<Vec<String>>>,
+}
+
+/// Takes a task's name off the running list when the task ends (or panics).
+struct Finished {
+    running: Arc<Mutex<Vec<String>>>,
+    name: String,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = running.iter().position(|n| *n == self.name) {
+            running.remove(at);
+        }
+    }
+}
+
+impl Tasks {
+    fn spawn<F>(&self, name: impl Into<String>, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let name = name.into();
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).push(name.clone());
+        let finished = Finished { running: self.running.clone(), name };
+        self.tracker.spawn(async move {
+            let _finished = finished;
+            task.await;
+        });
+    }
+
+    /// Waits for every task, for at most `timeout`; returns the names of those still running.
+    async fn wait(&self, timeout: Duration) -> Vec<String> {
+        self.tracker.close();
+        if tokio::time::timeout(timeout, self.tracker.wait()).await.is_ok() {
+            return Vec::new();
+        }
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Runs `roles` until `cancel` fires, then waits for them at most `PIPES_SHUTDOWN_TIMEOUT`.
 pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> anyhow::Result<()> {
     let state = AppState::new(config, cancel.clone())?;
-    let tasks = TaskTracker::new();
+    let tasks = Tasks::default();
     let names: Vec<&str> = [("serve", roles.serve), ("scheduler", roles.scheduler), ("worker", roles.worker)]
         .into_iter()
         .filter(|(_, on)| *on)
         .map(|(n, _)| n)
         .collect();
     for name in &names {
-        tasks.spawn(heartbeat(state.clone(), name, cancel.clone()));
+        tasks.spawn(format!("{name} heartbeat"), heartbeat(state.clone(), name, cancel.clone()));
     }
     if roles.serve {
         let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
         tracing::info!(addr = %listener.local_addr()?, "serving the HTTP API");
         let service = app::service(state.clone());
         let cancel = cancel.clone();
-        tasks.spawn(async move {
+        tasks.spawn("HTTP API", async move {
             if let Err(err) = app::serve_api(listener, service, cancel).await {
                 tracing::error!(error = %err, "HTTP server stopped");
             }
@@ -48,7 +97,7 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
         tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
         let router = metrics_router(state.clone());
         let cancel = cancel.clone();
-        tasks.spawn(async move {
+        tasks.spawn("metrics endpoint", async move {
             if let Err(err) = app::serve(listener, router, cancel).await {
                 tracing::error!(error = %err, "metrics server stopped");
             }
@@ -58,22 +107,32 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
         // Further periodic tasks join the same cron loop: `.with_task("name", task_fn)`.
         let scheduler = crate::scheduler::Scheduler::new(state.clone());
         let handle = scheduler.spawn(cancel.clone());
-        tasks.spawn(async move {
+        tasks.spawn("scheduler", async move {
             let _ = handle.await;
         });
-        tasks.spawn(crate::webhooks::run_relay(state.clone(), cancel.clone()));
+        tasks.spawn("outbox relay", crate::webhooks::run_relay(state.clone(), cancel.clone()));
     }
     if roles.worker {
         let handle = crate::worker::spawn(state.clone(), cancel.clone());
-        tasks.spawn(async move {
+        tasks.spawn("refresh worker", async move {
             let _ = handle.await;
         });
-        tasks.spawn(crate::webhooks::run_deliveries(state.clone(), cancel.clone()));
+        tasks.spawn("webhook delivery worker", crate::webhooks::run_deliveries(state.clone(), cancel.clone()));
     }
-    tasks.close();
     cancel.cancelled().await;
-    tasks.wait().await;
-    tracing::info!(roles = ?names, "stopped");
+    let timeout = state.config.shutdown_timeout;
+    let unfinished = tasks.wait(timeout).await;
+    if unfinished.is_empty() {
+        tracing::info!(roles = ?names, "stopped");
+    } else {
+        // Exiting drops their in-flight jobs unacked: the broker redelivers them.
+        tracing::warn!(
+            roles = ?names,
+            ?timeout,
+            unfinished = ?unfinished,
+            "not everything finished within PIPES_SHUTDOWN_TIMEOUT; exiting anyway"
+        );
+    }
     Ok(())
 }
 

@@ -79,8 +79,9 @@ cleanup() {
         eval "$REDIS_START"
     fi
     [ -n "${SAMPLER:-}" ] && kill "$SAMPLER" 2>/dev/null
-    # Roles first, while their proxies still forward (a role cut off from the broker does
-    # not finish its shutdown: see docs/soak.md); whatever is left after 15 s is killed.
+    # Roles first, while their proxies still forward, so in-flight jobs settle (cut off,
+    # a role still exits, within PIPES_SHUTDOWN_TIMEOUT); whatever is left after 15 s is
+    # killed.
     for role in serve scheduler worker1 worker2 helper pg_proxy amqp_proxy; do
         [ -n "${PID[$role]:-}" ] && kill "${PID[$role]}" 2>/dev/null
         [ "$role" = helper ] && sleep 1

@@ -6,12 +6,22 @@
 //! workers' leases). Only confirmed jobs count; the accounts whose publish failed are
 //! released again at once. A job lost after its confirm (a broker losing its disk) makes
 //! its account due again after `PIPES_REQUEUE_AFTER`.
+//!
+//! The claim can also commit and its answer be lost (the connection to PostgreSQL drops
+//! after the statement ran): the scheduler then knows nothing of the accounts it marked,
+//! and they would wait `PIPES_REQUEUE_AFTER`, longer than many tokens live. So each claim
+//! stamps its rows with a `claim_id` of its own; when a claim fails, [`Claims`] remembers
+//! the id, and the next tick first publishes the accounts still carrying it (still
+//! connected, due and not refreshed since). On the normal path nothing is remembered and
+//! no account is published twice.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use pipes_workers::{Headers, PublishError};
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use super::Tick;
@@ -24,6 +34,9 @@ use crate::queues::{RefreshJob, REFRESH};
 pub const BATCH: i64 = 10_000;
 /// Publishes awaiting their confirm at once (confirms are pipelined on one channel).
 const PUBLISH_CONCURRENCY: usize = 128;
+/// Failed claims remembered at most (one per tick is the most an outage adds; they expire
+/// after `PIPES_REQUEUE_AFTER` anyway).
+const LOST_CLAIMS_KEPT: usize = 100;
 
 /// The claim. It walks `connected_accounts_due_idx` (its predicate is repeated here so
 /// the planner can use the partial index) in `refresh_at` order from a cursor (`$3`,
@@ -31,7 +44,8 @@ const PUBLISH_CONCURRENCY: usize = 128;
 /// due entry about once: its cost grows with the number of due accounts, not the
 /// number stored, and not quadratically with the batches. Accounts of disabled or
 /// invalid integrations are left alone: the provider refused their client credentials
-/// and asking again per account changes nothing until an operator fixes them.
+/// and asking again per account changes nothing until an operator fixes them. `$4` is
+/// the claim's id, stamped on every row it marks.
 pub const CLAIM_SQL: &str = "WITH due AS (
     SELECT c.id FROM connected_accounts c
     WHERE c.state = 'connected' AND c.refresh_at IS NOT NULL AND c.refresh_token_enc IS NOT NULL
@@ -41,9 +55,25 @@ pub const CLAIM_SQL: &str = "WITH due AS (
     ORDER BY c.refresh_at
     LIMIT $2
     FOR UPDATE OF c SKIP LOCKED)
-UPDATE connected_accounts a SET enqueued_at = now()
+UPDATE connected_accounts a SET enqueued_at = now(), claim_id = $4
 FROM due, integrations i
 WHERE a.id = due.id AND i.id = a.integration_id
+RETURNING a.id, a.integration_id, i.slug, a.enqueued_at, a.refresh_at";
+
+/// Claims again (as `$2`) the accounts a lost claim (`$1`) marked that still wait for
+/// their job: still connected and due, not refreshed since (which clears `enqueued_at`)
+/// and not waiting for a retry (which moves it into the future). Walks the same partial
+/// index over the due accounts.
+pub const RECLAIM_SQL: &str = "WITH lost AS (
+    SELECT c.id FROM connected_accounts c
+    WHERE c.state = 'connected' AND c.refresh_at IS NOT NULL AND c.refresh_token_enc IS NOT NULL
+      AND c.refresh_at <= now()
+      AND c.claim_id = $1 AND c.enqueued_at IS NOT NULL AND c.enqueued_at <= now()
+      AND EXISTS (SELECT 1 FROM integrations i WHERE i.id = c.integration_id AND i.enabled AND i.state = 'valid')
+    FOR UPDATE OF c SKIP LOCKED)
+UPDATE connected_accounts a SET enqueued_at = now(), claim_id = $2
+FROM lost, integrations i
+WHERE a.id = lost.id AND i.id = a.integration_id
 RETURNING a.id, a.integration_id, i.slug, a.enqueued_at, a.refresh_at";
 
 /// One claimed account.
@@ -68,25 +98,48 @@ pub enum ClaimError {
     },
 }
 
-/// Claims up to `limit` due accounts due at or after `from` (marks them enqueued) and
-/// returns them. Start a tick from [`DateTime::UNIX_EPOCH`].
+/// A new claim id: unique across schedulers and time.
+pub fn new_claim_id() -> String {
+    ulid::Ulid::new().to_string()
+}
+
+/// Claims up to `limit` due accounts due at or after `from` (marks them enqueued, stamped
+/// with `claim_id`) and returns them. Start a tick from [`DateTime::UNIX_EPOCH`].
 pub async fn claim(
     db: &PgPool,
     requeue_after: Duration,
     limit: i64,
     from: DateTime<Utc>,
+    claim_id: &str,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let rows = sqlx::query(CLAIM_SQL).bind(requeue_after).bind(limit).bind(from).fetch_all(db).await?;
-    Ok(rows
-        .iter()
-        .map(|r| Claimed {
-            account_id: r.get("id"),
-            integration_id: r.get("integration_id"),
-            provider: r.get("slug"),
-            enqueued_at: r.get("enqueued_at"),
-            refresh_at: r.get("refresh_at"),
-        })
-        .collect())
+    let rows = sqlx::query(CLAIM_SQL).bind(requeue_after).bind(limit).bind(from).bind(claim_id).fetch_all(db).await?;
+    Ok(rows.iter().map(claimed).collect())
+}
+
+/// Claims again, as `claim_id`, the accounts of the lost claim `lost` still waiting for
+/// their job ([`RECLAIM_SQL`]).
+pub async fn reclaim(db: &PgPool, lost: &str, claim_id: &str) -> Result<Vec<Claimed>, sqlx::Error> {
+    let rows = sqlx::query(RECLAIM_SQL).bind(lost).bind(claim_id).fetch_all(db).await?;
+    Ok(rows.iter().map(claimed).collect())
+}
+
+fn claimed(r: &PgRow) -> Claimed {
+    Claimed {
+        account_id: r.get("id"),
+        integration_id: r.get("integration_id"),
+        provider: r.get("slug"),
+        enqueued_at: r.get("enqueued_at"),
+        refresh_at: r.get("refresh_at"),
+    }
+}
+
+/// True unless `err` proves the statement did not commit: the server answered with an
+/// error (the statement rolled back), or it never got a connection to run on.
+fn may_have_committed(err: &sqlx::Error) -> bool {
+    !matches!(
+        err,
+        sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Configuration(_)
+    )
 }
 
 /// Clears the mark of accounts whose job was never confirmed, unless claimed again since.
@@ -105,54 +158,128 @@ pub async fn release(db: &PgPool, claimed: &[Claimed]) -> Result<(), sqlx::Error
     Ok(())
 }
 
-/// The scheduler task: claims and publishes batch after batch until nothing is due.
-/// Stops at the first batch with an unconfirmed publish (the broker is likely down; the
-/// next tick tries again) and between batches on shutdown.
-pub async fn enqueue_due(tick: Tick) -> Result<(), ClaimError> {
-    let db = &tick.state.db;
-    let queue = tick.topology.work_queue(REFRESH);
-    let mut cursor = DateTime::UNIX_EPOCH;
-    loop {
-        let batch = claim(db, tick.state.config.requeue_after, BATCH, cursor).await?;
-        let full = batch.len() as i64 == BATCH;
-        // Ties at the cursor are read again; they are enqueued by now and filtered out.
-        cursor = batch.iter().map(|c| c.refresh_at).max().unwrap_or(cursor);
-        let publisher = &tick.publisher;
-        let results: Vec<(Claimed, Result<(), PublishError>)> = futures_util::stream::iter(batch)
-            .map(|claimed| {
-                let queue = queue.as_str();
-                async move {
-                    let job = RefreshJob::V1 {
-                        account_id: claimed.account_id.clone(),
-                        integration_id: claimed.integration_id.clone(),
-                    };
-                    let result = publisher.publish(queue, &job, Headers::new()).await;
-                    (claimed, result)
-                }
-            })
-            .buffer_unordered(PUBLISH_CONCURRENCY)
-            .collect()
-            .await;
-        let mut unconfirmed = Vec::new();
-        let mut first_error = None;
-        for (claimed, result) in results {
-            match result {
-                Ok(()) => metrics::counter!(m::REFRESH_JOBS_ENQUEUED, "provider" => claimed.provider).increment(1),
+/// A claim that failed after it may have committed.
+#[derive(Debug, Clone)]
+struct LostClaim {
+    id: String,
+    at: Instant,
+}
+
+/// The scheduler's refresh task, with its memory of claims whose answer was lost.
+/// Clones share the memory.
+#[derive(Debug, Clone, Default)]
+pub struct Claims {
+    lost: Arc<Mutex<Vec<LostClaim>>>,
+}
+
+impl Claims {
+    /// The scheduler task: publishes the accounts of lost claims, then claims and
+    /// publishes batch after batch until nothing is due. Stops at the first failed claim
+    /// or batch with an unconfirmed publish (the database or broker is likely down; the
+    /// next tick tries again) and between batches on shutdown.
+    pub async fn enqueue_due(self, tick: Tick) -> Result<(), ClaimError> {
+        self.publish_lost(&tick).await?;
+        let db = &tick.state.db;
+        let mut cursor = DateTime::UNIX_EPOCH;
+        loop {
+            let claim_id = new_claim_id();
+            let batch = match claim(db, tick.state.config.requeue_after, BATCH, cursor, &claim_id).await {
+                Ok(batch) => batch,
                 Err(err) => {
-                    first_error.get_or_insert(err);
-                    unconfirmed.push(claimed);
+                    self.remember(claim_id, &err);
+                    return Err(err.into());
                 }
+            };
+            let full = batch.len() as i64 == BATCH;
+            // Ties at the cursor are read again; they are enqueued by now and filtered out.
+            cursor = batch.iter().map(|c| c.refresh_at).max().unwrap_or(cursor);
+            publish(&tick, batch).await?;
+            if !full || tick.cancel.is_cancelled() {
+                return Ok(());
             }
-        }
-        if let Some(source) = first_error {
-            if let Err(err) = release(db, &unconfirmed).await {
-                // They come due again after PIPES_REQUEUE_AFTER instead.
-                tracing::warn!(error = %err, count = unconfirmed.len(), "could not release unconfirmed accounts");
-            }
-            return Err(ClaimError::Publish { failed: unconfirmed.len(), source });
-        }
-        if !full || tick.cancel.is_cancelled() {
-            return Ok(());
         }
     }
+
+    /// Publishes what the lost claims marked and nobody published. A lost claim is
+    /// forgotten once asked about (or after `PIPES_REQUEUE_AFTER`, when its accounts are
+    /// due again anyway).
+    async fn publish_lost(&self, tick: &Tick) -> Result<(), ClaimError> {
+        let requeue_after = tick.state.config.requeue_after;
+        let lost: Vec<LostClaim> = {
+            let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+            lost.retain(|claim| claim.at.elapsed() < requeue_after);
+            lost.clone()
+        };
+        for claim in lost {
+            let claim_id = new_claim_id();
+            let batch = match reclaim(&tick.state.db, &claim.id, &claim_id).await {
+                Ok(batch) => batch,
+                Err(err) => {
+                    // The old id stays remembered; the new one may have committed too.
+                    self.remember(claim_id, &err);
+                    return Err(err.into());
+                }
+            };
+            self.lost.lock().unwrap_or_else(PoisonError::into_inner).retain(|c| c.id != claim.id);
+            if !batch.is_empty() {
+                tracing::info!(count = batch.len(), "publishing the accounts of a claim whose answer was lost");
+            }
+            publish(tick, batch).await?;
+        }
+        Ok(())
+    }
+
+    fn remember(&self, claim_id: String, err: &sqlx::Error) {
+        if !may_have_committed(err) {
+            return;
+        }
+        let mut lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        lost.push(LostClaim { id: claim_id, at: Instant::now() });
+        let excess = lost.len().saturating_sub(LOST_CLAIMS_KEPT);
+        lost.drain(..excess);
+    }
+}
+
+/// Publishes one refresh job per claimed account. The accounts whose job was not
+/// confirmed are released; after shutdown began no new publish starts (those accounts
+/// are released too).
+async fn publish(tick: &Tick, batch: Vec<Claimed>) -> Result<(), ClaimError> {
+    let queue = tick.topology.work_queue(REFRESH);
+    let publisher = &tick.publisher;
+    let results: Vec<(Claimed, Result<(), PublishError>)> = futures_util::stream::iter(batch)
+        .map(|claimed| {
+            let queue = queue.as_str();
+            async move {
+                if tick.cancel.is_cancelled() {
+                    // Shutting down: released below, for the next scheduler.
+                    return (claimed, Err(PublishError::ShuttingDown { queue: queue.to_owned() }));
+                }
+                let job = RefreshJob::V1 {
+                    account_id: claimed.account_id.clone(),
+                    integration_id: claimed.integration_id.clone(),
+                };
+                let result = publisher.publish(queue, &job, Headers::new()).await;
+                (claimed, result)
+            }
+        })
+        .buffer_unordered(PUBLISH_CONCURRENCY)
+        .collect()
+        .await;
+    let mut unconfirmed = Vec::new();
+    let mut first_error = None;
+    for (claimed, result) in results {
+        match result {
+            Ok(()) => metrics::counter!(m::REFRESH_JOBS_ENQUEUED, "provider" => claimed.provider).increment(1),
+            Err(err) => {
+                first_error.get_or_insert(err);
+                unconfirmed.push(claimed);
+            }
+        }
+    }
+    let Some(source) = first_error else { return Ok(()) };
+    if let Err(err) = release(&tick.state.db, &unconfirmed).await {
+        // They come due again after PIPES_REQUEUE_AFTER instead.
+        tracing::warn!(error = %err, count = unconfirmed.len(), "could not release unconfirmed accounts");
+    }
+    Err(ClaimError::Publish { failed: unconfirmed.len(), source })
 }

@@ -14,10 +14,10 @@ pub use stats::refresh_all as refresh_gauges;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use pipes_workers::{Broker, Publisher, Topology};
+use pipes_workers::{within_shutdown_grace, Broker, Publisher, Topology};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +52,8 @@ pub struct Scheduler {
 impl Scheduler {
     /// A scheduler that claims due accounts and publishes their refresh jobs.
     pub fn new(state: AppState) -> Self {
-        Scheduler { state, tasks: Vec::new() }.with_task("refresh", claim::enqueue_due)
+        let claims = claim::Claims::default();
+        Scheduler { state, tasks: Vec::new() }.with_task("refresh", move |tick| claims.clone().enqueue_due(tick))
     }
 
     /// Adds a task run on every tick after the ones already added.
@@ -83,7 +84,9 @@ impl Scheduler {
         if !declare_until_done(&broker, &topology, &cancel).await {
             return;
         }
-        let publisher = Publisher::new(&broker);
+        // After cancel a publish gives up within the grace period: a silent broker cannot
+        // hold the last tick (and so the process) forever.
+        let publisher = Publisher::new(&broker).with_shutdown(cancel.clone());
         let gauges = tokio::spawn(stats::run(self.state.clone(), broker.clone(), topology.clone(), cancel.clone()));
         tracing::info!(cron = %config.scheduler_cron_text, tasks = ?self.tasks.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "scheduler running");
         loop {
@@ -106,7 +109,7 @@ impl Scheduler {
                     tracing::warn!(task = name, error = %err, "scheduler task failed; next tick tries again");
                     if is_unroutable(err.as_ref()) {
                         // A queue vanished (deleted by hand): declare it again.
-                        let _ = declare_once(&broker, &topology).await;
+                        let _ = within_shutdown_grace(&cancel, declare_once(&broker, &topology)).await;
                     }
                 }
             }
@@ -123,21 +126,34 @@ pub fn spawn(state: AppState, cancel: CancellationToken) -> JoinHandle<()> {
     Scheduler::new(state).spawn(cancel)
 }
 
+/// Limit for declaring the queues, so a broker that accepts bytes but never answers
+/// cannot hold the scheduler.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn declare_once(broker: &Broker, topology: &Topology) -> Result<(), TaskError> {
-    let channel = broker.channel().await?;
-    topology.declare(&channel).await?;
-    Ok(())
+    let declare = async {
+        let channel = broker.channel().await?;
+        topology.declare(&channel).await?;
+        Ok(())
+    };
+    tokio::time::timeout(DECLARE_TIMEOUT, declare)
+        .await
+        .unwrap_or_else(|_| Err(format!("the broker did not answer within {DECLARE_TIMEOUT:?}").into()))
 }
 
 async fn declare_until_done(broker: &Broker, topology: &Topology, cancel: &CancellationToken) -> bool {
     loop {
-        match declare_once(broker, topology).await {
+        let declared = tokio::select! {
+            () = cancel.cancelled() => return false,
+            declared = declare_once(broker, topology) => declared,
+        };
+        match declared {
             Ok(()) => return true,
             Err(err) => tracing::warn!(error = %err, "cannot declare the queues yet"),
         }
         tokio::select! {
             () = cancel.cancelled() => return false,
-            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }

@@ -21,11 +21,19 @@ pub(super) async fn run(state: AppState, broker: Broker, topology: Topology, can
     let mut seen: HashSet<(String, String)> = HashSet::new();
     let mut round: u32 = 0;
     loop {
-        queue_depths(&broker, &topology).await;
-        accounts_due(&state).await;
-        if round % COUNT_EVERY_ROUNDS == 0 {
-            connected_accounts(&state, &mut seen).await;
-            integrations_invalid(&state).await;
+        let counts = async {
+            queue_depths(&broker, &topology).await;
+            accounts_due(&state).await;
+            if round % COUNT_EVERY_ROUNDS == 0 {
+                connected_accounts(&state, &mut seen).await;
+                integrations_invalid(&state).await;
+            }
+        };
+        // A round waiting on a silent broker (or database) is dropped on shutdown: the
+        // gauges are only read while the process runs.
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = counts => {}
         }
         round = round.wrapping_add(1);
         tokio::select! {

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pipes_workers::{Broker, Headers, PublishError, Publisher, Topology};
+use pipes_workers::{within_shutdown_grace, Broker, Headers, PublishError, Publisher, Topology};
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
@@ -71,10 +71,13 @@ impl Relay {
         }
     }
 
-    /// Runs passes until `cancel` fires.
+    /// Runs passes until `cancel` fires. A pass in progress then gets the shutdown grace
+    /// to finish; one still waiting for a silent broker after that is dropped (its claim
+    /// rolls back and the next relay publishes the same deliveries; a job twice is harmless).
     pub async fn run(self, cancel: CancellationToken) {
         loop {
-            let pause = match self.relay_once().await {
+            let Some(pass) = within_shutdown_grace(&cancel, self.relay_once()).await else { return };
+            let pause = match pass {
                 Ok(n) if n as i64 >= BATCH => Duration::ZERO,
                 Ok(_) => POLL_EVERY,
                 Err(error) => {

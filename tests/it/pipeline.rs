@@ -3,6 +3,7 @@
 //! workers in-process on its own queue prefix and deletes its queues at the end.
 
 mod faults;
+mod partition;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -44,6 +45,17 @@ pub async fn load(app: &TestApp, id: &str) -> Account {
     accounts::find_by_id(&app.db, app.state.keyring(), id).await.unwrap().expect("account exists")
 }
 
+/// A refresh of the account is under way (its lease is held).
+pub async fn lease_taken(app: &TestApp, id: &str) -> bool {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT lease_until IS NOT NULL AND lease_until > now() FROM connected_accounts WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
 /// Scheduler and workers of one test, plus the cleanup of its queues.
 pub struct Pipeline {
     pub cancel: CancellationToken,
@@ -75,10 +87,19 @@ impl Pipeline {
 
     /// Cancels and waits for every role to finish its in-flight work.
     pub async fn stop(&mut self) {
+        self.stop_within(Duration::from_secs(20)).await;
+    }
+
+    /// Cancels and waits for every role, failing if that takes longer than `limit`;
+    /// returns how long it took.
+    pub async fn stop_within(&mut self, limit: Duration) -> Duration {
+        let started = Instant::now();
         self.cancel.cancel();
         for handle in self.handles.drain(..) {
-            tokio::time::timeout(Duration::from_secs(20), handle).await.expect("role stops").expect("role task");
+            let left = limit.saturating_sub(started.elapsed());
+            tokio::time::timeout(left, handle).await.expect("roles stop in time").expect("role task");
         }
+        started.elapsed()
     }
 
     /// Messages in one of this app's queues (`refresh`, `refresh.dead`, …).

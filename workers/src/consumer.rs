@@ -5,6 +5,11 @@
 //! republished (confirmed) and only then is the original acked; if that republish fails
 //! the original is requeued. A delivery whose ack is lost with its connection comes
 //! again, so handlers must be idempotent.
+//!
+//! Shutdown returns in bounded time even when the broker went silent (the socket open,
+//! nothing answering): starting a session is abandoned, and every broker call made
+//! after cancel (basic.cancel, acks, nacks, republishes) gets [`SHUTDOWN_GRACE`] at most.
+//! In-flight handlers still run to the end; what could not be settled is redelivered.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -24,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerError, Current};
 use crate::publisher::{Headers, Publisher, REASON_HEADER, SOURCE_QUEUE_HEADER};
+use crate::shutdown::{within_shutdown_grace, SHUTDOWN_GRACE};
 use crate::topology::{short, QueueSpec, Topology, TopologyError};
 
 /// Header carrying the 1-based attempt number of a job.
@@ -31,6 +37,9 @@ pub const ATTEMPT_HEADER: &str = "x-pipes-attempt";
 
 /// Pause between attempts to (re)start consuming while the broker is unavailable.
 const RESTART_DELAY: Duration = Duration::from_millis(500);
+/// Limit for (re)starting a session (channel, topology, QoS, consume) on a broker that
+/// accepts bytes but does not answer; it is tried again after [`RESTART_DELAY`].
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handles one kind of job. Handlers must be idempotent: a job can arrive twice.
 pub trait Handler: Send + Sync + 'static {
@@ -92,10 +101,14 @@ enum SessionError {
     Topology(#[from] TopologyError),
     #[error("cannot start consuming")]
     Consume(#[source] lapin::Error),
+    #[error("the broker did not answer within {SESSION_TIMEOUT:?}")]
+    Timeout,
 }
 
 struct Runtime<H> {
     handler: H,
+    /// Fires on shutdown: from then on, broker calls are bounded.
+    cancel: CancellationToken,
     publisher: Publisher,
     topology: Topology,
     spec: QueueSpec,
@@ -127,7 +140,8 @@ pub async fn run_consumer<H: Handler>(
     }
     let runtime = Arc::new(Runtime {
         handler,
-        publisher: Publisher::new(&broker),
+        publisher: Publisher::new(&broker).with_shutdown(cancel.clone()),
+        cancel: cancel.clone(),
         work_queue: topology.work_queue(&spec.name),
         topology,
         spec,
@@ -137,7 +151,12 @@ pub async fn run_consumer<H: Handler>(
 
     while !cancel.is_cancelled() {
         let mut connections = broker.subscribe();
-        let (channel, consumer) = match start_session(&broker, &runtime, concurrency).await {
+        let session = tokio::time::timeout(SESSION_TIMEOUT, start_session(&broker, &runtime, concurrency));
+        let session = tokio::select! {
+            () = cancel.cancelled() => break,
+            session = session => session.unwrap_or(Err(SessionError::Timeout)),
+        };
+        let (channel, consumer) = match session {
             Ok(session) => session,
             Err(error) => {
                 // An outage is expected and brief; anything else (a queue declared with
@@ -159,8 +178,14 @@ pub async fn run_consumer<H: Handler>(
         if let End::Cancelled = end {
             // Stop new deliveries first; prefetched but unstarted ones are requeued when the
             // channel closes below, after every started job has been acked or requeued.
-            if let Err(error) = channel.basic_cancel(tag, BasicCancelOptions::default()).await {
-                tracing::debug!(%error, "basic.cancel failed; the channel close will cancel");
+            match within_shutdown_grace(&cancel, channel.basic_cancel(tag, BasicCancelOptions::default())).await {
+                Some(Ok(())) => {}
+                Some(Err(error)) => tracing::debug!(%error, "basic.cancel failed; the channel close will cancel"),
+                None => tracing::warn!(
+                    queue = %runtime.work_queue,
+                    grace = ?SHUTDOWN_GRACE,
+                    "the broker did not answer basic.cancel; stopping without it"
+                ),
             }
         }
         // Jobs started on this channel settle on it, so it stays open until they finish.
@@ -278,7 +303,7 @@ async fn process<H: Handler>(runtime: Arc<Runtime<H>>, delivery: Delivery, _perm
     let work = runtime.work_queue.as_str();
     let dead = || runtime.topology.dead_queue(&runtime.spec.name);
     let (target, headers) = match outcome {
-        Outcome::Done => return settle_ack(&delivery, work).await,
+        Outcome::Done => return settle_ack(&delivery, work, &runtime.cancel).await,
         Outcome::Retry { after, reason } => match runtime.spec.retry_delay(attempt, after) {
             Some(delay) => {
                 tracing::debug!(queue = work, attempt, ?delay, %reason, "retrying later");
@@ -298,23 +323,29 @@ async fn process<H: Handler>(runtime: Arc<Runtime<H>>, delivery: Delivery, _perm
     };
 
     match runtime.publisher.publish_bytes(&target, &delivery.data, headers, message_id.as_deref()).await {
-        Ok(_) => settle_ack(&delivery, work).await,
+        Ok(_) => settle_ack(&delivery, work, &runtime.cancel).await,
         Err(error) => {
             // Keep the job: back into the work queue, to be handled again.
             tracing::warn!(queue = work, target = %target, error = %error, "republish failed, requeueing");
-            if let Err(error) = delivery.nack(BasicNackOptions { multiple: false, requeue: true }).await {
-                tracing::debug!(queue = work, %error, "nack lost with the channel; the broker redelivers");
+            let nack = delivery.nack(BasicNackOptions { multiple: false, requeue: true });
+            match within_shutdown_grace(&runtime.cancel, nack).await {
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    tracing::debug!(queue = work, %error, "nack lost with the channel; the broker redelivers")
+                }
+                None => tracing::debug!(queue = work, "nack unanswered at shutdown; the broker redelivers"),
             }
         }
     }
 }
 
-async fn settle_ack(delivery: &Delivery, queue: &str) {
-    match delivery.ack(BasicAckOptions::default()).await {
-        Ok(true) => {}
+async fn settle_ack(delivery: &Delivery, queue: &str, cancel: &CancellationToken) {
+    match within_shutdown_grace(cancel, delivery.ack(BasicAckOptions::default())).await {
+        Some(Ok(true)) => {}
         // The channel died while the job ran: the broker redelivers it.
-        Ok(false) => tracing::debug!(queue, "ack not sent: channel closed, job will be redelivered"),
-        Err(error) => tracing::debug!(queue, %error, "ack lost with the channel; job will be redelivered"),
+        Some(Ok(false)) => tracing::debug!(queue, "ack not sent: channel closed, job will be redelivered"),
+        Some(Err(error)) => tracing::debug!(queue, %error, "ack lost with the channel; job will be redelivered"),
+        None => tracing::debug!(queue, "ack unanswered at shutdown; job will be redelivered"),
     }
 }
 

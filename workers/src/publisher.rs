@@ -3,6 +3,10 @@
 //! Every message is persistent, `mandatory` and waits for the broker's confirm: only then
 //! is it safe on disk in a queue. An ack that carries a returned message means no queue
 //! took it (the broker acks unroutable messages too), so that is an error as well.
+//!
+//! A publish never waits for long: opening the channel, sending and the confirm together
+//! get 10 s (a broker gone silent answers nothing), and a publisher told about shutdown
+//! ([`Publisher::with_shutdown`]) gives up [`crate::SHUTDOWN_GRACE`] after it began.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,16 +18,19 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use rand::RngCore;
 use serde::Serialize;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerError};
 use crate::consumer::ATTEMPT_HEADER;
+use crate::shutdown::within_shutdown_grace;
 
 /// Header naming why a message was dead-lettered.
 pub const REASON_HEADER: &str = "x-pipes-reason";
 /// Header naming the work queue a dead-lettered message came from.
 pub const SOURCE_QUEUE_HEADER: &str = "x-pipes-source-queue";
 
-/// How long a publish may wait for its confirm before it counts as failed.
+/// How long a publish (opening the channel if needed, sending, and the broker's confirm)
+/// may take before it counts as failed.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors from [`Publisher::publish`]. Nothing is retried here: callers decide.
@@ -67,6 +74,13 @@ pub enum PublishError {
         queue: String,
         /// The limit that passed.
         timeout: Duration,
+    },
+    /// Shutdown began and the broker did not confirm within the grace period; the message
+    /// may or may not be queued.
+    #[error("gave up on the message to `{queue}`: shutting down and the broker did not answer")]
+    ShuttingDown {
+        /// Target queue.
+        queue: String,
     },
     /// The publishing channel could not be put into confirm mode.
     #[error("cannot open a confirmed publishing channel")]
@@ -166,6 +180,7 @@ fn text(value: &AMQPValue) -> Option<String> {
 pub struct Publisher {
     broker: Broker,
     channel: Arc<Mutex<Option<(Channel, u64)>>>,
+    shutdown: Option<CancellationToken>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -178,7 +193,14 @@ impl Publisher {
     /// A publisher on `broker`. The channel is opened on first use and reopened after
     /// the connection is replaced, so a publisher outlives broker outages.
     pub fn new(broker: &Broker) -> Self {
-        Self { broker: broker.clone(), channel: Arc::new(Mutex::new(None)) }
+        Self { broker: broker.clone(), channel: Arc::new(Mutex::new(None)), shutdown: None }
+    }
+
+    /// The same publisher, giving up on a publish [`crate::SHUTDOWN_GRACE`] after `cancel`
+    /// fired ([`PublishError::ShuttingDown`]) instead of waiting for a silent broker.
+    pub fn with_shutdown(mut self, cancel: CancellationToken) -> Self {
+        self.shutdown = Some(cancel);
+        self
     }
 
     /// Publishes `job` as JSON to `queue` and waits for the broker's confirm.
@@ -206,18 +228,23 @@ impl Publisher {
             .with_message_id(id)
             .with_timestamp(unix_now())
             .with_headers(headers.to_table()?);
-        let channel = self.channel().await?;
         let broker_error = |source| PublishError::Broker { queue: queue.to_owned(), source };
-
         let confirm = async {
+            let channel = self.channel().await?;
             let options = BasicPublishOptions { mandatory: true, immediate: false };
             let pending =
                 channel.basic_publish("".into(), routing_key, options, body, properties).await.map_err(broker_error)?;
             pending.await.map_err(broker_error)
         };
-        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
-            .await
-            .map_err(|_| PublishError::Timeout { queue: queue.to_owned(), timeout: CONFIRM_TIMEOUT })??;
+        let timed_out = || PublishError::Timeout { queue: queue.to_owned(), timeout: CONFIRM_TIMEOUT };
+        let bounded =
+            async { tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await.unwrap_or_else(|_| Err(timed_out())) };
+        let confirmation = match &self.shutdown {
+            None => bounded.await?,
+            Some(cancel) => within_shutdown_grace(cancel, bounded)
+                .await
+                .ok_or_else(|| PublishError::ShuttingDown { queue: queue.to_owned() })??,
+        };
 
         match confirmation {
             Confirmation::Ack(None) => Ok(message_id),

@@ -13,7 +13,7 @@ use pipes_workers::Broker;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use super::{eventually, load, Pipeline, AMQP_URL};
+use super::{eventually, lease_taken, load, Pipeline, AMQP_URL};
 use crate::support::app::TestApp;
 use crate::support::fixtures::{demo_integration, seed_account};
 use crate::support::proxy::TcpProxy;
@@ -22,16 +22,6 @@ use crate::support::proxy::TcpProxy;
 /// flight shares nothing in memory with the app's).
 fn other_process(app: &TestApp, cancel: &CancellationToken) -> AppState {
     AppState::new(app.config().clone(), cancel.clone()).expect("second state")
-}
-
-async fn lease_taken(app: &TestApp, id: &str) -> bool {
-    sqlx::query_scalar::<_, bool>(
-        "SELECT lease_until IS NOT NULL AND lease_until > now() FROM connected_accounts WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_one(&app.db)
-    .await
-    .unwrap()
 }
 
 /// Inserts `n` connected accounts of `integration_id` with placeholder ciphertexts (never
@@ -235,10 +225,22 @@ async fn the_claim_query_walks_the_due_index() {
             .bind(Duration::from_secs(300))
             .bind(pipes::scheduler::claim::BATCH)
             .bind(chrono::DateTime::UNIX_EPOCH)
+            .bind(pipes::scheduler::claim::new_claim_id())
             .fetch_all(&app.db)
             .await
             .unwrap();
     let plan = plan.join("\n");
     assert!(plan.contains("connected_accounts_due_idx"), "the claim uses the partial due index:\n{plan}");
+    assert!(!plan.contains("Seq Scan on connected_accounts"), "and never scans the table:\n{plan}");
+    // Publishing a lost claim's accounts walks the same index.
+    let plan: Vec<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", pipes::scheduler::claim::RECLAIM_SQL)))
+            .bind(pipes::scheduler::claim::new_claim_id())
+            .bind(pipes::scheduler::claim::new_claim_id())
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("connected_accounts_due_idx"), "the re-claim uses the partial due index:\n{plan}");
     assert!(!plan.contains("Seq Scan on connected_accounts"), "and never scans the table:\n{plan}");
 }

@@ -1,19 +1,39 @@
 //! A TCP proxy for fault tests: put it between a client and PostgreSQL, Redis or
-//! RabbitMQ, then `cut()` to kill every live connection and refuse new ones (the port
-//! is closed, as when the server is down) and `restore()` to listen on the same port
-//! again.
+//! RabbitMQ, then
+//! * `cut()` to kill every live connection and refuse new ones (the port is closed, as
+//!   when the server is down);
+//! * `stall()` to stop forwarding in both directions while every socket stays open (a
+//!   silent network partition: nothing arrives, nothing fails, new connections hang);
+//! * `hold_replies()` to forward what the client sends but hold back the server's answers
+//!   (the request is executed, the answer never comes);
+//!
+//! and `restore()` to forward again (held bytes flow on, intact) and listen on the same
+//! port again after a cut.
 
 #![allow(dead_code)] // each test module uses a different subset
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// Which directions bytes flow in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Flow {
+    /// Client → server.
+    up: bool,
+    /// Server → client.
+    down: bool,
+}
+
+const FORWARD: Flow = Flow { up: true, down: true };
+
 struct State {
     cut: watch::Sender<bool>,
+    flow: watch::Sender<Flow>,
     /// Cancelled by `cut()`: every live connection watches the token of its era.
     live: CancellationToken,
 }
@@ -31,7 +51,8 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy listener");
         let addr = listener.local_addr().expect("proxy address");
         let (cut, cut_rx) = watch::channel(false);
-        let state = Arc::new(Mutex::new(State { cut, live: CancellationToken::new() }));
+        let (flow, _) = watch::channel(FORWARD);
+        let state = Arc::new(Mutex::new(State { cut, flow, live: CancellationToken::new() }));
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, cut_rx, upstream, state.clone(), stop.clone()));
         TcpProxy { addr, state, stop }
@@ -50,9 +71,27 @@ impl TcpProxy {
         state.live = CancellationToken::new();
     }
 
-    /// Lets new connections through again.
+    /// Stops forwarding in both directions; sockets stay open and new connections are
+    /// accepted but get no answer, until `restore()`.
+    pub fn stall(&self) {
+        self.set_flow(Flow { up: false, down: false });
+    }
+
+    /// Forwards client → server but holds every answer back, until `restore()` (or a
+    /// `cut()`, which drops what was held).
+    pub fn hold_replies(&self) {
+        self.set_flow(Flow { up: true, down: false });
+    }
+
+    /// Lets new connections through again and forwards everything held.
     pub fn restore(&self) {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).cut.send_replace(false);
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.flow.send_replace(FORWARD);
+        state.cut.send_replace(false);
+    }
+
+    fn set_flow(&self, flow: Flow) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).flow.send_replace(flow);
     }
 }
 
@@ -97,14 +136,14 @@ async fn accept_loop(
             accepted = accept(listener.as_ref()) => accepted,
         };
         let Some(inbound) = accepted else { continue };
-        let live = {
+        let (live, flow) = {
             let state = state.lock().unwrap_or_else(PoisonError::into_inner);
             if *state.cut.borrow() {
                 continue; // accepted just before the cut: drop it
             }
-            state.live.clone()
+            (state.live.clone(), state.flow.subscribe())
         };
-        tokio::spawn(pipe(inbound, upstream, live));
+        tokio::spawn(pipe(inbound, upstream, live, flow));
     }
 }
 
@@ -131,10 +170,35 @@ async fn rebind(addr: SocketAddr) -> Option<TcpListener> {
     None
 }
 
-async fn pipe(mut inbound: TcpStream, upstream: SocketAddr, live: CancellationToken) {
-    let Ok(mut outbound) = TcpStream::connect(upstream).await else { return };
+async fn pipe(inbound: TcpStream, upstream: SocketAddr, live: CancellationToken, flow: watch::Receiver<Flow>) {
+    let Ok(outbound) = TcpStream::connect(upstream).await else { return };
+    let (client_read, client_write) = inbound.into_split();
+    let (server_read, server_write) = outbound.into_split();
+    let up = forward(client_read, server_write, flow.clone(), |f| f.up);
+    let down = forward(server_read, client_write, flow, |f| f.down);
     tokio::select! {
         () = live.cancelled() => {} // both sockets drop here, mid-stream
-        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+        _ = futures_util::future::join(up, down) => {}
     }
+}
+
+/// Copies one direction; while `open(flow)` is false the bytes read wait (and the rest
+/// stay in the kernel's buffers), so nothing is lost or reordered when it flows again.
+async fn forward(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut flow: watch::Receiver<Flow>,
+    open: fn(&Flow) -> bool,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if flow.wait_for(open).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }

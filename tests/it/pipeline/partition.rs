@@ -1,0 +1,184 @@
+//! The pipeline across silent failures: a broker that stops answering without closing
+//! anything (a network partition), a shutdown that must not wait for it forever, and a
+//! claim that PostgreSQL committed while its answer was lost.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use pipes::demo_provider::{ClientAuthMethod, Fault};
+use pipes::roles::RoleSet;
+use pipes::scheduler::claim::{ClaimError, Claims};
+use pipes::scheduler::Tick;
+use pipes_workers::{Broker, Publisher, DEFAULT_HEARTBEAT};
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+
+use super::{eventually, lease_taken, load, Pipeline, AMQP_URL};
+use crate::support::app::TestApp;
+use crate::support::fixtures::{demo_integration, seed_account};
+use crate::support::proxy::TcpProxy;
+
+async fn enqueued(app: &TestApp, id: &str) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT enqueued_at IS NOT NULL FROM connected_accounts WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+/// A scheduler claimed the account at some point (the mark may be released since).
+async fn claimed(app: &TestApp, id: &str) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT claim_id IS NOT NULL FROM connected_accounts WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_broker_connection_asks_for_a_short_heartbeat_and_notices_a_silent_broker() {
+    let broker = Broker::connect(AMQP_URL, "pipes-tests").await.unwrap();
+    assert_eq!(broker.heartbeat(), Duration::from_secs(u64::from(DEFAULT_HEARTBEAT)), "not the broker's 60 s");
+    let broker = Broker::connect(&format!("{AMQP_URL}?heartbeat=30"), "pipes-tests").await.unwrap();
+    assert_eq!(broker.heartbeat(), Duration::from_secs(30), "the URL's own heartbeat wins");
+    // A connection that goes silent is noticed after two missed heartbeats.
+    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let silent =
+        Broker::connect(&format!("amqp://guest:guest@{}/%2f?heartbeat=1", proxy.addr()), "pipes-tests").await.unwrap();
+    assert!(silent.is_connected());
+    proxy.stall();
+    let noticed = eventually(Duration::from_secs(6), || async { !silent.is_connected() }).await;
+    proxy.restore();
+    assert!(noticed, "the silent connection was noticed");
+}
+
+#[tokio::test]
+async fn worker_and_scheduler_cut_off_from_a_silent_broker_finish_the_job_in_flight_and_stop() {
+    stop_cut_off_from_the_broker(TcpProxy::stall).await;
+}
+
+#[tokio::test]
+async fn worker_and_scheduler_cut_off_from_an_unreachable_broker_finish_the_job_in_flight_and_stop() {
+    stop_cut_off_from_the_broker(TcpProxy::cut).await;
+}
+
+/// A job in flight and a publish awaiting its confirm when `fault` strikes the broker
+/// connection, then SIGTERM.
+async fn stop_cut_off_from_the_broker(fault: fn(&TcpProxy)) {
+    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let amqp = format!("amqp://guest:guest@{}/%2f", proxy.addr());
+    let app = TestApp::spawn_with(|s| {
+        s.set("PIPES_AMQP_URL", amqp)
+            .set("PIPES_REQUEUE_AFTER", "10m")
+            .set("PIPES_PROVIDER_TIMEOUT", "10s")
+            .set("PIPES_REFRESH_LEASE", "20s");
+    })
+    .await;
+    let p = demo_integration(&app, "pl-silent", ClientAuthMethod::Basic).await;
+    let (first, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(2)).await;
+    p.demo.push_fault(Fault::Delay(Duration::from_secs(4)));
+    let mut pipeline = Pipeline::start(&app);
+    assert!(eventually(Duration::from_secs(10), || lease_taken(&app, &first.id)).await, "the worker took the job");
+    // Silent: sockets open, nothing answers (acks, basic.cancel, confirms); or cut: every
+    // connection reset and reconnecting refused.
+    fault(&proxy);
+    // An account claimed meanwhile: the scheduler's publish gets no confirm.
+    let (second, _) = seed_account(&app, &p, "u2", None, Duration::from_secs(2)).await;
+    assert!(eventually(Duration::from_secs(5), || claimed(&app, &second.id)).await, "the scheduler claimed u2");
+    // SIGTERM: before, this waited for the broker until lapin gave the connection up.
+    let took = pipeline.stop_within(Duration::from_secs(30)).await;
+    proxy.restore();
+    assert!(took < Duration::from_secs(9), "stopping took {took:?}");
+    assert!(load(&app, &first.id).await.token_version > first.token_version, "the job in flight was finished");
+    // The job that was never confirmed did not leave its account waiting PIPES_REQUEUE_AFTER.
+    assert!(!enqueued(&app, &second.id).await, "the unconfirmed account was released");
+}
+
+#[tokio::test]
+async fn a_process_stops_after_pipes_shutdown_timeout_even_with_a_job_still_running() {
+    let app = TestApp::spawn_with(|s| {
+        s.set("PIPES_SHUTDOWN_TIMEOUT", "2s").set("PIPES_PROVIDER_TIMEOUT", "30s").set("PIPES_REFRESH_LEASE", "60s");
+    })
+    .await;
+    let _queues = Pipeline::new(&app); // deletes the queues at the end
+    let p = demo_integration(&app, "pl-deadline", ClientAuthMethod::Basic).await;
+    let (account, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(2)).await;
+    // The provider takes 30 s to answer: longer than the process may wait.
+    p.demo.push_fault(Fault::Delay(Duration::from_secs(30)));
+    let cancel = CancellationToken::new();
+    let roles = RoleSet { serve: false, scheduler: true, worker: true };
+    let run = tokio::spawn(pipes::roles::run(app.config().clone(), roles, cancel.clone()));
+    assert!(eventually(Duration::from_secs(10), || lease_taken(&app, &account.id)).await, "the job is running");
+    let started = Instant::now();
+    cancel.cancel();
+    let finished = tokio::time::timeout(Duration::from_secs(10), run).await;
+    let took = started.elapsed();
+    finished.expect("roles::run returned").expect("task").expect("roles::run succeeded");
+    assert!(took >= Duration::from_millis(1900), "it waited for the job first ({took:?})");
+    assert!(took < Duration::from_secs(5), "then gave up after PIPES_SHUTDOWN_TIMEOUT ({took:?})");
+    assert_eq!(load(&app, &account.id).await.token_version, account.token_version, "the job had not finished");
+}
+
+#[tokio::test]
+async fn a_claim_whose_answer_was_lost_is_published_on_the_next_tick_not_after_requeue_after() {
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let app = TestApp::spawn_with(|s| {
+        s.set("PIPES_REQUEUE_AFTER", "10m");
+    })
+    .await;
+    let queues = Pipeline::new(&app);
+    let p = demo_integration(&app, "pl-lost-claim", ClientAuthMethod::Basic).await;
+    let (account, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(3600)).await;
+    // The scheduler reaches PostgreSQL through the proxy, on one connection (no ping
+    // before each use: under `hold_replies` it would never be answered).
+    let mut state = app.state.clone();
+    state.db = PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_lazy(&format!("postgres://postgres@{}/{}", proxy.addr(), app.db_name))
+        .unwrap();
+    let broker = Broker::connect(AMQP_URL, "pipes-tests").await.unwrap();
+    let topology = pipes::queues::topology(app.config());
+    topology.declare(&broker.channel().await.unwrap()).await.unwrap();
+    let publisher = Publisher::new(&broker);
+    let tick = || Tick {
+        state: state.clone(),
+        publisher: publisher.clone(),
+        topology: topology.clone(),
+        now: Utc::now(),
+        cancel: queues.cancel.clone(),
+    };
+    let claims = Claims::default();
+    // A tick with nothing due: the connection is open and the claim prepared on it. It is
+    // back in the pool once sqlx's ping on release is answered: wait for that.
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { state.db.num_idle() == 1 }).await, "connection released");
+
+    // The account comes due; PostgreSQL runs the next claim, but its answer is lost.
+    sqlx::query("UPDATE connected_accounts SET refresh_at = now() - interval '1 second' WHERE id = $1")
+        .bind(&account.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    proxy.hold_replies();
+    let lost = tokio::spawn(claims.clone().enqueue_due(tick()));
+    assert!(eventually(Duration::from_secs(5), || enqueued(&app, &account.id)).await, "the claim committed");
+    proxy.cut();
+    let failed = tokio::time::timeout(Duration::from_secs(5), lost).await.expect("the claim fails").unwrap();
+    assert!(matches!(failed, Err(ClaimError::Db(_))), "{failed:?}");
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 0, "nothing was published");
+
+    // PostgreSQL is reachable again: the next tick that gets through publishes the account,
+    // although PIPES_REQUEUE_AFTER (10 min) is far off.
+    proxy.restore();
+    let published = eventually(Duration::from_secs(10), || async {
+        claims.clone().enqueue_due(tick()).await.is_ok() && Pipeline::depth(&app, "refresh").await == 1
+    })
+    .await;
+    assert!(published, "the lost claim's account was published");
+    // Once: later ticks publish nothing more.
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 1, "published once");
+    assert!(enqueued(&app, &account.id).await, "and marked enqueued for the worker");
+}
