@@ -144,9 +144,11 @@ print(f"\nmachine load average (1 min) during the run: mean {sum(loads) / len(lo
 
 # Per fault.
 def window(lo, hi):
+    # A record counts the second that starts at r["t"]; one that straddles a fault's start
+    # belongs to that fault (its failures can only come after the start).
     out = defaultdict(int)
     for r in reads:
-        if lo <= r["t"] < hi:
+        if lo < r["t"] + 1 <= hi:
             for k, v in r["counts"].items():
                 out[k] += v
     return out
