@@ -1,8 +1,10 @@
 //! The token read API over HTTP: every answer shape and error, on-demand
 //! refresh, the single flight under concurrent reads, organization isolation
-//! and request validation. Cache behaviour is in `cache.rs`, SDKs in `sdk.rs`.
+//! and request validation. Cache behaviour is in `cache.rs`, SDKs in `sdk.rs`,
+//! the documented answer schema in `schema.rs`.
 
 mod cache;
+mod schema;
 mod sdk;
 
 use std::time::Duration;
