@@ -6,8 +6,11 @@
   pages; it is documented as `text/html` and checked by content type instead.
 * Authentication: the admin key everywhere, and a widget token (made with
   that key) for the widget's own API, so both reach real handlers.
-* Deleting the documented example integration (`github`) is redirected to a
-  spare one, so the rest of the run keeps reaching real rows.
+* Deleting the documented example integration (`github`), or disconnecting
+  the example account (`user_123` on `github`, through the admin API or the
+  widget), is redirected to the spare integration, so the rest of the run
+  keeps reaching real rows and the token routes keep answering an active
+  token as well as the inactive shapes.
 """
 import json
 import os
@@ -66,8 +69,20 @@ class AdminKey:
         case.headers["Authorization"] = f"Bearer {data}"
 
 
+# DELETEs whose `github` slug is swapped for `spare`; for the account route,
+# only the example user's account.
+REDIRECTED_DELETES = {
+    "/data-integrations/{slug}": None,
+    "/widget/api/{slug}": None,
+    "/user_management/users/{user_id}/connected_accounts/{slug}": "user_123",
+}
+
+
 @schemathesis.hook
 def before_call(ctx, case, **kwargs):
-    if case.method.upper() == "DELETE" and case.operation.path == "/data-integrations/{slug}":
-        if (case.path_parameters or {}).get("slug") == "github":
-            case.path_parameters["slug"] = "spare"
+    if case.method.upper() != "DELETE" or case.operation.path not in REDIRECTED_DELETES:
+        return
+    params = case.path_parameters or {}
+    user = REDIRECTED_DELETES[case.operation.path]
+    if params.get("slug") == "github" and (user is None or params.get("user_id") == user):
+        params["slug"] = "spare"

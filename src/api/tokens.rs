@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use crate::app::AppState;
 use crate::auth::AnyKey;
 use crate::error::{ApiError, FieldError};
-use crate::read::answer::{ActiveCredential, ActiveToken, Inactive, Shape};
+use crate::read::answer::{CredentialAnswer, Shape, TokenAnswer};
 use crate::read::Owner;
 
 /// Longest accepted user, organization or account id.
@@ -51,6 +51,7 @@ impl FromRequestParts<Shared> for TokenKey {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TokenRequest {
     /// The application's id of the user who connected the account.
+    #[schema(examples("user_123"))]
     pub user_id: String,
     /// Scopes the connection to an organization.
     #[serde(default)]
@@ -165,8 +166,7 @@ async fn answer(state: &AppState, slug: &str, owner: &Owner, shape: Shape) -> Re
     params(("slug" = String, Path, description = "The integration's slug")),
     request_body = TokenRequest,
     responses(
-        (status = 200, description = "The token, valid for at least `min_validity`; or why there is none", body = ActiveToken),
-        (status = 200, description = "No token: `not_installed` or `needs_reauthorization`", body = Inactive),
+        (status = 200, description = "`active: true` with the token, valid for at least `min_validity`; or `active: false` with why there is none (`not_installed`, `needs_reauthorization`)", body = TokenAnswer),
         (status = 400, description = "Malformed JSON"),
         (status = 401, description = "Missing or unknown API key"),
         (status = 404, description = "Unknown or disabled integration (`integration_not_found`)"),
@@ -193,8 +193,7 @@ pub async fn token(
     params(("slug" = String, Path, description = "The integration's slug")),
     request_body = TokenRequest,
     responses(
-        (status = 200, description = "The credential, valid for at least `min_validity`", body = ActiveCredential),
-        (status = 200, description = "No credential: `not_installed` or `needs_reauthorization`", body = Inactive),
+        (status = 200, description = "`active: true` with the credential, valid for at least `min_validity`; or `active: false` with why there is none (`not_installed`, `needs_reauthorization`)", body = CredentialAnswer),
         (status = 400, description = "Malformed JSON"),
         (status = 401, description = "Missing or unknown API key"),
         (status = 404, description = "Unknown or disabled integration (`integration_not_found`)"),

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::Value;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::ToSchema;
 
 use super::local::Ready;
@@ -43,9 +45,53 @@ impl Answer {
     }
 }
 
+/// The 200 answer of `/token`: a token, or why there is none; `active` tells which.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Only describes the wire shapes; the bodies are rendered by `ready` and `Answer::body`.
+pub enum TokenAnswer<'a> {
+    Active(ActiveToken<'a>),
+    Inactive(Inactive),
+}
+
+/// The 200 answer of `/credentials`: a credential, or why there is none; `active` tells which.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum CredentialAnswer<'a> {
+    Active(ActiveCredential<'a>),
+    Inactive(Inactive),
+}
+
+/// A schema that admits only `value`, so the shapes of a `oneOf` exclude each other.
+fn always(ty: Type, value: impl Into<Value>) -> Object {
+    ObjectBuilder::new().schema_type(ty).enum_values(Some([value.into()])).build()
+}
+
+fn always_true() -> Object {
+    always(Type::Boolean, true)
+}
+
+fn always_false() -> Object {
+    always(Type::Boolean, false)
+}
+
+fn always_access_token() -> Object {
+    always(Type::String, "access_token")
+}
+
+fn always_credential() -> Object {
+    always(Type::String, "credential")
+}
+
+fn always_oauth() -> Object {
+    always(Type::String, "oauth")
+}
+
 /// `{"active": true, "access_token": {…}}`.
 #[derive(Serialize, ToSchema)]
 pub struct ActiveToken<'a> {
+    #[schema(schema_with = always_true)]
     pub active: bool,
     pub access_token: AccessToken<'a>,
 }
@@ -53,6 +99,7 @@ pub struct ActiveToken<'a> {
 #[derive(Serialize, ToSchema)]
 pub struct AccessToken<'a> {
     /// Always `access_token`.
+    #[schema(schema_with = always_access_token)]
     pub object: &'static str,
     pub access_token: &'a str,
     /// RFC 3339 with milliseconds; `null` for tokens that do not expire.
@@ -67,6 +114,7 @@ pub struct AccessToken<'a> {
 /// `{"active": true, "credential": {…}}`.
 #[derive(Serialize, ToSchema)]
 pub struct ActiveCredential<'a> {
+    #[schema(schema_with = always_true)]
     pub active: bool,
     pub credential: Credential<'a>,
 }
@@ -74,8 +122,10 @@ pub struct ActiveCredential<'a> {
 #[derive(Serialize, ToSchema)]
 pub struct Credential<'a> {
     /// Always `credential`.
+    #[schema(schema_with = always_credential)]
     pub object: &'static str,
     /// Always `oauth`.
+    #[schema(schema_with = always_oauth)]
     pub auth_method: &'static str,
     pub value: &'a str,
     #[serde(with = "crate::time::wire_opt")]
@@ -93,8 +143,19 @@ pub struct Credential<'a> {
 /// `{"active": false, "error": "not_installed" | "needs_reauthorization"}`.
 #[derive(Serialize, ToSchema)]
 pub struct Inactive {
+    #[schema(schema_with = always_false)]
     pub active: bool,
-    pub error: String,
+    pub error: InactiveReason,
+}
+
+/// Why a valid read has no token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InactiveReason {
+    /// The owner has no connected account for this integration.
+    NotInstalled,
+    /// The grant was revoked or expired: the user must reconnect.
+    NeedsReauthorization,
 }
 
 /// True when a token expiring at `expires_at` has less than `min_validity`

@@ -2,6 +2,7 @@
 
 mod auth;
 mod catalog;
+mod cli;
 mod connect;
 mod connected_accounts;
 mod demo_provider;

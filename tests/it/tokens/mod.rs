@@ -1,9 +1,11 @@
 //! The token read API over HTTP: every answer shape and error, on-demand
 //! refresh, the single flight under concurrent reads, organization isolation
-//! and request validation. Cache behaviour is in `cache.rs`, SDKs in `sdk.rs`.
+//! and request validation. Cache behaviour is in `cache.rs`, SDKs in `sdk.rs`,
+//! the documented answer schema in `schema.rs`.
 
 mod cache;
 mod fast_lane;
+mod schema;
 mod sdk;
 
 use std::time::Duration;
