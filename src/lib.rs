@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cache;
+pub mod cache_warm;
 pub mod cli;
 pub mod config;
 pub mod connect;

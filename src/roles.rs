@@ -111,6 +111,7 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
             let _ = handle.await;
         });
         tasks.spawn("outbox relay", crate::webhooks::run_relay(state.clone(), cancel.clone()));
+        tasks.spawn("token cache refill", crate::cache_warm::run(state.clone(), cancel.clone()));
     }
     if roles.worker {
         let handle = crate::worker::spawn(state.clone(), cancel.clone());

@@ -193,6 +193,31 @@ pub async fn find_by_id(db: impl PgExecutor<'_>, ring: &KeyRing, id: &str) -> Re
     row.map(|r| Account::from_row(&r, ring)).transpose()
 }
 
+/// Up to `limit` connected accounts with an id after `after`, in id order, whose
+/// access token is fresh enough to serve at `now` (see [`serve_floor`]): a page of
+/// what the token cache should hold.
+pub async fn fresh_page(
+    db: impl PgExecutor<'_>,
+    ring: &KeyRing,
+    after: &str,
+    min_validity: Duration,
+    limit: i64,
+) -> Result<Vec<Account>, AccountError> {
+    let floor = serve_floor(min_validity).to_std().unwrap_or(min_validity);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM connected_accounts
+         WHERE id > $1 AND state = 'connected' AND access_token_enc IS NOT NULL
+           AND (expires_at IS NULL OR expires_at > now() + $2)
+         ORDER BY id LIMIT $3"
+    )))
+    .bind(after)
+    .bind(floor)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(|r| Account::from_row(r, ring)).collect()
+}
+
 /// What an account is being written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
