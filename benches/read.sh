@@ -8,18 +8,27 @@
 # one after the other, and prints both throughputs, their ratio, wrk's
 # p50/p99 and the RSS of `pipes serve` under load.
 #
+# Defaults give each side of each comparison one core of a 2-core machine, as
+# redis-benchmark and redis-server (one thread each) have: `wrk -t 1` and one
+# tokio worker in `pipes serve`. THREADS=2 WORKERS=2 shows the default runtime
+# fighting the load generator for the same two cores (docs/benchmarks.md).
+#
 # Needs: PostgreSQL on 5432, Redis on 6379, `wrk` (apt package) and
-# `redis-benchmark`; builds with `cargo build --release` first.
+# `redis-benchmark`; build first:
+#   cargo build --release --bin pipes --example bench_seed --example bare_http
 # Knobs: ACCOUNTS (1000), DURATION (15s), CONNECTIONS (50), THREADS (wrk
-# threads, 2), WORKERS (tokio worker threads of `pipes serve`; default: one per core),
-# PERF (a file: record a perf profile of `pipes serve` during the run).
+# threads, 1), WORKERS (tokio worker threads of `pipes serve`, 1; empty: one
+# per core), CEILING=1 (also measure examples/bare_http, a bare axum route
+# with a fixed body: the HTTP ceiling of this machine), PERF (a file: record a
+# perf profile of `pipes serve` during the run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ACCOUNTS=${ACCOUNTS:-1000}
 DURATION=${DURATION:-15s}
 CONNECTIONS=${CONNECTIONS:-50}
-THREADS=${THREADS:-2}
+THREADS=${THREADS:-1}
+WORKERS=${WORKERS-1}
 PORT=${PORT:-18080}
 TARGET=${CARGO_TARGET_DIR:-target}/release
 for tool in wrk redis-benchmark redis-cli psql; do
@@ -86,6 +95,17 @@ kill "$sampler" 2>/dev/null || true
 rss_kb=$(cat "/tmp/pipes-bench-rss.$run_id" 2>/dev/null || echo 0)
 rm -f "/tmp/pipes-bench-rss.$run_id"
 
+ceiling=""
+if [ -n "${CEILING:-}" ]; then
+  TOKIO_WORKER_THREADS=${WORKERS:-$(nproc)} "$TARGET/examples/bare_http" "127.0.0.1:$((PORT + 1))" &
+  bare_pid=$!
+  sleep 0.5
+  bare_out=$(wrk -t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" --latency -s benches/read.lua "http://127.0.0.1:$((PORT + 1))")
+  kill "$bare_pid" 2>/dev/null; wait "$bare_pid" 2>/dev/null || true
+  ceiling=$(printf '%s req/s  p50 %s  p99 %s' "$(awk '/Requests\/sec/ {print $2}' <<<"$bare_out")" \
+    "$(awk '$1 == "50%" {print $2}' <<<"$bare_out")" "$(awk '$1 == "99%" {print $2}' <<<"$bare_out")")
+fi
+
 # The yardstick: GETs of a 300-byte value on the same Redis.
 redis-cli SET "key:__rand_int__" "$(head -c 300 /dev/zero | tr '\0' x)" >/dev/null
 redis_out=$(redis-benchmark -h 127.0.0.1 -p 6379 -t get -c 50 -d 300 -n 1000000 --csv)
@@ -104,8 +124,9 @@ echo "$redis_out"
 echo
 echo "$metrics"
 echo
-printf 'pipes token reads (wrk -t %s -c %s, %s accounts, %s serve workers): %s req/s  p50 %s  p99 %s\n' "$THREADS" "$CONNECTIONS" "$ACCOUNTS" "${WORKERS:-default}" "$pipes_rps" "$p50" "$p99"
+printf 'pipes token reads (wrk -t %s -c %s, %s accounts, %s serve workers): %s req/s  p50 %s  p99 %s\n' "$THREADS" "$CONNECTIONS" "$ACCOUNTS" "${WORKERS:-one per core}" "$pipes_rps" "$p50" "$p99"
 printf 'redis-benchmark GET (-c 50 -d 300):                  %s req/s\n' "$redis_rps"
 printf 'ratio pipes / redis:                                 %s\n' "$(awk -v a="$pipes_rps" -v b="$redis_rps" 'BEGIN {printf "%.2f", a / b}')"
 printf 'pipes serve RSS under load (max sampled):            %s MiB\n' "$(awk -v k="$rss_kb" 'BEGIN {printf "%.1f", k / 1024}')"
+[ -z "$ceiling" ] || printf 'bare axum route (examples/bare_http, same wrk):     %s\n' "$ceiling"
 [ -z "$errors" ] || echo "wrk reported: $errors"
