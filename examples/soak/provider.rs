@@ -94,7 +94,8 @@ async fn integration(config: &Config, db: &PgPool, demo: &DemoProvider) -> Resul
 async fn seed(config: &Config, db: &PgPool, demo: &DemoProvider, integration_id: &str, n: usize) -> Result<()> {
     let ring = &config.encryption_keys;
     for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
-        let mut rows: (Vec<String>, Vec<String>, Vec<Vec<u8>>, Vec<Vec<u8>>) = Default::default();
+        type Columns = (Vec<String>, Vec<String>, Vec<Vec<u8>>, Vec<Vec<u8>>);
+        let mut rows: Columns = Default::default();
         let (mut expires, mut due) = (Vec::new(), Vec::new());
         for i in chunk {
             let user = format!("user{i}");

@@ -139,9 +139,7 @@ pub fn classify(spec: &ProviderSpec, raw: &RawResponse) -> Result<TokenGrant, To
         let description = text(&json, "error_description").or_else(|| text(&json, "message"));
         return Err(if spec.is_invalid_grant(&code) {
             TokenError::InvalidGrant { code, description }
-        } else if spec.is_invalid_client(&code) {
-            TokenError::InvalidClient { code, description }
-        } else if status == 401 {
+        } else if spec.is_invalid_client(&code) || status == 401 {
             TokenError::InvalidClient { code, description }
         } else {
             TokenError::Rejected { code, description, status }

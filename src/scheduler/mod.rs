@@ -89,8 +89,7 @@ impl Scheduler {
         let publisher = Publisher::new(&broker).with_shutdown(cancel.clone());
         let gauges = tokio::spawn(stats::run(self.state.clone(), broker.clone(), topology.clone(), cancel.clone()));
         tracing::info!(cron = %config.scheduler_cron_text, tasks = ?self.tasks.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "scheduler running");
-        loop {
-            let Some(next) = config.scheduler_cron.upcoming(Utc).next() else { break };
+        while let Some(next) = config.scheduler_cron.upcoming(Utc).next() {
             let wait = (next - Utc::now()).to_std().unwrap_or_default();
             tokio::select! {
                 () = cancel.cancelled() => break,

@@ -109,7 +109,7 @@ pub fn done_url(config: &Config, opener_origin: Option<&str>, back: Option<&str>
 pub async fn hosted(RawQuery(query): RawQuery) -> Response {
     let params = params(query);
     let token = param(&params, "token").map(|t| format!(" token=\"{}\"", escape(t))).unwrap_or_default();
-    let mode = (param(&params, "mode") == Some("redirect")).then_some(" mode=\"redirect\"").unwrap_or_default();
+    let mode = if param(&params, "mode") == Some("redirect") { " mode=\"redirect\"" } else { "" };
     html(
         PAGE_CSP,
         format!(
