@@ -41,7 +41,7 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 const NON_EXPIRING_TTL: Duration = Duration::from_secs(3600);
 
 /// SET the value unless the stored one carries a newer (or equal) version,
-/// and announce it on the invalidation channel (ARGV[4]).
+/// and announce it on the invalidation channel (ARGV[4]; empty: not announced).
 const PUT_SCRIPT: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -51,7 +51,9 @@ if cur then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-redis.call('PUBLISH', ARGV[4], KEYS[1] .. '|' .. ARGV[2])
+if ARGV[4] ~= '' then
+  redis.call('PUBLISH', ARGV[4], KEYS[1] .. '|' .. ARGV[2])
+end
 return 1
 ";
 
@@ -244,11 +246,28 @@ impl TokenCache {
             self.tombstone_key(&key, account.token_version).await;
             return;
         };
-        let Ok(plain) = serde_json::to_vec(&entry).map(zeroize::Zeroizing::new) else { return };
-        let Ok(sealed) = self.ring.seal(&plain, aad(columns::CACHE_ENTRY, &key)) else { return };
+        let Some(value) = self.seal_entry(&key, &entry) else { return };
+        self.write(&key, value, entry.version, ttl, true).await;
+    }
+
+    /// Puts back the entry of an account whose token did not change, after Redis
+    /// lost it (`crate::cache_warm`): the same versioned write as [`Self::put`], but
+    /// not announced on the invalidation channel, since no replica holds an answer
+    /// that it would replace. A refill of a million entries would otherwise be a
+    /// million messages to every `serve`. No-op when the token is not fresh.
+    pub async fn restore(&self, account: &Account, integration: &Integration, now: DateTime<Utc>) {
+        let key = entry_key(&self.redis, &integration.slug, &account.user_id, account.organization_id.as_deref());
+        let Some((entry, ttl)) = self.entry_for(account, integration, now) else { return };
+        let Some(value) = self.seal_entry(&key, &entry) else { return };
+        self.write(&key, value, entry.version, ttl, false).await;
+    }
+
+    fn seal_entry(&self, key: &str, entry: &CachedToken) -> Option<Vec<u8>> {
+        let plain = serde_json::to_vec(entry).map(zeroize::Zeroizing::new).ok()?;
+        let sealed = self.ring.seal(&plain, aad(columns::CACHE_ENTRY, key)).ok()?;
         let mut value = format!("{}|", entry.version).into_bytes();
         value.extend_from_slice(&sealed);
-        self.write(&key, value, entry.version, ttl).await;
+        Some(value)
     }
 
     /// Marks an owner's entry as gone as of `version` (reauthorization, disconnect).
@@ -258,15 +277,16 @@ impl TokenCache {
     }
 
     async fn tombstone_key(&self, key: &str, version: i64) {
-        self.write(key, format!("{version}|").into_bytes(), version, TOMBSTONE_TTL).await;
+        self.write(key, format!("{version}|").into_bytes(), version, TOMBSTONE_TTL, true).await;
     }
 
-    async fn write(&self, key: &str, value: Vec<u8>, version: i64, ttl: Duration) {
+    async fn write(&self, key: &str, value: Vec<u8>, version: i64, ttl: Duration, announce: bool) {
         // This process first; the others through the channel.
         self.local.invalidate(key, version);
         let Some(mut conn) = self.redis.conn() else { return };
         let mut invocation = self.script.key(key);
-        invocation.arg(value).arg(version).arg(ttl.as_millis() as u64).arg(&*self.channel);
+        let channel = if announce { &*self.channel } else { "" };
+        invocation.arg(value).arg(version).arg(ttl.as_millis() as u64).arg(channel);
         match tokio::time::timeout(Duration::from_secs(1), invocation.invoke_async::<i64>(&mut conn)).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => {

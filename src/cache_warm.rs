@@ -11,7 +11,8 @@
 //! a restart, a flush — it sets it (`SET NX`: one scheduler wins) and refills the cache
 //! from PostgreSQL page by page: every connected account whose token is fresh enough to
 //! serve, through the same versioned write as every other cache write, which never
-//! replaces a newer entry or a tombstone. The marker is set *before* the refill: a Redis
+//! replaces a newer entry or a tombstone (but without announcing each entry on the
+//! invalidation channel: nothing changed that a replica's local answers would miss). The marker is set *before* the refill: a Redis
 //! that restarts during the refill has lost the marker too, and is refilled again.
 //!
 //! In a Redis Cluster the marker lives on one primary: a restart of another one is
@@ -95,7 +96,7 @@ pub async fn refill(state: &AppState, cancel: &CancellationToken) -> anyhow::Res
             if !integration.enabled {
                 continue;
             }
-            in_flight.push(state.cache.put(account, integration, now));
+            in_flight.push(state.cache.restore(account, integration, now));
             if in_flight.len() >= WRITES_IN_FLIGHT && in_flight.next().await.is_some() {
                 written += 1;
             }

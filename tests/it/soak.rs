@@ -225,8 +225,23 @@ async fn a_token_cache_that_redis_lost_is_refilled_from_postgres() {
     };
     lose_redis(&app).await;
     assert!(matches!(get("u1", None).await, Lookup::Miss));
+    // Listen on the invalidation channel: a refill changes no token, so it announces nothing.
+    use futures_util::StreamExt;
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(app.state.cache.channel()).await.unwrap();
     let refilled = pipes::cache_warm::refill_if_lost(&app.state, &cancel).await.unwrap();
     assert_eq!(refilled, Some(2));
+    let (account, _) = seed_account(&app, &p, "u3", None, hour).await;
+    app.state.cache.put(&account, &p.integration, Utc::now()).await;
+    let mut messages = pubsub.on_message();
+    let mut announced = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
+        announced.push(message.get_payload::<String>().unwrap());
+    }
+    drop(messages);
+    let u3_key = pipes::cache::entry_key(app.state.cache.redis(), "soak-refill", "u3", None);
+    assert!(!announced.is_empty() && announced.iter().all(|m| m.starts_with(&u3_key)), "{announced:?}");
     for (org, token) in [(None, &personal), (Some("org_1"), &in_org)] {
         let Lookup::Hit(entry) = get("u1", org).await else { panic!("{org:?} was not refilled") };
         assert_eq!(entry.access_token.expose(), token.as_str());
@@ -235,5 +250,5 @@ async fn a_token_cache_that_redis_lost_is_refilled_from_postgres() {
     // The marker says this Redis holds the cache: nothing to do until it is lost again.
     assert_eq!(pipes::cache_warm::refill_if_lost(&app.state, &cancel).await.unwrap(), None);
     lose_redis(&app).await;
-    assert_eq!(pipes::cache_warm::refill_if_lost(&app.state, &cancel).await.unwrap(), Some(2));
+    assert_eq!(pipes::cache_warm::refill_if_lost(&app.state, &cancel).await.unwrap(), Some(3));
 }
