@@ -7,14 +7,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use pipes::demo_provider::ClientAuthMethod;
-use pipes::store::accounts::{self, AccountState, TokenSet, WriteMode};
+use pipes::store::accounts::{self, TokenSet};
 use pipes::webhooks::endpoints;
 use reqwest::Method;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use crate::support::app::{TestApp, TEST_KEY};
-use crate::support::fixtures::{demo_integration, seed_account};
+use crate::support::fixtures::{demo_integration, seed_account, store_tokens};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -87,23 +87,7 @@ async fn store_account(app: &TestApp, integration_id: &str, user: &str) -> accou
         expires_at: None,
         scopes: vec!["repo".into()],
     };
-    let mut tx = app.db.begin().await.unwrap();
-    let account = accounts::write_tokens(
-        &mut tx,
-        app.state.keyring(),
-        WriteMode::Upsert,
-        integration_id,
-        user,
-        None,
-        &tokens,
-        None,
-        AccountState::Connected,
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    tx.commit().await.unwrap();
-    account
+    store_tokens(app, integration_id, user, None, &tokens, None).await
 }
 
 #[tokio::test]

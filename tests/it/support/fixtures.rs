@@ -86,15 +86,29 @@ pub async fn seed_account(
     };
     let refresh_at =
         app.state.refresher.schedule(&p.integration, now, Some(expires_at), tokens.refresh_token.is_some());
+    let account = store_tokens(app, &p.integration.id, user, org, &tokens, refresh_at).await;
+    (account, issued.access_token)
+}
+
+/// Stores `tokens` as the connected account of `user` (and `org`) straight into the
+/// store (insert or replace), due for a refresh at `refresh_at`.
+pub async fn store_tokens(
+    app: &TestApp,
+    integration_id: &str,
+    user: &str,
+    org: Option<&str>,
+    tokens: &TokenSet,
+    refresh_at: Option<chrono::DateTime<Utc>>,
+) -> Account {
     let mut tx = app.db.begin().await.unwrap();
     let account = accounts::write_tokens(
         &mut tx,
         app.state.keyring(),
         WriteMode::Upsert,
-        &p.integration.id,
+        integration_id,
         user,
         org,
-        &tokens,
+        tokens,
         refresh_at,
         AccountState::Connected,
     )
@@ -102,5 +116,5 @@ pub async fn seed_account(
     .unwrap()
     .unwrap();
     tx.commit().await.unwrap();
-    (account, issued.access_token)
+    account
 }

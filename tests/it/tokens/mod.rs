@@ -13,12 +13,12 @@ use std::time::Duration;
 use chrono::Utc;
 use pipes::demo_provider::{ClientAuthMethod, Fault};
 use pipes::secret::Secret;
-use pipes::store::accounts::{self, AccountState, TokenSet, WriteMode};
+use pipes::store::accounts::{self, AccountState, TokenSet};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::support::app::TestApp;
-use crate::support::fixtures::{demo_integration, seed_account, Provider};
+use crate::support::fixtures::{demo_integration, seed_account, store_tokens, Provider};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -51,23 +51,7 @@ async fn seed_without_refresh_token(
         expires_at: Some(expires_at),
         scopes: vec!["read".into()],
     };
-    let mut tx = app.db.begin().await.unwrap();
-    let account = accounts::write_tokens(
-        &mut tx,
-        app.state.keyring(),
-        WriteMode::Upsert,
-        &p.integration.id,
-        user,
-        None,
-        &tokens,
-        None,
-        AccountState::Connected,
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    tx.commit().await.unwrap();
-    account
+    store_tokens(app, &p.integration.id, user, None, &tokens, None).await
 }
 
 #[tokio::test]
