@@ -7,6 +7,7 @@
 #      provider -> PostgreSQL -> Redis); the worker's peak RSS;
 #   3. scheduler claim/tick time: 1,000,000 stored / 10,000 due vs 100,000 / 10,000.
 # Usage: benches/refresh.sh [ACCOUNTS]   (default 100000)
+#   STEPS="broker e2e tick" (the default) picks the measurements to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,8 @@ if [ -z "${BENCH_LOCKED:-}" ]; then
 fi
 
 ACCOUNTS="${1:-100000}"
+STEPS="${STEPS:-broker e2e tick}"
+step() { [[ " $STEPS " == *" $1 "* ]]; }
 TARGET="${CARGO_TARGET_DIR:-target}"
 DB="pipes_bench_$$"
 ADMIN_URL="${BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
@@ -35,6 +38,26 @@ fi
 PIPES="$TARGET/release/pipes"
 HELPER="$TARGET/release/examples/refresh_bench"
 
+# CPU seconds used so far by each process group of the pipeline, one "name seconds" per line.
+cpu_by_process() {
+    local hz
+    hz=$(getconf CLK_TCK)
+    for stat in /proc/[0-9]*/stat; do
+        cat "$stat" 2>/dev/null
+    done | awk -v hz="$hz" -v worker="${WORKER:-}" -v scheduler="${SCHEDULER:-}" '{
+        name = $2; gsub(/[()]/, "", name)
+        if ($1 == worker) name = "worker"
+        else if ($1 == scheduler) name = "scheduler"
+        else if (name == "refresh_bench") name = "provider"
+        else if (name ~ /^postgres/) name = "postgres"
+        else if (name ~ /^beam/) name = "rabbitmq"
+        else if (name ~ /^redis-server/) name = "redis"
+        else next
+        # utime and stime are fields 14 and 15 once the name holds no space
+        cpu[name] += ($14 + $15) / hz
+    } END { for (n in cpu) printf "%s %.2f\n", n, cpu[n] }' | sort
+}
+
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -48,18 +71,34 @@ trap cleanup EXIT
 psql -q "$ADMIN_URL" -c "CREATE DATABASE $DB" >/dev/null
 "$PIPES" migrate >/dev/null
 
+BROKER_OUT="" E2E_OUT=""
+if step broker; then
 echo "== raw broker rate" >&2
 BROKER_OUT=$("$HELPER" broker "$ACCOUNTS")
 echo "$BROKER_OUT"
+fi
 
+if step e2e; then
 echo "== end to end, $ACCOUNTS accounts" >&2
 PIPES_METRICS_LISTEN=127.0.0.1:0 "$PIPES" worker 2>/tmp/bench-worker.log &
 WORKER=$!
 PIDS+=("$WORKER")
 PIPES_METRICS_LISTEN=127.0.0.1:0 "$PIPES" scheduler 2>/tmp/bench-scheduler.log &
-PIDS+=("$!")
-E2E_OUT=$("$HELPER" e2e "$ACCOUNTS")
+SCHEDULER=$!
+PIDS+=("$SCHEDULER")
+rm -f /tmp/bench-e2e.err
+"$HELPER" e2e "$ACCOUNTS" >/tmp/bench-e2e.out 2> >(tee /tmp/bench-e2e.err >&2) &
+HELPER_PID=$!
+# The clock starts once the accounts are seeded: so does the CPU count.
+until grep -q '^seeded' /tmp/bench-e2e.err 2>/dev/null || ! kill -0 "$HELPER_PID" 2>/dev/null; do sleep 0.2; done
+CPU_BEFORE=$(cpu_by_process)
+wait "$HELPER_PID"
+CPU_AFTER=$(cpu_by_process)
+E2E_OUT=$(cat /tmp/bench-e2e.out)
 echo "$E2E_OUT"
+# CPU per refresh by process ("provider" is the helper: the demo provider it runs).
+join -a 2 -e 0 -o 0,1.2,2.2 <(echo "$CPU_BEFORE") <(echo "$CPU_AFTER") |
+    awk -v n="$ACCOUNTS" '{ printf "cpu_%s_s=%.1f (%.0f us/refresh)\n", $1, $3 - $2, ($3 - $2) * 1e6 / n }'
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$WORKER/status")
 RSS_NOW_KB=$(awk '/VmRSS/ {print $2}' "/proc/$WORKER/status")
 echo "worker_peak_rss_mib=$((RSS_KB / 1024))"
@@ -67,11 +106,16 @@ echo "worker_rss_mib=$((RSS_NOW_KB / 1024))"
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 wait 2>/dev/null || true
 PIDS=()
+fi
 
+if step broker && step e2e; then
 BROKER_RATE=$(sed -n 's/^broker_rate=//p' <<<"$BROKER_OUT")
 E2E_RATE=$(sed -n 's/^e2e_rate=//p' <<<"$E2E_OUT")
 echo "ratio=$(awk -v e="$E2E_RATE" -v b="$BROKER_RATE" 'BEGIN { printf "%.2f", e / b }')"
+fi
 
+if step tick; then
 echo "== scheduler tick" >&2
 "$HELPER" tick 1000000 10000
 "$HELPER" tick 100000 10000
+fi

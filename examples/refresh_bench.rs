@@ -5,8 +5,10 @@
 //!
 //! * `e2e N` — N due accounts; `pipes scheduler` and `pipes worker` (separate processes,
 //!   started by the script) refresh them; prints accounts refreshed per second.
-//! * `broker N` — persistent, confirmed publish + manual-ack consume of N messages on a
-//!   quorum queue, concurrently; prints messages per second.
+//! * `broker N [IN_FLIGHT] [PREFETCH]` — persistent, confirmed publish + manual-ack
+//!   consume of N messages on a quorum queue, concurrently, with IN_FLIGHT confirms
+//!   awaited at once (256) and the consumer's prefetch PREFETCH (500); prints messages
+//!   per second.
 //! * `tick STORED DUE` — STORED accounts of which DUE are due; times the claim (the
 //!   database part of a tick) and a full tick with confirmed publishing.
 //! * `drop-queues` — deletes the queues of `PIPES_QUEUE_PREFIX`.
@@ -39,10 +41,10 @@ async fn main() -> Result<()> {
     let arg = |i: usize, default: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     match args.first().map(String::as_str) {
         Some("e2e") => e2e(&config, &db, arg(1, 100_000) as usize).await,
-        Some("broker") => broker(&config, arg(1, 100_000) as usize).await,
+        Some("broker") => broker(&config, arg(1, 100_000) as usize, arg(2, 256) as usize, arg(3, 500) as u16).await,
         Some("tick") => tick(&config, &db, arg(1, 1_000_000) as i64, arg(2, 10_000) as i64).await,
         Some("drop-queues") => drop_queues(&config).await,
-        _ => bail!("usage: refresh_bench e2e N | broker N | tick STORED DUE | drop-queues"),
+        _ => bail!("usage: refresh_bench e2e N | broker N [IN_FLIGHT] [PREFETCH] | tick STORED DUE | drop-queues"),
     }
 }
 
@@ -113,6 +115,7 @@ async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
     eprintln!("seeded {n} accounts in {:.1}s", seeding.elapsed().as_secs_f64());
 
     let started = Instant::now();
+    let cpu_at_start = own_cpu_seconds();
     sqlx::query("UPDATE connected_accounts SET refresh_at = now() - interval '1 second'").execute(db).await?;
     let armed = started.elapsed();
     let mut last = (Instant::now(), 0u64);
@@ -149,10 +152,25 @@ async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
     println!("e2e_arm_seconds={:.2}", armed.as_secs_f64());
     println!("e2e_reuse_detected={}", stats.reuse_detected);
     println!("e2e_provider_refreshes={}", stats.refreshes);
+    // This process is the provider while the clock runs (and polls PostgreSQL once a second).
+    let cpu = own_cpu_seconds() - cpu_at_start;
+    println!("cpu_provider_s={cpu:.1} ({:.0} us/refresh)", cpu * 1e6 / n as f64);
     Ok(())
 }
 
-async fn broker(config: &Config, n: usize) -> Result<()> {
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised name: state is the 3rd field, utime and stime the 14th and 15th.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    (ticks(14) + ticks(15)) / 100.0
+}
+
+/// `in_flight` publishes await their confirm at once; the consumer's prefetch is `prefetch`.
+async fn broker(config: &Config, n: usize, in_flight: usize, prefetch: u16) -> Result<()> {
     let broker = Broker::connect(&config.amqp_url, "pipes-bench").await?;
     let queue = format!("{}.bench.raw", config.queue_prefix);
     let setup = broker.channel().await?;
@@ -163,7 +181,7 @@ async fn broker(config: &Config, n: usize) -> Result<()> {
     setup.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args).await?;
 
     let consumer_channel = broker.channel().await?;
-    consumer_channel.basic_qos(500, BasicQosOptions { global: false }).await?;
+    consumer_channel.basic_qos(prefetch, BasicQosOptions { global: false }).await?;
     let mut consumer = consumer_channel
         .basic_consume(queue.as_str().into(), "bench".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await?;
@@ -182,7 +200,7 @@ async fn broker(config: &Config, n: usize) -> Result<()> {
     let body = br#"{"type":"refresh.v1","account_id":"data_installation_01JBENCHBENCHBENCHBENCHBENC","integration_id":"data_integration_01JBENCHBENCHBENCHBENCHBENC"}"#;
     let mut pending = FuturesUnordered::new();
     for _ in 0..n {
-        if pending.len() >= 256 {
+        if pending.len() >= in_flight.max(1) {
             if let Some(confirm) = pending.next().await {
                 let confirm: Result<_, pipes_workers::lapin::Error> = confirm;
                 confirm?;

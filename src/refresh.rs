@@ -23,7 +23,10 @@ use crate::events::{self, EventKind};
 use crate::metrics as m;
 use crate::oauth::client::{request_token, Grant};
 use crate::oauth::response::TokenError;
-use crate::store::accounts::{self, Account, AccountError, AccountState, TokenSet};
+use crate::store::accounts::{
+    self, Account, AccountError, AccountState, LeaseBatch, StoreBatch, StoreRequest, TokenSet,
+};
+use crate::store::group::{Answer, Group};
 use crate::store::integrations::{self, Integration};
 
 /// Why a refresh is wanted.
@@ -70,7 +73,13 @@ pub struct Refresher {
     min_validity: Duration,
     refresh_lead: Duration,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Leases and stores of concurrent refreshes, each group one statement.
+    leases: Arc<Group<LeaseBatch>>,
+    stores: Arc<Group<StoreBatch>>,
 }
+
+/// Requests per batched statement at most.
+const GROUP_LIMIT: usize = 256;
 
 impl Refresher {
     pub fn new(
@@ -81,6 +90,8 @@ impl Refresher {
         config: &crate::config::Config,
     ) -> Self {
         Refresher {
+            leases: Arc::new(Group::new(LeaseBatch { db: db.clone(), lease: config.refresh_lease }, GROUP_LIMIT)),
+            stores: Arc::new(Group::new(StoreBatch { db: db.clone() }, GROUP_LIMIT)),
             db,
             ring,
             http,
@@ -148,7 +159,7 @@ impl Refresher {
         let mut pause = Duration::from_millis(25);
         let account = loop {
             let now = Utc::now();
-            match accounts::try_lease(&self.db, &self.ring, account_id, &lease_id, self.lease).await? {
+            match self.try_lease(account_id, &lease_id).await? {
                 Some(account) => break account,
                 None => {
                     // Someone else holds the lease: wait for the token they store.
@@ -290,6 +301,41 @@ impl Refresher {
         }
     }
 
+    /// Statements and requests of the lease and store groups so far:
+    /// `((lease statements, leases), (store statements, stores))`.
+    pub fn group_counts(&self) -> ((u64, u64), (u64, u64)) {
+        (self.leases.counts(), self.stores.counts())
+    }
+
+    /// Takes the account's lease ([`accounts::try_lease`]), in one statement with the
+    /// other refreshes asking at the same moment.
+    async fn try_lease(&self, account_id: &str, lease_id: &str) -> Result<Option<Account>, AccountError> {
+        match self.leases.submit((account_id.to_owned(), lease_id.to_owned())).await {
+            Answer::Done(row) => row.map(|r| Account::from_row(&r, &self.ring)).transpose(),
+            Answer::Failed(err) => Err(AccountError::Db(err)),
+            Answer::Alone => accounts::try_lease(&self.db, &self.ring, account_id, lease_id, self.lease).await,
+        }
+    }
+
+    /// Stores a refresh result ([`accounts::store_refreshed`]), in one statement with the
+    /// other results arriving at the same moment.
+    async fn store_refreshed(
+        &self,
+        account_id: &str,
+        lease_id: &str,
+        tokens: &TokenSet,
+        refresh_at: Option<DateTime<Utc>>,
+    ) -> Result<Option<Account>, AccountError> {
+        if let Some(request) = StoreRequest::new(&self.ring, account_id, lease_id, tokens, refresh_at)? {
+            match self.stores.submit(request).await {
+                Answer::Done(row) => return row.map(|r| Account::from_row(&r, &self.ring)).transpose(),
+                Answer::Failed(err) => return Err(AccountError::Db(err)),
+                Answer::Alone => {}
+            }
+        }
+        accounts::store_refreshed(&self.db, &self.ring, account_id, lease_id, tokens, refresh_at).await
+    }
+
     /// Stores a refresh result, retrying while PostgreSQL fails and the lease lasts. The
     /// provider has already rotated the refresh token: giving up would lose the only copy of
     /// the new one, and the next attempt would present the old one, which a rotating
@@ -307,7 +353,7 @@ impl Refresher {
     ) -> Result<Option<Account>, AccountError> {
         let mut pause = Duration::from_millis(100);
         loop {
-            match accounts::store_refreshed(&self.db, &self.ring, account_id, lease_id, tokens, refresh_at).await {
+            match self.store_refreshed(account_id, lease_id, tokens, refresh_at).await {
                 Err(AccountError::Db(err)) if Instant::now() + pause < until => {
                     tracing::warn!(account_id, error = %err, "storing a refreshed token failed; retrying while the lease lasts");
                     tokio::time::sleep(pause).await;

@@ -1,6 +1,7 @@
 //! Connected accounts: one per (integration, user, organization), with its
 //! encrypted tokens, refresh schedule, state and the single-flight lease.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -429,4 +430,164 @@ pub async fn delete(tx: &mut sqlx::PgConnection, ring: &KeyRing, id: &str) -> Re
         Ok(account)
     })
     .transpose()
+}
+
+/// Many [`try_lease`] calls in one statement ([`crate::store::group`]). Rows another
+/// transaction has locked right now count as leased: their holder is writing them, and
+/// skipping them keeps batches from two processes from waiting on each other.
+pub struct LeaseBatch {
+    pub db: sqlx::PgPool,
+    pub lease: Duration,
+}
+
+/// A lease wanted: (account id, lease id).
+pub type LeaseRequest = (String, String);
+
+impl crate::store::group::Batch for LeaseBatch {
+    type Request = LeaseRequest;
+    /// The leased row, or `None` when someone else holds the lease.
+    type Response = Option<PgRow>;
+
+    async fn run(&self, requests: &[LeaseRequest]) -> Result<Vec<Option<PgRow>>, sqlx::Error> {
+        let (ids, leases): (Vec<&str>, Vec<&str>) = requests.iter().map(|(a, l)| (a.as_str(), l.as_str())).unzip();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH wanted AS (SELECT * FROM unnest($1::text[], $2::text[]) AS w(id, lease_id)),
+             free AS (
+               SELECT c.id FROM connected_accounts c
+               WHERE c.id = ANY($1) AND (c.lease_until IS NULL OR c.lease_until < now())
+               ORDER BY c.id FOR UPDATE SKIP LOCKED)
+             UPDATE connected_accounts c SET lease_id = wanted.lease_id, lease_until = now() + $3
+             FROM wanted, free
+             WHERE c.id = free.id AND wanted.id = c.id
+             RETURNING {}, c.lease_id AS batch_lease_id",
+            qualified_columns()
+        )))
+        .bind(&ids)
+        .bind(&leases)
+        .bind(self.lease)
+        .fetch_all(&self.db)
+        .await?;
+        Ok(match_rows(requests.iter().map(|(a, l)| (a.as_str(), l.as_str())), rows))
+    }
+}
+
+/// A refresh result to store under the fencing check ([`store_refreshed`]), sealed.
+pub struct StoreRequest {
+    id: String,
+    lease_id: String,
+    access: Option<Vec<u8>>,
+    refresh: Option<Vec<u8>>,
+    expires_at: Option<DateTime<Utc>>,
+    refresh_at: Option<DateTime<Utc>>,
+    /// Scope tokens joined by [`SCOPE_SEPARATOR`], which no scope token can contain.
+    scopes: String,
+}
+
+/// Joins scope tokens in a batch: RFC 6749 §3.3 scope tokens are printable ASCII.
+const SCOPE_SEPARATOR: char = '\u{1f}';
+
+impl StoreRequest {
+    /// Seals the tokens for `id`. `None` when a scope contains the separator: such a
+    /// request is stored alone.
+    pub fn new(
+        ring: &KeyRing,
+        id: &str,
+        lease_id: &str,
+        tokens: &TokenSet,
+        refresh_at: Option<DateTime<Utc>>,
+    ) -> Result<Option<Self>, AccountError> {
+        if tokens.scopes.iter().any(|s| s.contains(SCOPE_SEPARATOR)) {
+            return Ok(None);
+        }
+        Ok(Some(StoreRequest {
+            id: id.to_owned(),
+            lease_id: lease_id.to_owned(),
+            access: seal(ring, columns::ACCESS_TOKEN, id, Some(&tokens.access_token))?,
+            refresh: seal(ring, columns::REFRESH_TOKEN, id, tokens.refresh_token.as_ref())?,
+            expires_at: tokens.expires_at,
+            refresh_at,
+            scopes: tokens.scopes.join(&SCOPE_SEPARATOR.to_string()),
+        }))
+    }
+}
+
+/// Many [`store_refreshed`] calls in one statement ([`crate::store::group`]). Rows are
+/// locked in id order, so two batches touching the same rows queue instead of deadlocking.
+pub struct StoreBatch {
+    pub db: sqlx::PgPool,
+}
+
+impl crate::store::group::Batch for StoreBatch {
+    type Request = StoreRequest;
+    /// The stored row, or `None` when fenced off.
+    type Response = Option<PgRow>;
+
+    async fn run(&self, requests: &[StoreRequest]) -> Result<Vec<Option<PgRow>>, sqlx::Error> {
+        let ids: Vec<&str> = requests.iter().map(|r| r.id.as_str()).collect();
+        let leases: Vec<&str> = requests.iter().map(|r| r.lease_id.as_str()).collect();
+        let access: Vec<Option<&[u8]>> = requests.iter().map(|r| r.access.as_deref()).collect();
+        let refresh: Vec<Option<&[u8]>> = requests.iter().map(|r| r.refresh.as_deref()).collect();
+        let expires: Vec<Option<DateTime<Utc>>> = requests.iter().map(|r| r.expires_at).collect();
+        let refresh_at: Vec<Option<DateTime<Utc>>> = requests.iter().map(|r| r.refresh_at).collect();
+        let scopes: Vec<&str> = requests.iter().map(|r| r.scopes.as_str()).collect();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH new AS (
+               SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[],
+                                    $6::timestamptz[], $7::text[])
+                 AS n(id, lease_id, access, refresh, expires_at, refresh_at, scopes)),
+             mine AS (
+               SELECT c.id FROM connected_accounts c JOIN new ON new.id = c.id AND new.lease_id = c.lease_id
+               WHERE c.state = 'connected'
+               ORDER BY c.id FOR UPDATE OF c)
+             UPDATE connected_accounts c SET
+               access_token_enc = new.access, refresh_token_enc = COALESCE(new.refresh, c.refresh_token_enc),
+               expires_at = new.expires_at,
+               refresh_at = CASE WHEN new.refresh IS NULL AND c.refresh_token_enc IS NULL THEN NULL
+                                 ELSE new.refresh_at END,
+               scopes = string_to_array(new.scopes, E'\\x1f'), token_version = nextval('token_versions'),
+               lease_id = NULL, lease_until = NULL, enqueued_at = NULL, refresh_failures = 0,
+               last_refresh_error = NULL, last_refreshed_at = now(), updated_at = now()
+             FROM new, mine
+             WHERE c.id = mine.id AND new.id = c.id AND c.lease_id = new.lease_id AND c.state = 'connected'
+             RETURNING {}, new.lease_id AS batch_lease_id",
+            qualified_columns()
+        )))
+        .bind(&ids)
+        .bind(&leases)
+        .bind(&access)
+        .bind(&refresh)
+        .bind(&expires)
+        .bind(&refresh_at)
+        .bind(&scopes)
+        .fetch_all(&self.db)
+        .await?;
+        Ok(match_rows(requests.iter().map(|r| (r.id.as_str(), r.lease_id.as_str())), rows))
+    }
+}
+
+/// [`COLUMNS`] qualified with the table alias `c`, for statements that join.
+fn qualified_columns() -> &'static str {
+    static QUALIFIED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    QUALIFIED.get_or_init(|| COLUMNS.split(',').map(|c| format!("c.{}", c.trim())).collect::<Vec<_>>().join(", "))
+}
+
+/// Hands each request the returned row that is its own: same account, and the lease it
+/// asked for (a batch may carry one account twice, under two lease ids).
+fn match_rows<'a>(requests: impl Iterator<Item = (&'a str, &'a str)>, rows: Vec<PgRow>) -> Vec<Option<PgRow>> {
+    let mut by_id: HashMap<String, PgRow> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        by_id.insert(row.get("id"), row);
+    }
+    requests
+        .map(|(id, lease_id)| {
+            let row = by_id.remove(id)?;
+            let holder: Option<String> = row.try_get("batch_lease_id").ok();
+            if holder.as_deref() == Some(lease_id) {
+                Some(row)
+            } else {
+                by_id.insert(id.to_owned(), row);
+                None
+            }
+        })
+        .collect()
 }

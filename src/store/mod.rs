@@ -2,4 +2,5 @@
 //! Plain runtime-checked SQL next to the code that needs it.
 
 pub mod accounts;
+pub mod group;
 pub mod integrations;
