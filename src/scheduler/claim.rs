@@ -51,8 +51,16 @@ const LOST_CLAIMS_KEPT: usize = 100;
 /// provider refused their client credentials and asking again per account changes
 /// nothing until an operator fixes them. `$4` is the claim's id, stamped on every row
 /// it marks.
+///
+/// The update finds the rows the `due` scan locked by their `ctid`, not by account id:
+/// the schedule's primary key index is as large as the table, and 10,000 lookups in it
+/// touch most of its pages (at 1,000,000 stored, reading ~8,000 index pages cost as much
+/// as the rest of the claim). A row whose newer version the lock had to follow (written
+/// by a concurrent release, retry or token store after the statement began) is not
+/// visible at that `ctid` to the update: it stays unclaimed and unpublished, and the
+/// next tick claims it.
 pub const CLAIM_SQL: &str = "WITH due AS (
-    SELECT s.account_id FROM refresh_schedule s
+    SELECT s.ctid FROM refresh_schedule s
     WHERE s.refresh_at <= now() AND s.refresh_at >= $3
       AND (s.enqueued_at IS NULL OR s.enqueued_at < now() - $1::interval)
       AND EXISTS (SELECT 1 FROM integrations i WHERE i.id = s.integration_id AND i.enabled AND i.state = 'valid')
@@ -61,22 +69,22 @@ pub const CLAIM_SQL: &str = "WITH due AS (
     FOR UPDATE OF s SKIP LOCKED)
 UPDATE refresh_schedule s SET enqueued_at = now(), claim_id = $4::uuid
 FROM due, integrations i
-WHERE s.account_id = due.account_id AND i.id = s.integration_id
+WHERE s.ctid = due.ctid AND i.id = s.integration_id
 RETURNING s.account_id AS id, s.integration_id, i.slug, s.enqueued_at, s.refresh_at";
 
 /// Claims again (as `$2`) the accounts a lost claim (`$1`) marked that still wait for
 /// their job: still scheduled and due, not refreshed since (storing a token clears the
 /// mark) and not waiting for a retry (which moves it into the future). Walks the same
-/// index over the due accounts.
+/// index over the due accounts and updates by `ctid` like the claim.
 pub const RECLAIM_SQL: &str = "WITH lost AS (
-    SELECT s.account_id FROM refresh_schedule s
+    SELECT s.ctid FROM refresh_schedule s
     WHERE s.refresh_at <= now()
       AND s.claim_id = $1::uuid AND s.enqueued_at IS NOT NULL AND s.enqueued_at <= now()
       AND EXISTS (SELECT 1 FROM integrations i WHERE i.id = s.integration_id AND i.enabled AND i.state = 'valid')
     FOR UPDATE OF s SKIP LOCKED)
 UPDATE refresh_schedule s SET enqueued_at = now(), claim_id = $2::uuid
 FROM lost, integrations i
-WHERE s.account_id = lost.account_id AND i.id = s.integration_id
+WHERE s.ctid = lost.ctid AND i.id = s.integration_id
 RETURNING s.account_id AS id, s.integration_id, i.slug, s.enqueued_at, s.refresh_at";
 
 /// One claimed account.
