@@ -2,8 +2,8 @@
 -- mark enqueued_at/claim_id on the wide connected_accounts rows (encrypted tokens,
 -- scopes, ...): at 1,000,000 stored / 10,000 due its due rows sat on ~8,000 heap
 -- pages that no longer fitted in shared_buffers, and the claim read them from the OS
--- (156 ms against 97 ms at 100,000 stored). A schedule row is ~150 bytes, a quarter of an account
--- row: the due rows share far fewer pages and the schedule stays in the buffer pool.
+-- (156 ms against 97 ms at 100,000 stored). A schedule row is ~130 bytes, a fraction
+-- of an account row: the schedule and its index stay in the buffer pool.
 --
 -- A row exists exactly while its account is connected, has a refresh_at and a refresh
 -- token (the predicate of the old partial due index). The trigger below keeps it so
