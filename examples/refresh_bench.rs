@@ -111,7 +111,7 @@ async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
         .execute(db)
         .await?;
     }
-    sqlx::query("VACUUM ANALYZE connected_accounts").execute(db).await?;
+    sqlx::query("VACUUM ANALYZE connected_accounts, refresh_schedule").execute(db).await?;
     eprintln!("seeded {n} accounts in {:.1}s", seeding.elapsed().as_secs_f64());
 
     let started = Instant::now();
@@ -243,7 +243,7 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
     .bind(due)
     .execute(db)
     .await?;
-    sqlx::query("VACUUM ANALYZE connected_accounts").execute(db).await?;
+    sqlx::query("VACUUM ANALYZE connected_accounts, refresh_schedule").execute(db).await?;
 
     let cancel = CancellationToken::new();
     let state = pipes::app::AppState::new(config.clone(), cancel.clone())?;
@@ -253,7 +253,7 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
     let publisher = Publisher::new(&broker);
     let (mut claims, mut ticks) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        sqlx::query("UPDATE connected_accounts SET enqueued_at = NULL WHERE enqueued_at IS NOT NULL")
+        sqlx::query("UPDATE refresh_schedule SET enqueued_at = NULL, claim_id = NULL WHERE enqueued_at IS NOT NULL")
             .execute(db)
             .await?;
         let started = Instant::now();
@@ -277,7 +277,7 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
         claims.push(started.elapsed());
         anyhow::ensure!(claimed == due, "claimed {claimed}, expected {due}");
 
-        sqlx::query("UPDATE connected_accounts SET enqueued_at = NULL WHERE enqueued_at IS NOT NULL")
+        sqlx::query("UPDATE refresh_schedule SET enqueued_at = NULL, claim_id = NULL WHERE enqueued_at IS NOT NULL")
             .execute(db)
             .await?;
         let tick = pipes::scheduler::Tick {

@@ -135,17 +135,16 @@ pub async fn gather(db: &PgPool, config: &Config, now: DateTime<Utc>) -> Result<
     let due_row = sqlx::query(
         "SELECT count(*) FILTER (WHERE refresh_at <= $1) AS due_now,
                 count(*) FILTER (WHERE refresh_at > $1 AND refresh_at <= $1 + interval '10 minutes') AS due_soon
-         FROM connected_accounts
-         WHERE state = 'connected' AND refresh_at IS NOT NULL AND refresh_token_enc IS NOT NULL
-           AND refresh_at <= $1 + interval '10 minutes'",
+         FROM refresh_schedule
+         WHERE refresh_at <= $1 + interval '10 minutes'",
     )
     .bind(now)
     .fetch_one(db)
     .await?;
     let oldest = sqlx::query(
-        "SELECT a.id, i.slug, a.refresh_at FROM connected_accounts a JOIN integrations i ON i.id = a.integration_id
-         WHERE a.state = 'connected' AND a.refresh_at IS NOT NULL AND a.refresh_token_enc IS NOT NULL AND a.refresh_at <= $1
-         ORDER BY a.refresh_at LIMIT 1",
+        "SELECT s.account_id AS id, i.slug, s.refresh_at FROM refresh_schedule s JOIN integrations i ON i.id = s.integration_id
+         WHERE s.refresh_at <= $1
+         ORDER BY s.refresh_at LIMIT 1",
     )
     .bind(now)
     .fetch_optional(db)

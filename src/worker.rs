@@ -70,7 +70,7 @@ impl RefreshHandler {
                 // Only an existing mark is extended: if another holder stored a token
                 // meanwhile (which clears it), there is nothing left to wait for.
                 sqlx::query(
-                    "UPDATE connected_accounts SET enqueued_at = now() + $2 WHERE id = $1 AND enqueued_at IS NOT NULL",
+                    "UPDATE refresh_schedule SET enqueued_at = now() + $2 WHERE account_id = $1 AND enqueued_at IS NOT NULL",
                 )
                 .bind(account_id)
                 .bind(delay)
@@ -79,7 +79,7 @@ impl RefreshHandler {
             }
             None => {
                 sqlx::query(
-                    "UPDATE connected_accounts SET enqueued_at = NULL WHERE id = $1 AND enqueued_at IS NOT NULL",
+                    "UPDATE refresh_schedule SET enqueued_at = NULL WHERE account_id = $1 AND enqueued_at IS NOT NULL",
                 )
                 .bind(account_id)
                 .execute(&self.state.db)

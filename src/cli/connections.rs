@@ -72,9 +72,10 @@ pub struct ConnectionRow {
 }
 
 const SELECT: &str = "SELECT c.id, i.slug, c.integration_id, c.user_id, c.organization_id, c.state, c.scopes,
-    c.refresh_token_enc IS NOT NULL AS has_refresh_token, c.expires_at, c.refresh_at, c.enqueued_at,
+    c.refresh_token_enc IS NOT NULL AS has_refresh_token, c.expires_at, c.refresh_at, s.enqueued_at,
     c.last_refreshed_at, c.refresh_failures, c.last_refresh_error, c.reauthorization_reason, c.created_at, c.updated_at
-    FROM connected_accounts c JOIN integrations i ON i.id = c.integration_id";
+    FROM connected_accounts c JOIN integrations i ON i.id = c.integration_id
+    LEFT JOIN refresh_schedule s ON s.account_id = c.id";
 
 impl ConnectionRow {
     fn from_row(r: &PgRow) -> Self {
@@ -107,7 +108,7 @@ pub async fn run(config: &Config, cmd: ConnectionsCommand) -> anyhow::Result<()>
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "{SELECT} WHERE ($1::text IS NULL OR i.slug = $1) AND ($2::text IS NULL OR c.user_id = $2)
                    AND ($3::text IS NULL OR c.state = $3)
-                   AND (NOT $4 OR (c.state = 'connected' AND c.refresh_token_enc IS NOT NULL AND c.refresh_at <= now()))
+                   AND (NOT $4 OR s.refresh_at <= now())
                  ORDER BY c.created_at DESC, c.id LIMIT $5"
             )))
             .bind(integration)
@@ -171,10 +172,15 @@ async fn refresh(config: &Config, db: &PgPool, id: &str, inline: bool) -> anyhow
     anyhow::ensure!(row.has_refresh_token, "account `{id}` has no refresh token; the user must reconnect it");
     // Due now, so the worker's scheduled refresh does not skip it as fresh; marked
     // enqueued so a scheduler does not publish a second job for it.
-    sqlx::query("UPDATE connected_accounts SET refresh_at = now(), enqueued_at = now() WHERE id = $1")
+    // Two statements: moving `refresh_at` (re)writes the schedule row through the trigger,
+    // which clears the mark, so the mark is set after it.
+    let mut tx = db.begin().await?;
+    sqlx::query("UPDATE connected_accounts SET refresh_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query("UPDATE refresh_schedule SET enqueued_at = now() WHERE account_id = $1")
         .bind(id)
-        .execute(db)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     if inline {
         let cancel = CancellationToken::new();
         let state = AppState::new(config.clone(), cancel.clone())?;
@@ -182,7 +188,10 @@ async fn refresh(config: &Config, db: &PgPool, id: &str, inline: bool) -> anyhow
             .await?
             .ok_or_else(|| anyhow::anyhow!("integration {} is gone", row.integration_id))?;
         let outcome = state.refresher.refresh(&integration, id, Reason::Scheduled).await?;
-        sqlx::query("UPDATE connected_accounts SET enqueued_at = NULL WHERE id = $1").bind(id).execute(db).await?;
+        sqlx::query("UPDATE refresh_schedule SET enqueued_at = NULL WHERE account_id = $1")
+            .bind(id)
+            .execute(db)
+            .await?;
         cancel.cancel();
         match outcome {
             RefreshOutcome::Refreshed(a) => {

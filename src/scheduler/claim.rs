@@ -1,11 +1,14 @@
 //! Claiming due accounts and publishing their refresh jobs (DESIGN §2.2).
 //!
-//! A claim marks a batch of due accounts `enqueued_at = now()` in one statement with
-//! `FOR UPDATE SKIP LOCKED`, so two schedulers never claim the same account, and commits
-//! before publishing (holding row locks across broker round trips would stall the
-//! workers' leases). Only confirmed jobs count; the accounts whose publish failed are
-//! released again at once. A job lost after its confirm (a broker losing its disk) makes
-//! its account due again after `PIPES_REQUEUE_AFTER`.
+//! The schedule lives in `refresh_schedule`, one narrow row per connected account with
+//! a refresh token and a `refresh_at`, kept in step with `connected_accounts` by a
+//! trigger (see its migration). A claim marks a batch of due accounts there
+//! `enqueued_at = now()` in one statement with `FOR UPDATE SKIP LOCKED`, so two
+//! schedulers never claim the same account, and commits before publishing (holding row
+//! locks across broker round trips would stall the workers' leases). Only confirmed jobs
+//! count; the accounts whose publish failed are released again at once. A job lost
+//! after its confirm (a broker losing its disk) makes its account due again after
+//! `PIPES_REQUEUE_AFTER`.
 //!
 //! The claim can also commit and its answer be lost (the connection to PostgreSQL drops
 //! after the statement ran): the scheduler then knows nothing of the accounts it marked,
@@ -38,43 +41,51 @@ const PUBLISH_CONCURRENCY: usize = 128;
 /// after `PIPES_REQUEUE_AFTER` anyway).
 const LOST_CLAIMS_KEPT: usize = 100;
 
-/// The claim. It walks `connected_accounts_due_idx` (its predicate is repeated here so
-/// the planner can use the partial index) in `refresh_at` order from a cursor (`$3`,
-/// the last `refresh_at` the previous batch of the tick claimed), so a tick reads each
-/// due entry about once: its cost grows with the number of due accounts, not the
-/// number stored, and not quadratically with the batches. Accounts of disabled or
-/// invalid integrations are left alone: the provider refused their client credentials
-/// and asking again per account changes nothing until an operator fixes them. `$4` is
-/// the claim's id, stamped on every row it marks.
+/// The claim. It walks `refresh_schedule_refresh_at_idx` in `refresh_at` order from a
+/// cursor (`$3`, the last `refresh_at` the previous batch of the tick claimed), so a
+/// tick reads each due entry about once: its cost grows with the number of due
+/// accounts, not the number stored, and not quadratically with the batches. It reads
+/// and writes only the narrow `refresh_schedule` rows (which hold exactly the connected
+/// accounts with a refresh token and a `refresh_at`, see its migration), never the wide
+/// account rows. Accounts of disabled or invalid integrations are left alone: the
+/// provider refused their client credentials and asking again per account changes
+/// nothing until an operator fixes them. `$4` is the claim's id, stamped on every row
+/// it marks.
+///
+/// The update finds the rows the `due` scan locked by their `ctid`, not by account id:
+/// the schedule's primary key index is as large as the table, and 10,000 lookups in it
+/// touch most of its pages (at 1,000,000 stored, reading ~8,000 index pages cost as much
+/// as the rest of the claim). A row whose newer version the lock had to follow (written
+/// by a concurrent release, retry or token store after the statement began) is not
+/// visible at that `ctid` to the update: it stays unclaimed and unpublished, and the
+/// next tick claims it.
 pub const CLAIM_SQL: &str = "WITH due AS (
-    SELECT c.id FROM connected_accounts c
-    WHERE c.state = 'connected' AND c.refresh_at IS NOT NULL AND c.refresh_token_enc IS NOT NULL
-      AND c.refresh_at <= now() AND c.refresh_at >= $3
-      AND (c.enqueued_at IS NULL OR c.enqueued_at < now() - $1::interval)
-      AND EXISTS (SELECT 1 FROM integrations i WHERE i.id = c.integration_id AND i.enabled AND i.state = 'valid')
-    ORDER BY c.refresh_at
+    SELECT s.ctid FROM refresh_schedule s
+    WHERE s.refresh_at <= now() AND s.refresh_at >= $3
+      AND (s.enqueued_at IS NULL OR s.enqueued_at < now() - $1::interval)
+      AND EXISTS (SELECT 1 FROM integrations i WHERE i.id = s.integration_id AND i.enabled AND i.state = 'valid')
+    ORDER BY s.refresh_at
     LIMIT $2
-    FOR UPDATE OF c SKIP LOCKED)
-UPDATE connected_accounts a SET enqueued_at = now(), claim_id = $4
+    FOR UPDATE OF s SKIP LOCKED)
+UPDATE refresh_schedule s SET enqueued_at = now(), claim_id = $4::uuid
 FROM due, integrations i
-WHERE a.id = due.id AND i.id = a.integration_id
-RETURNING a.id, a.integration_id, i.slug, a.enqueued_at, a.refresh_at";
+WHERE s.ctid = due.ctid AND i.id = s.integration_id
+RETURNING s.account_id AS id, s.integration_id, i.slug, s.enqueued_at, s.refresh_at";
 
 /// Claims again (as `$2`) the accounts a lost claim (`$1`) marked that still wait for
-/// their job: still connected and due, not refreshed since (which clears `enqueued_at`)
-/// and not waiting for a retry (which moves it into the future). Walks the same partial
-/// index over the due accounts.
+/// their job: still scheduled and due, not refreshed since (storing a token clears the
+/// mark) and not waiting for a retry (which moves it into the future). Walks the same
+/// index over the due accounts and updates by `ctid` like the claim.
 pub const RECLAIM_SQL: &str = "WITH lost AS (
-    SELECT c.id FROM connected_accounts c
-    WHERE c.state = 'connected' AND c.refresh_at IS NOT NULL AND c.refresh_token_enc IS NOT NULL
-      AND c.refresh_at <= now()
-      AND c.claim_id = $1 AND c.enqueued_at IS NOT NULL AND c.enqueued_at <= now()
-      AND EXISTS (SELECT 1 FROM integrations i WHERE i.id = c.integration_id AND i.enabled AND i.state = 'valid')
-    FOR UPDATE OF c SKIP LOCKED)
-UPDATE connected_accounts a SET enqueued_at = now(), claim_id = $2
+    SELECT s.ctid FROM refresh_schedule s
+    WHERE s.refresh_at <= now()
+      AND s.claim_id = $1::uuid AND s.enqueued_at IS NOT NULL AND s.enqueued_at <= now()
+      AND EXISTS (SELECT 1 FROM integrations i WHERE i.id = s.integration_id AND i.enabled AND i.state = 'valid')
+    FOR UPDATE OF s SKIP LOCKED)
+UPDATE refresh_schedule s SET enqueued_at = now(), claim_id = $2::uuid
 FROM lost, integrations i
-WHERE a.id = lost.id AND i.id = a.integration_id
-RETURNING a.id, a.integration_id, i.slug, a.enqueued_at, a.refresh_at";
+WHERE s.ctid = lost.ctid AND i.id = s.integration_id
+RETURNING s.account_id AS id, s.integration_id, i.slug, s.enqueued_at, s.refresh_at";
 
 /// One claimed account.
 #[derive(Debug, Clone)]
@@ -98,9 +109,10 @@ pub enum ClaimError {
     },
 }
 
-/// A new claim id: unique across schedulers and time.
+/// A new claim id: unique across schedulers and time. A ULID's 128 bits as 32 hex
+/// digits, which PostgreSQL reads as a `uuid` (16 bytes in `refresh_schedule`).
 pub fn new_claim_id() -> String {
-    ulid::Ulid::new().to_string()
+    format!("{:032x}", u128::from(ulid::Ulid::new()))
 }
 
 /// Claims up to `limit` due accounts due at or after `from` (marks them enqueued, stamped
@@ -147,9 +159,9 @@ pub async fn release(db: &PgPool, claimed: &[Claimed]) -> Result<(), sqlx::Error
     let ids: Vec<&str> = claimed.iter().map(|c| c.account_id.as_str()).collect();
     let stamps: Vec<DateTime<Utc>> = claimed.iter().map(|c| c.enqueued_at).collect();
     sqlx::query(
-        "UPDATE connected_accounts a SET enqueued_at = NULL
+        "UPDATE refresh_schedule s SET enqueued_at = NULL
          FROM unnest($1::text[], $2::timestamptz[]) AS r(id, stamp)
-         WHERE a.id = r.id AND a.enqueued_at = r.stamp",
+         WHERE s.account_id = r.id AND s.enqueued_at = r.stamp",
     )
     .bind(&ids)
     .bind(&stamps)

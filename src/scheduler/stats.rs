@@ -59,12 +59,9 @@ async fn queue_depths(broker: &Broker, topology: &Topology) {
 }
 
 async fn accounts_due(state: &AppState) {
-    let due = sqlx::query_scalar::<_, i64>(
-        "SELECT count(*) FROM connected_accounts
-         WHERE state = 'connected' AND refresh_at IS NOT NULL AND refresh_token_enc IS NOT NULL AND refresh_at <= now()",
-    )
-    .fetch_one(&state.db)
-    .await;
+    let due = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM refresh_schedule WHERE refresh_at <= now()")
+        .fetch_one(&state.db)
+        .await;
     match due {
         Ok(n) => metrics::gauge!(m::ACCOUNTS_DUE).set(n as f64),
         Err(err) => tracing::debug!(error = %err, "due accounts not counted"),

@@ -1,5 +1,10 @@
 //! Connected accounts: one per (integration, user, organization), with its
 //! encrypted tokens, refresh schedule, state and the single-flight lease.
+//!
+//! The scheduler reads the schedule from `refresh_schedule`, which a trigger on
+//! `connected_accounts` keeps in step with every write here (and everywhere else):
+//! storing a token or moving `refresh_at` clears the scheduler's mark, leaving the
+//! `connected` state or losing the refresh token takes the account off the schedule.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -289,8 +294,7 @@ pub async fn write_tokens(
             "UPDATE connected_accounts SET
                state = $2, access_token_enc = $3, refresh_token_enc = $4, expires_at = $5, refresh_at = $6,
                scopes = $7, token_version = nextval('token_versions'), lease_id = NULL, lease_until = NULL,
-               enqueued_at = NULL, refresh_failures = 0, last_refresh_error = NULL,
-               reauthorization_reason = NULL, last_refreshed_at = now(), updated_at = now()
+               refresh_failures = 0, last_refresh_error = NULL, reauthorization_reason = NULL, last_refreshed_at = now(), updated_at = now()
              WHERE id = $1
              RETURNING {COLUMNS}"
         )))
@@ -355,8 +359,7 @@ pub async fn store_refreshed(
            access_token_enc = $3, refresh_token_enc = COALESCE($4, refresh_token_enc), expires_at = $5,
            refresh_at = CASE WHEN $4 IS NULL AND refresh_token_enc IS NULL THEN NULL ELSE $6 END,
            scopes = $7, token_version = nextval('token_versions'), lease_id = NULL, lease_until = NULL,
-           enqueued_at = NULL, refresh_failures = 0, last_refresh_error = NULL,
-           last_refreshed_at = now(), updated_at = now()
+           refresh_failures = 0, last_refresh_error = NULL, last_refreshed_at = now(), updated_at = now()
          WHERE id = $1 AND lease_id = $2 AND state = 'connected'
          RETURNING {COLUMNS}"
     )))
@@ -402,7 +405,7 @@ pub async fn mark_needs_reauthorization(
 ) -> Result<Option<Account>, AccountError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE connected_accounts SET state = 'needs_reauthorization', access_token_enc = NULL,
-           refresh_token_enc = NULL, refresh_at = NULL, expires_at = NULL, enqueued_at = NULL,
+           refresh_token_enc = NULL, refresh_at = NULL, expires_at = NULL,
            reauthorization_reason = $2, lease_id = NULL, lease_until = NULL,
            token_version = nextval('token_versions'), updated_at = now()
          WHERE id = $1 AND state = 'connected'

@@ -4,6 +4,7 @@
 
 mod faults;
 mod partition;
+mod schedule;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -175,7 +175,7 @@ async fn two_schedulers_enqueue_each_due_account_once() {
     pipeline.scheduler(app.state.clone());
     pipeline.scheduler(other_process(&app, &others));
     let all_enqueued = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM connected_accounts WHERE enqueued_at IS NOT NULL")
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM refresh_schedule WHERE enqueued_at IS NOT NULL")
             .fetch_one(&app.db)
             .await
             .unwrap()
@@ -219,7 +219,7 @@ async fn the_claim_query_walks_the_due_index() {
     let app = TestApp::spawn().await;
     let p = demo_integration(&app, "pl-plan", ClientAuthMethod::Basic).await;
     insert_accounts(&app, &p.integration.id, 50_000, 100).await;
-    sqlx::query("ANALYZE connected_accounts").execute(&app.db).await.unwrap();
+    sqlx::query("ANALYZE refresh_schedule").execute(&app.db).await.unwrap();
     let plan: Vec<String> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", pipes::scheduler::claim::CLAIM_SQL)))
             .bind(Duration::from_secs(300))
@@ -230,8 +230,9 @@ async fn the_claim_query_walks_the_due_index() {
             .await
             .unwrap();
     let plan = plan.join("\n");
-    assert!(plan.contains("connected_accounts_due_idx"), "the claim uses the partial due index:\n{plan}");
-    assert!(!plan.contains("Seq Scan on connected_accounts"), "and never scans the table:\n{plan}");
+    assert!(plan.contains("refresh_schedule_refresh_at_idx"), "the claim walks the schedule's due index:\n{plan}");
+    assert!(!plan.contains("Seq Scan on refresh_schedule"), "and never scans the schedule:\n{plan}");
+    assert!(!plan.contains("connected_accounts"), "nor reads the accounts:\n{plan}");
     // Publishing a lost claim's accounts walks the same index.
     let plan: Vec<String> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", pipes::scheduler::claim::RECLAIM_SQL)))
@@ -241,6 +242,7 @@ async fn the_claim_query_walks_the_due_index() {
             .await
             .unwrap();
     let plan = plan.join("\n");
-    assert!(plan.contains("connected_accounts_due_idx"), "the re-claim uses the partial due index:\n{plan}");
-    assert!(!plan.contains("Seq Scan on connected_accounts"), "and never scans the table:\n{plan}");
+    assert!(plan.contains("refresh_schedule_refresh_at_idx"), "the re-claim walks the schedule's due index:\n{plan}");
+    assert!(!plan.contains("Seq Scan on refresh_schedule"), "and never scans the schedule:\n{plan}");
+    assert!(!plan.contains("connected_accounts"), "nor reads the accounts:\n{plan}");
 }

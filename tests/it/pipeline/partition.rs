@@ -19,20 +19,22 @@ use crate::support::fixtures::{demo_integration, seed_account};
 use crate::support::proxy::TcpProxy;
 
 async fn enqueued(app: &TestApp, id: &str) -> bool {
-    sqlx::query_scalar::<_, bool>("SELECT enqueued_at IS NOT NULL FROM connected_accounts WHERE id = $1")
+    sqlx::query_scalar::<_, bool>("SELECT enqueued_at IS NOT NULL FROM refresh_schedule WHERE account_id = $1")
         .bind(id)
-        .fetch_one(&app.db)
+        .fetch_optional(&app.db)
         .await
         .unwrap()
+        .unwrap_or(false)
 }
 
 /// A scheduler claimed the account at some point (the mark may be released since).
 async fn claimed(app: &TestApp, id: &str) -> bool {
-    sqlx::query_scalar::<_, bool>("SELECT claim_id IS NOT NULL FROM connected_accounts WHERE id = $1")
+    sqlx::query_scalar::<_, bool>("SELECT claim_id IS NOT NULL FROM refresh_schedule WHERE account_id = $1")
         .bind(id)
-        .fetch_one(&app.db)
+        .fetch_optional(&app.db)
         .await
         .unwrap()
+        .unwrap_or(false)
 }
 
 #[tokio::test]

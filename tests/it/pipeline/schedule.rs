@@ -1,0 +1,138 @@
+//! `refresh_schedule` follows the account through its life cycle: the trigger on
+//! `connected_accounts` keeps a row exactly while the account is connected with a refresh
+//! token and a `refresh_at`, and clears the scheduler's mark whenever a token is stored.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pipes::demo_provider::ClientAuthMethod;
+use pipes::secret::Secret;
+use pipes::store::accounts::{self, TokenSet};
+
+use crate::support::app::TestApp;
+use crate::support::fixtures::{demo_integration, store_tokens};
+
+#[derive(Debug, PartialEq)]
+struct Entry {
+    refresh_at: DateTime<Utc>,
+    enqueued: bool,
+    claimed: bool,
+}
+
+async fn entry(app: &TestApp, id: &str) -> Option<Entry> {
+    sqlx::query_as::<_, (DateTime<Utc>, bool, bool)>(
+        "SELECT refresh_at, enqueued_at IS NOT NULL, claim_id IS NOT NULL FROM refresh_schedule WHERE account_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&app.db)
+    .await
+    .unwrap()
+    .map(|(refresh_at, enqueued, claimed)| Entry { refresh_at, enqueued, claimed })
+}
+
+/// What a scheduler's claim writes.
+async fn mark(app: &TestApp, id: &str) {
+    let marked =
+        sqlx::query("UPDATE refresh_schedule SET enqueued_at = now(), claim_id = $2::uuid WHERE account_id = $1")
+            .bind(id)
+            .bind(pipes::scheduler::claim::new_claim_id())
+            .execute(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(marked.rows_affected(), 1);
+}
+
+fn tokens(refresh_token: Option<&str>) -> TokenSet {
+    TokenSet {
+        access_token: Secret::new("at"),
+        refresh_token: refresh_token.map(Secret::new),
+        expires_at: Some(Utc::now() + chrono::Duration::hours(1)),
+        scopes: vec!["read".into()],
+    }
+}
+
+fn marked_at(refresh_at: DateTime<Utc>) -> Option<Entry> {
+    Some(Entry { refresh_at, enqueued: true, claimed: true })
+}
+
+fn unmarked_at(refresh_at: DateTime<Utc>) -> Option<Entry> {
+    Some(Entry { refresh_at, enqueued: false, claimed: false })
+}
+
+#[tokio::test]
+async fn the_schedule_follows_the_account_through_its_life_cycle() {
+    let app = TestApp::spawn().await;
+    let p = demo_integration(&app, "pl-schedule", ClientAuthMethod::Basic).await;
+    let ring = app.state.keyring();
+    let in_an_hour = Utc::now() + chrono::Duration::minutes(50);
+
+    // Connected with a refresh token: scheduled, unmarked.
+    let account = store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt1")), Some(in_an_hour)).await;
+    let id = account.id.clone();
+    let due = account.refresh_at.unwrap();
+    assert_eq!(entry(&app, &id).await, unmarked_at(due));
+
+    // Claimed; leases, failures and releases leave the mark alone.
+    mark(&app, &id).await;
+    accounts::try_lease(&app.db, ring, &id, "lease-1", Duration::from_secs(30)).await.unwrap().unwrap();
+    accounts::record_transient_failure(&app.db, &id, "lease-1", "provider timed out").await.unwrap();
+    accounts::try_lease(&app.db, ring, &id, "lease-2", Duration::from_secs(30)).await.unwrap().unwrap();
+    assert_eq!(entry(&app, &id).await, marked_at(due));
+
+    // A refreshed token stored: refresh_at moves, the mark is cleared.
+    let later = due + chrono::Duration::minutes(30);
+    let refreshed =
+        accounts::store_refreshed(&app.db, ring, &id, "lease-2", &tokens(None), Some(later)).await.unwrap().unwrap();
+    let later = refreshed.refresh_at.unwrap();
+    assert_eq!(entry(&app, &id).await, unmarked_at(later));
+
+    // Tokens stored again (a reconnect) clear the mark even with the same refresh_at.
+    mark(&app, &id).await;
+    store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt2")), Some(later)).await;
+    assert_eq!(entry(&app, &id).await, unmarked_at(later));
+
+    // A refresh that leaves no refresh_at (the token no longer expires): off the schedule.
+    accounts::try_lease(&app.db, ring, &id, "lease-3", Duration::from_secs(30)).await.unwrap().unwrap();
+    accounts::store_refreshed(&app.db, ring, &id, "lease-3", &tokens(None), None).await.unwrap().unwrap();
+    assert_eq!(entry(&app, &id).await, None);
+
+    // Tokens without a refresh token: nothing to refresh with, off the schedule.
+    store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt3")), Some(later)).await;
+    assert_eq!(entry(&app, &id).await, unmarked_at(later));
+    store_tokens(&app, &p.integration.id, "u1", None, &tokens(None), Some(later)).await;
+    let gone: Option<Vec<u8>> = sqlx::query_scalar("SELECT refresh_token_enc FROM connected_accounts WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(gone.is_none(), "the store dropped the refresh token");
+    assert_eq!(entry(&app, &id).await, None);
+
+    // Needs reauthorization: off the schedule; reconnected: back on it.
+    store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt4")), Some(later)).await;
+    mark(&app, &id).await;
+    let mut tx = app.db.begin().await.unwrap();
+    accounts::mark_needs_reauthorization(&mut tx, ring, &id, "invalid_grant").await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(entry(&app, &id).await, None);
+    store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt5")), Some(later)).await;
+    assert_eq!(entry(&app, &id).await, unmarked_at(later));
+
+    // Disconnected (state only): off the schedule.
+    sqlx::query("UPDATE connected_accounts SET state = 'disconnected' WHERE id = $1")
+        .bind(&id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(entry(&app, &id).await, None);
+    store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt6")), Some(later)).await;
+    assert_eq!(entry(&app, &id).await, unmarked_at(later));
+
+    // Deleted: gone with the account.
+    let mut tx = app.db.begin().await.unwrap();
+    accounts::delete(&mut tx, ring, &id).await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(entry(&app, &id).await, None);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_schedule").fetch_one(&app.db).await.unwrap();
+    assert_eq!(rows, 0);
+}
