@@ -548,7 +548,7 @@ impl crate::store::group::Batch for StoreBatch {
                refresh_at = CASE WHEN new.refresh IS NULL AND c.refresh_token_enc IS NULL THEN NULL
                                  ELSE new.refresh_at END,
                scopes = string_to_array(new.scopes, E'\\x1f'), token_version = nextval('token_versions'),
-               lease_id = NULL, lease_until = NULL, enqueued_at = NULL, refresh_failures = 0,
+               lease_id = NULL, lease_until = NULL, refresh_failures = 0,
                last_refresh_error = NULL, last_refreshed_at = now(), updated_at = now()
              FROM new, mine
              WHERE c.id = mine.id AND new.id = c.id AND c.lease_id = new.lease_id AND c.state = 'connected'
