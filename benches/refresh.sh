@@ -89,8 +89,8 @@ PIDS+=("$SCHEDULER")
 rm -f /tmp/bench-e2e.err
 "$HELPER" e2e "$ACCOUNTS" >/tmp/bench-e2e.out 2> >(tee /tmp/bench-e2e.err >&2) &
 HELPER_PID=$!
-# The clock starts once the accounts are seeded: so does the CPU count.
-until grep -q '^seeded' /tmp/bench-e2e.err 2>/dev/null || ! kill -0 "$HELPER_PID" 2>/dev/null; do sleep 0.2; done
+# The clock starts once the accounts are due: so does the CPU count.
+until grep -q '^armed' /tmp/bench-e2e.err 2>/dev/null || ! kill -0 "$HELPER_PID" 2>/dev/null; do sleep 0.2; done
 CPU_BEFORE=$(cpu_by_process)
 wait "$HELPER_PID"
 CPU_AFTER=$(cpu_by_process)

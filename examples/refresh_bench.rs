@@ -114,10 +114,19 @@ async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
     sqlx::query("VACUUM ANALYZE connected_accounts, refresh_schedule").execute(db).await?;
     eprintln!("seeded {n} accounts in {:.1}s", seeding.elapsed().as_secs_f64());
 
+    // All due in one statement; nothing can be claimed before it commits, so the clock
+    // starts then. Due times are spread over the last minute, as the jitter in every
+    // real `refresh_at` spreads them (a backlog after an outage looks the same).
+    let arming = Instant::now();
+    sqlx::query(
+        "UPDATE connected_accounts SET refresh_at = now() - interval '1 second' - random() * interval '1 minute'",
+    )
+    .execute(db)
+    .await?;
+    let armed = arming.elapsed();
     let started = Instant::now();
     let cpu_at_start = own_cpu_seconds();
-    sqlx::query("UPDATE connected_accounts SET refresh_at = now() - interval '1 second'").execute(db).await?;
-    let armed = started.elapsed();
+    eprintln!("armed: {n} accounts due");
     let mut last = (Instant::now(), 0u64);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -52,9 +52,10 @@ impl AppState {
 
     /// Builds the state: lazy database pool, background Redis connection.
     pub fn new(config: Config, cancel: CancellationToken) -> anyhow::Result<Self> {
-        // Every in-flight refresh job may hold a connection for its lease and write.
-        let connections = config.database_pool.max(u32::from(config.worker_concurrency) + 8);
-        let db = crate::db::pool(&config.database_url, connections)?;
+        // In-flight refreshes take their leases and store their results in grouped
+        // statements (one connection each group); the rarer per-job statements (a retry's
+        // mark, a released lease, waiting on another holder) share the rest.
+        let db = crate::db::pool(&config.database_url, config.database_pool)?;
         let redis = Redis::start(&config.redis_url, &config.redis_prefix, config.redis_timeout, cancel.clone())?;
         let http = provider_http_client(config.provider_timeout)?;
         let cache = TokenCache::new(redis.clone(), config.encryption_keys.clone(), config.min_validity);

@@ -49,18 +49,3 @@ impl IdKind {
             .is_some_and(|ulid| Ulid::from_string(ulid).is_ok())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::IdKind;
-
-    #[test]
-    fn ids_made_back_to_back_sort_in_the_order_they_were_made() {
-        // Thousands per millisecond: plain ULIDs would be in random order within each one.
-        let ids: Vec<String> = (0..5_000).map(|_| IdKind::Integration.new_id()).collect();
-        let mut sorted = ids.clone();
-        sorted.sort();
-        assert_eq!(ids, sorted);
-        assert!(ids.iter().all(|id| IdKind::Integration.matches(id)));
-    }
-}

@@ -36,7 +36,7 @@ use crate::queues::{RefreshJob, REFRESH};
 /// read each due row about once per tick, many small ones read them over and over.
 pub const BATCH: i64 = 10_000;
 /// Publishes awaiting their confirm at once (confirms are pipelined on one channel).
-const PUBLISH_CONCURRENCY: usize = 128;
+const PUBLISH_CONCURRENCY: usize = 512;
 /// Failed claims remembered at most (one per tick is the most an outage adds; they expire
 /// after `PIPES_REQUEUE_AFTER` anyway).
 const LOST_CLAIMS_KEPT: usize = 100;
@@ -192,23 +192,46 @@ impl Claims {
     pub async fn enqueue_due(self, tick: Tick) -> Result<(), ClaimError> {
         self.publish_lost(&tick).await?;
         let db = &tick.state.db;
+        let requeue_after = tick.state.config.requeue_after;
         let mut cursor = DateTime::UNIX_EPOCH;
+        // Each batch is published while the next one is claimed: the database and the
+        // broker work at the same time instead of taking turns.
+        let mut claimed: Vec<Claimed> = Vec::new();
+        let mut more = true;
         loop {
+            let to_publish = std::mem::take(&mut claimed);
             let claim_id = new_claim_id();
-            let batch = match claim(db, tick.state.config.requeue_after, BATCH, cursor, &claim_id).await {
-                Ok(batch) => batch,
+            let claiming = async {
+                if !more || tick.cancel.is_cancelled() {
+                    return Ok(Vec::new());
+                }
+                claim(db, requeue_after, BATCH, cursor, &claim_id).await
+            };
+            let (next, published) = tokio::join!(claiming, publish(&tick, to_publish));
+            let next = match next {
+                Ok(next) => next,
                 Err(err) => {
                     self.remember(claim_id, &err);
+                    if let Err(publish_err) = published {
+                        tracing::warn!(error = %publish_err, "publishing refresh jobs failed");
+                    }
                     return Err(err.into());
                 }
             };
-            let full = batch.len() as i64 == BATCH;
-            // Ties at the cursor are read again; they are enqueued by now and filtered out.
-            cursor = batch.iter().map(|c| c.refresh_at).max().unwrap_or(cursor);
-            publish(&tick, batch).await?;
-            if !full || tick.cancel.is_cancelled() {
+            if let Err(err) = published {
+                // Stop here; the batch claimed meanwhile goes back for the next tick.
+                if let Err(release_err) = release(db, &next).await {
+                    tracing::warn!(error = %release_err, count = next.len(), "could not release claimed accounts");
+                }
+                return Err(err);
+            }
+            if next.is_empty() {
                 return Ok(());
             }
+            more = next.len() as i64 == BATCH;
+            // Ties at the cursor are read again; they are enqueued by now and filtered out.
+            cursor = next.iter().map(|c| c.refresh_at).max().unwrap_or(cursor);
+            claimed = next;
         }
     }
 

@@ -161,3 +161,14 @@ async fn key_rotation_reencrypts_every_secret_so_the_old_key_can_go() {
         assert_eq!(only_new.open_string(&value, aad(pipes::keys::columns::WEBHOOK_SECRET, &id)).unwrap(), "whsec");
     }
 }
+
+#[test]
+fn ids_made_back_to_back_sort_in_the_order_they_were_made() {
+    use pipes::ids::IdKind;
+    // Thousands per millisecond: plain ULIDs would be in random order within each one.
+    let ids: Vec<String> = (0..5_000).map(|_| IdKind::Integration.new_id()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+    assert!(ids.iter().all(|id| IdKind::Integration.matches(id)));
+}
