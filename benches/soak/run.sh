@@ -70,13 +70,24 @@ HELPER="$TARGET/examples/soak"
 
 now() { date +%s.%N; }
 log() { echo "[$(date +%T)] $*" >&2; }
+# Starts Redis with no descriptor of ours beyond stdio: a daemon that inherited, say, the
+# build lock of a caller running this script under `flock` would hold it forever.
+start_redis() {
+    (
+        for fd in /proc/self/fd/*; do
+            n=${fd##*/}
+            if [ "$n" -gt 2 ] 2>/dev/null; then eval "exec $n>&-"; fi
+        done
+        eval "$REDIS_START"
+    ) </dev/null >/dev/null 2>&1
+}
 declare -A PID
 redis_stopped=""
 cleanup() {
     set +e
     if [ -n "$redis_stopped" ] || ! redis-cli ping >/dev/null 2>&1; then
         log "restoring Redis"
-        eval "$REDIS_START"
+        start_redis
     fi
     [ -n "${SAMPLER:-}" ] && kill "$SAMPLER" 2>/dev/null
     # Roles first, while their proxies still forward, so in-flight jobs settle (cut off,
@@ -201,7 +212,7 @@ s=$(now)
 redis_stopped=1
 redis-cli shutdown nosave >/dev/null 2>&1 || true
 sleep "$FAULT_SECONDS"
-eval "$REDIS_START"
+start_redis
 for _ in $(seq 1 50); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.1; done
 redis_stopped=""
 fault redis_stop "$s" "$(now)"
