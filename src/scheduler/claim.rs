@@ -87,8 +87,9 @@ FROM claimed c JOIN due d ON d.account_id = c.account_id JOIN integrations i ON 
 
 /// Claims again (as `$2`) the accounts a lost claim (`$1`) marked that still wait for
 /// their job: still scheduled and due, not refreshed since (storing a token deletes the
-/// claim) and not waiting for a retry (which moves its mark into the future). Reads the
-/// claims, which hold only the accounts in flight, and looks their schedule rows up.
+/// claim) and not waiting for a retry (which moves its mark into the future). Joins the
+/// claims (only the accounts in flight) to the due part of the schedule, never the
+/// accounts.
 pub const RECLAIM_SQL: &str = "UPDATE refresh_claims c SET enqueued_at = now(), claim_id = $2::uuid
 FROM refresh_schedule s, integrations i
 WHERE c.claim_id = $1::uuid AND c.enqueued_at <= now()
