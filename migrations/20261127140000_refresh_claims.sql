@@ -25,6 +25,12 @@ CREATE TABLE refresh_claims (
     enqueued_at     timestamptz NOT NULL,
     -- The claim that made the row (src/scheduler/claim.rs): its ULID as a uuid.
     claim_id        uuid NOT NULL,
+    -- The schedule entry as the claim read it, so that the claim returns it from its
+    -- insert instead of joining its due walk a second time (a join the planner, misled
+    -- by a schedule just rewritten, ran as a nested loop: seconds per 10,000 claims).
+    -- Only the claim sets them.
+    refresh_at      timestamptz,
+    integration_id  text,
     -- The conflict on this key is what keeps two schedulers from claiming one account.
     account_id      text PRIMARY KEY
 );

@@ -77,13 +77,14 @@ pub const CLAIM_SQL: &str = "WITH due AS (
     ORDER BY s.refresh_at, s.account_id
     LIMIT $2),
 claimed AS (
-    INSERT INTO refresh_claims AS c (account_id, enqueued_at, claim_id)
-    SELECT account_id, now(), $4::uuid FROM due
-    ON CONFLICT (account_id) DO UPDATE SET enqueued_at = EXCLUDED.enqueued_at, claim_id = EXCLUDED.claim_id
+    INSERT INTO refresh_claims AS c (account_id, enqueued_at, claim_id, refresh_at, integration_id)
+    SELECT account_id, now(), $4::uuid, refresh_at, integration_id FROM due
+    ON CONFLICT (account_id) DO UPDATE SET enqueued_at = EXCLUDED.enqueued_at, claim_id = EXCLUDED.claim_id,
+        refresh_at = EXCLUDED.refresh_at, integration_id = EXCLUDED.integration_id
     WHERE c.enqueued_at < now() - $1::interval
-    RETURNING c.account_id, c.enqueued_at)
-SELECT d.account_id AS id, d.integration_id, i.slug, c.enqueued_at, d.refresh_at
-FROM claimed c JOIN due d ON d.account_id = c.account_id JOIN integrations i ON i.id = d.integration_id";
+    RETURNING c.account_id, c.enqueued_at, c.refresh_at, c.integration_id)
+SELECT c.account_id AS id, c.integration_id, i.slug, c.enqueued_at, c.refresh_at
+FROM claimed c JOIN integrations i ON i.id = c.integration_id";
 
 /// Claims again (as `$2`) the accounts a lost claim (`$1`) marked that still wait for
 /// their job: still scheduled and due, not refreshed since (storing a token deletes the
