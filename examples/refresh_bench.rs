@@ -237,6 +237,14 @@ async fn broker(config: &Config, n: usize, in_flight: usize, prefetch: u16) -> R
     Ok(())
 }
 
+/// Deletes every claim, as refreshes do, and vacuums them away, as autovacuum does
+/// long before an account comes due again.
+async fn unclaim(db: &PgPool) -> Result<()> {
+    sqlx::query("DELETE FROM refresh_claims").execute(db).await?;
+    sqlx::query("VACUUM refresh_claims").execute(db).await?;
+    Ok(())
+}
+
 async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()> {
     let demo = DemoProvider::new(DemoConfig { base_url: "http://127.0.0.1:9".into(), ..DemoConfig::default() });
     let integration_id = integration(config, db, &demo).await?;
@@ -262,9 +270,7 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
     let publisher = Publisher::new(&broker);
     let (mut claims, mut ticks) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        sqlx::query("UPDATE refresh_schedule SET enqueued_at = NULL, claim_id = NULL WHERE enqueued_at IS NOT NULL")
-            .execute(db)
-            .await?;
+        unclaim(db).await?;
         let started = Instant::now();
         let (mut claimed, mut cursor) = (0, chrono::DateTime::UNIX_EPOCH);
         loop {
@@ -286,9 +292,7 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
         claims.push(started.elapsed());
         anyhow::ensure!(claimed == due, "claimed {claimed}, expected {due}");
 
-        sqlx::query("UPDATE refresh_schedule SET enqueued_at = NULL, claim_id = NULL WHERE enqueued_at IS NOT NULL")
-            .execute(db)
-            .await?;
+        unclaim(db).await?;
         let tick = pipes::scheduler::Tick {
             state: state.clone(),
             publisher: publisher.clone(),

@@ -67,28 +67,24 @@ impl RefreshHandler {
     async fn mark_pending(&self, account_id: &str, delay: Option<Duration>) {
         let result = match delay {
             Some(delay) => {
-                // Only an existing mark is extended: if another holder stored a token
-                // meanwhile (which clears it), there is nothing left to wait for.
-                sqlx::query(
-                    "UPDATE refresh_schedule SET enqueued_at = now() + $2 WHERE account_id = $1 AND enqueued_at IS NOT NULL",
-                )
-                .bind(account_id)
-                .bind(delay)
-                .execute(&self.state.db)
-                .await
+                // Only an existing claim is extended: if another holder stored a token
+                // meanwhile (which deletes it), there is nothing left to wait for.
+                sqlx::query("UPDATE refresh_claims SET enqueued_at = now() + $2 WHERE account_id = $1")
+                    .bind(account_id)
+                    .bind(delay)
+                    .execute(&self.state.db)
+                    .await
             }
             None => {
-                sqlx::query(
-                    "UPDATE refresh_schedule SET enqueued_at = NULL WHERE account_id = $1 AND enqueued_at IS NOT NULL",
-                )
-                .bind(account_id)
-                .execute(&self.state.db)
-                .await
+                sqlx::query("DELETE FROM refresh_claims WHERE account_id = $1")
+                    .bind(account_id)
+                    .execute(&self.state.db)
+                    .await
             }
         };
         if let Err(err) = result {
-            // Harmless: the mark expires after PIPES_REQUEUE_AFTER either way.
-            tracing::debug!(error = %err, account_id, "enqueued_at not updated");
+            // Harmless: the claim expires after PIPES_REQUEUE_AFTER either way.
+            tracing::debug!(error = %err, account_id, "the account's claim not updated");
         }
     }
 }
@@ -115,12 +111,14 @@ impl Handler for RefreshHandler {
             return Outcome::Done;
         }
         match self.state.refresher.refresh(&integration, &account_id, Reason::Scheduled).await {
-            // Storing a token or marking reauthorization cleared the mark already.
-            Ok(RefreshOutcome::Refreshed(_))
-            | Ok(RefreshOutcome::NeedsReauthorization)
-            | Ok(RefreshOutcome::NotConnected(_)) => Outcome::Done,
-            Ok(RefreshOutcome::AlreadyFresh(_)) | Ok(RefreshOutcome::IntegrationInvalid) => {
-                // A stale mark would hold back the account's next due time by PIPES_REQUEUE_AFTER.
+            // Storing a token or marking reauthorization deleted the claim already.
+            Ok(RefreshOutcome::Refreshed(_)) | Ok(RefreshOutcome::NeedsReauthorization) => Outcome::Done,
+            Ok(RefreshOutcome::AlreadyFresh(_))
+            | Ok(RefreshOutcome::IntegrationInvalid)
+            | Ok(RefreshOutcome::NotConnected(_)) => {
+                // A stale claim would hold back the account's next due time by
+                // PIPES_REQUEUE_AFTER. A disconnected or deleted account lost its claim
+                // with its schedule row, unless the claim raced with that write.
                 self.mark_pending(&account_id, None).await;
                 Outcome::Done
             }

@@ -2,21 +2,23 @@
 //!
 //! The schedule lives in `refresh_schedule`, one narrow row per connected account with
 //! a refresh token and a `refresh_at`, kept in step with `connected_accounts` by a
-//! trigger (see its migration). A claim marks a batch of due accounts there
-//! `enqueued_at = now()` in one statement with `FOR UPDATE SKIP LOCKED`, so two
-//! schedulers never claim the same account, and commits before publishing (holding row
-//! locks across broker round trips would stall the workers' leases). Only confirmed jobs
-//! count; the accounts whose publish failed are released again at once. A job lost
-//! after its confirm (a broker losing its disk) makes its account due again after
-//! `PIPES_REQUEUE_AFTER`.
+//! trigger (see its migration). A claim reads a batch of due accounts there and records
+//! each in `refresh_claims` (`enqueued_at = now()`) in one statement; that table's
+//! primary key keeps two schedulers from claiming the same account. It commits before
+//! publishing (holding locks across broker round trips would stall the workers' leases).
+//! Only confirmed jobs count; the claims of accounts whose publish failed are deleted
+//! again at once. A job lost after its confirm (a broker losing its disk) makes its
+//! account claimable again after `PIPES_REQUEUE_AFTER`. Storing a token, moving
+//! `refresh_at` or leaving the schedule deletes the claim (the trigger); a worker moves
+//! it into the future while a retry waits, and deletes it when there was nothing to do.
 //!
 //! The claim can also commit and its answer be lost (the connection to PostgreSQL drops
-//! after the statement ran): the scheduler then knows nothing of the accounts it marked,
-//! and they would wait `PIPES_REQUEUE_AFTER`, longer than many tokens live. So each claim
-//! stamps its rows with a `claim_id` of its own; when a claim fails, [`Claims`] remembers
-//! the id, and the next tick first publishes the accounts still carrying it (still
-//! connected, due and not refreshed since). On the normal path nothing is remembered and
-//! no account is published twice.
+//! after the statement ran): the scheduler then knows nothing of the accounts it
+//! claimed, and they would wait `PIPES_REQUEUE_AFTER`, longer than many tokens live. So
+//! each claim stamps its rows with a `claim_id` of its own; when a claim fails,
+//! [`Claims`] remembers the id, and the next tick first publishes the accounts still
+//! carrying it (still connected, due and not refreshed since). On the normal path
+//! nothing is remembered and no account is published twice.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -32,8 +34,9 @@ use crate::metrics as m;
 use crate::queues::{RefreshJob, REFRESH};
 
 /// Accounts claimed per statement. Large, because the planner reads every due entry at
-/// or after the cursor (a bitmap scan, then a sort) whatever the limit: few big claims
-/// read each due row about once per tick, many small ones read them over and over.
+/// or after the cursor (that whole range of the index, then a sort) whatever the limit:
+/// few big claims read each due row about once per tick, many small ones read them over
+/// and over.
 pub const BATCH: i64 = 10_000;
 /// Publishes awaiting their confirm at once (confirms are pipelined on one channel).
 const PUBLISH_CONCURRENCY: usize = 512;
@@ -44,48 +47,56 @@ const LOST_CLAIMS_KEPT: usize = 100;
 /// The claim. It walks `refresh_schedule_refresh_at_idx` in `refresh_at` order from a
 /// cursor (`$3`, the last `refresh_at` the previous batch of the tick claimed), so a
 /// tick reads each due entry about once: its cost grows with the number of due
-/// accounts, not the number stored, and not quadratically with the batches. It reads
-/// and writes only the narrow `refresh_schedule` rows (which hold exactly the connected
-/// accounts with a refresh token and a `refresh_at`, see its migration), never the wide
-/// account rows. Accounts of disabled or invalid integrations are left alone: the
-/// provider refused their client credentials and asking again per account changes
-/// nothing until an operator fixes them. `$4` is the claim's id, stamped on every row
-/// it marks.
+/// accounts, not the number stored, and not quadratically with the batches. The index
+/// carries the account and integration ids, so on all-visible pages the walk reads
+/// the index alone, and the claim never writes to the schedule: it inserts its marks
+/// into `refresh_claims`, whose new rows share a few fresh pages however many
+/// accounts are stored (see its migration). Accounts of disabled or invalid
+/// integrations are left alone: the provider refused their client credentials and
+/// asking again per account changes nothing until an operator fixes them. Accounts
+/// with a live claim (one younger than `PIPES_REQUEUE_AFTER`, `$1`, or a retry's mark
+/// in the future) are skipped before the limit, so a batch of `$2` is full while
+/// anything is left to claim. `$4` is the claim's id, stamped on every row it makes.
 ///
-/// The update finds the rows the `due` scan locked by their `ctid`, not by account id:
-/// the schedule's primary key index is as large as the table, and 10,000 lookups in it
-/// touch most of its pages (at 1,000,000 stored, reading ~8,000 index pages cost as much
-/// as the rest of the claim). A row whose newer version the lock had to follow (written
-/// by a concurrent release, retry or token store after the statement began) is not
-/// visible at that `ctid` to the update: it stays unclaimed and unpublished, and the
-/// next tick claims it.
+/// The primary key of `refresh_claims` keeps two schedulers from claiming one account:
+/// an insert conflicting with a live claim (one committed after this statement's
+/// snapshot, or still in flight, which the insert waits for) updates nothing and
+/// returns nothing; an expired one is taken over. Two schedulers walking the same range
+/// at once take turns instead of sharing it (the second waits for the first's statement,
+/// then finds its accounts claimed); both insert in `(refresh_at, account_id)` order, so
+/// they do not wait for each other in a cycle. The due walk lists each scheduled account
+/// once, so no account conflicts with itself within the statement. An account whose
+/// token is stored after the statement's snapshot can still be claimed (nothing locks
+/// its schedule row): its worker finds it fresh and deletes the claim.
 pub const CLAIM_SQL: &str = "WITH due AS (
-    SELECT s.ctid FROM refresh_schedule s
+    SELECT s.account_id, s.integration_id, s.refresh_at FROM refresh_schedule s
     WHERE s.refresh_at <= now() AND s.refresh_at >= $3
-      AND (s.enqueued_at IS NULL OR s.enqueued_at < now() - $1::interval)
       AND EXISTS (SELECT 1 FROM integrations i WHERE i.id = s.integration_id AND i.enabled AND i.state = 'valid')
-    ORDER BY s.refresh_at
-    LIMIT $2
-    FOR UPDATE OF s SKIP LOCKED)
-UPDATE refresh_schedule s SET enqueued_at = now(), claim_id = $4::uuid
-FROM due, integrations i
-WHERE s.ctid = due.ctid AND i.id = s.integration_id
-RETURNING s.account_id AS id, s.integration_id, i.slug, s.enqueued_at, s.refresh_at";
+      AND NOT EXISTS (SELECT 1 FROM refresh_claims c
+                      WHERE c.account_id = s.account_id AND c.enqueued_at >= now() - $1::interval)
+    ORDER BY s.refresh_at, s.account_id
+    LIMIT $2),
+claimed AS (
+    INSERT INTO refresh_claims AS c (account_id, enqueued_at, claim_id, refresh_at, integration_id)
+    SELECT account_id, now(), $4::uuid, refresh_at, integration_id FROM due
+    ON CONFLICT (account_id) DO UPDATE SET enqueued_at = EXCLUDED.enqueued_at, claim_id = EXCLUDED.claim_id,
+        refresh_at = EXCLUDED.refresh_at, integration_id = EXCLUDED.integration_id
+    WHERE c.enqueued_at < now() - $1::interval
+    RETURNING c.account_id, c.enqueued_at, c.refresh_at, c.integration_id)
+SELECT c.account_id AS id, c.integration_id, i.slug, c.enqueued_at, c.refresh_at
+FROM claimed c JOIN integrations i ON i.id = c.integration_id";
 
 /// Claims again (as `$2`) the accounts a lost claim (`$1`) marked that still wait for
-/// their job: still scheduled and due, not refreshed since (storing a token clears the
-/// mark) and not waiting for a retry (which moves it into the future). Walks the same
-/// index over the due accounts and updates by `ctid` like the claim.
-pub const RECLAIM_SQL: &str = "WITH lost AS (
-    SELECT s.ctid FROM refresh_schedule s
-    WHERE s.refresh_at <= now()
-      AND s.claim_id = $1::uuid AND s.enqueued_at IS NOT NULL AND s.enqueued_at <= now()
-      AND EXISTS (SELECT 1 FROM integrations i WHERE i.id = s.integration_id AND i.enabled AND i.state = 'valid')
-    FOR UPDATE OF s SKIP LOCKED)
-UPDATE refresh_schedule s SET enqueued_at = now(), claim_id = $2::uuid
-FROM lost, integrations i
-WHERE s.ctid = lost.ctid AND i.id = s.integration_id
-RETURNING s.account_id AS id, s.integration_id, i.slug, s.enqueued_at, s.refresh_at";
+/// their job: still scheduled and due, not refreshed since (storing a token deletes the
+/// claim) and not waiting for a retry (which moves its mark into the future). Joins the
+/// claims (only the accounts in flight) to the due part of the schedule, never the
+/// accounts.
+pub const RECLAIM_SQL: &str = "UPDATE refresh_claims c SET enqueued_at = now(), claim_id = $2::uuid
+FROM refresh_schedule s, integrations i
+WHERE c.claim_id = $1::uuid AND c.enqueued_at <= now()
+  AND s.account_id = c.account_id AND s.refresh_at <= now()
+  AND i.id = s.integration_id AND i.enabled AND i.state = 'valid'
+RETURNING c.account_id AS id, s.integration_id, i.slug, c.enqueued_at, s.refresh_at";
 
 /// One claimed account.
 #[derive(Debug, Clone)]
@@ -110,13 +121,13 @@ pub enum ClaimError {
 }
 
 /// A new claim id: unique across schedulers and time. A ULID's 128 bits as 32 hex
-/// digits, which PostgreSQL reads as a `uuid` (16 bytes in `refresh_schedule`).
+/// digits, which PostgreSQL reads as a `uuid` (16 bytes in `refresh_claims`).
 pub fn new_claim_id() -> String {
     format!("{:032x}", u128::from(ulid::Ulid::new()))
 }
 
-/// Claims up to `limit` due accounts due at or after `from` (marks them enqueued, stamped
-/// with `claim_id`) and returns them. Start a tick from [`DateTime::UNIX_EPOCH`].
+/// Claims up to `limit` accounts due at or after `from` (records them in
+/// `refresh_claims`, stamped with `claim_id`) and returns them. Start a tick from [`DateTime::UNIX_EPOCH`].
 pub async fn claim(
     db: &PgPool,
     requeue_after: Duration,
@@ -154,14 +165,15 @@ fn may_have_committed(err: &sqlx::Error) -> bool {
     )
 }
 
-/// Clears the mark of accounts whose job was never confirmed, unless claimed again since.
+/// Deletes the claims of accounts whose job was never confirmed, unless claimed again
+/// since (or moved by a retry).
 pub async fn release(db: &PgPool, claimed: &[Claimed]) -> Result<(), sqlx::Error> {
     let ids: Vec<&str> = claimed.iter().map(|c| c.account_id.as_str()).collect();
     let stamps: Vec<DateTime<Utc>> = claimed.iter().map(|c| c.enqueued_at).collect();
     sqlx::query(
-        "UPDATE refresh_schedule s SET enqueued_at = NULL
-         FROM unnest($1::text[], $2::timestamptz[]) AS r(id, stamp)
-         WHERE s.account_id = r.id AND s.enqueued_at = r.stamp",
+        "DELETE FROM refresh_claims c
+         USING unnest($1::text[], $2::timestamptz[]) AS r(id, stamp)
+         WHERE c.account_id = r.id AND c.enqueued_at = r.stamp",
     )
     .bind(&ids)
     .bind(&stamps)

@@ -1,6 +1,7 @@
 //! `refresh_schedule` follows the account through its life cycle: the trigger on
 //! `connected_accounts` keeps a row exactly while the account is connected with a refresh
-//! token and a `refresh_at`, and clears the scheduler's mark whenever a token is stored.
+//! token and a `refresh_at`, and deletes the scheduler's claim (`refresh_claims`) whenever
+//! a token is stored, the account leaves the schedule or is deleted.
 
 use std::time::Duration;
 
@@ -21,7 +22,9 @@ struct Entry {
 
 async fn entry(app: &TestApp, id: &str) -> Option<Entry> {
     sqlx::query_as::<_, (DateTime<Utc>, bool, bool)>(
-        "SELECT refresh_at, enqueued_at IS NOT NULL, claim_id IS NOT NULL FROM refresh_schedule WHERE account_id = $1",
+        "SELECT s.refresh_at, c.enqueued_at IS NOT NULL, c.claim_id IS NOT NULL
+         FROM refresh_schedule s LEFT JOIN refresh_claims c ON c.account_id = s.account_id
+         WHERE s.account_id = $1",
     )
     .bind(id)
     .fetch_optional(&app.db)
@@ -32,14 +35,25 @@ async fn entry(app: &TestApp, id: &str) -> Option<Entry> {
 
 /// What a scheduler's claim writes.
 async fn mark(app: &TestApp, id: &str) {
-    let marked =
-        sqlx::query("UPDATE refresh_schedule SET enqueued_at = now(), claim_id = $2::uuid WHERE account_id = $1")
-            .bind(id)
-            .bind(pipes::scheduler::claim::new_claim_id())
-            .execute(&app.db)
-            .await
-            .unwrap();
+    let marked = sqlx::query(
+        "INSERT INTO refresh_claims (account_id, enqueued_at, claim_id)
+         SELECT account_id, now(), $2::uuid FROM refresh_schedule WHERE account_id = $1",
+    )
+    .bind(id)
+    .bind(pipes::scheduler::claim::new_claim_id())
+    .execute(&app.db)
+    .await
+    .unwrap();
     assert_eq!(marked.rows_affected(), 1);
+}
+
+/// Whether the account has a claim, scheduled or not.
+async fn has_claim(app: &TestApp, id: &str) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refresh_claims WHERE account_id = $1)")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
 }
 
 fn tokens(refresh_token: Option<&str>) -> TokenSet {
@@ -91,10 +105,13 @@ async fn the_schedule_follows_the_account_through_its_life_cycle() {
     store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt2")), Some(later)).await;
     assert_eq!(entry(&app, &id).await, unmarked_at(later));
 
-    // A refresh that leaves no refresh_at (the token no longer expires): off the schedule.
+    // A refresh that leaves no refresh_at (the token no longer expires): off the schedule,
+    // its claim gone.
+    mark(&app, &id).await;
     accounts::try_lease(&app.db, ring, &id, "lease-3", Duration::from_secs(30)).await.unwrap().unwrap();
     accounts::store_refreshed(&app.db, ring, &id, "lease-3", &tokens(None), None).await.unwrap().unwrap();
     assert_eq!(entry(&app, &id).await, None);
+    assert!(!has_claim(&app, &id).await);
 
     // Tokens without a refresh token: nothing to refresh with, off the schedule.
     store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt3")), Some(later)).await;
@@ -115,24 +132,31 @@ async fn the_schedule_follows_the_account_through_its_life_cycle() {
     accounts::mark_needs_reauthorization(&mut tx, ring, &id, "invalid_grant").await.unwrap().unwrap();
     tx.commit().await.unwrap();
     assert_eq!(entry(&app, &id).await, None);
+    assert!(!has_claim(&app, &id).await);
     store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt5")), Some(later)).await;
     assert_eq!(entry(&app, &id).await, unmarked_at(later));
 
     // Disconnected (state only): off the schedule.
+    mark(&app, &id).await;
     sqlx::query("UPDATE connected_accounts SET state = 'disconnected' WHERE id = $1")
         .bind(&id)
         .execute(&app.db)
         .await
         .unwrap();
     assert_eq!(entry(&app, &id).await, None);
+    assert!(!has_claim(&app, &id).await);
     store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt6")), Some(later)).await;
     assert_eq!(entry(&app, &id).await, unmarked_at(later));
 
-    // Deleted: gone with the account.
+    // Deleted: gone with the account, claim included.
+    mark(&app, &id).await;
+    assert_eq!(entry(&app, &id).await, marked_at(later));
     let mut tx = app.db.begin().await.unwrap();
     accounts::delete(&mut tx, ring, &id).await.unwrap().unwrap();
     tx.commit().await.unwrap();
     assert_eq!(entry(&app, &id).await, None);
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_schedule").fetch_one(&app.db).await.unwrap();
     assert_eq!(rows, 0);
+    let claims: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_claims").fetch_one(&app.db).await.unwrap();
+    assert_eq!(claims, 0);
 }
