@@ -19,6 +19,17 @@
 //! [`Claims`] remembers the id, and the next tick first publishes the accounts still
 //! carrying it (still connected, due and not refreshed since). On the normal path
 //! nothing is remembered and no account is published twice.
+//!
+//! A tick does not walk the whole due range every time. Once a walk has reached its end,
+//! every due account before the highest `refresh_at` it claimed is claimed (or was
+//! skipped for its integration), and stays so until its job stores a token, which moves
+//! its `refresh_at` forward and out of that range. So the next ticks walk only from that
+//! high-water mark (less [`WALK_MARGIN`], for writes that committed late); a backlog of
+//! claimed accounts waiting in the queue is not read again on every tick. What can make an
+//! account claimable behind the mark without a write that moves it forward (a claim
+//! released or expired, a job dead-lettered, an integration fixed, an import of a token
+//! long expired) is found by a full walk from the start, at least every
+//! [`FULL_WALK_EVERY`] and on the tick after any failure.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -43,6 +54,16 @@ const PUBLISH_CONCURRENCY: usize = 512;
 /// Failed claims remembered at most (one per tick is the most an outage adds; they expire
 /// after `PIPES_REQUEUE_AFTER` anyway).
 const LOST_CLAIMS_KEPT: usize = 100;
+/// A tick walks the due range from its start at least this often (and never less often
+/// than `PIPES_REQUEUE_AFTER`, after which a lost job's claim expires); the ticks between
+/// start at the high-water mark of the walks before them.
+pub const FULL_WALK_EVERY: Duration = Duration::from_secs(30);
+/// How far before the high-water mark an incremental walk starts: a write that computed
+/// its `refresh_at` (about now) before the last walk and committed after it is still seen.
+/// Small, because the claimed accounts in it are read again on every tick: a few thousand
+/// at most even in a burst, which PostgreSQL checks one by one against their claims
+/// instead of hashing every claim in flight.
+pub const WALK_MARGIN: Duration = Duration::from_secs(2);
 
 /// The claim. It walks `refresh_schedule_refresh_at_idx` in `refresh_at` order from a
 /// cursor (`$3`, the last `refresh_at` the previous batch of the tick claimed), so a
@@ -191,21 +212,90 @@ struct LostClaim {
 
 /// The scheduler's refresh task, with its memory of claims whose answer was lost.
 /// Clones share the memory.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Claims {
     lost: Arc<Mutex<Vec<LostClaim>>>,
+    walk: Arc<Mutex<Walk>>,
+    full_walk_every: Duration,
+}
+
+impl Default for Claims {
+    fn default() -> Self {
+        Claims { lost: Arc::default(), walk: Arc::default(), full_walk_every: FULL_WALK_EVERY }
+    }
+}
+
+/// Where the next tick's walk starts.
+#[derive(Debug, Default)]
+struct Walk {
+    /// When the last walk that started from the beginning and reached its end started.
+    /// `None`: the next walk starts from the beginning.
+    full_at: Option<Instant>,
+    /// The highest `refresh_at` claimed since then.
+    high_water: Option<DateTime<Utc>>,
+}
+
+/// How a walk ended: the highest `refresh_at` it claimed, and whether it reached the end
+/// of the due range (not stopped by shutdown).
+struct WalkEnd {
+    high_water: Option<DateTime<Utc>>,
+    complete: bool,
+}
+
+impl Walk {
+    /// The walk's start, and whether it is a full walk.
+    fn start(&self, full_every: Duration) -> (DateTime<Utc>, bool) {
+        match (self.full_at, self.high_water) {
+            (Some(at), Some(mark)) if at.elapsed() < full_every => {
+                let margin = chrono::Duration::from_std(WALK_MARGIN).unwrap_or_default();
+                (mark - margin, false)
+            }
+            _ => (DateTime::UNIX_EPOCH, true),
+        }
+    }
 }
 
 impl Claims {
+    /// Walks the whole due range at least every `every` instead of [`FULL_WALK_EVERY`].
+    pub fn with_full_walk_every(mut self, every: Duration) -> Self {
+        self.full_walk_every = every;
+        self
+    }
+
     /// The scheduler task: publishes the accounts of lost claims, then claims and
     /// publishes batch after batch until nothing is due. Stops at the first failed claim
     /// or batch with an unconfirmed publish (the database or broker is likely down; the
     /// next tick tries again) and between batches on shutdown.
     pub async fn enqueue_due(self, tick: Tick) -> Result<(), ClaimError> {
         self.publish_lost(&tick).await?;
+        let started = Instant::now();
+        let (start, full) = self.lock_walk().start(self.full_walk_every.min(tick.state.config.requeue_after));
+        let result = self.walk(&tick, start).await;
+        let mut walk = self.lock_walk();
+        match result {
+            Ok(end) => {
+                if let Some(mark) = end.high_water {
+                    walk.high_water = Some(walk.high_water.map_or(mark, |m| m.max(mark)));
+                }
+                if full && end.complete {
+                    walk.full_at = Some(started);
+                }
+                Ok(())
+            }
+            Err(err) => {
+                // Released claims or a batch never claimed may lie behind the mark.
+                walk.full_at = None;
+                Err(err)
+            }
+        }
+    }
+
+    /// Claims and publishes from `start` to the end of the due range.
+    async fn walk(&self, tick: &Tick, start: DateTime<Utc>) -> Result<WalkEnd, ClaimError> {
         let db = &tick.state.db;
         let requeue_after = tick.state.config.requeue_after;
-        let mut cursor = DateTime::UNIX_EPOCH;
+        let mut end = WalkEnd { high_water: None, complete: false };
+        let mut cursor = start;
         // Each batch is published while the next one is claimed: the database and the
         // broker work at the same time instead of taking turns.
         let mut claimed: Vec<Claimed> = Vec::new();
@@ -213,13 +303,14 @@ impl Claims {
         loop {
             let to_publish = std::mem::take(&mut claimed);
             let claim_id = new_claim_id();
+            let cancelled = tick.cancel.is_cancelled();
             let claiming = async {
-                if !more || tick.cancel.is_cancelled() {
+                if !more || cancelled {
                     return Ok(Vec::new());
                 }
                 claim(db, requeue_after, BATCH, cursor, &claim_id).await
             };
-            let (next, published) = tokio::join!(claiming, publish(&tick, to_publish));
+            let (next, published) = tokio::join!(claiming, publish(tick, to_publish));
             let next = match next {
                 Ok(next) => next,
                 Err(err) => {
@@ -238,13 +329,19 @@ impl Claims {
                 return Err(err);
             }
             if next.is_empty() {
-                return Ok(());
+                end.complete = !cancelled;
+                return Ok(end);
             }
             more = next.len() as i64 == BATCH;
             // Ties at the cursor are read again; they are enqueued by now and filtered out.
             cursor = next.iter().map(|c| c.refresh_at).max().unwrap_or(cursor);
+            end.high_water = Some(cursor);
             claimed = next;
         }
+    }
+
+    fn lock_walk(&self) -> std::sync::MutexGuard<'_, Walk> {
+        self.walk.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Publishes what the lost claims marked and nobody published. A lost claim is

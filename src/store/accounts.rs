@@ -514,8 +514,15 @@ impl StoreRequest {
     }
 }
 
-/// Many [`store_refreshed`] calls in one statement ([`crate::store::group`]). Rows are
-/// locked in id order, so two batches touching the same rows queue instead of deadlocking.
+/// Many [`store_refreshed`] calls in one statement ([`crate::store::group`]).
+///
+/// The statement locks only rows whose lease it holds, and no two live holders share a
+/// row, so batches practically never wait for each other. It does not lock the rows in a
+/// statement of their own first (`FOR UPDATE` in id order): that took a third of its time.
+/// The requests go in id order instead, which the planner follows (a nested loop over
+/// them, each row fetched by its key); should two batches ever wait for each other in a
+/// cycle (two leases taken over at once from a holder storing late), PostgreSQL cancels
+/// one, whose callers retry while their lease lasts.
 pub struct StoreBatch {
     pub db: sqlx::PgPool,
 }
@@ -526,22 +533,20 @@ impl crate::store::group::Batch for StoreBatch {
     type Response = Option<PgRow>;
 
     async fn run(&self, requests: &[StoreRequest]) -> Result<Vec<Option<PgRow>>, sqlx::Error> {
-        let ids: Vec<&str> = requests.iter().map(|r| r.id.as_str()).collect();
-        let leases: Vec<&str> = requests.iter().map(|r| r.lease_id.as_str()).collect();
-        let access: Vec<Option<&[u8]>> = requests.iter().map(|r| r.access.as_deref()).collect();
-        let refresh: Vec<Option<&[u8]>> = requests.iter().map(|r| r.refresh.as_deref()).collect();
-        let expires: Vec<Option<DateTime<Utc>>> = requests.iter().map(|r| r.expires_at).collect();
-        let refresh_at: Vec<Option<DateTime<Utc>>> = requests.iter().map(|r| r.refresh_at).collect();
-        let scopes: Vec<&str> = requests.iter().map(|r| r.scopes.as_str()).collect();
+        let mut sorted: Vec<&StoreRequest> = requests.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        let ids: Vec<&str> = sorted.iter().map(|r| r.id.as_str()).collect();
+        let leases: Vec<&str> = sorted.iter().map(|r| r.lease_id.as_str()).collect();
+        let access: Vec<Option<&[u8]>> = sorted.iter().map(|r| r.access.as_deref()).collect();
+        let refresh: Vec<Option<&[u8]>> = sorted.iter().map(|r| r.refresh.as_deref()).collect();
+        let expires: Vec<Option<DateTime<Utc>>> = sorted.iter().map(|r| r.expires_at).collect();
+        let refresh_at: Vec<Option<DateTime<Utc>>> = sorted.iter().map(|r| r.refresh_at).collect();
+        let scopes: Vec<&str> = sorted.iter().map(|r| r.scopes.as_str()).collect();
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH new AS (
                SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[],
                                     $6::timestamptz[], $7::text[])
-                 AS n(id, lease_id, access, refresh, expires_at, refresh_at, scopes)),
-             mine AS (
-               SELECT c.id FROM connected_accounts c JOIN new ON new.id = c.id AND new.lease_id = c.lease_id
-               WHERE c.state = 'connected'
-               ORDER BY c.id FOR UPDATE OF c)
+                 AS n(id, lease_id, access, refresh, expires_at, refresh_at, scopes))
              UPDATE connected_accounts c SET
                access_token_enc = new.access, refresh_token_enc = COALESCE(new.refresh, c.refresh_token_enc),
                expires_at = new.expires_at,
@@ -550,8 +555,8 @@ impl crate::store::group::Batch for StoreBatch {
                scopes = string_to_array(new.scopes, E'\\x1f'), token_version = nextval('token_versions'),
                lease_id = NULL, lease_until = NULL, refresh_failures = 0,
                last_refresh_error = NULL, last_refreshed_at = now(), updated_at = now()
-             FROM new, mine
-             WHERE c.id = mine.id AND new.id = c.id AND c.lease_id = new.lease_id AND c.state = 'connected'
+             FROM new
+             WHERE c.id = new.id AND c.lease_id = new.lease_id AND c.state = 'connected'
              RETURNING {}, new.lease_id AS batch_lease_id",
             qualified_columns()
         )))

@@ -198,3 +198,66 @@ async fn a_claim_whose_answer_was_lost_is_published_on_the_next_tick_not_after_r
     assert_eq!(Pipeline::depth(&app, "refresh").await, 1, "published once");
     assert!(enqueued(&app, &account.id).await, "and marked enqueued for the worker");
 }
+
+/// Between full walks a tick walks the due range only from the high-water mark of the
+/// walks before it, so a backlog of claimed accounts is not read again on every tick; what
+/// became claimable behind the mark without moving forward (a released claim, an import of
+/// a token long expired) waits for the next full walk, and no longer.
+#[tokio::test]
+async fn ticks_between_full_walks_start_at_the_high_water_mark_and_a_full_walk_finds_what_lies_behind_it() {
+    let app = TestApp::spawn_with(|s| {
+        s.set("PIPES_REQUEUE_AFTER", "10m");
+    })
+    .await;
+    let queues = Pipeline::new(&app);
+    let p = demo_integration(&app, "pl-walk", ClientAuthMethod::Basic).await;
+    let mut accounts = Vec::new();
+    for user in ["behind", "mark", "late-import", "new"] {
+        accounts.push(seed_account(&app, &p, user, None, Duration::from_secs(3600)).await.0);
+    }
+    let [behind, mark, late, new] = [0, 1, 2, 3].map(|i| accounts[i].id.clone());
+    let due = |id: &str, ago: &str| {
+        sqlx::query("UPDATE connected_accounts SET refresh_at = now() - $2::interval WHERE id = $1")
+            .bind(id.to_owned())
+            .bind(ago.to_owned())
+    };
+    let broker = Broker::connect(AMQP_URL, "pipes-tests").await.unwrap();
+    let topology = pipes::queues::topology(app.config());
+    topology.declare(&broker.channel().await.unwrap()).await.unwrap();
+    let publisher = Publisher::new(&broker);
+    let tick = || Tick {
+        state: app.state.clone(),
+        publisher: publisher.clone(),
+        topology: topology.clone(),
+        now: Utc::now(),
+        cancel: queues.cancel.clone(),
+    };
+    let every = Duration::from_secs(3);
+    let claims = Claims::default().with_full_walk_every(every);
+
+    // A full walk claims two accounts: the mark is the later one's refresh_at.
+    due(&behind, "2 minutes").execute(&app.db).await.unwrap();
+    due(&mark, "1 minute").execute(&app.db).await.unwrap();
+    let full = Instant::now();
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 2);
+
+    // Behind the mark, a claim goes (as a worker that dead-lettered its job drops it) and a
+    // token long expired is imported; ahead of it, an account comes due.
+    sqlx::query("DELETE FROM refresh_claims WHERE account_id = $1").bind(&behind).execute(&app.db).await.unwrap();
+    due(&late, "2 hours").execute(&app.db).await.unwrap();
+    due(&new, "1 second").execute(&app.db).await.unwrap();
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    assert!(full.elapsed() < every, "the test machine is too slow for this test");
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 3, "only the account ahead of the mark");
+    assert!(enqueued(&app, &new).await);
+    assert!(!enqueued(&app, &behind).await && !enqueued(&app, &late).await);
+
+    // The next full walk publishes both, and nothing twice.
+    tokio::time::sleep(every.saturating_sub(full.elapsed())).await;
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 5, "the full walk found both");
+    assert!(enqueued(&app, &behind).await && enqueued(&app, &late).await);
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 5, "published once");
+}
