@@ -77,7 +77,7 @@ pub async fn request_token(
         Grant::Refresh { .. } => urls.refresh_token_url,
     };
     let mut client = BasicClient::new(ClientId::new(integration.client_id.clone()))
-        .set_token_uri(TokenUrl::from_url(token_url))
+        .set_token_uri(TokenUrl::from_url(token_url.clone()))
         .set_auth_type(match spec.client_auth {
             ClientAuth::BasicAuthHeader => AuthType::BasicAuth,
             ClientAuth::RequestBody => AuthType::RequestBody,
@@ -89,6 +89,7 @@ pub async fn request_token(
     let captured: Arc<Mutex<Option<Result<RawResponse, TokenError>>>> = Arc::default();
     let sender = Sender {
         http: http.clone(),
+        url: token_url.clone(),
         json_body: spec.token_body_content_type == BodyContentType::Json,
         captured: captured.clone(),
     };
@@ -117,9 +118,11 @@ pub async fn request_token(
     classify(spec, &raw)
 }
 
-/// Sends oauth2's request with our client and keeps a copy of the answer.
+/// Sends oauth2's request with our client and keeps the answer for [`classify`].
 struct Sender {
     http: reqwest::Client,
+    /// The token URL oauth2 was given, already parsed: its request carries it as text.
+    url: Url,
     json_body: bool,
     captured: Arc<Mutex<Option<Result<RawResponse, TokenError>>>>,
 }
@@ -142,23 +145,16 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Sender {
 impl Sender {
     async fn send(&self, request: HttpRequest) -> Result<HttpResponse, SendFailed> {
         let result = self.round_trip(request).await;
-        let response = match &result {
-            Ok(raw) => {
-                let mut builder = http::Response::builder().status(raw.status);
-                if let Some(ct) = &raw.content_type {
-                    builder = builder.header(http::header::CONTENT_TYPE, ct.as_str());
-                }
-                builder.body(raw.body.clone()).map_err(|_| SendFailed)
-            }
-            Err(_) => Err(SendFailed),
-        };
         *self.captured.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-        response
+        // oauth2 gets no answer to parse: its reading of the body would be thrown away
+        // (the captured answer is classified instead), and parsing it cost as much as
+        // classifying it.
+        Err(SendFailed)
     }
 
     async fn round_trip(&self, request: HttpRequest) -> Result<RawResponse, TokenError> {
         let (parts, body) = request.into_parts();
-        let mut builder = self.http.request(parts.method, parts.uri.to_string());
+        let mut builder = self.http.request(parts.method, self.url.clone());
         for (name, value) in &parts.headers {
             if self.json_body && name == http::header::CONTENT_TYPE {
                 continue;
