@@ -62,9 +62,10 @@ PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    # The helper connects to the database first: drop the queues before the database.
+    "$HELPER" drop-queues >/dev/null 2>&1 || true
     psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
     redis-cli --scan --pattern "bench_$$:*" | xargs -r -n 1000 redis-cli del >/dev/null 2>&1 || true
-    "$HELPER" drop-queues >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
