@@ -1,15 +1,15 @@
 -- The schedule kept in step with one set-based statement per UPDATE of
 -- connected_accounts, instead of a PL/pgSQL call per updated row. A refresh batch
 -- stores tokens for dozens of accounts in one UPDATE; the row trigger ran its
--- schedule upsert and its claim delete once per row (~50 µs each, about a third of
--- PostgreSQL's time per refresh in benches/refresh.sh). This one runs them once per
--- statement, over the rows whose schedule changed.
+-- schedule upsert and its claim delete once per row (38 + 11 µs of statement time per
+-- row in benches/refresh.sh, by pg_stat_statements). This one runs each once per
+-- statement, over the rows whose schedule changed, finding them by key.
 --
 -- A statement trigger that reads the transition tables cannot name columns
 -- (`UPDATE OF ...`), so it fires for every UPDATE, a lease included; the join below
 -- keeps only the rows the row trigger's WHEN picked, finds none for a lease and
--- returns (a few µs per leased row, against ~15 µs saved per stored one). Inserts keep their row trigger (refresh_schedule_sync, unchanged): they are
--- rare, one per connection.
+-- returns. Inserts keep their row trigger (refresh_schedule_sync, unchanged): they
+-- are rare, one per connection.
 CREATE FUNCTION refresh_schedule_sync_updates() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     changed text[];
