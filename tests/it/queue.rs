@@ -49,6 +49,10 @@ struct Script {
     outcomes: Arc<Mutex<VecDeque<Outcome>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
     work: Duration,
+    /// Extra work for one job id.
+    slow: Option<(u32, Duration)>,
+    /// Up to this much more work per job, at random: jobs finish out of order.
+    jitter: Duration,
 }
 
 impl Script {
@@ -77,8 +81,18 @@ impl Handler for Script {
             seen.push(Seen { job, ctx, at: Instant::now(), finished: false });
             seen.len() - 1
         };
-        if !self.work.is_zero() {
-            tokio::time::sleep(self.work).await;
+        let id = self.seen.lock().expect("seen lock")[index].job.id;
+        let mut work = self.work;
+        if let Some((slow_id, extra)) = self.slow {
+            if slow_id == id {
+                work += extra;
+            }
+        }
+        if !self.jitter.is_zero() {
+            work += self.jitter.mul_f64(rand::random::<f64>());
+        }
+        if !work.is_zero() {
+            tokio::time::sleep(work).await;
         }
         self.seen.lock().expect("seen lock")[index].finished = true;
         self.outcomes.lock().expect("outcomes lock").pop_front().unwrap_or(Outcome::Done)
@@ -388,6 +402,60 @@ async fn publisher_and_consumer_recover_after_the_connection_is_cut() -> Result<
         .await
         .context("consumer did not resume after the restore")?;
     assert!(rig.broker.is_connected());
+    rig.finish(Some(consumer)).await
+}
+
+#[tokio::test]
+async fn jobs_finishing_out_of_order_are_each_acked_once() -> Result<()> {
+    let rig = Rig::new(&[200]).await?;
+    let script = Script { jitter: Duration::from_millis(30), ..Script::default() };
+    let consumer = rig.spawn(script.clone(), 32);
+
+    for id in 0..300 {
+        rig.publish(id).await?;
+    }
+    script.wait_for_calls(300, Duration::from_secs(30)).await?;
+    eventually(Duration::from_secs(10), || script.seen().iter().all(|s| s.finished)).await?;
+    // Stopping returns every unacked delivery to the queue.
+    rig.cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), consumer).await???;
+    assert_eq!(rig.depth(&rig.work()).await?, 0, "every job was acked");
+    let mut ids: Vec<u32> = script.seen().iter().map(|s| s.job.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..300).collect::<Vec<_>>(), "each handled once, none redelivered");
+    rig.finish(None).await
+}
+
+/// Acks go out together for runs of finished jobs; a job still running must neither hold
+/// back the acks of the jobs after it nor be covered by them.
+#[tokio::test]
+async fn a_slow_job_neither_holds_back_the_acks_after_it_nor_is_acked_with_them() -> Result<()> {
+    let upstream: SocketAddr = AMQP_ADDR.parse()?;
+    let proxy = TcpProxy::start(upstream).await;
+    let rig = Rig::via(&proxy.addr().to_string(), &[200]).await?;
+    let script = Script { slow: Some((0, Duration::from_secs(3))), ..Script::default() };
+    let consumer = rig.spawn(script.clone(), 8);
+
+    for id in 0..8 {
+        rig.publish(id).await?;
+    }
+    eventually(Duration::from_secs(10), || script.seen().iter().filter(|s| s.finished).count() == 7).await?;
+    assert!(!script.seen().iter().any(|s| s.job.id == 0 && s.finished), "job 0 is still running");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The connection dies: the broker requeues whatever was not acked.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.restore();
+    eventually(Duration::from_secs(20), || script.seen().iter().filter(|s| s.job.id == 0 && s.finished).count() == 2)
+        .await
+        .context("job 0 was not redelivered: an ack covered it while it ran")?;
+    let seen = script.seen();
+    let again = seen.iter().filter(|s| s.job.id == 0).nth(1).context("second handling")?;
+    assert!(again.ctx.redelivered);
+    for id in 1..8 {
+        let count = seen.iter().filter(|s| s.job.id == id).count();
+        assert_eq!(count, 1, "job {id} was acked while job 0 ran, so it is not redelivered");
+    }
     rig.finish(Some(consumer)).await
 }
 

@@ -4,7 +4,8 @@
 //! Nothing is acked before its outcome is safe: a retry or dead letter is first
 //! republished (confirmed) and only then is the original acked; if that republish fails
 //! the original is requeued. A delivery whose ack is lost with its connection comes
-//! again, so handlers must be idempotent.
+//! again, so handlers must be idempotent. Acks of jobs finishing at about the same time
+//! go to the broker together ([`crate::acks`]).
 //!
 //! Shutdown returns in bounded time even when the broker went silent (the socket open,
 //! nothing answering): starting a session is abandoned, and every broker call made
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use rand::RngCore;
@@ -26,7 +27,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
+use crate::acks::{AckResult, Acks, Ticket};
 use crate::broker::{Broker, BrokerError, Current};
 use crate::publisher::{Headers, Publisher, REASON_HEADER, SOURCE_QUEUE_HEADER};
 use crate::shutdown::{within_shutdown_grace, SHUTDOWN_GRACE};
@@ -174,7 +177,9 @@ pub async fn run_consumer<H: Handler>(
         };
         tracing::info!(queue = %runtime.work_queue, concurrency, "consuming");
         let tag = consumer.tag();
-        let end = consume(&runtime, &channel, consumer, &mut connections, &permits, &mut tasks, &cancel).await;
+        let acks = Arc::new(Acks::default());
+        let flusher = AbortOnDropHandle::new(tokio::spawn(acks.clone().run()));
+        let end = consume(&runtime, &channel, consumer, &acks, &mut connections, &permits, &mut tasks, &cancel).await;
         if let End::Cancelled = end {
             // Stop new deliveries first; prefetched but unstarted ones are requeued when the
             // channel closes below, after every started job has been acked or requeued.
@@ -188,8 +193,10 @@ pub async fn run_consumer<H: Handler>(
                 ),
             }
         }
-        // Jobs started on this channel settle on it, so it stays open until they finish.
+        // Jobs started on this channel settle on it, so it and its acks' flusher stay
+        // until they finish.
         drain(&mut tasks).await;
+        drop(flusher);
         drop(channel);
         if let End::Restart = end {
             tracing::warn!(queue = %runtime.work_queue, "consumer interrupted, restarting");
@@ -219,10 +226,12 @@ async fn start_session<H: Handler>(
     Ok((channel, consumer))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn consume<H: Handler>(
     runtime: &Arc<Runtime<H>>,
     channel: &Channel,
     mut consumer: Consumer,
+    acks: &Arc<Acks>,
     connections: &mut watch::Receiver<Current>,
     permits: &Arc<Semaphore>,
     tasks: &mut JoinSet<()>,
@@ -250,7 +259,8 @@ async fn consume<H: Handler>(
         };
         match next {
             Some(Ok(delivery)) => {
-                tasks.spawn(process(runtime.clone(), delivery, permit));
+                let ticket = acks.delivered(delivery.delivery_tag);
+                tasks.spawn(process(runtime.clone(), delivery, ticket, acks.clone(), permit));
             }
             Some(Err(error)) => {
                 drop(permit);
@@ -263,6 +273,7 @@ async fn consume<H: Handler>(
                 if !recovered {
                     return End::Restart;
                 }
+                acks.recovered();
                 // lapin replays basic.qos and basic.consume: this stream carries on.
                 tracing::info!(queue = %runtime.work_queue, "consumer recovered");
             }
@@ -272,7 +283,13 @@ async fn consume<H: Handler>(
     }
 }
 
-async fn process<H: Handler>(runtime: Arc<Runtime<H>>, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+async fn process<H: Handler>(
+    runtime: Arc<Runtime<H>>,
+    delivery: Delivery,
+    ticket: Ticket,
+    acks: Arc<Acks>,
+    _permit: OwnedSemaphorePermit,
+) {
     let headers = Headers::from_table(delivery.properties.headers().as_ref());
     let attempt = headers.attempt().unwrap_or(1).max(1);
     let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
@@ -303,7 +320,7 @@ async fn process<H: Handler>(runtime: Arc<Runtime<H>>, delivery: Delivery, _perm
     let work = runtime.work_queue.as_str();
     let dead = || runtime.topology.dead_queue(&runtime.spec.name);
     let (target, headers) = match outcome {
-        Outcome::Done => return settle_ack(&delivery, work, &runtime.cancel).await,
+        Outcome::Done => return settle_ack(&acks, ticket, &delivery, work, &runtime.cancel).await,
         Outcome::Retry { after, reason } => match runtime.spec.retry_delay(attempt, after) {
             Some(delay) => {
                 tracing::debug!(queue = work, attempt, ?delay, %reason, "retrying later");
@@ -323,12 +340,15 @@ async fn process<H: Handler>(runtime: Arc<Runtime<H>>, delivery: Delivery, _perm
     };
 
     match runtime.publisher.publish_bytes(&target, &delivery.data, headers, message_id.as_deref()).await {
-        Ok(_) => settle_ack(&delivery, work, &runtime.cancel).await,
+        Ok(_) => settle_ack(&acks, ticket, &delivery, work, &runtime.cancel).await,
         Err(error) => {
             // Keep the job: back into the work queue, to be handled again.
             tracing::warn!(queue = work, target = %target, error = %error, "republish failed, requeueing");
             let nack = delivery.nack(BasicNackOptions { multiple: false, requeue: true });
-            match within_shutdown_grace(&runtime.cancel, nack).await {
+            let nacked = within_shutdown_grace(&runtime.cancel, nack).await;
+            // Handed to lapin (the first poll did that), so no later ack can overtake it.
+            acks.settled(ticket);
+            match nacked {
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
                     tracing::debug!(queue = work, %error, "nack lost with the channel; the broker redelivers")
@@ -339,8 +359,9 @@ async fn process<H: Handler>(runtime: Arc<Runtime<H>>, delivery: Delivery, _perm
     }
 }
 
-async fn settle_ack(delivery: &Delivery, queue: &str, cancel: &CancellationToken) {
-    match within_shutdown_grace(cancel, delivery.ack(BasicAckOptions::default())).await {
+async fn settle_ack(acks: &Acks, ticket: Ticket, delivery: &Delivery, queue: &str, cancel: &CancellationToken) {
+    let acked: Option<AckResult> = within_shutdown_grace(cancel, acks.ack(ticket, delivery.acker.clone())).await;
+    match acked {
         Some(Ok(true)) => {}
         // The channel died while the job ran: the broker redelivers it.
         Some(Ok(false)) => tracing::debug!(queue, "ack not sent: channel closed, job will be redelivered"),

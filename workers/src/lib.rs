@@ -11,6 +11,7 @@
 //! The refresh and webhook handlers live in the `pipes` crate, which depends on this one;
 //! this crate never depends on `pipes`, so the package graph stays acyclic.
 
+mod acks;
 mod broker;
 mod consumer;
 mod publisher;
