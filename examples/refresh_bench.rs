@@ -132,7 +132,7 @@ async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
     let mut last = (Instant::now(), 0u64);
     loop {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let done = demo.stats().refreshes;
+        let done = demo.refreshes();
         let finished = done as usize >= n;
         if finished || last.0.elapsed() >= Duration::from_secs(1) {
             let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64();
