@@ -81,9 +81,17 @@ async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
     let (demo, _) =
         DemoProvider::spawn(DemoConfig { access_ttl: Duration::from_secs(3600), ..DemoConfig::default() }).await?;
     let integration_id = integration(config, db, &demo).await?;
+    // Seeded due, but under a disabled integration, whose accounts the scheduler leaves
+    // alone; enabling it starts the run. Their schedule rows are written once and
+    // vacuumed, as in a deployment where accounts come due as time passes (and their
+    // rows were written at their last refresh, an hour or more before). Making them due
+    // with an UPDATE instead would leave 100,000 dead row versions in the accounts, the
+    // schedule and their indexes for the run to wade through.
+    sqlx::query("UPDATE integrations SET enabled = false WHERE id = $1").bind(&integration_id).execute(db).await?;
     let seeding = Instant::now();
-    // Real grants at the provider, sealed under the app's keys and bound to their rows;
-    // inserted not yet due, then made due all at once.
+    // Real grants at the provider, sealed under the app's keys and bound to their rows.
+    // Due times are spread over the last minute, as the jitter in every real
+    // `refresh_at` spreads them (a backlog after an outage looks the same).
     for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
         let (mut ids, mut users, mut access, mut refresh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in chunk {
@@ -100,7 +108,7 @@ async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
             "INSERT INTO connected_accounts (id, integration_id, user_id, state, access_token_enc, refresh_token_enc,
                expires_at, refresh_at, scopes, token_version)
              SELECT a.id, $5, a.user_id, 'connected', a.access, a.refresh, now() + interval '1 hour',
-               now() + interval '1 day', ARRAY['read'], nextval('token_versions')
+               now() - interval '1 second' - random() * interval '1 minute', ARRAY['read'], nextval('token_versions')
              FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[]) AS a(id, user_id, access, refresh)",
         )
         .bind(&ids)
@@ -114,15 +122,9 @@ async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
     sqlx::query("VACUUM ANALYZE connected_accounts, refresh_schedule").execute(db).await?;
     eprintln!("seeded {n} accounts in {:.1}s", seeding.elapsed().as_secs_f64());
 
-    // All due in one statement; nothing can be claimed before it commits, so the clock
-    // starts then. Due times are spread over the last minute, as the jitter in every
-    // real `refresh_at` spreads them (a backlog after an outage looks the same).
+    // Nothing can be claimed before this commits, so the clock starts then.
     let arming = Instant::now();
-    sqlx::query(
-        "UPDATE connected_accounts SET refresh_at = now() - interval '1 second' - random() * interval '1 minute'",
-    )
-    .execute(db)
-    .await?;
+    sqlx::query("UPDATE integrations SET enabled = true WHERE id = $1").bind(&integration_id).execute(db).await?;
     let armed = arming.elapsed();
     let started = Instant::now();
     let cpu_at_start = own_cpu_seconds();
