@@ -132,9 +132,13 @@ async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
     // The provider's count is read every 10 ms (it is in this process), so the end is
     // seen within that; progress is printed once a second.
     let mut last = (Instant::now(), 0u64);
+    let mut first = None;
     loop {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let done = demo.refreshes();
+        if done > 0 && first.is_none() {
+            first = Some(started.elapsed());
+        }
         let finished = done as usize >= n;
         if finished || last.0.elapsed() >= Duration::from_secs(1) {
             let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64();
@@ -166,6 +170,8 @@ async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
     println!("e2e_seconds={elapsed:.2}");
     println!("e2e_rate={:.0}", n as f64 / elapsed);
     println!("e2e_arm_seconds={:.2}", armed.as_secs_f64());
+    // The scheduler's first tick after the clock started, its first claim and publish.
+    println!("e2e_first_refresh_seconds={:.2}", first.unwrap_or_default().as_secs_f64());
     println!("e2e_reuse_detected={}", stats.reuse_detected);
     println!("e2e_provider_refreshes={}", stats.refreshes);
     // This process is the provider while the clock runs (and polls PostgreSQL once a second).
