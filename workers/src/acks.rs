@@ -22,8 +22,11 @@
 //!
 //! After lapin recovers the channel, delivery tags start again at 1: the registered jobs
 //! belong to the old channel and their acks cannot be sent (the broker redelivers them),
-//! so [`Acks::recovered`] starts a new generation and the old tickets ack on their own
-//! acker, which lapin has poisoned.
+//! so a new generation starts and the old tickets ack on their own acker, which lapin has
+//! poisoned. The consumer says so ([`Acks::recovered`]) when its stream reports the
+//! failure; in any case, the first delivery registered after the recovery finds the
+//! registered jobs' ackers poisoned (lapin poisons them before it recovers) and starts the
+//! new generation itself, so an old job's ack can never land on a new job's tag.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -51,8 +54,16 @@ pub(crate) struct Ticket {
 }
 
 enum Slot {
-    Running,
+    Running { acker: Acker },
     Finished { acker: Acker, since: Instant, reply: oneshot::Sender<AckResult> },
+}
+
+impl Slot {
+    fn acker(&self) -> &Acker {
+        match self {
+            Slot::Running { acker } | Slot::Finished { acker, .. } => acker,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -60,6 +71,18 @@ struct State {
     generation: u64,
     /// The registered, unsettled deliveries of the current generation, by tag.
     slots: BTreeMap<u64, Slot>,
+}
+
+impl State {
+    /// Forgets the deliveries of the channel before a recovery; their messages come again.
+    fn new_generation(&mut self) {
+        self.generation += 1;
+        for slot in std::mem::take(&mut self.slots).into_values() {
+            if let Slot::Finished { reply, .. } = slot {
+                let _ = reply.send(Ok(false));
+            }
+        }
+    }
 }
 
 /// The acks of one channel (see the module docs).
@@ -85,9 +108,14 @@ impl Acks {
     }
 
     /// Registers a delivery before its job starts.
-    pub(crate) fn delivered(&self, tag: u64) -> Ticket {
+    pub(crate) fn delivered(&self, tag: u64, acker: &Acker) -> Ticket {
         let mut state = self.lock();
-        state.slots.insert(tag, Slot::Running);
+        // Every registered delivery came on the same incarnation of the channel, so one
+        // poisoned acker means they all belong to the channel before a recovery.
+        if state.slots.first_key_value().is_some_and(|(_, slot)| slot.acker().poisoned()) {
+            state.new_generation();
+        }
+        state.slots.insert(tag, Slot::Running { acker: acker.clone() });
         Ticket { generation: state.generation, tag }
     }
 
@@ -95,7 +123,7 @@ impl Acks {
     pub(crate) async fn ack(&self, ticket: Ticket, acker: Acker) -> AckResult {
         let reply = {
             let mut state = self.lock();
-            if ticket.generation == state.generation {
+            if ticket.generation == state.generation && !acker.poisoned() {
                 let (reply, answer) = oneshot::channel();
                 state.slots.insert(ticket.tag, Slot::Finished { acker, since: Instant::now(), reply });
                 Ok(answer)
@@ -128,13 +156,7 @@ impl Acks {
     /// The channel was recovered: delivery tags start again, and the registered jobs'
     /// acks cannot be sent any more (their messages come again).
     pub(crate) fn recovered(&self) {
-        let mut state = self.lock();
-        state.generation += 1;
-        for slot in std::mem::take(&mut state.slots).into_values() {
-            if let Slot::Finished { reply, .. } = slot {
-                let _ = reply.send(Ok(false));
-            }
-        }
+        self.lock().new_generation();
     }
 
     fn take(&self, now: Instant) -> Flush {
@@ -167,7 +189,7 @@ impl Acks {
             .values()
             .filter_map(|slot| match slot {
                 Slot::Finished { since, .. } => Some(*since + LINGER),
-                Slot::Running => None,
+                Slot::Running { .. } => None,
             })
             .min();
         Flush { run, singles, next }

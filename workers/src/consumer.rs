@@ -259,7 +259,7 @@ async fn consume<H: Handler>(
         };
         match next {
             Some(Ok(delivery)) => {
-                let ticket = acks.delivered(delivery.delivery_tag);
+                let ticket = acks.delivered(delivery.delivery_tag, &delivery.acker);
                 tasks.spawn(process(runtime.clone(), delivery, ticket, acks.clone(), permit));
             }
             Some(Err(error)) => {
