@@ -76,12 +76,12 @@ impl Handler for Script {
     type Job = Job;
 
     async fn handle(&self, job: Job, ctx: JobContext) -> Outcome {
+        let id = job.id;
         let index = {
             let mut seen = self.seen.lock().expect("seen lock");
             seen.push(Seen { job, ctx, at: Instant::now(), finished: false });
             seen.len() - 1
         };
-        let id = self.seen.lock().expect("seen lock")[index].job.id;
         let mut work = self.work;
         if let Some((slow_id, extra)) = self.slow {
             if slow_id == id {

@@ -37,10 +37,10 @@ use lapin::Acker;
 use tokio::sync::{oneshot, Notify};
 
 /// How long the flusher gathers finished jobs after the first one before sending.
-pub(crate) const GATHER: Duration = Duration::from_millis(1);
+const GATHER: Duration = Duration::from_millis(1);
 /// How long a finished job waits for the jobs before it to finish before it is acked on
 /// its own.
-pub(crate) const LINGER: Duration = Duration::from_millis(20);
+const LINGER: Duration = Duration::from_millis(20);
 
 /// What became of an ack: sent (`true`), not sent because the channel is gone (`false`),
 /// or failed.
