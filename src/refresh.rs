@@ -251,7 +251,7 @@ impl Refresher {
                     scopes: grant.scopes.unwrap_or_else(|| account.scopes.clone()),
                 };
                 let refresh_at = self.schedule(integration, now, expires_at, has_refresh);
-                match self.store_while_leased(&account.id, lease_id, &tokens, refresh_at, store_until).await? {
+                match self.store_while_leased(&account, lease_id, &tokens, refresh_at, store_until).await? {
                     Some(stored) => {
                         attempt("success");
                         if let Some(due) = account.refresh_at {
@@ -321,14 +321,15 @@ impl Refresher {
     /// other results arriving at the same moment.
     async fn store_refreshed(
         &self,
-        account_id: &str,
+        leased: &Account,
         lease_id: &str,
         tokens: &TokenSet,
         refresh_at: Option<DateTime<Utc>>,
     ) -> Result<Option<Account>, AccountError> {
+        let account_id = leased.id.as_str();
         if let Some(request) = StoreRequest::new(&self.ring, account_id, lease_id, tokens, refresh_at)? {
             match self.stores.submit(request).await {
-                Answer::Done(row) => return row.map(|r| Account::from_row(&r, &self.ring)).transpose(),
+                Answer::Done(row) => return Ok(row.map(|r| Account::after_store(leased, tokens, &r))),
                 Answer::Failed(err) => return Err(AccountError::Db(err)),
                 Answer::Alone => {}
             }
@@ -345,7 +346,7 @@ impl Refresher {
     /// the fencing check keeps a late write from overwriting theirs.
     async fn store_while_leased(
         &self,
-        account_id: &str,
+        leased: &Account,
         lease_id: &str,
         tokens: &TokenSet,
         refresh_at: Option<DateTime<Utc>>,
@@ -353,9 +354,9 @@ impl Refresher {
     ) -> Result<Option<Account>, AccountError> {
         let mut pause = Duration::from_millis(100);
         loop {
-            match self.store_refreshed(account_id, lease_id, tokens, refresh_at).await {
+            match self.store_refreshed(leased, lease_id, tokens, refresh_at).await {
                 Err(AccountError::Db(err)) if Instant::now() + pause < until => {
-                    tracing::warn!(account_id, error = %err, "storing a refreshed token failed; retrying while the lease lasts");
+                    tracing::warn!(account_id = %leased.id, error = %err, "storing a refreshed token failed; retrying while the lease lasts");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }

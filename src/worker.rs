@@ -30,7 +30,7 @@ const INTEGRATION_TTL: Duration = Duration::from_secs(5);
 pub struct RefreshHandler {
     state: AppState,
     spec: QueueSpec,
-    integrations: Arc<Mutex<HashMap<String, (Instant, Integration)>>>,
+    integrations: Arc<Mutex<HashMap<String, (Instant, Arc<Integration>)>>>,
 }
 
 impl RefreshHandler {
@@ -44,7 +44,7 @@ impl RefreshHandler {
         RefreshHandler { state, spec, integrations: Arc::default() }
     }
 
-    async fn integration(&self, id: &str) -> Result<Option<Integration>, integrations::IntegrationError> {
+    async fn integration(&self, id: &str) -> Result<Option<Arc<Integration>>, integrations::IntegrationError> {
         {
             let cache = self.integrations.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((loaded, integration)) = cache.get(id) {
@@ -53,7 +53,7 @@ impl RefreshHandler {
                 }
             }
         }
-        let found = integrations::by_id(&self.state.db, self.state.keyring(), id).await?;
+        let found = integrations::by_id(&self.state.db, self.state.keyring(), id).await?.map(Arc::new);
         let mut cache = self.integrations.lock().unwrap_or_else(|e| e.into_inner());
         match &found {
             Some(integration) => cache.insert(id.to_owned(), (Instant::now(), integration.clone())),

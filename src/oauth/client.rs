@@ -41,7 +41,7 @@ pub fn authorization_url(
 ) -> Result<Url, TokenError> {
     let urls = integration.urls().map_err(|e| TokenError::Config(e.to_string()))?;
     let client = BasicClient::new(ClientId::new(integration.client_id.clone()))
-        .set_auth_uri(AuthUrl::from_url(urls.authorization_url))
+        .set_auth_uri(AuthUrl::from_url(urls.authorization_url.clone()))
         .set_redirect_uri(RedirectUrl::new(redirect_uri.to_owned()).map_err(|e| TokenError::Config(e.to_string()))?);
     let state = state.to_owned();
     let mut request = client.authorize_url(move || CsrfToken::new(state));
@@ -73,8 +73,8 @@ pub async fn request_token(
 ) -> Result<TokenGrant, TokenError> {
     let urls = integration.urls().map_err(|e| TokenError::Config(e.to_string()))?;
     let token_url = match grant {
-        Grant::Code { .. } => urls.token_url,
-        Grant::Refresh { .. } => urls.refresh_token_url,
+        Grant::Code { .. } => &urls.token_url,
+        Grant::Refresh { .. } => &urls.refresh_token_url,
     };
     let mut client = BasicClient::new(ClientId::new(integration.client_id.clone()))
         .set_token_uri(TokenUrl::from_url(token_url.clone()))
@@ -204,7 +204,7 @@ pub async fn revoke(
     hint: &str,
 ) -> Result<(), String> {
     let urls = integration.urls().map_err(|e| e.to_string())?;
-    let Some(url) = urls.revocation_url else { return Ok(()) };
+    let Some(url) = urls.revocation_url.clone() else { return Ok(()) };
     let mut form = vec![("token", token.expose().to_owned()), ("token_type_hint", hint.to_owned())];
     let mut request = http.post(url);
     match (spec.client_auth, &integration.client_secret) {

@@ -516,6 +516,12 @@ impl StoreRequest {
 
 /// Many [`store_refreshed`] calls in one statement ([`crate::store::group`]).
 ///
+/// The statement keeps the schedule in step itself: it moves or removes the stored
+/// accounts' `refresh_schedule` rows and deletes their claims, from the rows it stored,
+/// and its transaction sets `pipes.schedule_written` so that the row trigger every other
+/// writer relies on does not do it a second time, row by row (see migration
+/// `20261127180000`).
+///
 /// The statement locks only rows whose lease it holds, and no two live holders share a
 /// row, so batches practically never wait for each other. It does not lock the rows in a
 /// statement of their own first (`FOR UPDATE` in id order): that took a third of its time.
@@ -542,11 +548,15 @@ impl crate::store::group::Batch for StoreBatch {
         let expires: Vec<Option<DateTime<Utc>>> = sorted.iter().map(|r| r.expires_at).collect();
         let refresh_at: Vec<Option<DateTime<Utc>>> = sorted.iter().map(|r| r.refresh_at).collect();
         let scopes: Vec<&str> = sorted.iter().map(|r| r.scopes.as_str()).collect();
+        let mut tx = self.db.begin_with("BEGIN; SET LOCAL pipes.schedule_written = on").await?;
+        // The stored rows are all `connected`; one whose refresh_at is set has a refresh
+        // token (the CASE below): exactly the rows the schedule holds.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH new AS (
                SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[],
                                     $6::timestamptz[], $7::text[])
-                 AS n(id, lease_id, access, refresh, expires_at, refresh_at, scopes))
+                 AS n(id, lease_id, access, refresh, expires_at, refresh_at, scopes)),
+             stored AS (
              UPDATE connected_accounts c SET
                access_token_enc = new.access, refresh_token_enc = COALESCE(new.refresh, c.refresh_token_enc),
                expires_at = new.expires_at,
@@ -557,8 +567,17 @@ impl crate::store::group::Batch for StoreBatch {
                last_refresh_error = NULL, last_refreshed_at = now(), updated_at = now()
              FROM new
              WHERE c.id = new.id AND c.lease_id = new.lease_id AND c.state = 'connected'
-             RETURNING {}, new.lease_id AS batch_lease_id",
-            qualified_columns()
+             RETURNING {STORED_COLUMNS}, new.lease_id AS batch_lease_id),
+             scheduled AS (
+               INSERT INTO refresh_schedule (account_id, integration_id, refresh_at)
+               SELECT id, integration_id, refresh_at FROM stored WHERE refresh_at IS NOT NULL ORDER BY id
+               ON CONFLICT (account_id) DO UPDATE
+                 SET refresh_at = EXCLUDED.refresh_at, integration_id = EXCLUDED.integration_id),
+             unscheduled AS (
+               DELETE FROM refresh_schedule WHERE account_id IN (SELECT id FROM stored WHERE refresh_at IS NULL)),
+             unclaimed AS (
+               DELETE FROM refresh_claims WHERE account_id IN (SELECT id FROM stored))
+             SELECT * FROM stored"
         )))
         .bind(&ids)
         .bind(&leases)
@@ -567,9 +586,41 @@ impl crate::store::group::Batch for StoreBatch {
         .bind(&expires)
         .bind(&refresh_at)
         .bind(&scopes)
-        .fetch_all(&self.db)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(match_rows(requests.iter().map(|r| (r.id.as_str(), r.lease_id.as_str())), rows))
+    }
+}
+
+/// What [`StoreBatch`] returns of a stored row: what the statement itself worked out.
+/// The rest the refresh holds already ([`Account::after_store`]), and sending the sealed
+/// tokens back to be opened again cost the worker as much as sealing them.
+const STORED_COLUMNS: &str =
+    "c.id, c.integration_id, c.expires_at, c.refresh_at, c.scopes, c.token_version, c.updated_at";
+
+impl Account {
+    /// The account as [`StoreBatch`] stored it: `leased` (the row as its lease returned
+    /// it) with `tokens` and the values of [`STORED_COLUMNS`] from `row`. The statement
+    /// stores only under the lease, so nothing else changed the row in between.
+    pub fn after_store(leased: &Account, tokens: &TokenSet, row: &PgRow) -> Account {
+        Account {
+            id: leased.id.clone(),
+            integration_id: leased.integration_id.clone(),
+            user_id: leased.user_id.clone(),
+            organization_id: leased.organization_id.clone(),
+            state: AccountState::Connected,
+            access_token: Some(tokens.access_token.clone()),
+            refresh_token: tokens.refresh_token.clone().or_else(|| leased.refresh_token.clone()),
+            expires_at: row.get("expires_at"),
+            refresh_at: row.get("refresh_at"),
+            scopes: row.get("scopes"),
+            token_version: row.get("token_version"),
+            last_refresh_error: None,
+            reauthorization_reason: leased.reauthorization_reason.clone(),
+            created_at: leased.created_at,
+            updated_at: row.get("updated_at"),
+        }
     }
 }
 

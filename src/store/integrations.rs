@@ -1,8 +1,8 @@
 //! Integrations: a provider (from the catalog, or custom) with the
 //! application's OAuth client credentials and the scopes it asks for.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
@@ -85,6 +85,17 @@ pub struct Integration {
     pub settings: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// What [`Integration::spec`] and [`Integration::urls`] derive from the fields above,
+    /// worked out on first use and shared by the clones: every refresh asks for both, and
+    /// a custom provider's spec is built, and its URLs parsed, from text. An integration
+    /// is never edited in place (a change is a write and a reload), so they stay right.
+    derived: Arc<Derived>,
+}
+
+#[derive(Debug, Default)]
+struct Derived {
+    spec: OnceLock<Arc<ProviderSpec>>,
+    urls: OnceLock<ResolvedUrls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,29 +147,37 @@ impl Integration {
             settings: serde_json::from_value(settings).unwrap_or_default(),
             created_at: row.get("created_at"),
             updated_at: row.get("updated_at"),
+            derived: Arc::default(),
             id,
         })
     }
 
     /// The provider's behaviour: the catalog entry, or one made from `custom_provider`.
-    pub fn spec(&self) -> Result<Cow<'static, ProviderSpec>, IntegrationError> {
-        if let Some(custom) = &self.custom_provider {
-            return Ok(Cow::Owned(custom_spec(&self.slug, custom)));
+    pub fn spec(&self) -> Result<Arc<ProviderSpec>, IntegrationError> {
+        if let Some(spec) = self.derived.spec.get() {
+            return Ok(spec.clone());
         }
-        Catalog::builtin()
-            .get(&self.provider)
-            .map(Cow::Borrowed)
-            .ok_or_else(|| IntegrationError::UnknownProvider(self.slug.clone()))
+        let spec = match &self.custom_provider {
+            Some(custom) => custom_spec(&self.slug, custom),
+            None => Catalog::builtin()
+                .get(&self.provider)
+                .cloned()
+                .ok_or_else(|| IntegrationError::UnknownProvider(self.slug.clone()))?,
+        };
+        Ok(self.derived.spec.get_or_init(|| Arc::new(spec)).clone())
     }
 
     /// The provider's endpoints, placeholders filled from the integration's settings.
-    pub fn urls(&self) -> Result<ResolvedUrls, IntegrationError> {
+    pub fn urls(&self) -> Result<&ResolvedUrls, IntegrationError> {
+        if let Some(urls) = self.derived.urls.get() {
+            return Ok(urls);
+        }
         let urls_error = |message: String| IntegrationError::Urls { slug: self.slug.clone(), message };
-        match &self.custom_provider {
+        let urls = match &self.custom_provider {
             Some(c) => {
                 let parse = |s: &str| Url::parse(s).map_err(|e| urls_error(format!("{s}: {e}")));
                 let token_url = parse(&c.token_url)?;
-                Ok(ResolvedUrls {
+                ResolvedUrls {
                     authorization_url: parse(&c.authorization_url)?,
                     refresh_token_url: match &c.refresh_token_url {
                         Some(u) => parse(u)?,
@@ -166,10 +185,11 @@ impl Integration {
                     },
                     token_url,
                     revocation_url: c.revocation_url.as_deref().map(parse).transpose()?,
-                })
+                }
             }
-            None => self.spec()?.resolve_urls(&self.settings).map_err(|e| urls_error(e.to_string())),
-        }
+            None => self.spec()?.resolve_urls(&self.settings).map_err(|e| urls_error(e.to_string()))?,
+        };
+        Ok(self.derived.urls.get_or_init(|| urls))
     }
 
     /// Configured scopes that `granted` lacks.

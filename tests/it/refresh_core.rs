@@ -217,30 +217,30 @@ async fn a_batched_lease_skips_held_and_locked_accounts_and_a_batched_store_is_f
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
     };
     let refresh_at = Some(chrono::Utc::now() + chrono::Duration::minutes(50));
+    let free_tokens = tokens("at-free", Some("rt-free"), &["read", "write:all"]);
+    let expired_tokens = tokens("at-expired", None, &[]);
     let requests = vec![
         StoreRequest::new(ring, free, loser, &tokens("at-loser", Some("rt-loser"), &["read"]), refresh_at)
             .unwrap()
             .unwrap(),
-        StoreRequest::new(ring, expired, "l3", &tokens("at-expired", None, &[]), refresh_at).unwrap().unwrap(),
-        StoreRequest::new(ring, free, winner, &tokens("at-free", Some("rt-free"), &["read", "write:all"]), refresh_at)
-            .unwrap()
-            .unwrap(),
+        StoreRequest::new(ring, expired, "l3", &expired_tokens, refresh_at).unwrap().unwrap(),
+        StoreRequest::new(ring, free, winner, &free_tokens, refresh_at).unwrap().unwrap(),
         StoreRequest::new(ring, held, "l2", &tokens("at-held", Some("rt-held"), &["read"]), refresh_at)
             .unwrap()
             .unwrap(),
     ];
     let before_expired = accounts::find_by_id(&app.db, ring, expired).await.unwrap().unwrap();
+    let before_free = accounts::find_by_id(&app.db, ring, free).await.unwrap().unwrap();
     let stored = StoreBatch { db: app.db.clone() }.run(&requests).await.unwrap();
-    let stored: Vec<Option<accounts::Account>> =
-        stored.into_iter().map(|r| r.map(|r| accounts::Account::from_row(&r, ring).unwrap())).collect();
     assert!(stored[0].is_none(), "a lease it does not hold fences the write off");
     assert!(stored[3].is_none(), "someone else's live lease fences the write off");
-    let free_row = stored[2].as_ref().expect("the holder's write lands");
-    assert_eq!(free_row.id, *free);
+
+    // What landed, and the account the refresh builds from the statement's answer is it.
+    let free_row = accounts::find_by_id(&app.db, ring, free).await.unwrap().unwrap();
     assert_eq!(free_row.access_token.as_ref().unwrap().expose(), "at-free");
     assert_eq!(free_row.refresh_token.as_ref().unwrap().expose(), "rt-free");
     assert_eq!(free_row.scopes, vec!["read", "write:all"]);
-    let expired_row = stored[1].as_ref().expect("the holder's write lands");
+    let expired_row = accounts::find_by_id(&app.db, ring, expired).await.unwrap().unwrap();
     assert_eq!(expired_row.access_token.as_ref().unwrap().expose(), "at-expired");
     assert_eq!(
         expired_row.refresh_token.as_ref().unwrap().expose(),
@@ -248,6 +248,13 @@ async fn a_batched_lease_skips_held_and_locked_accounts_and_a_batched_store_is_f
         "an answer without a refresh token keeps the stored one"
     );
     assert!(expired_row.scopes.is_empty());
+    let same = |a: &accounts::Account, b: &accounts::Account| {
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert_eq!(a.access_token.as_ref().map(|t| t.expose()), b.access_token.as_ref().map(|t| t.expose()));
+        assert_eq!(a.refresh_token.as_ref().map(|t| t.expose()), b.refresh_token.as_ref().map(|t| t.expose()));
+    };
+    same(&accounts::Account::after_store(&before_free, &free_tokens, stored[2].as_ref().unwrap()), &free_row);
+    same(&accounts::Account::after_store(&before_expired, &expired_tokens, stored[1].as_ref().unwrap()), &expired_row);
     let (lease_id, version): (Option<String>, i64) =
         sqlx::query_as("SELECT lease_id, token_version FROM connected_accounts WHERE id = $1")
             .bind(free)

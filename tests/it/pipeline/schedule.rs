@@ -1,14 +1,16 @@
 //! `refresh_schedule` follows the account through its life cycle: the trigger on
 //! `connected_accounts` keeps a row exactly while the account is connected with a refresh
 //! token and a `refresh_at`, and deletes the scheduler's claim (`refresh_claims`) whenever
-//! a token is stored, the account leaves the schedule or is deleted.
+//! a token is stored, the account leaves the schedule or is deleted. The refresh's
+//! batched store does the same itself, in its own statement.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pipes::demo_provider::ClientAuthMethod;
 use pipes::secret::Secret;
-use pipes::store::accounts::{self, TokenSet};
+use pipes::store::accounts::{self, StoreBatch, StoreRequest, TokenSet};
+use pipes::store::group::Batch;
 
 use crate::support::app::TestApp;
 use crate::support::fixtures::{demo_integration, store_tokens};
@@ -159,4 +161,73 @@ async fn the_schedule_follows_the_account_through_its_life_cycle() {
     assert_eq!(rows, 0);
     let claims: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_claims").fetch_one(&app.db).await.unwrap();
     assert_eq!(claims, 0);
+}
+
+/// Stores through the refresh's batched statement, which writes the schedule itself.
+async fn store_batched(
+    db: &sqlx::PgPool,
+    app: &TestApp,
+    id: &str,
+    lease_id: &str,
+    tokens: &TokenSet,
+    refresh_at: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    let request = StoreRequest::new(app.state.keyring(), id, lease_id, tokens, refresh_at).unwrap().unwrap();
+    let mut rows = StoreBatch { db: db.clone() }.run(&[request]).await.unwrap();
+    let row = rows.pop().unwrap().expect("stored under the lease");
+    sqlx::Row::get(&row, "refresh_at")
+}
+
+#[tokio::test]
+async fn the_batched_refresh_store_keeps_the_schedule_itself_and_leaves_the_trigger_to_everyone_else() {
+    let app = TestApp::spawn().await;
+    let p = demo_integration(&app, "pl-schedule-batch", ClientAuthMethod::Basic).await;
+    let ring = app.state.keyring();
+    // One connection: what the batch's transaction set must not outlive it.
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("postgres://postgres@127.0.0.1:5432/{}", app.db_name))
+        .await
+        .unwrap();
+    let soon = Utc::now() + chrono::Duration::minutes(50);
+    let account = store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt1")), Some(soon)).await;
+    let id = account.id.clone();
+    let other = store_tokens(&app, &p.integration.id, "u2", None, &tokens(Some("rt1")), Some(soon)).await;
+
+    // Claimed, leased and refreshed: the schedule moves, the claim is gone.
+    mark(&app, &id).await;
+    accounts::try_lease(&one, ring, &id, "lease-1", Duration::from_secs(30)).await.unwrap().unwrap();
+    let later =
+        store_batched(&one, &app, &id, "lease-1", &tokens(Some("rt2")), Some(soon + chrono::Duration::hours(1)))
+            .await
+            .unwrap();
+    assert_eq!(entry(&app, &id).await, unmarked_at(later));
+
+    // A refresh under a lease someone else holds stores nothing and moves nothing.
+    mark(&app, &id).await;
+    accounts::try_lease(&one, ring, &id, "lease-2", Duration::from_secs(30)).await.unwrap().unwrap();
+    let request =
+        StoreRequest::new(ring, &id, "lease-stale", &tokens(Some("rt3")), Some(later + chrono::Duration::hours(1)))
+            .unwrap()
+            .unwrap();
+    let fenced = StoreBatch { db: one.clone() }.run(&[request]).await.unwrap();
+    assert!(fenced[0].is_none());
+    assert_eq!(entry(&app, &id).await, marked_at(later));
+
+    // A refresh that leaves no refresh_at: off the schedule, claim gone.
+    assert_eq!(store_batched(&one, &app, &id, "lease-2", &tokens(None), None).await, None);
+    assert_eq!(entry(&app, &id).await, None);
+    assert!(!has_claim(&app, &id).await);
+
+    // The batch's setting ends with its transaction: the next write on the same
+    // connection goes through the trigger again.
+    mark(&app, &other.id).await;
+    let moved = later + chrono::Duration::minutes(7);
+    sqlx::query("UPDATE connected_accounts SET refresh_at = $2 WHERE id = $1")
+        .bind(&other.id)
+        .bind(moved)
+        .execute(&one)
+        .await
+        .unwrap();
+    assert_eq!(entry(&app, &other.id).await, unmarked_at(moved));
 }
