@@ -25,12 +25,15 @@ use crate::store::integrations::{self, Integration, IntegrationState};
 /// and an integration marked invalid is seen within this long.
 const INTEGRATION_TTL: Duration = Duration::from_secs(5);
 
+/// Integrations by id, with when each was loaded.
+type LoadedIntegrations = HashMap<String, (Instant, Arc<Integration>)>;
+
 /// Handles refresh jobs.
 #[derive(Clone)]
 pub struct RefreshHandler {
     state: AppState,
     spec: QueueSpec,
-    integrations: Arc<Mutex<HashMap<String, (Instant, Arc<Integration>)>>>,
+    integrations: Arc<Mutex<LoadedIntegrations>>,
 }
 
 impl RefreshHandler {
