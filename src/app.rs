@@ -50,8 +50,23 @@ impl AppState {
         &self.config.encryption_keys
     }
 
-    /// Builds the state: lazy database pool, background Redis connection.
+    /// Builds the state: lazy database pool, background Redis connection, and the
+    /// invalidation subscription that lets token reads answer from memory.
     pub fn new(config: Config, cancel: CancellationToken) -> anyhow::Result<Self> {
+        Self::build(config, cancel, true)
+    }
+
+    /// The state of a process that answers no token reads (a scheduler or worker
+    /// alone): no invalidation subscription. Every token stored publishes one message
+    /// on that channel, and a subscriber with no reads to answer would only receive them
+    /// all (in `benches/refresh.sh` the worker and the scheduler each took one per
+    /// refresh). Its in-process answer cache stays off, as it is whenever the
+    /// subscription is down.
+    pub fn without_local_reads(config: Config, cancel: CancellationToken) -> anyhow::Result<Self> {
+        Self::build(config, cancel, false)
+    }
+
+    fn build(config: Config, cancel: CancellationToken, local_reads: bool) -> anyhow::Result<Self> {
         // In-flight refreshes take their leases and store their results in grouped
         // statements (one connection each group); the rarer per-job statements (a retry's
         // mark, a released lease, waiting on another holder) share the rest.
@@ -65,7 +80,10 @@ impl AppState {
         let metrics = crate::metrics::recorder();
         let reads =
             crate::read::Reader::new(db.clone(), config.encryption_keys.clone(), cache.clone(), refresher.clone());
-        reads.start(&config.redis_url, metrics.clone(), cancel.clone());
+        reads.start_upkeep(metrics.clone(), cancel.clone());
+        if local_reads {
+            reads.listen(&config.redis_url, cancel.clone());
+        }
         Ok(AppState {
             cache,
             refresher,

@@ -71,7 +71,11 @@ impl Tasks {
 
 /// Runs `roles` until `cancel` fires, then waits for them at most `PIPES_SHUTDOWN_TIMEOUT`.
 pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> anyhow::Result<()> {
-    let state = AppState::new(config, cancel.clone())?;
+    let state = if roles.serve {
+        AppState::new(config, cancel.clone())?
+    } else {
+        AppState::without_local_reads(config, cancel.clone())?
+    };
     let tasks = Tasks::default();
     let names: Vec<&str> = [("serve", roles.serve), ("scheduler", roles.scheduler), ("worker", roles.worker)]
         .into_iter()

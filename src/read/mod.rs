@@ -63,26 +63,23 @@ impl Reader {
         Reader(Arc::new(Inner { db, ring, cache, refresher, views, hit_duration }))
     }
 
-    /// Starts the invalidation subscription that turns the local cache on, and
-    /// the periodic upkeep of the metrics recorder: read-latency samples pile
-    /// up in memory between scrapes otherwise.
-    pub fn start(
-        &self,
-        redis_url: &str,
-        recorder: metrics_exporter_prometheus::PrometheusHandle,
-        cancel: CancellationToken,
-    ) {
-        let inner = &self.0;
-        let upkeep_cancel = cancel.clone();
+    /// Starts the periodic upkeep of the metrics recorder: histogram samples (read
+    /// latencies, refresh durations) pile up in memory between scrapes otherwise.
+    pub fn start_upkeep(&self, recorder: metrics_exporter_prometheus::PrometheusHandle, cancel: CancellationToken) {
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
-                    () = upkeep_cancel.cancelled() => return,
+                    () = cancel.cancelled() => return,
                     _ = every.tick() => recorder.run_upkeep(),
                 }
             }
         });
+    }
+
+    /// Starts the invalidation subscription that turns the local cache on.
+    pub fn listen(&self, redis_url: &str, cancel: CancellationToken) {
+        let inner = &self.0;
         tokio::spawn(listener::run(
             redis_url.to_owned(),
             inner.cache.channel().to_owned(),

@@ -210,3 +210,35 @@ async fn the_local_cache_never_takes_back_an_older_version() {
     local.set_enabled(false);
     assert!(local.is_empty());
 }
+
+/// How many connections listen on the invalidation channel.
+async fn subscribers(app: &TestApp) -> i64 {
+    let mut conn =
+        redis::Client::open("redis://127.0.0.1:6379").unwrap().get_multiplexed_async_connection().await.unwrap();
+    let counts: Vec<(String, i64)> =
+        redis::cmd("PUBSUB").arg("NUMSUB").arg(app.state.cache.channel()).query_async(&mut conn).await.unwrap();
+    counts.first().map_or(0, |(_, n)| *n)
+}
+
+#[tokio::test]
+async fn only_a_process_that_answers_reads_subscribes_to_invalidations() {
+    let app = TestApp::spawn().await;
+    let config = Config::from_settings(&test_settings(&app.db_name, &app.unique, &app.base_url)).unwrap();
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    // The test app serves reads: its subscription is up.
+    assert!(eventually(Duration::from_secs(5), async || app.state.cache.local().is_enabled()).await.is_some());
+    let before = subscribers(&app).await;
+    assert!(before >= 1, "the serving process listens");
+
+    // A scheduler or worker alone: no subscription, and its answer cache stays off.
+    let background = AppState::without_local_reads(config.clone(), cancel.clone()).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(subscribers(&app).await, before, "a process without reads receives no invalidations");
+    assert!(!background.cache.local().is_enabled());
+
+    // Another serving replica does subscribe.
+    let replica = AppState::new(config, cancel.clone()).unwrap();
+    assert!(eventually(Duration::from_secs(5), async || replica.cache.local().is_enabled()).await.is_some());
+    assert_eq!(subscribers(&app).await, before + 1);
+}
