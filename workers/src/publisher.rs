@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
-use rand::RngCore;
+use rand::Rng;
 use serde::Serialize;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -229,13 +229,15 @@ impl Publisher {
             .with_timestamp(unix_now())
             .with_headers(headers.to_table()?);
         let broker_error = |source| PublishError::Broker { queue: queue.to_owned(), source };
-        let confirm = async {
+        // Boxed: lapin's publish future is large, and every layer around it (the timeout,
+        // the shutdown grace, the caller's set of publishes in flight) would copy it.
+        let confirm = Box::pin(async {
             let channel = self.channel().await?;
             let options = BasicPublishOptions { mandatory: true, immediate: false };
             let pending =
                 channel.basic_publish("".into(), routing_key, options, body, properties).await.map_err(broker_error)?;
             pending.await.map_err(broker_error)
-        };
+        });
         let timed_out = || PublishError::Timeout { queue: queue.to_owned(), timeout: CONFIRM_TIMEOUT };
         let bounded =
             async { tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await.unwrap_or_else(|_| Err(timed_out())) };
@@ -282,10 +284,9 @@ impl Publisher {
     }
 }
 
+/// 128 random bits as 32 hex digits, in one allocation.
 fn new_message_id() -> String {
-    let mut bytes = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:032x}", rand::thread_rng().gen::<u128>())
 }
 
 fn unix_now() -> u64 {
