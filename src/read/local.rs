@@ -151,9 +151,15 @@ impl LocalCache {
         self.0.map.insert(key.to_owned(), Slot::Ready(ready));
     }
 
-    /// Everything of `key` older than `version` is gone.
+    /// Everything of `key` older than `version` is gone. Nothing to do while the layer
+    /// is off: it holds nothing, and it is emptied again when it comes back on (after its
+    /// subscription is confirmed, so every later change arrives through the channel). A
+    /// process without reads (a worker) keeps no tombstone of each token it stores.
     pub fn invalidate(&self, key: &str, version: i64) {
         let _guard = self.0.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.is_enabled() {
+            return;
+        }
         if self.0.map.peek(key).is_some_and(|slot| slot.version() >= version) {
             return;
         }

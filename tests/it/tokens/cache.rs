@@ -187,6 +187,8 @@ async fn the_local_cache_never_takes_back_an_older_version() {
     let now = Utc::now();
     local.fill("k", local.epoch(), ready(1, "one"));
     assert!(local.get("k", now).is_none(), "off until a subscription is live");
+    local.apply("k|1");
+    assert!(local.is_empty(), "and while off it keeps no tombstones either (a worker stores many tokens)");
     local.set_enabled(true);
     local.fill("k", local.epoch(), ready(1, "one"));
     assert_eq!(local.get("k", now).unwrap().token_body, "one");
