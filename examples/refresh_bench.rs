@@ -285,21 +285,15 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
     for _ in 0..5 {
         unclaim(db).await?;
         let started = Instant::now();
-        let (mut claimed, mut cursor) = (0, chrono::DateTime::UNIX_EPOCH);
+        use pipes::scheduler::claim::{claim, new_claim_id, WalkKey, BATCH};
+        let (mut claimed, mut cursor) = (0, WalkKey::before(chrono::DateTime::UNIX_EPOCH));
         loop {
-            let claim_id = pipes::scheduler::claim::new_claim_id();
-            let batch = pipes::scheduler::claim::claim(
-                db,
-                config.requeue_after,
-                pipes::scheduler::claim::BATCH,
-                cursor,
-                &claim_id,
-            )
-            .await?;
-            claimed += batch.len() as i64;
-            cursor = batch.iter().map(|c| c.refresh_at).max().unwrap_or(cursor);
-            if (batch.len() as i64) < pipes::scheduler::claim::BATCH {
-                break;
+            let batch = claim(db, config.requeue_after, BATCH, &cursor, &new_claim_id()).await?;
+            claimed += batch.claimed.len() as i64;
+            let more = batch.more(BATCH);
+            match batch.walked_to {
+                Some(to) if more => cursor = to,
+                _ => break,
             }
         }
         claims.push(started.elapsed());

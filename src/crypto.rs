@@ -136,8 +136,9 @@ impl KeyRing {
     /// Seals under the newest key.
     pub fn seal(&self, plaintext: &[u8], aad: Aad<'_>) -> Result<Vec<u8>, CryptoError> {
         let key = &self.keys[0];
+        // A per-thread CSPRNG seeded from the OS: a nonce without a system call.
         let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        rand::thread_rng().fill_bytes(&mut nonce);
         let aad_bytes = aad.bytes();
         let sealed = key
             .cipher

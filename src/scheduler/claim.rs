@@ -44,10 +44,9 @@ use super::Tick;
 use crate::metrics as m;
 use crate::queues::{RefreshJob, REFRESH};
 
-/// Accounts claimed per statement. Large, because the planner reads every due entry at
-/// or after the cursor (that whole range of the index, then a sort) whatever the limit:
-/// few big claims read each due row about once per tick, many small ones read them over
-/// and over.
+/// Due entries read per claim statement (its window), so at most as many accounts
+/// claimed. A window costs in proportion to its size; a large one spreads the statement's
+/// round trip and commit over many accounts.
 pub const BATCH: i64 = 10_000;
 /// Publishes awaiting their confirm at once (confirms are pipelined on one channel).
 const PUBLISH_CONCURRENCY: usize = 512;
@@ -65,19 +64,25 @@ pub const FULL_WALK_EVERY: Duration = Duration::from_secs(30);
 /// instead of hashing every claim in flight.
 pub const WALK_MARGIN: Duration = Duration::from_secs(2);
 
-/// The claim. It walks `refresh_schedule_refresh_at_idx` in `refresh_at` order from a
-/// cursor (`$3`, the last `refresh_at` the previous batch of the tick claimed), so a
-/// tick reads each due entry about once: its cost grows with the number of due
-/// accounts, not the number stored, and not quadratically with the batches. The index
-/// carries the account and integration ids, so on all-visible pages the walk reads
-/// the index alone, and the claim never writes to the schedule: it inserts its marks
-/// into `refresh_claims`, whose new rows share a few fresh pages however many
-/// accounts are stored (see its migration). Accounts of disabled or invalid
-/// integrations are left alone: the provider refused their client credentials and
-/// asking again per account changes nothing until an operator fixes them. Accounts
-/// with a live claim (one younger than `PIPES_REQUEUE_AFTER`, `$1`, or a retry's mark
-/// in the future) are skipped before the limit, so a batch of `$2` is full while
-/// anything is left to claim. `$4` is the claim's id, stamped on every row it makes.
+/// The claim. It walks `refresh_schedule_walk_idx` in key order, `(refresh_at,
+/// account_id)`, from a cursor (`$3`, `$5`: the last entry the previous batch of the tick
+/// read), a window of at most `$2` due entries, and stops there: a tick reads each due
+/// entry about once, so its cost grows with the number of due accounts, not the number
+/// stored, and not quadratically with the batches. The index carries the integration id,
+/// so on all-visible pages the walk reads the index alone, and the claim never writes to
+/// the schedule: it inserts its marks into `refresh_claims`, whose new rows share a few
+/// fresh pages however many accounts are stored (see its migration). In the window,
+/// accounts of disabled or invalid integrations are left alone (the provider refused
+/// their client credentials and asking again per account changes nothing until an
+/// operator fixes them), and so are accounts with a live claim (one younger than
+/// `PIPES_REQUEUE_AFTER`, `$1`, or a retry's mark in the future). `$4` is the claim's
+/// id, stamped on every row it makes.
+///
+/// Besides one row per claimed account, the statement answers one row for the window
+/// itself (`walked` set): its last entry, where the next batch starts, and how many
+/// entries it read. A window of `$2` entries may be followed by more; a shorter one
+/// reached the end of the due range. A window can claim nothing (every account in it
+/// enqueued already, a backlog waiting in the queue) and the walk still goes on.
 ///
 /// The primary key of `refresh_claims` keeps two schedulers from claiming one account:
 /// an insert conflicting with a live claim (one committed after this statement's
@@ -85,27 +90,32 @@ pub const WALK_MARGIN: Duration = Duration::from_secs(2);
 /// returns nothing; an expired one is taken over. Two schedulers walking the same range
 /// at once take turns instead of sharing it (the second waits for the first's statement,
 /// then finds its accounts claimed); both insert in `(refresh_at, account_id)` order, so
-/// they do not wait for each other in a cycle. The due walk lists each scheduled account
+/// they do not wait for each other in a cycle. The walk lists each scheduled account
 /// once, so no account conflicts with itself within the statement. An account whose
 /// token is stored after the statement's snapshot can still be claimed (nothing locks
 /// its schedule row): its worker finds it fresh and deletes the claim.
-pub const CLAIM_SQL: &str = "WITH due AS (
+pub const CLAIM_SQL: &str = "WITH walk AS MATERIALIZED (
     SELECT s.account_id, s.integration_id, s.refresh_at FROM refresh_schedule s
-    WHERE s.refresh_at <= now() AND s.refresh_at >= $3
-      AND EXISTS (SELECT 1 FROM integrations i WHERE i.id = s.integration_id AND i.enabled AND i.state = 'valid')
-      AND NOT EXISTS (SELECT 1 FROM refresh_claims c
-                      WHERE c.account_id = s.account_id AND c.enqueued_at >= now() - $1::interval)
+    WHERE s.refresh_at <= now() AND (s.refresh_at, s.account_id) > ($3, $5)
     ORDER BY s.refresh_at, s.account_id
     LIMIT $2),
+due AS (
+    SELECT w.account_id, w.integration_id, w.refresh_at FROM walk w
+    WHERE EXISTS (SELECT 1 FROM integrations i WHERE i.id = w.integration_id AND i.enabled AND i.state = 'valid')
+      AND NOT EXISTS (SELECT 1 FROM refresh_claims c
+                      WHERE c.account_id = w.account_id AND c.enqueued_at >= now() - $1::interval)),
 claimed AS (
     INSERT INTO refresh_claims AS c (account_id, enqueued_at, claim_id, refresh_at, integration_id)
-    SELECT account_id, now(), $4::uuid, refresh_at, integration_id FROM due
+    SELECT account_id, now(), $4::uuid, refresh_at, integration_id FROM due ORDER BY refresh_at, account_id
     ON CONFLICT (account_id) DO UPDATE SET enqueued_at = EXCLUDED.enqueued_at, claim_id = EXCLUDED.claim_id,
         refresh_at = EXCLUDED.refresh_at, integration_id = EXCLUDED.integration_id
     WHERE c.enqueued_at < now() - $1::interval
     RETURNING c.account_id, c.enqueued_at, c.refresh_at, c.integration_id)
-SELECT c.account_id AS id, c.integration_id, i.slug, c.enqueued_at, c.refresh_at
-FROM claimed c JOIN integrations i ON i.id = c.integration_id";
+SELECT c.account_id AS id, c.integration_id, i.slug, c.enqueued_at, c.refresh_at, NULL::bigint AS walked
+FROM claimed c JOIN integrations i ON i.id = c.integration_id
+UNION ALL
+(SELECT w.account_id, NULL, NULL, NULL, w.refresh_at, (SELECT count(*) FROM walk)
+ FROM walk w ORDER BY w.refresh_at DESC, w.account_id DESC LIMIT 1)";
 
 /// Claims again (as `$2`) the accounts a lost claim (`$1`) marked that still wait for
 /// their job: still scheduled and due, not refreshed since (storing a token deletes the
@@ -147,17 +157,67 @@ pub fn new_claim_id() -> String {
     format!("{:032x}", u128::from(ulid::Ulid::new()))
 }
 
-/// Claims up to `limit` accounts due at or after `from` (records them in
-/// `refresh_claims`, stamped with `claim_id`) and returns them. Start a tick from [`DateTime::UNIX_EPOCH`].
+/// A place in the walk of the due schedule: an entry's key, `(refresh_at, account_id)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalkKey {
+    pub refresh_at: DateTime<Utc>,
+    pub account_id: String,
+}
+
+impl WalkKey {
+    /// Just before every entry due at `at` or later.
+    pub fn before(at: DateTime<Utc>) -> Self {
+        WalkKey { refresh_at: at, account_id: String::new() }
+    }
+}
+
+/// What one claim statement did.
+#[derive(Debug, Default)]
+pub struct ClaimBatch {
+    /// The accounts it claimed.
+    pub claimed: Vec<Claimed>,
+    /// Due entries it read (its window), claimed or not.
+    pub walked: i64,
+    /// The last entry it read: where the next batch starts. `None`: nothing left to read.
+    pub walked_to: Option<WalkKey>,
+}
+
+impl ClaimBatch {
+    /// True when the window was full, so more may be due after it.
+    pub fn more(&self, limit: i64) -> bool {
+        self.walked >= limit
+    }
+}
+
+/// Reads a window of up to `limit` due entries after `after` and claims its accounts
+/// that are not enqueued already (records them in `refresh_claims`, stamped with
+/// `claim_id`). Start a tick from `WalkKey::before(DateTime::UNIX_EPOCH)`.
 pub async fn claim(
     db: &PgPool,
     requeue_after: Duration,
     limit: i64,
-    from: DateTime<Utc>,
+    after: &WalkKey,
     claim_id: &str,
-) -> Result<Vec<Claimed>, sqlx::Error> {
-    let rows = sqlx::query(CLAIM_SQL).bind(requeue_after).bind(limit).bind(from).bind(claim_id).fetch_all(db).await?;
-    Ok(rows.iter().map(claimed).collect())
+) -> Result<ClaimBatch, sqlx::Error> {
+    let rows = sqlx::query(CLAIM_SQL)
+        .bind(requeue_after)
+        .bind(limit)
+        .bind(after.refresh_at)
+        .bind(claim_id)
+        .bind(after.account_id.as_str())
+        .fetch_all(db)
+        .await?;
+    let mut batch = ClaimBatch { claimed: Vec::with_capacity(rows.len()), ..ClaimBatch::default() };
+    for row in &rows {
+        match row.get::<Option<i64>, _>("walked") {
+            Some(walked) => {
+                batch.walked = walked;
+                batch.walked_to = Some(WalkKey { refresh_at: row.get("refresh_at"), account_id: row.get("id") });
+            }
+            None => batch.claimed.push(claimed(row)),
+        }
+    }
+    Ok(batch)
 }
 
 /// Claims again, as `claim_id`, the accounts of the lost claim `lost` still waiting for
@@ -295,7 +355,7 @@ impl Claims {
         let db = &tick.state.db;
         let requeue_after = tick.state.config.requeue_after;
         let mut end = WalkEnd { high_water: None, complete: false };
-        let mut cursor = start;
+        let mut cursor = WalkKey::before(start);
         // Each batch is published while the next one is claimed: the database and the
         // broker work at the same time instead of taking turns.
         let mut claimed: Vec<Claimed> = Vec::new();
@@ -306,9 +366,9 @@ impl Claims {
             let cancelled = tick.cancel.is_cancelled();
             let claiming = async {
                 if !more || cancelled {
-                    return Ok(Vec::new());
+                    return Ok(None);
                 }
-                claim(db, requeue_after, BATCH, cursor, &claim_id).await
+                claim(db, requeue_after, BATCH, &cursor, &claim_id).await.map(Some)
             };
             let (next, published) = tokio::join!(claiming, publish(tick, to_publish));
             let next = match next {
@@ -323,20 +383,27 @@ impl Claims {
             };
             if let Err(err) = published {
                 // Stop here; the batch claimed meanwhile goes back for the next tick.
+                let next = next.map(|n| n.claimed).unwrap_or_default();
                 if let Err(release_err) = release(db, &next).await {
                     tracing::warn!(error = %release_err, count = next.len(), "could not release claimed accounts");
                 }
                 return Err(err);
             }
-            if next.is_empty() {
+            let Some(next) = next else {
                 end.complete = !cancelled;
                 return Ok(end);
+            };
+            more = next.more(BATCH);
+            if let Some(to) = next.walked_to {
+                cursor = to;
             }
-            more = next.len() as i64 == BATCH;
-            // Ties at the cursor are read again; they are enqueued by now and filtered out.
-            cursor = next.iter().map(|c| c.refresh_at).max().unwrap_or(cursor);
-            end.high_water = Some(cursor);
-            claimed = next;
+            // The mark is what the walk claimed, not how far it read: what it read past
+            // its last claim (accounts of an integration that is off) stays in front of the
+            // next tick's walk, which claims them as soon as the integration is back.
+            if let Some(last) = next.claimed.iter().map(|c| c.refresh_at).max() {
+                end.high_water = Some(end.high_water.map_or(last, |mark| mark.max(last)));
+            }
+            claimed = next.claimed;
         }
     }
 

@@ -520,7 +520,9 @@ impl StoreRequest {
 /// accounts' `refresh_schedule` rows and deletes their claims, from the rows it stored,
 /// and its transaction sets `pipes.schedule_written` so that the row trigger every other
 /// writer relies on does not do it a second time, row by row (see migration
-/// `20261127180000`).
+/// `20261127180000`). It moves the schedule rows with a plain UPDATE and inserts only the
+/// ones missing (an account that had no schedule): an upsert of every row first locks
+/// each conflicting row, which costs a WAL record of its own.
 ///
 /// The statement locks only rows whose lease it holds, and no two live holders share a
 /// row, so batches practically never wait for each other. It does not lock the rows in a
@@ -568,9 +570,14 @@ impl crate::store::group::Batch for StoreBatch {
              FROM new
              WHERE c.id = new.id AND c.lease_id = new.lease_id AND c.state = 'connected'
              RETURNING {STORED_COLUMNS}, new.lease_id AS batch_lease_id),
+             rescheduled AS (
+               UPDATE refresh_schedule s SET refresh_at = stored.refresh_at, integration_id = stored.integration_id
+               FROM stored WHERE s.account_id = stored.id AND stored.refresh_at IS NOT NULL
+               RETURNING s.account_id),
              scheduled AS (
                INSERT INTO refresh_schedule (account_id, integration_id, refresh_at)
-               SELECT id, integration_id, refresh_at FROM stored WHERE refresh_at IS NOT NULL ORDER BY id
+               SELECT id, integration_id, refresh_at FROM stored
+               WHERE refresh_at IS NOT NULL AND id NOT IN (SELECT account_id FROM rescheduled) ORDER BY id
                ON CONFLICT (account_id) DO UPDATE
                  SET refresh_at = EXCLUDED.refresh_at, integration_id = EXCLUDED.integration_id),
              unscheduled AS (

@@ -217,6 +217,7 @@ async fn claim_plan(app: &TestApp) -> String {
             .bind(pipes::scheduler::claim::BATCH)
             .bind(chrono::DateTime::UNIX_EPOCH)
             .bind(pipes::scheduler::claim::new_claim_id())
+            .bind("")
             .fetch_all(&app.db)
             .await
             .unwrap();
@@ -232,7 +233,7 @@ async fn the_claim_query_walks_the_due_index() {
     // index and fetches the rows from the heap, reading only.
     sqlx::query("ANALYZE refresh_schedule").execute(&app.db).await.unwrap();
     let plan = claim_plan(&app).await;
-    assert!(plan.contains("refresh_schedule_refresh_at_idx"), "the claim walks the schedule's due index:\n{plan}");
+    assert!(plan.contains("refresh_schedule_walk_idx"), "the claim walks the schedule's due index:\n{plan}");
     assert!(!plan.contains("Seq Scan on refresh_schedule"), "and never scans the schedule:\n{plan}");
     assert!(!plan.contains("connected_accounts"), "nor reads the accounts:\n{plan}");
     assert!(plan.contains("Insert on refresh_claims"), "it writes its marks into the claims:\n{plan}");
@@ -243,7 +244,7 @@ async fn the_claim_query_walks_the_due_index() {
     sqlx::query("VACUUM ANALYZE refresh_schedule").execute(&app.db).await.unwrap();
     let plan = claim_plan(&app).await;
     assert!(
-        plan.contains("Index Only Scan using refresh_schedule_refresh_at_idx on refresh_schedule"),
+        plan.contains("Index Only Scan using refresh_schedule_walk_idx on refresh_schedule"),
         "the claim reads only the schedule's due index:\n{plan}"
     );
     assert!(!plan.contains("connected_accounts"), "nor reads the accounts:\n{plan}");
@@ -260,4 +261,90 @@ async fn the_claim_query_walks_the_due_index() {
     assert!(plan.contains("Update on refresh_claims"), "the re-claim moves the claims:\n{plan}");
     assert!(!plan.contains("Seq Scan on refresh_schedule"), "and never scans the schedule:\n{plan}");
     assert!(!plan.contains("connected_accounts"), "nor reads the accounts:\n{plan}");
+}
+
+#[tokio::test]
+async fn the_claim_reads_one_window_per_batch_and_walks_past_a_backlog() {
+    use pipes::scheduler::claim::{claim, new_claim_id, WalkKey, BATCH};
+    let app = TestApp::spawn().await;
+    let p = demo_integration(&app, "pl-window", ClientAuthMethod::Basic).await;
+    // Two and a half windows of due accounts, all due at the very same instant (one
+    // statement's now()): only the account id orders them.
+    let due = (2 * BATCH + BATCH / 2) as i32;
+    insert_accounts(&app, &p.integration.id, due + 1_000, due).await;
+    sqlx::query("VACUUM ANALYZE refresh_schedule").execute(&app.db).await.unwrap();
+    let requeue_after = app.config().requeue_after;
+    let start = || WalkKey::before(chrono::DateTime::UNIX_EPOCH);
+
+    // One batch reads its window of the schedule and no more.
+    let mut tx = app.db.begin().await.unwrap();
+    let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        pipes::scheduler::claim::CLAIM_SQL
+    )))
+    .bind(requeue_after)
+    .bind(BATCH)
+    .bind(chrono::DateTime::UNIX_EPOCH)
+    .bind(new_claim_id())
+    .bind("")
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    let mut read = Vec::new();
+    rows_read(&plan, "refresh_schedule", &mut read);
+    assert!(!read.is_empty(), "the plan reads the schedule: {plan}");
+    assert!(read.iter().all(|&rows| rows <= BATCH as f64), "one window of {BATCH} at most, read {read:?}: {plan}");
+
+    // A walk from the start claims everything, window after window.
+    let walk = |cursor: WalkKey| {
+        let db = app.db.clone();
+        async move {
+            let (mut cursor, mut claimed, mut windows) = (cursor, Vec::new(), Vec::new());
+            loop {
+                let batch = claim(&db, requeue_after, BATCH, &cursor, &new_claim_id()).await.unwrap();
+                windows.push(batch.claimed.len());
+                claimed.extend(batch.claimed.iter().map(|c| c.account_id.clone()));
+                let more = batch.more(BATCH);
+                match batch.walked_to {
+                    Some(to) if more => cursor = to,
+                    _ => return (claimed, windows),
+                }
+            }
+        }
+    };
+    let (claimed, windows) = walk(start()).await;
+    assert_eq!(claimed.len(), due as usize, "windows {windows:?}");
+    assert_eq!(claimed.iter().collect::<HashSet<_>>().len(), due as usize, "each account once");
+    assert_eq!(windows.len(), 3);
+
+    // The last accounts' claims go (their jobs dead-lettered, say). The next walk from the
+    // start finds two full windows of accounts still enqueued, claims nothing there, and
+    // goes on to claim exactly the released ones.
+    let released: Vec<String> = sqlx::query_scalar(
+        "DELETE FROM refresh_claims WHERE account_id IN
+           (SELECT account_id FROM refresh_claims ORDER BY refresh_at DESC, account_id DESC LIMIT 3000)
+         RETURNING account_id",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let (again, windows) = walk(start()).await;
+    assert_eq!(windows[..2], [0, 0], "the backlog's windows claim nothing: {windows:?}");
+    assert_eq!(again.iter().collect::<HashSet<_>>(), released.iter().collect::<HashSet<_>>());
+    assert_eq!(again.len(), released.len());
+}
+
+/// The "Actual Rows" of every plan node that reads `relation`.
+fn rows_read(node: &serde_json::Value, relation: &str, out: &mut Vec<f64>) {
+    match node {
+        serde_json::Value::Object(map) => {
+            if map.get("Relation Name").and_then(|r| r.as_str()) == Some(relation) {
+                out.extend(map.get("Actual Rows").and_then(|r| r.as_f64()));
+            }
+            map.values().for_each(|v| rows_read(v, relation, out));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| rows_read(v, relation, out)),
+        _ => {}
+    }
 }

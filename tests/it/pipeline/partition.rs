@@ -261,3 +261,49 @@ async fn ticks_between_full_walks_start_at_the_high_water_mark_and_a_full_walk_f
     claims.clone().enqueue_due(tick()).await.unwrap();
     assert_eq!(Pipeline::depth(&app, "refresh").await, 5, "published once");
 }
+
+/// A walk that claims nothing sets no mark: accounts that came due while their
+/// integration was off are claimed on the first tick after it is back on, not at the
+/// next full walk.
+#[tokio::test]
+async fn accounts_due_while_their_integration_was_off_are_claimed_on_the_next_tick() {
+    let app = TestApp::spawn().await;
+    let queues = Pipeline::new(&app);
+    let p = demo_integration(&app, "pl-off", ClientAuthMethod::Basic).await;
+    let mut ids = Vec::new();
+    for user in ["a", "b", "c"] {
+        ids.push(seed_account(&app, &p, user, None, Duration::from_secs(3600)).await.0.id);
+    }
+    let switch = |on: bool| {
+        sqlx::query("UPDATE integrations SET enabled = $2 WHERE id = $1").bind(p.integration.id.clone()).bind(on)
+    };
+    switch(false).execute(&app.db).await.unwrap();
+    // Due a minute apart: far more than the margin a walk keeps behind its mark.
+    for (i, id) in ids.iter().enumerate() {
+        sqlx::query("UPDATE connected_accounts SET refresh_at = now() - $2 * interval '1 minute' WHERE id = $1")
+            .bind(id)
+            .bind(3 - i as i32)
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+    let broker = Broker::connect(AMQP_URL, "pipes-tests").await.unwrap();
+    let topology = pipes::queues::topology(app.config());
+    topology.declare(&broker.channel().await.unwrap()).await.unwrap();
+    let publisher = Publisher::new(&broker);
+    let tick = || Tick {
+        state: app.state.clone(),
+        publisher: publisher.clone(),
+        topology: topology.clone(),
+        now: Utc::now(),
+        cancel: queues.cancel.clone(),
+    };
+    let claims = Claims::default().with_full_walk_every(Duration::from_secs(3600));
+
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 0, "nothing claimed while the integration is off");
+    switch(true).execute(&app.db).await.unwrap();
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 3, "all three on the next tick");
+}

@@ -219,6 +219,12 @@ async fn the_batched_refresh_store_keeps_the_schedule_itself_and_leaves_the_trig
     assert_eq!(entry(&app, &id).await, None);
     assert!(!has_claim(&app, &id).await);
 
+    // The next refresh that leaves a refresh_at puts the account back on the schedule:
+    // a row the statement inserts, where it otherwise moves one.
+    accounts::try_lease(&one, ring, &id, "lease-3", Duration::from_secs(30)).await.unwrap().unwrap();
+    let back = store_batched(&one, &app, &id, "lease-3", &tokens(Some("rt4")), Some(soon)).await.unwrap();
+    assert_eq!(entry(&app, &id).await, unmarked_at(back));
+
     // The batch's setting ends with its transaction: the next write on the same
     // connection goes through the trigger again.
     mark(&app, &other.id).await;
