@@ -27,9 +27,10 @@
 //! high-water mark (less [`WALK_MARGIN`], for writes that committed late); a backlog of
 //! claimed accounts waiting in the queue is not read again on every tick. What can make an
 //! account claimable behind the mark without a write that moves it forward (a claim
-//! released or expired, a job dead-lettered, an integration fixed, an import of a token
-//! long expired) is found by a full walk from the start, at least every
-//! [`FULL_WALK_EVERY`] and on the tick after any failure.
+//! released or expired, a job dead-lettered, an import of a token long expired) is found
+//! by a full walk from the start, at least every [`FULL_WALK_EVERY`] and on the tick after
+//! any failure. An integration enabled again or fixed (its accounts skipped by the walks
+//! while it was not) makes the next tick a full walk.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -79,10 +80,11 @@ pub const WALK_MARGIN: Duration = Duration::from_secs(2);
 /// id, stamped on every row it makes.
 ///
 /// Besides one row per claimed account, the statement answers one row for the window
-/// itself (`walked` set): its last entry, where the next batch starts, and how many
-/// entries it read. A window of `$2` entries may be followed by more; a shorter one
-/// reached the end of the due range. A window can claim nothing (every account in it
-/// enqueued already, a backlog waiting in the queue) and the walk still goes on.
+/// itself (`walked` set): its last entry, where the next batch starts (none when the
+/// window is empty), how many entries it read, and the integrations whose accounts are
+/// claimable. A window of `$2` entries may be followed by more; a shorter one reached
+/// the end of the due range. A window can claim nothing (every account in it enqueued
+/// already, a backlog waiting in the queue) and the walk still goes on.
 ///
 /// The primary key of `refresh_claims` keeps two schedulers from claiming one account:
 /// an insert conflicting with a live claim (one committed after this statement's
@@ -111,11 +113,14 @@ claimed AS (
         refresh_at = EXCLUDED.refresh_at, integration_id = EXCLUDED.integration_id
     WHERE c.enqueued_at < now() - $1::interval
     RETURNING c.account_id, c.enqueued_at, c.refresh_at, c.integration_id)
-SELECT c.account_id AS id, c.integration_id, i.slug, c.enqueued_at, c.refresh_at, NULL::bigint AS walked
+SELECT c.account_id AS id, c.integration_id, i.slug, c.enqueued_at, c.refresh_at,
+       NULL::bigint AS walked, NULL::text[] AS claimable
 FROM claimed c JOIN integrations i ON i.id = c.integration_id
 UNION ALL
-(SELECT w.account_id, NULL, NULL, NULL, w.refresh_at, (SELECT count(*) FROM walk)
- FROM walk w ORDER BY w.refresh_at DESC, w.account_id DESC LIMIT 1)";
+SELECT last.account_id, NULL, NULL, NULL, last.refresh_at, (SELECT count(*) FROM walk),
+       ARRAY(SELECT id FROM integrations WHERE enabled AND state = 'valid')
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+    SELECT w.account_id, w.refresh_at FROM walk w ORDER BY w.refresh_at DESC, w.account_id DESC LIMIT 1) last ON true";
 
 /// Claims again (as `$2`) the accounts a lost claim (`$1`) marked that still wait for
 /// their job: still scheduled and due, not refreshed since (storing a token deletes the
@@ -180,6 +185,8 @@ pub struct ClaimBatch {
     pub walked: i64,
     /// The last entry it read: where the next batch starts. `None`: nothing left to read.
     pub walked_to: Option<WalkKey>,
+    /// The integrations whose accounts were claimable (enabled and valid), by id, in order.
+    pub claimable: Vec<String>,
 }
 
 impl ClaimBatch {
@@ -212,7 +219,11 @@ pub async fn claim(
         match row.get::<Option<i64>, _>("walked") {
             Some(walked) => {
                 batch.walked = walked;
-                batch.walked_to = Some(WalkKey { refresh_at: row.get("refresh_at"), account_id: row.get("id") });
+                batch.walked_to = row
+                    .get::<Option<String>, _>("id")
+                    .map(|account_id| WalkKey { refresh_at: row.get("refresh_at"), account_id });
+                batch.claimable = row.get("claimable");
+                batch.claimable.sort_unstable();
             }
             None => batch.claimed.push(claimed(row)),
         }
@@ -293,13 +304,19 @@ struct Walk {
     full_at: Option<Instant>,
     /// The highest `refresh_at` claimed since then.
     high_water: Option<DateTime<Utc>>,
+    /// The integrations whose accounts were claimable when that walk started, by id, in
+    /// order.
+    claimable: Vec<String>,
 }
 
-/// How a walk ended: the highest `refresh_at` it claimed, and whether it reached the end
-/// of the due range (not stopped by shutdown).
+/// How a walk ended: the highest `refresh_at` it claimed, whether it reached the end of
+/// the due range (not stopped by shutdown), whether it walked from the start, and the
+/// integrations claimable when it began.
 struct WalkEnd {
     high_water: Option<DateTime<Utc>>,
     complete: bool,
+    full: bool,
+    claimable: Option<Vec<String>>,
 }
 
 impl Walk {
@@ -329,16 +346,22 @@ impl Claims {
     pub async fn enqueue_due(self, tick: Tick) -> Result<(), ClaimError> {
         self.publish_lost(&tick).await?;
         let started = Instant::now();
-        let (start, full) = self.lock_walk().start(self.full_walk_every.min(tick.state.config.requeue_after));
-        let result = self.walk(&tick, start).await;
+        let every = self.full_walk_every.min(tick.state.config.requeue_after);
+        let (start, full, known) = {
+            let walk = self.lock_walk();
+            let (start, full) = walk.start(every);
+            (start, full, walk.claimable.clone())
+        };
+        let result = self.walk(&tick, start, full, &known).await;
         let mut walk = self.lock_walk();
         match result {
             Ok(end) => {
                 if let Some(mark) = end.high_water {
                     walk.high_water = Some(walk.high_water.map_or(mark, |m| m.max(mark)));
                 }
-                if full && end.complete {
+                if end.full && end.complete {
                     walk.full_at = Some(started);
+                    walk.claimable = end.claimable.unwrap_or_default();
                 }
                 Ok(())
             }
@@ -350,11 +373,21 @@ impl Claims {
         }
     }
 
-    /// Claims and publishes from `start` to the end of the due range.
-    async fn walk(&self, tick: &Tick, start: DateTime<Utc>) -> Result<WalkEnd, ClaimError> {
+    /// Claims and publishes from `start` to the end of the due range. An incremental walk
+    /// (`full` false) whose first statement finds an integration claimable that was not
+    /// when the last full walk began (`known`: enabled again, or its credentials fixed)
+    /// starts over from the beginning: the walks since may have skipped its due accounts
+    /// and moved the mark past them.
+    async fn walk(
+        &self,
+        tick: &Tick,
+        start: DateTime<Utc>,
+        full: bool,
+        known: &[String],
+    ) -> Result<WalkEnd, ClaimError> {
         let db = &tick.state.db;
         let requeue_after = tick.state.config.requeue_after;
-        let mut end = WalkEnd { high_water: None, complete: false };
+        let mut end = WalkEnd { high_water: None, complete: false, full, claimable: None };
         let mut cursor = WalkKey::before(start);
         // Each batch is published while the next one is claimed: the database and the
         // broker work at the same time instead of taking turns.
@@ -396,6 +429,15 @@ impl Claims {
             more = next.more(BATCH);
             if let Some(to) = next.walked_to {
                 cursor = to;
+            }
+            if end.claimable.is_none() {
+                let back_on = next.claimable.iter().any(|id| known.binary_search(id).is_err());
+                if back_on && !end.full {
+                    end.full = true;
+                    more = true;
+                    cursor = WalkKey::before(DateTime::UNIX_EPOCH);
+                }
+                end.claimable = Some(next.claimable);
             }
             // The mark is what the walk claimed, not how far it read: what it read past
             // its last claim (accounts of an integration that is off) stays in front of the

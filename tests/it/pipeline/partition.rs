@@ -307,3 +307,52 @@ async fn accounts_due_while_their_integration_was_off_are_claimed_on_the_next_ti
     claims.clone().enqueue_due(tick()).await.unwrap();
     assert_eq!(Pipeline::depth(&app, "refresh").await, 3, "all three on the next tick");
 }
+
+/// An integration enabled again may have due accounts behind the mark of the walks that
+/// skipped them (another integration's accounts moved it on): its first tick walks from
+/// the start and claims them, instead of leaving them to the next full walk.
+#[tokio::test]
+async fn an_integration_enabled_again_has_its_accounts_behind_the_mark_claimed_on_the_next_tick() {
+    let app = TestApp::spawn().await;
+    let queues = Pipeline::new(&app);
+    let on = demo_integration(&app, "pl-mark-on", ClientAuthMethod::Basic).await;
+    let off = demo_integration(&app, "pl-mark-off", ClientAuthMethod::Basic).await;
+    let ahead = seed_account(&app, &on, "ahead", None, Duration::from_secs(3600)).await.0.id;
+    let mut behind = Vec::new();
+    for user in ["a", "b"] {
+        behind.push(seed_account(&app, &off, user, None, Duration::from_secs(3600)).await.0.id);
+    }
+    let due = |ids: Vec<String>, ago: &str| {
+        sqlx::query("UPDATE connected_accounts SET refresh_at = now() - $2::interval WHERE id = ANY($1)")
+            .bind(ids)
+            .bind(ago.to_owned())
+    };
+    due(behind.clone(), "10 minutes").execute(&app.db).await.unwrap();
+    due(vec![ahead.clone()], "1 minute").execute(&app.db).await.unwrap();
+    let switch = |on: bool| {
+        sqlx::query("UPDATE integrations SET enabled = $2 WHERE id = $1").bind(off.integration.id.clone()).bind(on)
+    };
+    switch(false).execute(&app.db).await.unwrap();
+    let broker = Broker::connect(AMQP_URL, "pipes-tests").await.unwrap();
+    let topology = pipes::queues::topology(app.config());
+    topology.declare(&broker.channel().await.unwrap()).await.unwrap();
+    let publisher = Publisher::new(&broker);
+    let tick = || Tick {
+        state: app.state.clone(),
+        publisher: publisher.clone(),
+        topology: topology.clone(),
+        now: Utc::now(),
+        cancel: queues.cancel.clone(),
+    };
+    let claims = Claims::default().with_full_walk_every(Duration::from_secs(3600));
+
+    // The full walk claims the one account it may: the mark is nine minutes past the others.
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 1);
+    assert!(enqueued(&app, &ahead).await);
+    switch(true).execute(&app.db).await.unwrap();
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 3, "the accounts behind the mark, on the next tick");
+    claims.clone().enqueue_due(tick()).await.unwrap();
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 3, "and once");
+}
