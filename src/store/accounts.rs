@@ -518,9 +518,9 @@ impl StoreRequest {
 ///
 /// The statement keeps the schedule in step itself: it moves or removes the stored
 /// accounts' `refresh_schedule` rows and deletes their claims, from the rows it stored,
-/// and its transaction sets `pipes.schedule_written` so that the row trigger every other
-/// writer relies on does not do it a second time, row by row (see migration
-/// `20261127180000`). It moves the schedule rows with a plain UPDATE and inserts only the
+/// and it sets `pipes.schedule_written` for its own transaction (it is one) so that the
+/// row trigger every other writer relies on does not do it a second time, row by row (see
+/// migration `20261127180000`). It moves the schedule rows with a plain UPDATE and inserts only the
 /// ones missing (an account that had no schedule): an upsert of every row first locks
 /// each conflicting row, which costs a WAL record of its own.
 ///
@@ -550,13 +550,16 @@ impl crate::store::group::Batch for StoreBatch {
         let expires: Vec<Option<DateTime<Utc>>> = sorted.iter().map(|r| r.expires_at).collect();
         let refresh_at: Vec<Option<DateTime<Utc>>> = sorted.iter().map(|r| r.refresh_at).collect();
         let scopes: Vec<&str> = sorted.iter().map(|r| r.scopes.as_str()).collect();
-        let mut tx = self.db.begin_with("BEGIN; SET LOCAL pipes.schedule_written = on").await?;
         // The stored rows are all `connected`; one whose refresh_at is set has a refresh
-        // token (the CASE below): exactly the rows the schedule holds.
+        // token (the CASE below): exactly the rows the schedule holds. The statement is its
+        // own transaction: `pipes.schedule_written` is set transaction-locally by `new`,
+        // which every stored row is joined with, so it is on before the first row is
+        // updated and the row trigger checks it, and off again once the statement ends.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH new AS (
-               SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[],
-                                    $6::timestamptz[], $7::text[])
+               SELECT n.* FROM (SELECT set_config('pipes.schedule_written', 'on', true)) AS written,
+                 unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[],
+                        $6::timestamptz[], $7::text[])
                  AS n(id, lease_id, access, refresh, expires_at, refresh_at, scopes)),
              stored AS (
              UPDATE connected_accounts c SET
@@ -593,9 +596,8 @@ impl crate::store::group::Batch for StoreBatch {
         .bind(&expires)
         .bind(&refresh_at)
         .bind(&scopes)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.db)
         .await?;
-        tx.commit().await?;
         Ok(match_rows(requests.iter().map(|r| (r.id.as_str(), r.lease_id.as_str())), rows))
     }
 }

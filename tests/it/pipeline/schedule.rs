@@ -183,7 +183,7 @@ async fn the_batched_refresh_store_keeps_the_schedule_itself_and_leaves_the_trig
     let app = TestApp::spawn().await;
     let p = demo_integration(&app, "pl-schedule-batch", ClientAuthMethod::Basic).await;
     let ring = app.state.keyring();
-    // One connection: what the batch's transaction set must not outlive it.
+    // One connection: what the batch's statement set must not outlive it.
     let one = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&format!("postgres://postgres@127.0.0.1:5432/{}", app.db_name))
@@ -193,6 +193,30 @@ async fn the_batched_refresh_store_keeps_the_schedule_itself_and_leaves_the_trig
     let account = store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt1")), Some(soon)).await;
     let id = account.id.clone();
     let other = store_tokens(&app, &p.integration.id, "u2", None, &tokens(Some("rt1")), Some(soon)).await;
+    // A second trigger with the schedule trigger's condition notes every row that one
+    // would be called for.
+    for statement in [
+        "CREATE TABLE schedule_trigger_calls (account_id text)",
+        "CREATE FUNCTION note_schedule_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO schedule_trigger_calls VALUES (NEW.id); RETURN NULL; END $$",
+        "CREATE TRIGGER note_schedule_trigger
+           AFTER UPDATE OF state, refresh_at, refresh_token_enc, token_version, integration_id ON connected_accounts
+           FOR EACH ROW
+           WHEN ((OLD.state IS DISTINCT FROM NEW.state OR OLD.refresh_at IS DISTINCT FROM NEW.refresh_at
+                  OR (OLD.refresh_token_enc IS NULL) <> (NEW.refresh_token_enc IS NULL)
+                  OR OLD.token_version IS DISTINCT FROM NEW.token_version
+                  OR OLD.integration_id IS DISTINCT FROM NEW.integration_id)
+                 AND current_setting('pipes.schedule_written', true) IS DISTINCT FROM 'on')
+           EXECUTE FUNCTION note_schedule_trigger()",
+    ] {
+        sqlx::query(statement).execute(&app.db).await.unwrap();
+    }
+    let trigger_calls = || async {
+        sqlx::query_scalar::<_, String>("SELECT account_id FROM schedule_trigger_calls ORDER BY account_id")
+            .fetch_all(&app.db)
+            .await
+            .unwrap()
+    };
 
     // Claimed, leased and refreshed: the schedule moves, the claim is gone.
     mark(&app, &id).await;
@@ -224,8 +248,9 @@ async fn the_batched_refresh_store_keeps_the_schedule_itself_and_leaves_the_trig
     accounts::try_lease(&one, ring, &id, "lease-3", Duration::from_secs(30)).await.unwrap().unwrap();
     let back = store_batched(&one, &app, &id, "lease-3", &tokens(Some("rt4")), Some(soon)).await.unwrap();
     assert_eq!(entry(&app, &id).await, unmarked_at(back));
+    assert!(trigger_calls().await.is_empty(), "the batched store keeps the schedule without the trigger");
 
-    // The batch's setting ends with its transaction: the next write on the same
+    // The batch's setting ends with its statement: the next write on the same
     // connection goes through the trigger again.
     mark(&app, &other.id).await;
     let moved = later + chrono::Duration::minutes(7);
@@ -236,4 +261,5 @@ async fn the_batched_refresh_store_keeps_the_schedule_itself_and_leaves_the_trig
         .await
         .unwrap();
     assert_eq!(entry(&app, &other.id).await, unmarked_at(moved));
+    assert_eq!(trigger_calls().await, [other.id.clone()]);
 }
