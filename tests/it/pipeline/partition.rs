@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use pipes::app::AppState;
 use pipes::demo_provider::{ClientAuthMethod, Fault};
 use pipes::roles::RoleSet;
 use pipes::scheduler::claim::{ClaimError, Claims};
@@ -24,6 +25,24 @@ async fn enqueued(app: &TestApp, id: &str) -> bool {
         .fetch_one(&app.db)
         .await
         .unwrap()
+}
+
+/// Scheduler ticks for `state`, publishing to the test broker's queues (declared here).
+async fn ticks(state: AppState, cancel: CancellationToken) -> impl Fn() -> Tick {
+    let broker = Broker::connect(AMQP_URL, "pipes-tests").await.unwrap();
+    let topology = pipes::queues::topology(&state.config);
+    topology.declare(&broker.channel().await.unwrap()).await.unwrap();
+    let publisher = Publisher::new(&broker);
+    move || {
+        let _connection = &broker;
+        Tick {
+            state: state.clone(),
+            publisher: publisher.clone(),
+            topology: topology.clone(),
+            now: Utc::now(),
+            cancel: cancel.clone(),
+        }
+    }
 }
 
 /// Keeps a trace of every claim made from now on in the test's database: a released
@@ -153,17 +172,7 @@ async fn a_claim_whose_answer_was_lost_is_published_on_the_next_tick_not_after_r
         .test_before_acquire(false)
         .connect_lazy(&format!("postgres://postgres@{}/{}", proxy.addr(), app.db_name))
         .unwrap();
-    let broker = Broker::connect(AMQP_URL, "pipes-tests").await.unwrap();
-    let topology = pipes::queues::topology(app.config());
-    topology.declare(&broker.channel().await.unwrap()).await.unwrap();
-    let publisher = Publisher::new(&broker);
-    let tick = || Tick {
-        state: state.clone(),
-        publisher: publisher.clone(),
-        topology: topology.clone(),
-        now: Utc::now(),
-        cancel: queues.cancel.clone(),
-    };
+    let tick = ticks(state.clone(), queues.cancel.clone()).await;
     let claims = Claims::default();
     // A tick with nothing due: the connection is open and the claim prepared on it. It is
     // back in the pool once sqlx's ping on release is answered: wait for that.
@@ -221,17 +230,7 @@ async fn ticks_between_full_walks_start_at_the_high_water_mark_and_a_full_walk_f
             .bind(id.to_owned())
             .bind(ago.to_owned())
     };
-    let broker = Broker::connect(AMQP_URL, "pipes-tests").await.unwrap();
-    let topology = pipes::queues::topology(app.config());
-    topology.declare(&broker.channel().await.unwrap()).await.unwrap();
-    let publisher = Publisher::new(&broker);
-    let tick = || Tick {
-        state: app.state.clone(),
-        publisher: publisher.clone(),
-        topology: topology.clone(),
-        now: Utc::now(),
-        cancel: queues.cancel.clone(),
-    };
+    let tick = ticks(app.state.clone(), queues.cancel.clone()).await;
     let every = Duration::from_secs(3);
     let claims = Claims::default().with_full_walk_every(every);
 
@@ -287,17 +286,7 @@ async fn accounts_due_while_their_integration_was_off_are_claimed_on_the_next_ti
             .await
             .unwrap();
     }
-    let broker = Broker::connect(AMQP_URL, "pipes-tests").await.unwrap();
-    let topology = pipes::queues::topology(app.config());
-    topology.declare(&broker.channel().await.unwrap()).await.unwrap();
-    let publisher = Publisher::new(&broker);
-    let tick = || Tick {
-        state: app.state.clone(),
-        publisher: publisher.clone(),
-        topology: topology.clone(),
-        now: Utc::now(),
-        cancel: queues.cancel.clone(),
-    };
+    let tick = ticks(app.state.clone(), queues.cancel.clone()).await;
     let claims = Claims::default().with_full_walk_every(Duration::from_secs(3600));
 
     claims.clone().enqueue_due(tick()).await.unwrap();
@@ -333,17 +322,7 @@ async fn an_integration_enabled_again_has_its_accounts_behind_the_mark_claimed_o
         sqlx::query("UPDATE integrations SET enabled = $2 WHERE id = $1").bind(off.integration.id.clone()).bind(on)
     };
     switch(false).execute(&app.db).await.unwrap();
-    let broker = Broker::connect(AMQP_URL, "pipes-tests").await.unwrap();
-    let topology = pipes::queues::topology(app.config());
-    topology.declare(&broker.channel().await.unwrap()).await.unwrap();
-    let publisher = Publisher::new(&broker);
-    let tick = || Tick {
-        state: app.state.clone(),
-        publisher: publisher.clone(),
-        topology: topology.clone(),
-        now: Utc::now(),
-        cancel: queues.cancel.clone(),
-    };
+    let tick = ticks(app.state.clone(), queues.cancel.clone()).await;
     let claims = Claims::default().with_full_walk_every(Duration::from_secs(3600));
 
     // The full walk claims the one account it may: the mark is nine minutes past the others.

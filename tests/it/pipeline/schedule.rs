@@ -261,5 +261,5 @@ async fn the_batched_refresh_store_keeps_the_schedule_itself_and_leaves_the_trig
         .await
         .unwrap();
     assert_eq!(entry(&app, &other.id).await, unmarked_at(moved));
-    assert_eq!(trigger_calls().await, [other.id.clone()]);
+    assert_eq!(trigger_calls().await, std::slice::from_ref(&other.id));
 }
