@@ -520,9 +520,9 @@ impl StoreRequest {
 /// accounts' `refresh_schedule` rows and deletes their claims, from the rows it stored,
 /// and it sets `pipes.schedule_written` for its own transaction (it is one) so that the
 /// row trigger every other writer relies on does not do it a second time, row by row (see
-/// migration `20261127180000`). It moves the schedule rows with a plain UPDATE and inserts only the
-/// ones missing (an account that had no schedule): an upsert of every row first locks
-/// each conflicting row, which costs a WAL record of its own.
+/// migration `20261127180000`). It moves the schedule rows with a plain UPDATE and
+/// inserts only the ones missing (an account that had no schedule): an upsert of every
+/// row first locks each conflicting row, which costs a WAL record of its own.
 ///
 /// The statement locks only rows whose lease it holds, and no two live holders share a
 /// row, so batches practically never wait for each other. It does not lock the rows in a

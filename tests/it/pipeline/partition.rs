@@ -27,6 +27,16 @@ async fn enqueued(app: &TestApp, id: &str) -> bool {
         .unwrap()
 }
 
+/// Turns an integration on or off behind the API's back, as an operator's UPDATE would.
+async fn set_enabled(app: &TestApp, integration_id: &str, on: bool) {
+    sqlx::query("UPDATE integrations SET enabled = $2 WHERE id = $1")
+        .bind(integration_id)
+        .bind(on)
+        .execute(&app.db)
+        .await
+        .unwrap();
+}
+
 /// Scheduler ticks for `state`, publishing to the test broker's queues (declared here).
 async fn ticks(state: AppState, cancel: CancellationToken) -> impl Fn() -> Tick {
     let broker = Broker::connect(AMQP_URL, "pipes-tests").await.unwrap();
@@ -273,10 +283,7 @@ async fn accounts_due_while_their_integration_was_off_are_claimed_on_the_next_ti
     for user in ["a", "b", "c"] {
         ids.push(seed_account(&app, &p, user, None, Duration::from_secs(3600)).await.0.id);
     }
-    let switch = |on: bool| {
-        sqlx::query("UPDATE integrations SET enabled = $2 WHERE id = $1").bind(p.integration.id.clone()).bind(on)
-    };
-    switch(false).execute(&app.db).await.unwrap();
+    set_enabled(&app, &p.integration.id, false).await;
     // Due a minute apart: far more than the margin a walk keeps behind its mark.
     for (i, id) in ids.iter().enumerate() {
         sqlx::query("UPDATE connected_accounts SET refresh_at = now() - $2 * interval '1 minute' WHERE id = $1")
@@ -292,7 +299,7 @@ async fn accounts_due_while_their_integration_was_off_are_claimed_on_the_next_ti
     claims.clone().enqueue_due(tick()).await.unwrap();
     claims.clone().enqueue_due(tick()).await.unwrap();
     assert_eq!(Pipeline::depth(&app, "refresh").await, 0, "nothing claimed while the integration is off");
-    switch(true).execute(&app.db).await.unwrap();
+    set_enabled(&app, &p.integration.id, true).await;
     claims.clone().enqueue_due(tick()).await.unwrap();
     assert_eq!(Pipeline::depth(&app, "refresh").await, 3, "all three on the next tick");
 }
@@ -318,10 +325,7 @@ async fn an_integration_enabled_again_has_its_accounts_behind_the_mark_claimed_o
     };
     due(behind.clone(), "10 minutes").execute(&app.db).await.unwrap();
     due(vec![ahead.clone()], "1 minute").execute(&app.db).await.unwrap();
-    let switch = |on: bool| {
-        sqlx::query("UPDATE integrations SET enabled = $2 WHERE id = $1").bind(off.integration.id.clone()).bind(on)
-    };
-    switch(false).execute(&app.db).await.unwrap();
+    set_enabled(&app, &off.integration.id, false).await;
     let tick = ticks(app.state.clone(), queues.cancel.clone()).await;
     let claims = Claims::default().with_full_walk_every(Duration::from_secs(3600));
 
@@ -329,7 +333,7 @@ async fn an_integration_enabled_again_has_its_accounts_behind_the_mark_claimed_o
     claims.clone().enqueue_due(tick()).await.unwrap();
     assert_eq!(Pipeline::depth(&app, "refresh").await, 1);
     assert!(enqueued(&app, &ahead).await);
-    switch(true).execute(&app.db).await.unwrap();
+    set_enabled(&app, &off.integration.id, true).await;
     claims.clone().enqueue_due(tick()).await.unwrap();
     assert_eq!(Pipeline::depth(&app, "refresh").await, 3, "the accounts behind the mark, on the next tick");
     claims.clone().enqueue_due(tick()).await.unwrap();
