@@ -47,6 +47,7 @@ export PIPES_REDIS_PREFIX="bench_$run_id"
 export PIPES_LISTEN="127.0.0.1:$PORT"
 export PIPES_ENCRYPTION_KEYS="bench:$(head -c 32 /dev/urandom | base64)"
 export PIPES_LOG_FORMAT=json RUST_LOG=warn
+export PIPES_ALLOW_PRIVATE_NETWORK=true  # the fake provider runs on this machine
 
 serve_pid=""
 cleanup() {

@@ -30,6 +30,7 @@ export PIPES_REDIS_PREFIX="bench_$$"
 export PIPES_SCHEDULER_CRON="* * * * * *"
 export PIPES_WORKER_CONCURRENCY="${PIPES_WORKER_CONCURRENCY:-64}"
 export PIPES_LOG_FORMAT=text
+export PIPES_ALLOW_PRIVATE_NETWORK=true  # the fake provider runs on this machine
 export RUST_LOG="${RUST_LOG:-warn}"
 
 if [ -z "${BENCH_SKIP_BUILD:-}" ]; then

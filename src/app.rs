@@ -10,6 +10,7 @@ use axum::Router;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::KeyVerifier;
@@ -33,8 +34,8 @@ pub struct AppState {
     pub db: PgPool,
     pub redis: Redis,
     pub keys: KeyVerifier,
-    /// Outbound HTTP to providers: never follows redirects.
-    pub http: reqwest::Client,
+    /// Outbound HTTP to providers, through the outbound guard (`crate::outbound`).
+    pub http: crate::outbound::ProviderClient,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The Redis token cache (every account write updates it).
     pub cache: TokenCache,
@@ -72,7 +73,7 @@ impl AppState {
         // mark, a released lease, waiting on another holder) share the rest.
         let db = crate::db::pool(&config.database_url, config.database_pool)?;
         let redis = Redis::start(&config.redis_url, &config.redis_prefix, config.redis_timeout, cancel.clone())?;
-        let http = provider_http_client(config.provider_timeout)?;
+        let http = crate::outbound::ProviderClient::new(config.provider_timeout, config.allow_private_network)?;
         let cache = TokenCache::new(redis.clone(), config.encryption_keys.clone(), config.min_validity);
         let refresher =
             Refresher::new(db.clone(), config.encryption_keys.clone(), http.clone(), cache.clone(), &config);
@@ -108,17 +109,6 @@ impl AppState {
     }
 }
 
-/// The HTTP client for providers and webhooks: no redirects (DESIGN §8), bounded time.
-pub fn provider_http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
-    crate::install_crypto_provider();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs(5))
-        .user_agent(concat!("pipes/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
 #[derive(Clone, Copy)]
 struct MakeUlidRequestId;
 
@@ -147,6 +137,12 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(crate::api::method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Answers carry tokens, secrets and account state: no cache may keep them
+        // unless a route says otherwise (the widget's static assets).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        ))
         .layer(axum::middleware::from_fn(crate::api::guard::reject_unusable_url))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))

@@ -37,8 +37,11 @@ use crate::store::integrations::Integration;
 
 /// How long a tombstone blocks stale writes.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
-/// Entries of tokens that never expire are re-read from PostgreSQL this often.
-const NON_EXPIRING_TTL: Duration = Duration::from_secs(3600);
+/// Entries of tokens that never expire are re-read from PostgreSQL this often, which
+/// also bounds how long an entry whose invalidation never arrived could live.
+const NON_EXPIRING_TTL: Duration = Duration::from_secs(300);
+/// The longest any entry lives, however long its token stays valid.
+const MAX_TTL: Duration = Duration::from_secs(3600);
 
 /// SET the value unless the stored one carries a newer (or equal) version,
 /// and announce it on the invalidation channel (ARGV[4]; empty: not announced).
@@ -220,7 +223,9 @@ impl TokenCache {
         }
         let ttl = match account.expires_at {
             None => NON_EXPIRING_TTL,
-            Some(exp) => (exp - now - crate::store::accounts::serve_floor(self.min_validity)).to_std().ok()?,
+            Some(exp) => {
+                (exp - now - crate::store::accounts::serve_floor(self.min_validity)).to_std().ok()?.min(MAX_TTL)
+            }
         };
         if ttl < Duration::from_millis(10) {
             return None;

@@ -32,17 +32,59 @@ pub enum LogFormat {
     Json,
 }
 
-/// Every setting of every role. `Debug` is safe: the key ring redacts itself.
+/// A service URL that may carry a password (`postgres://user:pass@…`). Reads as
+/// the URL (`&str`); `Debug` shows it with every password replaced by `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceUrl(String);
+
+impl ServiceUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        ServiceUrl(url.into())
+    }
+
+    /// The URL with passwords masked (each part of a comma-separated list on its own).
+    pub fn redacted(&self) -> String {
+        self.0.split(',').map(redact_password).collect::<Vec<_>>().join(",")
+    }
+}
+
+fn redact_password(part: &str) -> String {
+    match Url::parse(part.trim()) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        Ok(_) => part.to_owned(),
+        // Not parseable: it could hide a password anywhere.
+        Err(_) => "***".to_owned(),
+    }
+}
+
+impl std::ops::Deref for ServiceUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ServiceUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Every setting of every role. `Debug` is safe: service URLs mask their
+/// passwords, the key ring and the demo secret redact themselves.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// PostgreSQL, the source of truth.
-    pub database_url: String,
+    pub database_url: ServiceUrl,
     /// Connections per process (a worker takes at least its concurrency plus a margin).
     pub database_pool: u32,
     /// Redis for the token cache (a `redis://` URL; several comma-separated, or `redis+cluster://…`, for a cluster).
-    pub redis_url: String,
+    pub redis_url: ServiceUrl,
     /// RabbitMQ for refresh jobs and webhook deliveries.
-    pub amqp_url: String,
+    pub amqp_url: ServiceUrl,
     /// Address `pipes serve` listens on.
     pub listen: SocketAddr,
     /// Public origin of `pipes serve`; OAuth redirect URIs are built from it.
@@ -62,8 +104,9 @@ pub struct Config {
     pub allowed_return_to: Vec<String>,
     /// Where scheduler and worker serve `/metrics`.
     pub metrics_listen: SocketAddr,
-    /// Allow webhook endpoints on loopback/private addresses (development only).
-    pub webhook_allow_private: bool,
+    /// Development only: outbound requests (providers, webhooks) may use plain http
+    /// and reach loopback and private addresses (`crate::outbound`).
+    pub allow_private_network: bool,
     /// Prefix of every queue name, so tenants and tests can share one broker.
     pub queue_prefix: String,
     /// Prefix of every Redis key.
@@ -93,7 +136,7 @@ pub struct Config {
     /// The demo provider's origin as Pipes reaches it (differs in containers).
     pub demo_internal_url: String,
     /// The demo client's secret (shared by the demo provider and the `demo` integration).
-    pub demo_client_secret: String,
+    pub demo_client_secret: crate::secret::Secret,
 }
 
 /// Raw key/value settings, from a TOML file and then the environment.
@@ -215,6 +258,12 @@ impl Config {
     }
 
     pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+        if s.get("PIPES_WEBHOOK_ALLOW_PRIVATE").is_some() {
+            return Err(invalid(
+                "PIPES_WEBHOOK_ALLOW_PRIVATE",
+                "renamed to PIPES_ALLOW_PRIVATE_NETWORK, which covers provider endpoints too",
+            ));
+        }
         let encryption_keys = match s.get("PIPES_ENCRYPTION_KEYS") {
             Some(text) => KeyRing::parse(text).map_err(|e| invalid("PIPES_ENCRYPTION_KEYS", e))?,
             None => {
@@ -257,7 +306,9 @@ impl Config {
             other => return Err(invalid("PIPES_LOG_FORMAT", format!("`{other}`: use text or json"))),
         };
         let config = Config {
-            database_url: s.get("PIPES_DATABASE_URL").unwrap_or("postgres://postgres@127.0.0.1:5432/pipes").to_owned(),
+            database_url: ServiceUrl::new(
+                s.get("PIPES_DATABASE_URL").unwrap_or("postgres://postgres@127.0.0.1:5432/pipes"),
+            ),
             database_pool: s
                 .get("PIPES_DATABASE_POOL")
                 .unwrap_or("20")
@@ -266,8 +317,8 @@ impl Config {
                 .ok()
                 .filter(|n| (1..=1000).contains(n))
                 .ok_or_else(|| invalid("PIPES_DATABASE_POOL", "expected a whole number from 1 to 1000"))?,
-            redis_url: s.get("PIPES_REDIS_URL").unwrap_or("redis://127.0.0.1:6379").to_owned(),
-            amqp_url: s.get("PIPES_AMQP_URL").unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f").to_owned(),
+            redis_url: ServiceUrl::new(s.get("PIPES_REDIS_URL").unwrap_or("redis://127.0.0.1:6379")),
+            amqp_url: ServiceUrl::new(s.get("PIPES_AMQP_URL").unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f")),
             listen: addr(s, "PIPES_LISTEN", "127.0.0.1:8080")?,
             public_url,
             encryption_keys,
@@ -278,7 +329,7 @@ impl Config {
             worker_concurrency,
             allowed_return_to,
             metrics_listen: addr(s, "PIPES_METRICS_LISTEN", "127.0.0.1:9090")?,
-            webhook_allow_private: boolean(s, "PIPES_WEBHOOK_ALLOW_PRIVATE")?,
+            allow_private_network: boolean(s, "PIPES_ALLOW_PRIVATE_NETWORK")?,
             queue_prefix: prefix(s, "PIPES_QUEUE_PREFIX")?,
             redis_prefix: prefix(s, "PIPES_REDIS_PREFIX")?,
             log_format,
@@ -298,7 +349,9 @@ impl Config {
                 .unwrap_or("http://localhost:8090")
                 .trim()
                 .to_owned(),
-            demo_client_secret: s.get("PIPES_DEMO_CLIENT_SECRET").unwrap_or("demo-client-secret").to_owned(),
+            demo_client_secret: crate::secret::Secret::new(
+                s.get("PIPES_DEMO_CLIENT_SECRET").unwrap_or("demo-client-secret"),
+            ),
         };
         if config.refresh_lease <= config.provider_timeout {
             return Err(invalid("PIPES_REFRESH_LEASE", "must be longer than PIPES_PROVIDER_TIMEOUT"));

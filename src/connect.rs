@@ -279,7 +279,7 @@ async fn exchange(
     let requested_at = Utc::now();
     match client::request_token(&state.http, integration, &spec, grant).await {
         Ok(grant) => Ok(Ok(TokenSet {
-            expires_at: grant.expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| requested_at + d),
+            expires_at: grant.expires_at(requested_at),
             access_token: grant.access_token,
             refresh_token: grant.refresh_token,
             scopes: grant.scopes.filter(|s| !s.is_empty()).unwrap_or_else(|| pending.scopes.clone()),

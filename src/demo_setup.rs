@@ -27,7 +27,7 @@ pub async fn run_provider(config: &Config, cancel: CancellationToken) -> anyhow:
     });
     provider.register_client(ClientRegistration {
         client_id: DEMO_CLIENT_ID.to_owned(),
-        client_secret: config.demo_client_secret.clone(),
+        client_secret: config.demo_client_secret.expose().to_owned(),
         redirect_uris: vec![config.redirect_uri(DEMO_SLUG)],
         auth_method: ClientAuthMethod::Basic,
     });
@@ -54,7 +54,8 @@ pub async fn ensure_integration(db: &PgPool, config: &Config) -> anyhow::Result<
     let existing: Option<String> =
         sqlx::query_scalar("SELECT id FROM integrations WHERE slug = $1").bind(DEMO_SLUG).fetch_optional(db).await?;
     let id = existing.unwrap_or_else(|| IdKind::Integration.new_id());
-    let sealed = config.encryption_keys.seal_str(&config.demo_client_secret, aad(columns::CLIENT_SECRET, &id))?;
+    let sealed =
+        config.encryption_keys.seal_str(config.demo_client_secret.expose(), aad(columns::CLIENT_SECRET, &id))?;
     sqlx::query(
         "INSERT INTO integrations (id, slug, provider, description, scopes, client_id, client_secret_enc, redacted_secret, custom_provider)
          VALUES ($1, $2, $2, 'A built-in demo provider: tokens live 2 minutes and refresh tokens rotate.',

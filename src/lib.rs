@@ -22,6 +22,7 @@ pub mod import;
 pub mod keys;
 pub mod metrics;
 pub mod oauth;
+pub mod outbound;
 pub mod provisioning;
 pub mod queues;
 pub mod read;

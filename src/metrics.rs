@@ -20,6 +20,10 @@ pub const WEBHOOK_DELIVERIES: &str = "pipes_webhook_deliveries_total";
 pub const QUEUE_MESSAGES: &str = "pipes_queue_messages";
 pub const SCHEDULER_TICK_DURATION: &str = "pipes_scheduler_tick_duration_seconds";
 pub const SCHEDULER_LAST_TICK: &str = "pipes_scheduler_last_tick_timestamp_seconds";
+pub const PROVIDER_RESPONSES_REFUSED: &str = "pipes_provider_responses_refused_total";
+pub const REFRESH_JOBS_DROPPED: &str = "pipes_refresh_jobs_dropped_total";
+pub const RATE_LIMITED: &str = "pipes_rate_limited_total";
+pub const CACHE_INVALIDATIONS_RETRIED: &str = "pipes_cache_invalidations_retried_total";
 
 /// Every metric name this code exports (checked against the dashboard in CI).
 pub const ALL: &[&str] = &[
@@ -38,6 +42,10 @@ pub const ALL: &[&str] = &[
     QUEUE_MESSAGES,
     SCHEDULER_TICK_DURATION,
     SCHEDULER_LAST_TICK,
+    PROVIDER_RESPONSES_REFUSED,
+    REFRESH_JOBS_DROPPED,
+    RATE_LIMITED,
+    CACHE_INVALIDATIONS_RETRIED,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -78,6 +86,13 @@ fn describe() {
     describe_histogram!(REFRESH_LAG, Unit::Seconds, "Time from refresh_at to the new token stored.");
     describe_gauge!(CONNECTED_ACCOUNTS, "Connected accounts by provider and state.");
     describe_gauge!(INTEGRATIONS_INVALID, "1 for each integration whose credentials the provider refused.");
+    describe_counter!(PROVIDER_RESPONSES_REFUSED, "Provider answers refused unread: too large, or too slow.");
+    describe_counter!(
+        REFRESH_JOBS_DROPPED,
+        "Refresh jobs dropped unrun, by reason (e.g. a job naming another integration)."
+    );
+    describe_counter!(RATE_LIMITED, "Requests answered 429, by route group and limit.");
+    describe_counter!(CACHE_INVALIDATIONS_RETRIED, "Cache invalidations written after their first attempt failed.");
     describe_gauge!(ACCOUNTS_DUE, "Accounts whose refresh_at has passed.");
     describe_counter!(WEBHOOK_DELIVERIES, "Webhook delivery attempts by outcome.");
     describe_gauge!(QUEUE_MESSAGES, "Messages ready in each queue.");

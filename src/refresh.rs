@@ -52,6 +52,9 @@ pub enum RefreshOutcome {
     Transient { reason: String, retry_after: Option<Duration> },
     /// The account no longer exists or is not connected.
     NotConnected(Option<Account>),
+    /// The account belongs to another integration than the one named: nothing was
+    /// asked of any provider (a forged or corrupted job).
+    OtherIntegration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +69,7 @@ pub enum RefreshError {
 pub struct Refresher {
     db: PgPool,
     ring: KeyRing,
-    http: reqwest::Client,
+    http: crate::outbound::ProviderClient,
     cache: TokenCache,
     lease: Duration,
     wait_for_holder: Duration,
@@ -85,7 +88,7 @@ impl Refresher {
     pub fn new(
         db: PgPool,
         ring: KeyRing,
-        http: reqwest::Client,
+        http: crate::outbound::ProviderClient,
         cache: TokenCache,
         config: &crate::config::Config,
     ) -> Self {
@@ -203,6 +206,10 @@ impl Refresher {
         let store_until = Instant::now() + self.lease.saturating_sub(Duration::from_secs(2));
         let provider = integration.slug.clone();
         let now = Utc::now();
+        if account.integration_id != integration.id {
+            // Never present one integration's client credentials with another's grant.
+            return Ok(RefreshOutcome::OtherIntegration);
+        }
         if account.state != AccountState::Connected {
             return Ok(RefreshOutcome::NotConnected(Some(account)));
         }
@@ -241,8 +248,7 @@ impl Refresher {
         match result {
             Ok(grant) => {
                 let now = Utc::now();
-                let expires_at =
-                    grant.expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| requested_at + d);
+                let expires_at = grant.expires_at(requested_at);
                 let has_refresh = grant.refresh_token.is_some() || account.refresh_token.is_some();
                 let tokens = TokenSet {
                     access_token: grant.access_token,

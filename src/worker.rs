@@ -125,6 +125,12 @@ impl Handler for RefreshHandler {
                 self.mark_pending(&account_id, None).await;
                 Outcome::Done
             }
+            Ok(RefreshOutcome::OtherIntegration) => {
+                metrics::counter!(crate::metrics::REFRESH_JOBS_DROPPED, "reason" => "integration_mismatch")
+                    .increment(1);
+                tracing::warn!(integration_id, "a refresh job names another integration than its account's; dropped");
+                Outcome::Done
+            }
             Ok(RefreshOutcome::Transient { reason, retry_after }) => {
                 self.transient(&account_id, &ctx, reason, retry_after).await
             }

@@ -60,6 +60,7 @@ export PIPES_REDIS_PREFIX="soak_$run_id"
 export PIPES_LISTEN="$SERVE"
 export PIPES_ENCRYPTION_KEYS="soak:$(head -c 32 /dev/urandom | base64)"
 export PIPES_LOG_FORMAT=text
+export PIPES_ALLOW_PRIVATE_NETWORK=true  # the fake provider runs on this machine
 export RUST_LOG=${RUST_LOG:-warn}
 
 if [ -z "${SOAK_SKIP_BUILD:-}" ]; then

@@ -21,7 +21,7 @@ pub const SLUG: &str = "soak";
 
 pub async fn run(dir: PathBuf) -> Result<()> {
     let config = Config::from_env()?;
-    let url = std::env::var("SOAK_DATABASE_URL").unwrap_or_else(|_| config.database_url.clone());
+    let url = std::env::var("SOAK_DATABASE_URL").unwrap_or_else(|_| config.database_url.to_string());
     let db =
         sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.context("connect to PostgreSQL")?;
     let accounts: usize = knob("SOAK_ACCOUNTS", 100_000);

@@ -129,6 +129,7 @@ fn answer(state: &AppState, parts: &axum::http::request::Parts, body: &[u8], sha
     };
     let mut response = Response::new(Body::from(body));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Some(with_request_id(parts, response))
 }
 

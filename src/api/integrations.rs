@@ -214,7 +214,8 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateIntegration>,
 ) -> ApiResult<Response> {
-    let draft = provisioning::validate_create(body).map_err(ApiError::invalid)?;
+    let draft =
+        provisioning::validate_create(body, state.config.allow_private_network).await.map_err(ApiError::invalid)?;
     let integration = writes::insert(&state.db, state.keyring(), &draft).await?;
     tracing::info!(integration = %integration.slug, id = %integration.id, "integration created");
     Ok((StatusCode::CREATED, Json(view(&integration, &state.config))).into_response())
@@ -241,7 +242,9 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateIntegration>,
 ) -> ApiResult<Json<DataIntegrationView>> {
     let existing = find(&state, &slug).await?;
-    let draft = provisioning::validate_update(&existing, body).map_err(ApiError::invalid)?;
+    let draft = provisioning::validate_update(&existing, body, state.config.allow_private_network)
+        .await
+        .map_err(ApiError::invalid)?;
     let updated = writes::update(&state.db, state.keyring(), &existing.id, &draft)
         .await?
         .ok_or_else(|| ApiError::not_found("integration_not_found", format!("No integration `{slug}`.")))?;

@@ -18,8 +18,8 @@ use crate::auth::AdminKey;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::events::EventKind;
 use crate::ids::IdKind;
+use crate::outbound as target;
 use crate::webhooks::endpoints::{self, EndpointError, EndpointPatch, EndpointStatus, PageRequest};
-use crate::webhooks::target;
 
 const MAX_URL_LEN: usize = 2048;
 
@@ -72,7 +72,7 @@ async fn checked_url(state: &AppState, url: &str, errors: &mut Vec<FieldError>) 
         ));
         return None;
     }
-    match target::check_for_save(url, state.config.webhook_allow_private).await {
+    match target::check_for_save(url, state.config.allow_private_network).await {
         Ok(parsed) => Some(parsed.to_string()),
         Err(problem) => {
             errors.push(FieldError::new("endpoint_url", problem.code(), format!("endpoint_url {problem}")));

@@ -211,6 +211,7 @@ async fn refresh(config: &Config, db: &PgPool, id: &str, inline: bool) -> anyhow
             }
             RefreshOutcome::Transient { reason, .. } => anyhow::bail!("transient failure ({reason}); try again later"),
             RefreshOutcome::NotConnected(_) => println!("the account is no longer connected"),
+            RefreshOutcome::OtherIntegration => anyhow::bail!("the account belongs to another integration"),
         }
         return Ok(());
     }

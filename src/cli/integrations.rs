@@ -135,13 +135,15 @@ pub async fn run(config: &Config, cmd: IntegrationsCommand) -> anyhow::Result<()
     let ring = &config.encryption_keys;
     match cmd {
         IntegrationsCommand::Add(args) => {
-            let draft = provisioning::validate_create((*args).into_body()).map_err(|errors| {
-                let lines: Vec<String> = errors
-                    .iter()
-                    .map(|e| format!("  {}: {}", e.field, e.message.as_deref().unwrap_or(&e.code)))
-                    .collect();
-                anyhow::anyhow!("invalid integration:\n{}", lines.join("\n"))
-            })?;
+            let draft = provisioning::validate_create((*args).into_body(), config.allow_private_network)
+                .await
+                .map_err(|errors| {
+                    let lines: Vec<String> = errors
+                        .iter()
+                        .map(|e| format!("  {}: {}", e.field, e.message.as_deref().unwrap_or(&e.code)))
+                        .collect();
+                    anyhow::anyhow!("invalid integration:\n{}", lines.join("\n"))
+                })?;
             let integration = writes::insert(&db, ring, &draft).await?;
             println!("created integration `{}` ({})", integration.slug, integration.id);
             println!("register this redirect URI at the provider: {}", config.redirect_uri(&integration.slug));

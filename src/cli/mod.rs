@@ -92,6 +92,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return integrations::providers(*json);
     }
     let dev = matches!(cli.command, Command::Dev);
+    if dev && std::env::var_os("PIPES_ALLOW_PRIVATE_NETWORK").is_none() {
+        // The demo provider and a developer's webhook receiver run on this machine, over http.
+        std::env::set_var("PIPES_ALLOW_PRIVATE_NETWORK", "true");
+        eprintln!("pipes dev: PIPES_ALLOW_PRIVATE_NETWORK=true (outbound requests may reach this machine over http)");
+    }
     let config = match load_config(&cli) {
         Ok(config) => config,
         Err(_) if dev && std::env::var_os("PIPES_ENCRYPTION_KEYS").is_none() => {

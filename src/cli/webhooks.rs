@@ -6,9 +6,9 @@ use clap::Subcommand;
 
 use crate::config::Config;
 use crate::events::EventKind;
+use crate::outbound as target;
 use crate::webhooks::endpoints;
 use crate::webhooks::relay::Relay;
-use crate::webhooks::target;
 
 #[derive(Debug, Subcommand)]
 pub enum WebhooksCommand {
@@ -44,7 +44,7 @@ pub async fn run(config: &Config, cmd: WebhooksCommand) -> anyhow::Result<()> {
     let ring = &config.encryption_keys;
     match cmd {
         WebhooksCommand::Add { url, events } => {
-            let url = target::check_for_save(&url, config.webhook_allow_private)
+            let url = target::check_for_save(&url, config.allow_private_network)
                 .await
                 .map_err(|problem| anyhow::anyhow!("the URL {problem}"))?;
             let events = if events.is_empty() {

@@ -15,6 +15,7 @@ use url::Url;
 
 use super::response::{classify, RawResponse, TokenError, TokenGrant};
 use crate::oauth::catalog::{BodyContentType, ClientAuth, ProviderSpec};
+use crate::outbound::{ProviderClient, TargetError};
 use crate::secret::Secret;
 use crate::store::integrations::Integration;
 
@@ -66,7 +67,7 @@ pub enum Grant<'a> {
 
 /// Calls the token endpoint and classifies the answer (DESIGN §2.4).
 pub async fn request_token(
-    http: &reqwest::Client,
+    http: &ProviderClient,
     integration: &Integration,
     spec: &ProviderSpec,
     grant: Grant<'_>,
@@ -76,6 +77,7 @@ pub async fn request_token(
         Grant::Code { .. } => &urls.token_url,
         Grant::Refresh { .. } => &urls.refresh_token_url,
     };
+    http.check(token_url).map_err(refused_url)?;
     let mut client = BasicClient::new(ClientId::new(integration.client_id.clone()))
         .set_token_uri(TokenUrl::from_url(token_url.clone()))
         .set_auth_type(match spec.client_auth {
@@ -88,7 +90,7 @@ pub async fn request_token(
     }
     let captured: Arc<Mutex<Option<Result<RawResponse, TokenError>>>> = Arc::default();
     let sender = Sender {
-        http: http.clone(),
+        http: http.http().clone(),
         url: token_url.clone(),
         json_body: spec.token_body_content_type == BodyContentType::Json,
         captured: captured.clone(),
@@ -116,6 +118,12 @@ pub async fn request_token(
         .take()
         .unwrap_or_else(|| Err(TokenError::Config("the token request could not be built".into())))?;
     classify(spec, &raw)
+}
+
+/// A provider URL the outbound guard refuses: the integration must be fixed, so it
+/// is a configuration error, never a request.
+fn refused_url(err: TargetError) -> TokenError {
+    TokenError::Config(format!("token URL {err}"))
 }
 
 /// Sends oauth2's request with our client and keeps the answer for [`classify`].
@@ -185,19 +193,44 @@ impl Sender {
             .map(Duration::from_secs);
         let content_type =
             response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let body = response.bytes().await.map_err(|e| TokenError::Transient {
-            reason: if e.is_timeout() { "timeout".into() } else { "connection_error".into() },
-            retry_after: None,
-            status: Some(status),
+        let body = read_capped(response, MAX_RESPONSE_BYTES).await.map_err(|reason| {
+            metrics::counter!(crate::metrics::PROVIDER_RESPONSES_REFUSED, "reason" => reason).increment(1);
+            tracing::warn!(status, reason, "token endpoint answer refused");
+            TokenError::Transient { reason: reason.into(), retry_after: None, status: Some(status) }
         })?;
         tracing::debug!(status, elapsed_ms = started.elapsed().as_millis() as u64, "token endpoint answered");
-        Ok(RawResponse { status, retry_after, content_type, body: body.to_vec() })
+        Ok(RawResponse { status, retry_after, content_type, body })
+    }
+}
+
+/// The most of a provider's answer that is read: a token answer is a few kilobytes.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Reads a body of at most `cap` bytes. A longer one (announced or streamed) is
+/// refused as soon as it passes the cap; the client's timeout bounds a slow one.
+pub async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, &'static str> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err("response_too_large");
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len().saturating_add(chunk.len()) > cap {
+                    return Err("response_too_large");
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) if e.is_timeout() => return Err("timeout"),
+            Err(_) => return Err("connection_error"),
+        }
     }
 }
 
 /// Revokes a token at the provider (RFC 7009). Failures are reported, not fatal.
 pub async fn revoke(
-    http: &reqwest::Client,
+    http: &ProviderClient,
     integration: &Integration,
     spec: &ProviderSpec,
     token: &Secret,
@@ -205,8 +238,9 @@ pub async fn revoke(
 ) -> Result<(), String> {
     let urls = integration.urls().map_err(|e| e.to_string())?;
     let Some(url) = urls.revocation_url.clone() else { return Ok(()) };
+    http.check(&url).map_err(|e| format!("revocation_url {e}"))?;
     let mut form = vec![("token", token.expose().to_owned()), ("token_type_hint", hint.to_owned())];
-    let mut request = http.post(url);
+    let mut request = http.http().post(url);
     match (spec.client_auth, &integration.client_secret) {
         (ClientAuth::BasicAuthHeader, Some(secret)) => {
             use secrecy::ExposeSecret;

@@ -49,6 +49,15 @@ pub enum TokenError {
     Config(String),
 }
 
+impl TokenGrant {
+    /// When the token expires, counting `expires_in` from `requested_at` (no later
+    /// than the provider's answer). Never overflows: the lifetime is bounded.
+    pub fn expires_at(&self, requested_at: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+        let lifetime = chrono::Duration::from_std(self.expires_in?).ok()?;
+        requested_at.checked_add_signed(lifetime)
+    }
+}
+
 impl TokenError {
     /// A short, secret-free label for logs, metrics and stored errors.
     pub fn label(&self) -> String {
@@ -73,13 +82,24 @@ fn text(v: &Value, key: &str) -> Option<String> {
     }
 }
 
+/// The longest lifetime a token answer may claim; a longer `expires_in` is
+/// taken as this, so no arithmetic on it can overflow a timestamp.
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A lifetime in seconds, as a number or a numeric string (fractions dropped).
+/// Zero, negative and unreadable values say nothing usable and count as not
+/// stated, as a missing `expires_in` does: taking them at their word would make
+/// every read refresh the token again at once.
 fn seconds(v: &Value, key: &str) -> Option<Duration> {
-    match v.get(key)? {
-        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
-        Value::String(s) => s.trim().parse::<u64>().ok(),
-        _ => None,
+    let secs = match v.get(key)? {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    if !secs.is_finite() || secs < 1.0 {
+        return None;
     }
-    .map(Duration::from_secs)
+    Some(Duration::from_secs(secs.min(MAX_EXPIRES_IN.as_secs() as f64) as u64))
 }
 
 fn scopes(v: &Value, separator: &str) -> Option<Vec<String>> {

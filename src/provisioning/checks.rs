@@ -1,11 +1,12 @@
 //! The field checks behind `validate_create` and `validate_update`. A
 //! `Checker` collects every problem, so one 422 names all bad fields at once.
 
-use url::{Host, Url};
+use url::Url;
 
 use super::{parse_client_auth, parse_content_type, CustomProviderInput, IntegrationDraft};
 use crate::error::FieldError;
 use crate::oauth::catalog::{BodyContentType, Catalog, CatalogError, ClientAuth, SCOPE_SEPARATORS};
+use crate::outbound::{self, Schemes};
 use crate::secret::Secret;
 use crate::store::integrations::CustomProvider;
 
@@ -16,25 +17,17 @@ const MAX_TEXT: usize = 2000;
 const RESERVED_PARAMS: [&str; 7] =
     ["response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method"];
 
-#[derive(Default)]
 pub(super) struct Checker {
     errors: Vec<FieldError>,
-}
-
-/// True for hosts where plain http is acceptable: this machine only (development).
-pub fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Domain(d)) => {
-            let d = d.to_ascii_lowercase();
-            d == "localhost" || d.ends_with(".localhost")
-        }
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
+    /// `PIPES_ALLOW_PRIVATE_NETWORK`: endpoints may be plain http and internal.
+    allow_private: bool,
 }
 
 impl Checker {
+    pub(super) fn new(allow_private: bool) -> Self {
+        Checker { errors: Vec::new(), allow_private }
+    }
+
     pub(super) fn push(&mut self, field: &str, code: &str, message: impl Into<String>) {
         self.errors.push(FieldError::new(field, code, message));
     }
@@ -88,18 +81,15 @@ impl Checker {
         }
     }
 
-    /// An endpoint: absolute https, or plain http on a loopback host (development).
+    /// An endpoint: absolute https on a host outside this machine and its network
+    /// (`crate::outbound`), unless private networks are allowed (development).
     pub(super) fn endpoint(&mut self, field: &str, value: &str) {
         let url = match Url::parse(value.trim()) {
             Ok(url) => url,
             Err(e) => return self.push(field, "invalid_url", format!("Not an absolute URL: {e}.")),
         };
-        if url.host().is_none() {
-            self.push(field, "invalid_url", "The URL has no host.");
-        } else if url.scheme() != "https" && !(url.scheme() == "http" && is_loopback(&url)) {
-            self.push(field, "insecure_url", "Use https (plain http only for localhost or loopback addresses).");
-        } else if !url.username().is_empty() || url.password().is_some() {
-            self.push(field, "invalid_url", "The URL must not hold credentials.");
+        if let Err(err) = outbound::check_url(&url, Schemes::Https, self.allow_private) {
+            self.push(field, err.code(), format!("The URL {err}."));
         } else if url.fragment().is_some() || value.contains(['{', '}']) {
             self.push(field, "invalid_url", "The URL must be static, without a fragment or placeholders.");
         }

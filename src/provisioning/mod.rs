@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::error::FieldError;
 use crate::oauth::catalog::{BodyContentType, Catalog, ClientAuth};
+use crate::outbound;
 use crate::secret::Secret;
 use crate::store::integrations::{CustomProvider, Integration};
 
@@ -130,9 +131,18 @@ pub fn redact(secret: Option<&str>) -> String {
     }
 }
 
-/// Validates a create body.
-pub fn validate_create(input: CreateIntegration) -> Result<IntegrationDraft, Vec<FieldError>> {
-    let mut c = Checker::default();
+/// Validates a create body. `allow_private`: `PIPES_ALLOW_PRIVATE_NETWORK`.
+pub async fn validate_create(
+    input: CreateIntegration,
+    allow_private: bool,
+) -> Result<IntegrationDraft, Vec<FieldError>> {
+    let draft = check_create(input, allow_private)?;
+    check_hosts(&draft, allow_private).await?;
+    Ok(draft)
+}
+
+fn check_create(input: CreateIntegration, allow_private: bool) -> Result<IntegrationDraft, Vec<FieldError>> {
+    let mut c = Checker::new(allow_private);
     let slug = c.slug("provider", input.provider.as_deref());
     c.only("auth_methods", input.auth_methods.as_deref(), "oauth");
     if let Some(ownership) = input.ownership.as_deref() {
@@ -189,8 +199,23 @@ pub fn validate_create(input: CreateIntegration) -> Result<IntegrationDraft, Vec
 }
 
 /// Validates an update body against the stored integration.
-pub fn validate_update(existing: &Integration, input: UpdateIntegration) -> Result<IntegrationDraft, Vec<FieldError>> {
-    let mut c = Checker::default();
+pub async fn validate_update(
+    existing: &Integration,
+    input: UpdateIntegration,
+    allow_private: bool,
+) -> Result<IntegrationDraft, Vec<FieldError>> {
+    let draft = check_update(existing, input, allow_private)?;
+    check_hosts(&draft, allow_private).await?;
+    Ok(draft)
+}
+
+fn check_update(
+    existing: &Integration,
+    input: UpdateIntegration,
+    allow_private: bool,
+) -> Result<IntegrationDraft, Vec<FieldError>> {
+    let mut c = Checker::new(allow_private);
+    let secret_given = input.credentials.as_ref().is_some_and(|creds| creds.client_secret.is_some());
     let catalog = if existing.custom_provider.is_none() { Catalog::builtin().get(&existing.provider) } else { None };
     let custom = match (&input.custom_provider, &existing.custom_provider) {
         (Some(_), None) => {
@@ -229,7 +254,82 @@ pub fn validate_update(existing: &Integration, input: UpdateIntegration) -> Resu
         credentials_changed,
     };
     c.draft(&mut draft, true);
+    // Whoever can change where the secret goes must show they know it: otherwise an
+    // admin key alone could point the token endpoint at a host of its choosing and
+    // collect the client secret and every refresh token.
+    let before = server_side(existing.custom_provider.as_ref(), &existing.provider, &existing.settings);
+    let after = server_side(draft.custom_provider.as_ref(), &draft.provider, &draft.settings);
+    if before != after && !secret_given {
+        c.push(
+            "credentials.client_secret",
+            "required",
+            "Changing the token, refresh or revocation URL or the client authentication method requires \
+             the client secret in the same request.",
+        );
+    }
     c.finish(draft)
+}
+
+/// Where an integration sends its client secret and tokens (token, refresh and
+/// revocation URLs, with catalog placeholders filled) and how it authenticates.
+fn server_side(
+    custom: Option<&CustomProvider>,
+    provider: &str,
+    settings: &BTreeMap<String, String>,
+) -> Option<(Vec<String>, ClientAuth)> {
+    let normal = |u: &str| url::Url::parse(u.trim()).map_or_else(|_| u.trim().to_owned(), String::from);
+    match custom {
+        Some(c) => {
+            let refresh = c.refresh_token_url.as_deref().unwrap_or(&c.token_url);
+            let revocation = c.revocation_url.as_deref().map(normal).unwrap_or_default();
+            Some((vec![normal(&c.token_url), normal(refresh), revocation], c.authenticate_via))
+        }
+        None => {
+            let spec = Catalog::builtin().get(provider)?;
+            let urls = spec.resolve_urls(settings).ok()?;
+            let revocation = urls.revocation_url.map(String::from).unwrap_or_default();
+            Some((vec![urls.token_url.into(), urls.refresh_token_url.into(), revocation], spec.client_auth))
+        }
+    }
+}
+
+/// Save-time look-up of every endpoint host a draft names (custom URLs, catalog hosts
+/// filled from config): a name that resolves to an internal address is refused.
+async fn check_hosts(draft: &IntegrationDraft, allow_private: bool) -> Result<(), Vec<FieldError>> {
+    if allow_private {
+        return Ok(());
+    }
+    let mut urls: Vec<(String, String)> = Vec::new();
+    match &draft.custom_provider {
+        Some(c) => {
+            let f = |name: &str| format!("custom_provider.{name}");
+            urls.push((f("authorization_url"), c.authorization_url.clone()));
+            urls.push((f("token_url"), c.token_url.clone()));
+            urls.extend(c.refresh_token_url.clone().map(|u| (f("refresh_token_url"), u)));
+            urls.extend(c.revocation_url.clone().map(|u| (f("revocation_url"), u)));
+        }
+        None => {
+            // Only hosts filled from config can differ from the catalog's own.
+            let Some(spec) = Catalog::builtin().get(&draft.provider).filter(|s| !s.config_params.is_empty()) else {
+                return Ok(());
+            };
+            if let Ok(resolved) = spec.resolve_urls(&draft.settings) {
+                urls.push(("config".into(), resolved.authorization_url.into()));
+                urls.push(("config".into(), resolved.token_url.into()));
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    for (field, url) in urls {
+        if let Err(err) = outbound::check_url_for_save(&url, outbound::Schemes::Https, false).await {
+            errors.push(FieldError::new(&field, err.code(), format!("The URL {err}.")));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// Parses `token_body_content_type` in either spelling.

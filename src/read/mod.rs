@@ -213,7 +213,9 @@ impl Reader {
             RefreshOutcome::NotConnected(Some(a)) if a.state == AccountState::NeedsReauthorization => {
                 Ok((Answer::NeedsReauthorization, "needs_reauthorization"))
             }
-            RefreshOutcome::NotConnected(_) => Ok((Answer::NotInstalled, "not_installed")),
+            RefreshOutcome::NotConnected(_) | RefreshOutcome::OtherIntegration => {
+                Ok((Answer::NotInstalled, "not_installed"))
+            }
             RefreshOutcome::IntegrationInvalid => Err(ApiError::Conflict {
                 code: "integration_invalid",
                 message: format!(

@@ -162,7 +162,8 @@ pub fn refresh_at(
     let lead = chrono::Duration::from_std(lead).unwrap_or_default().min(lifetime / 2);
     let max_jitter = (lead / 10).min(chrono::Duration::seconds(30));
     let jitter_ms = (max_jitter.num_milliseconds() as f64 * jitter.clamp(0.0, 1.0)) as i64;
-    Some(expires_at - lead - chrono::Duration::milliseconds(jitter_ms))
+    // Checked: an imported `expires_at` may sit at the very edge of the calendar.
+    expires_at.checked_sub_signed(lead)?.checked_sub_signed(chrono::Duration::milliseconds(jitter_ms))
 }
 
 fn seal(ring: &KeyRing, column: &str, id: &str, value: Option<&Secret>) -> Result<Option<Vec<u8>>, AccountError> {

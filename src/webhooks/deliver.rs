@@ -21,11 +21,12 @@ use crate::config::Config;
 use crate::crypto::{aad, KeyRing};
 use crate::keys::columns;
 use crate::metrics as m;
+use crate::outbound as target;
 use crate::queues::{self, DeliveryJob};
 use crate::secret::Secret;
 use crate::time::rfc3339;
 use crate::webhooks::relay::REPLAY_HEADER;
-use crate::webhooks::{sign, target};
+use crate::webhooks::sign;
 
 /// No answer within this long is a failed attempt (DESIGN §3.5).
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,8 +85,12 @@ impl DeliveryHandler {
         Ok(DeliveryHandler {
             db,
             ring: config.encryption_keys.clone(),
-            client: target::delivery_client(DELIVERY_TIMEOUT, config.webhook_allow_private)?,
-            allow_private: config.webhook_allow_private,
+            client: target::client(
+                DELIVERY_TIMEOUT,
+                config.allow_private_network,
+                concat!("pipes-webhooks/", env!("CARGO_PKG_VERSION")),
+            )?,
+            allow_private: config.allow_private_network,
             max_attempts: u32::try_from(config.webhook_retry_delays.len()).unwrap_or(u32::MAX).saturating_add(1),
         })
     }

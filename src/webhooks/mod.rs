@@ -12,7 +12,6 @@ pub mod deliver;
 pub mod endpoints;
 pub mod relay;
 pub mod sign;
-pub mod target;
 
 use std::time::Duration;
 

@@ -57,7 +57,7 @@ async fn pipes(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Run {
         .env("PIPES_PUBLIC_URL", &app.base_url)
         .env("PIPES_REDIS_PREFIX", format!("it_{}", app.unique))
         .env("PIPES_QUEUE_PREFIX", format!("it_{}", app.unique))
-        .env("PIPES_WEBHOOK_ALLOW_PRIVATE", "true")
+        .env("PIPES_ALLOW_PRIVATE_NETWORK", "true")
         .env("PIPES_PROVIDER_TIMEOUT", "2s")
         .env("PIPES_REFRESH_LEASE", "5s")
         .env("PIPES_LOG", "warn")

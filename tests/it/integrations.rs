@@ -90,7 +90,11 @@ async fn a_custom_provider_is_stored_with_workos_defaults() {
 
 #[tokio::test]
 async fn every_invalid_create_is_a_422_naming_the_field_and_stores_nothing() {
-    let app = TestApp::spawn().await;
+    // Outside development: plain http and internal addresses are refused too.
+    let app = TestApp::spawn_with(|s| {
+        s.set("PIPES_ALLOW_PRIVATE_NETWORK", "false");
+    })
+    .await;
     let creds = json!({"type": "custom", "client_id": "id", "client_secret": "secret"});
     let custom = json!({"name": "X", "authorization_url": "https://x.test/a", "token_url": "https://x.test/t"});
     let with = |patch: Value| {
@@ -115,6 +119,24 @@ async fn every_invalid_create_is_a_422_naming_the_field_and_stores_nothing() {
         (with(json!({"custom_provider": {"token_url": "ftp://x.test/t"}})), "custom_provider.token_url"),
         (with(json!({"custom_provider": {"token_url": "https://user:pw@x.test/t"}})), "custom_provider.token_url"),
         (with(json!({"custom_provider": {"revocation_url": "http://10.0.0.1/r"}})), "custom_provider.revocation_url"),
+        (with(json!({"custom_provider": {"token_url": "https://127.0.0.1/t"}})), "custom_provider.token_url"),
+        (with(json!({"custom_provider": {"token_url": "https://localhost/t"}})), "custom_provider.token_url"),
+        (with(json!({"custom_provider": {"token_url": "https://[::1]/t"}})), "custom_provider.token_url"),
+        (with(json!({"custom_provider": {"token_url": "https://0.0.0.0/t"}})), "custom_provider.token_url"),
+        (with(json!({"custom_provider": {"token_url": "https://169.254.169.254/t"}})), "custom_provider.token_url"),
+        (with(json!({"custom_provider": {"token_url": "https://100.64.0.1/t"}})), "custom_provider.token_url"),
+        (with(json!({"custom_provider": {"token_url": "https://198.18.0.1/t"}})), "custom_provider.token_url"),
+        (with(json!({"custom_provider": {"token_url": "https://240.0.0.1/t"}})), "custom_provider.token_url"),
+        (with(json!({"custom_provider": {"token_url": "https://[::ffff:10.0.0.1]/t"}})), "custom_provider.token_url"),
+        (with(json!({"custom_provider": {"token_url": "https://[::10.0.0.1]/t"}})), "custom_provider.token_url"),
+        (with(json!({"custom_provider": {"token_url": "https://[64:ff9b::7f00:1]/t"}})), "custom_provider.token_url"),
+        (with(json!({"custom_provider": {"token_url": "https://[2002:c0a8:101::1]/t"}})), "custom_provider.token_url"),
+        (with(json!({"custom_provider": {"token_url": "https://[fd00::1]/t"}})), "custom_provider.token_url"),
+        (with(json!({"custom_provider": {"token_url": "https://[fe80::1]/t"}})), "custom_provider.token_url"),
+        (
+            with(json!({"custom_provider": {"refresh_token_url": "https://[ff02::1]/t"}})),
+            "custom_provider.refresh_token_url",
+        ),
         (with(json!({"custom_provider": {"name": ""}})), "custom_provider.name"),
         (with(json!({"custom_provider": {"request_scope_separator": ";"}})), "custom_provider.request_scope_separator"),
         (with(json!({"custom_provider": {"authenticate_via": "jwt"}})), "custom_provider.authenticate_via"),
@@ -222,10 +244,15 @@ async fn update_changes_fields_rotates_credentials_and_evicts_cached_tokens() {
     assert_eq!(updated["custom_provider"]["request_scope_separator"], ",");
     assert!(updated["custom_provider"]["token_url"].as_str().unwrap().ends_with("/token"));
     assert!(matches!(app.state.cache.get("acme", "user_1", None, Utc::now()).await.unwrap(), Lookup::Miss));
+    // Where the secret goes changes only with the secret in the same request.
     let (status, answer) = app
-        .admin(Method::PUT, "/data-integrations/acme", Some(json!({"custom_provider": {"token_url": "http://x.test"}})))
+        .admin(
+            Method::PUT,
+            "/data-integrations/acme",
+            Some(json!({"custom_provider": {"token_url": "https://x.test"}})),
+        )
         .await;
-    assert_eq!((status, answer["errors"][0]["field"].as_str()), (422, Some("custom_provider.token_url")));
+    assert_eq!((status, answer["errors"][0]["field"].as_str()), (422, Some("credentials.client_secret")));
     let (_, unchanged) = app.admin(Method::GET, "/data-integrations/acme", None).await;
     assert!(unchanged["custom_provider"]["token_url"].as_str().unwrap().starts_with("http://127.0.0.1"));
     let (status, _) = app.admin(Method::PUT, "/data-integrations/nope", Some(json!({"enabled": false}))).await;

@@ -36,7 +36,7 @@ pub fn test_settings(db_name: &str, unique: &str, public_url: &str) -> Settings 
         .set("PIPES_REDIS_PREFIX", format!("it_{unique}"))
         .set("PIPES_QUEUE_PREFIX", format!("it_{unique}"))
         .set("PIPES_ALLOWED_RETURN_TO", "http://localhost:3000,http://app.test")
-        .set("PIPES_WEBHOOK_ALLOW_PRIVATE", "true")
+        .set("PIPES_ALLOW_PRIVATE_NETWORK", "true")
         .set("PIPES_SCHEDULER_CRON", "* * * * * *")
         .set("PIPES_REFRESH_RETRY_DELAYS", "200ms,400ms,800ms")
         .set("PIPES_WEBHOOK_RETRY_DELAYS", "200ms,400ms,800ms,1s")

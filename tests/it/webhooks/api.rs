@@ -14,7 +14,7 @@ use crate::support::fixtures::{demo_integration, seed_account};
 #[tokio::test]
 async fn the_node_sdk_manages_endpoints_and_lists_events() {
     let app = TestApp::spawn_with(|s| {
-        s.set("PIPES_WEBHOOK_ALLOW_PRIVATE", "false");
+        s.set("PIPES_ALLOW_PRIVATE_NETWORK", "false");
     })
     .await;
     let p = demo_integration(&app, "wh-sdk", pipes::demo_provider::ClientAuthMethod::Basic).await;

@@ -206,7 +206,7 @@ async fn a_disabled_endpoint_and_a_filtered_out_event_get_nothing() {
 #[tokio::test]
 async fn a_private_address_is_refused_unless_allowed() {
     let app = TestApp::spawn_with(|s| {
-        s.set("PIPES_WEBHOOK_ALLOW_PRIVATE", "false");
+        s.set("PIPES_ALLOW_PRIVATE_NETWORK", "false");
     })
     .await;
     for url in [
