@@ -43,6 +43,10 @@ pub struct AppState {
     pub refresher: Refresher,
     /// The token read path (in-process answers, Redis, PostgreSQL).
     pub reads: crate::read::Reader,
+    /// The rate limits of `pipes serve`.
+    pub limits: crate::limits::Limits,
+    /// What `/health/ready` reports.
+    pub readiness: crate::api::health::Readiness,
     pub cancel: CancellationToken,
 }
 
@@ -82,6 +86,9 @@ impl AppState {
         let reads =
             crate::read::Reader::new(db.clone(), config.encryption_keys.clone(), cache.clone(), refresher.clone());
         reads.start_upkeep(metrics.clone(), cancel.clone());
+        tokio::spawn(crate::invalidations::run(db.clone(), cache.clone(), cancel.clone()));
+        let limits = crate::limits::Limits::new(&config.rate_limits);
+        tokio::spawn(limits.clone().run_upkeep(cancel.clone()));
         if local_reads {
             reads.listen(&config.redis_url, cancel.clone());
         }
@@ -89,6 +96,8 @@ impl AppState {
             cache,
             refresher,
             reads,
+            limits,
+            readiness: Default::default(),
             keys: KeyVerifier::new(db.clone()),
             config: Arc::new(config),
             db,
@@ -131,7 +140,7 @@ pub fn new_request_id() -> axum::http::HeaderValue {
 
 /// The full HTTP application of `pipes serve`.
 pub fn router(state: AppState) -> Router {
-    crate::api::routes()
+    crate::api::routes(&state.config)
         .merge(crate::api::tokens::routes(&state))
         .fallback(crate::api::not_found)
         .method_not_allowed_fallback(crate::api::method_not_allowed)
@@ -149,21 +158,27 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeUlidRequestId))
 }
 
-/// The HTTP service of `pipes serve`: [`router`] behind the token-read fast lane.
-pub fn service(state: AppState) -> crate::api::fast_lane::FastLane {
-    crate::api::fast_lane::FastLane::new(state.clone(), router(state))
+/// The HTTP service of `pipes serve`: the rate limits, then [`router`] behind the
+/// token-read fast lane.
+pub fn service(state: AppState) -> Service {
+    Service {
+        limits: state.limits.clone(),
+        keys: state.keys.clone(),
+        inner: crate::api::fast_lane::FastLane::new(state.clone(), router(state)),
+    }
 }
+
+/// What [`service`] makes, one per connection.
+pub type Service = crate::api::rate_limit::MakeLimited<crate::api::fast_lane::FastLane>;
 
 /// Serves the API ([`service`]) on `listener` until `cancel` fires, then drains
 /// in-flight requests.
 pub async fn serve_api(
     listener: tokio::net::TcpListener,
-    service: crate::api::fast_lane::FastLane,
+    service: Service,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, tower::make::Shared::new(service))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    axum::serve(listener, service).with_graceful_shutdown(async move { cancel.cancelled().await }).await
 }
 
 /// Serves `router` on `listener` until `cancel` fires, then drains in-flight requests.

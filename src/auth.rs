@@ -88,6 +88,22 @@ impl KeyVerifier {
         self.cache.get(&digest).filter(Verdict::current).and_then(|v| v.role)
     }
 
+    /// The key's SHA-256 digest when a current verdict says it is valid: what the
+    /// rate limits count a key by.
+    pub fn verified_digest(&self, presented: &str) -> Option<[u8; 32]> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
+        self.cache.get(&digest).filter(|v| v.current() && v.role.is_some()).map(|_| digest)
+    }
+
+    /// Whether a current verdict (valid or not) is known for the key: checking it
+    /// again costs no PostgreSQL round trip.
+    pub fn is_known(&self, presented: &str) -> bool {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
+        self.cache.get(&digest).is_some_and(|v| v.current())
+    }
+
     /// The role of a presented key, or `None` for unknown and revoked keys.
     pub async fn verify(&self, presented: &str) -> Result<Option<Role>, ApiError> {
         use sha2::Digest;
@@ -143,7 +159,19 @@ pub fn bearer_key(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
 
 async fn role_of(parts: &Parts, state: &AppState) -> Result<Role, ApiError> {
     let key = bearer_key(&parts.headers)?;
-    state.keys.verify(key).await?.ok_or(ApiError::Unauthorized("Unknown or revoked API key."))
+    // A key without a current verdict costs a PostgreSQL look-up: an address that
+    // keeps presenting unknown keys is refused before it costs one.
+    let address = parts.extensions.get::<crate::api::rate_limit::ClientAddr>().map(|a| a.0);
+    if let Some(address) = address {
+        if !state.keys.is_known(key) {
+            state.limits.refuse_lookup(address)?;
+        }
+    }
+    let role = state.keys.verify(key).await?;
+    if let (None, Some(address)) = (role, address) {
+        state.limits.count_unknown_key(address);
+    }
+    role.ok_or(ApiError::Unauthorized("Unknown or revoked API key."))
 }
 
 impl FromRequestParts<AppState> for AnyKey {

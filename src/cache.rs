@@ -99,6 +99,10 @@ pub enum CacheError {
     Timeout,
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis failed since the invalidation outbox was last drained: it may still
+    /// hold a token that was removed meanwhile (`crate::invalidations`).
+    #[error("redis is not trusted until lost invalidations are written")]
+    Unverified,
 }
 
 /// The Redis key of an owner's entry, `{prefix}:tok:{slug}:{owner}`. User and
@@ -133,6 +137,11 @@ pub struct TokenCache {
     script: Arc<redis::Script>,
     channel: Arc<str>,
     local: LocalCache,
+    /// The [`Redis::failures`] count as of the last complete drain of the invalidation
+    /// outbox; Redis answers are trusted only while it is current. `u64::MAX` until
+    /// the first drain: another process may have lost an invalidation before this
+    /// one started.
+    clean_through: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TokenCache {
@@ -145,7 +154,18 @@ impl TokenCache {
             script: Arc::new(redis::Script::new(PUT_SCRIPT)),
             channel,
             local: LocalCache::default(),
+            clean_through: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
         }
+    }
+
+    /// True while no Redis failure happened since the outbox was last drained.
+    pub fn trusted(&self) -> bool {
+        self.clean_through.load(std::sync::atomic::Ordering::Acquire) == self.redis.failures()
+    }
+
+    /// Called after a drain that left nothing pending, begun at `failures`.
+    pub fn mark_clean(&self, failures: u64) {
+        self.clean_through.store(failures, std::sync::atomic::Ordering::Release);
     }
 
     pub fn redis(&self) -> &Redis {
@@ -179,6 +199,9 @@ impl TokenCache {
 
     /// `get` by the entry's key (see `entry_key`).
     pub async fn get_key(&self, key: &str, now: DateTime<Utc>) -> Result<Lookup, CacheError> {
+        if !self.trusted() {
+            return Err(CacheError::Unverified);
+        }
         let mut conn = self.redis.conn().ok_or(CacheError::NotConnected)?;
         let value: Result<Option<Vec<u8>>, CacheError> =
             match tokio::time::timeout(self.redis.timeout(), redis::cmd("GET").arg(key).query_async(&mut conn)).await {
@@ -281,26 +304,30 @@ impl TokenCache {
         self.tombstone_key(&key, version).await;
     }
 
-    async fn tombstone_key(&self, key: &str, version: i64) {
-        self.write(key, format!("{version}|").into_bytes(), version, TOMBSTONE_TTL, true).await;
+    /// [`Self::tombstone`] by the entry's key; true once Redis has it (or something newer).
+    pub async fn tombstone_key(&self, key: &str, version: i64) -> bool {
+        self.write(key, format!("{version}|").into_bytes(), version, TOMBSTONE_TTL, true).await
     }
 
-    async fn write(&self, key: &str, value: Vec<u8>, version: i64, ttl: Duration, announce: bool) {
+    /// A versioned write; true when Redis took it or already held a newer version.
+    async fn write(&self, key: &str, value: Vec<u8>, version: i64, ttl: Duration, announce: bool) -> bool {
         // This process first; the others through the channel.
         self.local.invalidate(key, version);
-        let Some(mut conn) = self.redis.conn() else { return };
+        let Some(mut conn) = self.redis.conn() else { return false };
         let mut invocation = self.script.key(key);
         let channel = if announce { &*self.channel } else { "" };
         invocation.arg(value).arg(version).arg(ttl.as_millis() as u64).arg(channel);
         match tokio::time::timeout(Duration::from_secs(1), invocation.invoke_async::<i64>(&mut conn)).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => true,
             Ok(Err(err)) => {
                 self.redis.failed();
                 tracing::warn!(error = %err, "token cache write failed");
+                false
             }
             Err(_) => {
                 self.redis.failed();
                 tracing::warn!("token cache write timed out");
+                false
             }
         }
     }

@@ -104,6 +104,10 @@ pub struct Config {
     pub allowed_return_to: Vec<String>,
     /// Where scheduler and worker serve `/metrics`.
     pub metrics_listen: SocketAddr,
+    /// When set, `pipes serve` answers `/metrics` and `/health/*` here only, not on `listen`.
+    pub internal_listen: Option<SocketAddr>,
+    /// Per key and per address, for each group of routes (`crate::limits`).
+    pub rate_limits: crate::limits::RateLimits,
     /// Development only: outbound requests (providers, webhooks) may use plain http
     /// and reach loopback and private addresses (`crate::outbound`).
     pub allow_private_network: bool,
@@ -329,6 +333,12 @@ impl Config {
             worker_concurrency,
             allowed_return_to,
             metrics_listen: addr(s, "PIPES_METRICS_LISTEN", "127.0.0.1:9090")?,
+            internal_listen: match s.get("PIPES_INTERNAL_LISTEN") {
+                Some(_) => Some(addr(s, "PIPES_INTERNAL_LISTEN", "")?),
+                None => None,
+            },
+            rate_limits: crate::limits::RateLimits::parse(s.get("PIPES_RATE_LIMITS").unwrap_or(""))
+                .map_err(|e| invalid("PIPES_RATE_LIMITS", e))?,
             allow_private_network: boolean(s, "PIPES_ALLOW_PRIVATE_NETWORK")?,
             queue_prefix: prefix(s, "PIPES_QUEUE_PREFIX")?,
             redis_prefix: prefix(s, "PIPES_REDIS_PREFIX")?,

@@ -36,6 +36,29 @@ pub enum ConnectError {
     /// The integration cannot build an authorization URL (bad endpoints or config).
     #[error("the integration is misconfigured: {0}")]
     Misconfigured(String),
+    /// The owner already has [`MAX_OPEN_STATES`] connect flows open.
+    #[error("too many connect flows are open for this owner")]
+    TooManyOpen,
+}
+
+/// Connect flows an owner may have open (started, not finished, not expired) at
+/// once: enough for a few tabs and retries, and a bound on the rows a caller can make.
+pub const MAX_OPEN_STATES: i64 = 20;
+
+impl ConnectError {
+    /// The answer for errors every caller answers the same way, else `None`.
+    pub fn common_answer(&self) -> Option<crate::error::ApiError> {
+        match self {
+            ConnectError::TooManyOpen => Some(crate::error::ApiError::TooManyRequests {
+                code: "too_many_open_authorizations",
+                message: format!(
+                    "This user already has {MAX_OPEN_STATES} connect flows open; finish one or retry when they expire."
+                ),
+                retry_after_secs: 60,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Who is connecting, and where they go afterwards.
@@ -74,9 +97,11 @@ pub async fn begin(
     let url = client::authorization_url(integration, &spec, &redirect_uri, &raw_state, &scopes, pkce.as_ref())
         .map_err(|e| ConnectError::Misconfigured(e.to_string()))?;
     let expires_at = now + chrono::Duration::from_std(STATE_TTL).unwrap_or_default();
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO oauth_states (state_hash, integration_id, user_id, organization_id, return_to, scopes, pkce_verifier_enc, expires_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
+         WHERE (SELECT count(*) FROM oauth_states
+                WHERE user_id = $3 AND organization_id IS NOT DISTINCT FROM $4 AND used_at IS NULL AND expires_at > $9) < $10",
     )
     .bind(&state_hash)
     .bind(&integration.id)
@@ -87,8 +112,12 @@ pub async fn begin(
     .bind(verifier)
     .bind(expires_at)
     .bind(now)
+    .bind(MAX_OPEN_STATES)
     .execute(&state.db)
     .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(ConnectError::TooManyOpen);
+    }
     // Old states are only useful for telling a replay from a forgery for a while.
     let horizon = now - chrono::Duration::from_std(STATE_RETENTION).unwrap_or_default();
     sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1").bind(horizon).execute(&state.db).await?;

@@ -35,6 +35,8 @@ pub enum ApiError {
     #[error("{message}")]
     Unprocessable { message: String, errors: Vec<FieldError> },
     #[error("{message}")]
+    TooManyRequests { code: &'static str, message: String, retry_after_secs: u64 },
+    #[error("{message}")]
     Unavailable { code: &'static str, message: String, retry_after_secs: u64 },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -80,6 +82,7 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -109,7 +112,9 @@ impl IntoResponse for ApiError {
             ApiError::NotFound { code, message } => (code, message.clone(), None),
             ApiError::Conflict { code, message } => (code, message.clone(), None),
             ApiError::Unprocessable { message, errors } => ("validation_error", message.clone(), Some(errors)),
-            ApiError::Unavailable { code, message, .. } => (code, message.clone(), None),
+            ApiError::Unavailable { code, message, .. } | ApiError::TooManyRequests { code, message, .. } => {
+                (code, message.clone(), None)
+            }
             ApiError::Internal(err) => {
                 tracing::error!(error = ?err, "internal error");
                 ("internal_error", "Something went wrong on our side.".to_owned(), None)
@@ -118,7 +123,9 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&Body { code, message: &message, errors }).unwrap_or_default();
         let mut response =
             (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
-        if let ApiError::Unavailable { retry_after_secs, .. } = self {
+        if let ApiError::Unavailable { retry_after_secs, .. } | ApiError::TooManyRequests { retry_after_secs, .. } =
+            self
+        {
             if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }

@@ -23,7 +23,7 @@ pub const SCHEDULER_LAST_TICK: &str = "pipes_scheduler_last_tick_timestamp_secon
 pub const PROVIDER_RESPONSES_REFUSED: &str = "pipes_provider_responses_refused_total";
 pub const REFRESH_JOBS_DROPPED: &str = "pipes_refresh_jobs_dropped_total";
 pub const RATE_LIMITED: &str = "pipes_rate_limited_total";
-pub const CACHE_INVALIDATIONS_RETRIED: &str = "pipes_cache_invalidations_retried_total";
+pub const CACHE_INVALIDATIONS_DRAINED: &str = "pipes_cache_invalidations_drained_total";
 
 /// Every metric name this code exports (checked against the dashboard in CI).
 pub const ALL: &[&str] = &[
@@ -45,7 +45,7 @@ pub const ALL: &[&str] = &[
     PROVIDER_RESPONSES_REFUSED,
     REFRESH_JOBS_DROPPED,
     RATE_LIMITED,
-    CACHE_INVALIDATIONS_RETRIED,
+    CACHE_INVALIDATIONS_DRAINED,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -92,7 +92,7 @@ fn describe() {
         "Refresh jobs dropped unrun, by reason (e.g. a job naming another integration)."
     );
     describe_counter!(RATE_LIMITED, "Requests answered 429, by route group and limit.");
-    describe_counter!(CACHE_INVALIDATIONS_RETRIED, "Cache invalidations written after their first attempt failed.");
+    describe_counter!(CACHE_INVALIDATIONS_DRAINED, "Cache invalidations written to Redis from the outbox.");
     describe_gauge!(ACCOUNTS_DUE, "Accounts whose refresh_at has passed.");
     describe_counter!(WEBHOOK_DELIVERIES, "Webhook delivery attempts by outcome.");
     describe_gauge!(QUEUE_MESSAGES, "Messages ready in each queue.");

@@ -180,6 +180,8 @@ pub struct Redis {
     timeout: Duration,
     /// Milliseconds after `epoch` until which `conn()` answers `None`.
     skip_until: Arc<AtomicU64>,
+    /// Bumped by [`Redis::suspect`].
+    failures: Arc<AtomicU64>,
     epoch: Instant,
 }
 
@@ -230,6 +232,7 @@ impl Redis {
             prefix: prefix.into(),
             timeout,
             skip_until: Arc::new(AtomicU64::new(0)),
+            failures: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
         })
     }
@@ -259,6 +262,19 @@ impl Redis {
     pub fn failed(&self) {
         let until = self.millis() + SKIP_AFTER_FAILURE.as_millis() as u64;
         self.skip_until.fetch_max(until, Ordering::Relaxed);
+        self.suspect();
+    }
+
+    /// Records that a write may have been lost (a failed command, a lost
+    /// subscription): Redis answers are not trusted again until the invalidation
+    /// outbox is drained (`crate::invalidations`).
+    pub fn suspect(&self) {
+        self.failures.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many times Redis was suspected so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Acquire)
     }
 
     fn millis(&self) -> u64 {

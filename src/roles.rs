@@ -89,12 +89,23 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
         let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
         tracing::info!(addr = %listener.local_addr()?, "serving the HTTP API");
         let service = app::service(state.clone());
-        let cancel = cancel.clone();
+        let api_cancel = cancel.clone();
         tasks.spawn("HTTP API", async move {
-            if let Err(err) = app::serve_api(listener, service, cancel).await {
+            if let Err(err) = app::serve_api(listener, service, api_cancel).await {
                 tracing::error!(error = %err, "HTTP server stopped");
             }
         });
+        if let Some(internal) = state.config.internal_listen {
+            let listener = tokio::net::TcpListener::bind(internal).await?;
+            tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /health/* (internal)");
+            let router = internal_router(state.clone());
+            let cancel = cancel.clone();
+            tasks.spawn("internal endpoint", async move {
+                if let Err(err) = app::serve(listener, router, cancel).await {
+                    tracing::error!(error = %err, "internal server stopped");
+                }
+            });
+        }
     } else {
         // Scheduler and worker expose their own /metrics (DESIGN §4).
         let listener = tokio::net::TcpListener::bind(state.config.metrics_listen).await?;
@@ -142,6 +153,11 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
 }
 
 /// `/metrics` and `/health/live` for roles without the HTTP API.
+/// `PIPES_INTERNAL_LISTEN`: the operations routes of `pipes serve`, away from its public port.
+pub fn internal_router(state: AppState) -> Router {
+    crate::api::health::routes().with_state(state)
+}
+
 pub fn metrics_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(crate::api::health::metrics))

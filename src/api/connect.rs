@@ -181,6 +181,9 @@ async fn run_callback(state: &AppState, slug: &str, mut params: HashMap<String, 
 /// A misconfigured integration is the caller's to fix (4xx); a database outage may be retried.
 fn connect_error(err: ConnectError) -> ApiError {
     use crate::store::integrations::IntegrationError;
+    if let Some(answer) = err.common_answer() {
+        return answer;
+    }
     match err {
         ConnectError::Misconfigured(m) | ConnectError::Integration(IntegrationError::Urls { message: m, .. }) => {
             ApiError::BadRequest {

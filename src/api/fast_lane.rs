@@ -72,7 +72,7 @@ impl Service<Request> for FastLane {
                 // Still on its way: wait as long as the router would, and no longer.
                 None => match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
                     Ok(read) => read,
-                    Err(_) => return Ok(with_request_id(&parts, body_timed_out())),
+                    Err(_) => return Ok(with_request_id(&parts.headers, body_timed_out())),
                 },
             };
             // On an error (the client went away, or sent less than announced) the
@@ -130,12 +130,12 @@ fn answer(state: &AppState, parts: &axum::http::request::Parts, body: &[u8], sha
     let mut response = Response::new(Body::from(body));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Some(with_request_id(parts, response))
+    Some(with_request_id(&parts.headers, response))
 }
 
 /// The request's own `X-Request-ID` echoed, or a new one, as the router's layers do.
-fn with_request_id(parts: &axum::http::request::Parts, mut response: Response) -> Response {
-    let request_id = parts.headers.get(&X_REQUEST_ID).cloned().unwrap_or_else(crate::app::new_request_id);
+pub fn with_request_id(headers: &axum::http::HeaderMap, mut response: Response) -> Response {
+    let request_id = headers.get(&X_REQUEST_ID).cloned().unwrap_or_else(crate::app::new_request_id);
     response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     response
 }

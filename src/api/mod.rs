@@ -10,6 +10,7 @@ pub mod health;
 pub mod integrations;
 pub mod openapi;
 pub mod openapi_common;
+pub mod rate_limit;
 pub mod tokens;
 pub mod webhooks;
 pub mod widget;
@@ -22,9 +23,11 @@ use crate::error::ApiError;
 
 /// Every route of `pipes serve` but the token reads, which `app::router`
 /// adds with a state of their own (see `tokens::routes`).
-pub fn routes() -> Router<AppState> {
+pub fn routes(config: &crate::config::Config) -> Router<AppState> {
+    // With an internal listener, operations routes are served there only.
+    let operations = if config.internal_listen.is_none() { health::routes() } else { Router::new() };
     Router::new()
-        .merge(health::routes())
+        .merge(operations)
         .merge(openapi::routes())
         .merge(integrations::routes())
         .merge(connect::routes())

@@ -241,6 +241,7 @@ pub async fn authorize(
     let req =
         ConnectRequest { user_id: claims.user_id, organization_id: claims.organization_id, return_to: Some(return_to) };
     let url = connect::begin(&state, &integration, &req, Utc::now()).await.map_err(|e| match e {
+        e if e.common_answer().is_some() => e.common_answer().unwrap_or_else(|| ApiError::internal(e)),
         connect::ConnectError::Db(e) => e.into(),
         connect::ConnectError::Misconfigured(m) => ApiError::BadRequest {
             code: "integration_misconfigured",

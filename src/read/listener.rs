@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::local::LocalCache;
+use crate::redis_conn::Redis;
 
 /// How often the subscription is pinged to notice a silent (half-open) connection.
 const PING_EVERY: Duration = Duration::from_millis(500);
@@ -17,7 +18,7 @@ const PING_EVERY: Duration = Duration::from_millis(500);
 const DEADLINE: Duration = Duration::from_secs(1);
 
 /// Listens on `channel` until `cancel` fires.
-pub async fn run(redis_url: String, channel: String, local: LocalCache, cancel: CancellationToken) {
+pub async fn run(redis_url: String, channel: String, local: LocalCache, redis: Redis, cancel: CancellationToken) {
     // A cluster's PUBLISH reaches the subscribers of every node, so one
     // plain subscription to any node is enough; a lost one moves to the next.
     let clients: Vec<redis::Client> = match crate::redis_conn::topology(&redis_url)
@@ -35,6 +36,8 @@ pub async fn run(redis_url: String, channel: String, local: LocalCache, cancel: 
         let Some(client) = clients.get(next % clients.len().max(1)) else { return };
         let session = listen_once(client, &channel, &local, &cancel).await;
         local.set_enabled(false);
+        // Invalidations published meanwhile were missed, and Redis may have lost writes.
+        redis.suspect();
         match session {
             Ok(()) if cancel.is_cancelled() => return,
             Ok(()) => {

@@ -84,6 +84,7 @@ impl Reader {
             redis_url.to_owned(),
             inner.cache.channel().to_owned(),
             inner.cache.local().clone(),
+            inner.cache.redis().clone(),
             cancel,
         ));
     }

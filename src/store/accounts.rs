@@ -309,7 +309,12 @@ pub async fn write_tokens(
         .fetch_one(&mut *tx)
         .await?
     };
-    Account::from_row(&row, ring).map(Some)
+    let account = Account::from_row(&row, ring)?;
+    if !insert {
+        // The replaced token must not stay servable from a cache.
+        crate::invalidations::record(tx, integration_id, user_id, organization_id, account.token_version).await?;
+    }
+    Ok(Some(account))
 }
 
 /// Takes the account's refresh lease (DESIGN §2.3) unless someone holds a live
@@ -416,7 +421,11 @@ pub async fn mark_needs_reauthorization(
     .bind(reason)
     .fetch_optional(&mut *tx)
     .await?;
-    row.map(|r| Account::from_row(&r, ring)).transpose()
+    let Some(row) = row else { return Ok(None) };
+    let account = Account::from_row(&row, ring)?;
+    let org = account.organization_id.as_deref();
+    crate::invalidations::record(tx, &account.integration_id, &account.user_id, org, account.token_version).await?;
+    Ok(Some(account))
 }
 
 /// Deletes the account (disconnect); returns it as it was, except that its
@@ -428,12 +437,12 @@ pub async fn delete(tx: &mut sqlx::PgConnection, ring: &KeyRing, id: &str) -> Re
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    row.map(|r| {
-        let mut account = Account::from_row(&r, ring)?;
-        account.token_version = r.get("tombstone");
-        Ok(account)
-    })
-    .transpose()
+    let Some(row) = row else { return Ok(None) };
+    let mut account = Account::from_row(&row, ring)?;
+    account.token_version = row.get("tombstone");
+    let org = account.organization_id.as_deref();
+    crate::invalidations::record(tx, &account.integration_id, &account.user_id, org, account.token_version).await?;
+    Ok(Some(account))
 }
 
 /// Many [`try_lease`] calls in one statement ([`crate::store::group`]). Rows another

@@ -7,6 +7,7 @@ mod connect;
 mod connected_accounts;
 mod demo_provider;
 mod foundation;
+mod hardening;
 mod input_guard;
 mod integrations;
 mod observability;

@@ -104,6 +104,11 @@ impl TestApp {
         let cancel = CancellationToken::new();
         let state = AppState::new(config, cancel.clone()).expect("state");
         assert!(state.redis.wait_connected(Duration::from_secs(5)).await, "redis reachable");
+        // Redis answers are used once the invalidation outbox was drained after connecting.
+        let started = std::time::Instant::now();
+        while !state.cache.trusted() && started.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tokio::spawn(app::serve_api(listener, app::service(state.clone()), cancel.clone()));
         let (admin_key, _) = pipes::auth::create_key(&state.db, "test-admin", Role::Admin).await.expect("key");
         let (tokens_key, _) = pipes::auth::create_key(&state.db, "test-tokens", Role::Tokens).await.expect("key");

@@ -244,3 +244,66 @@ async fn only_a_process_that_answers_reads_subscribes_to_invalidations() {
     assert!(eventually(Duration::from_secs(5), async || replica.cache.local().is_enabled()).await.is_some());
     assert_eq!(subscribers(&app).await, before + 1);
 }
+
+#[tokio::test]
+async fn a_disconnect_whose_tombstone_was_lost_is_served_by_no_replica_after_redis_returns() {
+    let (app, proxy) = spawn_behind_redis_proxy().await;
+    let p = demo_integration(&app, "tc-outbox", ClientAuthMethod::Basic).await;
+    let (_, token) = seed_account(&app, &p, "u1", None, HOUR).await;
+    // A second replica behind the same Redis proxy.
+    let mut settings = test_settings(&app.db_name, &app.unique, &app.base_url);
+    settings.set("PIPES_REDIS_URL", format!("redis://{}", proxy.addr()));
+    let cancel = CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    let replica = AppState::new(Config::from_settings(&settings).unwrap(), cancel.clone()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let replica_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(app::serve(listener, app::router(replica.clone()), cancel.clone()));
+    let replica_local = replica.cache.local().clone();
+    assert!(eventually(Duration::from_secs(5), async || replica_local.is_enabled()).await.is_some());
+    let reads = async || -> [Value; 2] {
+        let on_replica = app
+            .http
+            .post(format!("{replica_url}/data-integrations/tc-outbox/token"))
+            .bearer_auth(&app.tokens_key)
+            .json(&json!({"user_id": "u1"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        [read(&app, "tc-outbox", json!({"user_id": "u1"})).await.1, on_replica]
+    };
+    for answer in reads().await {
+        assert_eq!(token_of(&answer), token, "both replicas serve the token before the cut");
+    }
+    proxy.cut();
+    let local = app.state.cache.local().clone();
+    assert!(eventually(Duration::from_secs(3), async || !local.is_enabled() && !replica_local.is_enabled())
+        .await
+        .is_some());
+    // The disconnect commits; its tombstone cannot reach Redis, which still holds the token.
+    let (status, _) =
+        app.admin(reqwest::Method::DELETE, "/user_management/users/u1/connected_accounts/tc-outbox", None).await;
+    assert_eq!(status, 204);
+    let pending = async || -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM cache_invalidations").fetch_one(&app.db).await.unwrap()
+    };
+    assert_eq!(pending().await, 1, "the lost invalidation is kept in PostgreSQL");
+    proxy.restore();
+    // From the moment Redis is back, neither replica ever answers the token.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        for answer in reads().await {
+            assert_eq!(answer, json!({"active": false, "error": "not_installed"}), "after {:?}", started.elapsed());
+        }
+    }
+    assert_eq!(pending().await, 0, "the outbox was drained once Redis answered");
+    assert!(app.state.cache.trusted() && replica.cache.trusted(), "and Redis is trusted again");
+    let key = entry_key(app.state.cache.redis(), "tc-outbox", "u1", None);
+    let mut redis =
+        redis::Client::open("redis://127.0.0.1:6379").unwrap().get_multiplexed_async_connection().await.unwrap();
+    let value: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut redis).await.unwrap();
+    assert!(value.ends_with(b"|"), "Redis holds a tombstone, not the token");
+}
