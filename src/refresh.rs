@@ -9,6 +9,18 @@
 //! expires after `PIPES_REFRESH_LEASE`. Whoever waits re-reads the account and
 //! uses the token the holder stored.
 
+// Nothing between a provider's answer and the store of its tokens may panic: the
+// provider may have rotated the refresh token, and losing the new one makes the
+// next refresh present the old one, which such providers answer by revoking the
+// grant. The lints below keep every path of this module free of panics.
+#![deny(
+    clippy::arithmetic_side_effects,
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -100,7 +112,7 @@ impl Refresher {
             http,
             cache,
             lease: config.refresh_lease,
-            wait_for_holder: config.provider_timeout + Duration::from_secs(2),
+            wait_for_holder: config.provider_timeout.saturating_add(Duration::from_secs(2)),
             min_validity: config.min_validity,
             refresh_lead: config.refresh_lead,
             locks: Arc::default(),
@@ -158,7 +170,7 @@ impl Refresher {
         reason: Reason,
     ) -> Result<RefreshOutcome, RefreshError> {
         let lease_id = ulid::Ulid::new().to_string();
-        let deadline = Instant::now() + self.wait_for_holder;
+        let deadline = after(self.wait_for_holder);
         let mut pause = Duration::from_millis(25);
         let account = loop {
             let now = Utc::now();
@@ -181,7 +193,7 @@ impl Refresher {
                         }
                         Some(_) => {
                             tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_millis(250));
+                            pause = pause.saturating_mul(2).min(Duration::from_millis(250));
                         }
                     }
                 }
@@ -203,7 +215,7 @@ impl Refresher {
         reason: Reason,
     ) -> Result<RefreshOutcome, RefreshError> {
         // The lease was taken just before this; a little margin keeps us inside it.
-        let store_until = Instant::now() + self.lease.saturating_sub(Duration::from_secs(2));
+        let store_until = after(self.lease.saturating_sub(Duration::from_secs(2)));
         let provider = integration.slug.clone();
         let now = Utc::now();
         if account.integration_id != integration.id {
@@ -262,7 +274,7 @@ impl Refresher {
                         attempt("success");
                         if let Some(due) = account.refresh_at {
                             metrics::histogram!(m::REFRESH_LAG)
-                                .record((now - due).num_milliseconds().max(0) as f64 / 1000.0);
+                                .record(now.signed_duration_since(due).num_milliseconds().max(0) as f64 / 1000.0);
                         }
                         self.cache.put(&stored, integration, now).await;
                         Ok(RefreshOutcome::Refreshed(stored))
@@ -361,10 +373,10 @@ impl Refresher {
         let mut pause = Duration::from_millis(100);
         loop {
             match self.store_refreshed(leased, lease_id, tokens, refresh_at).await {
-                Err(AccountError::Db(err)) if Instant::now() + pause < until => {
+                Err(AccountError::Db(err)) if after(pause) < until => {
                     tracing::warn!(account_id = %leased.id, error = %err, "storing a refreshed token failed; retrying while the lease lasts");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
+                    pause = pause.saturating_mul(2).min(Duration::from_secs(2));
                 }
                 other => return other,
             }
@@ -393,4 +405,10 @@ impl Refresher {
         }
         Ok(())
     }
+}
+
+/// `now + d`, saturating instead of panicking on an absurd `d`.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or(now)
 }

@@ -344,3 +344,30 @@ async fn webhook_endpoints_are_added_listed_and_removed_from_the_cli() {
     assert_eq!(left, ["http://127.0.0.1:9/all"]);
     pipes(&app, &["webhooks", "remove", &endpoint.id], &[]).await.fails_with(1, "no webhook endpoint with id");
 }
+
+#[tokio::test]
+async fn a_proxy_named_in_the_environment_never_sees_a_provider_request() {
+    let app = TestApp::spawn().await;
+    let p = demo_integration(&app, "cli-proxy", ClientAuthMethod::Basic).await;
+    let (account, _) = seed_account(&app, &p, "u1", None, Duration::from_secs(5)).await;
+    // A "proxy" that counts the connections it is offered and answers none of them.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let offered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = offered.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = proxy.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    let env: Vec<(&str, &str)> = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        .into_iter()
+        .map(|name| (name, proxy_url.as_str()))
+        .chain([("NO_PROXY", ""), ("no_proxy", "")])
+        .collect();
+    let refreshed = pipes(&app, &["connections", "refresh", &account.id, "--inline"], &env).await;
+    assert!(refreshed.ok().stdout.starts_with("refreshed; expires at "), "{}", refreshed.stdout);
+    assert_eq!(p.demo.stats().refreshes, 1, "the provider was called directly");
+    assert_eq!(offered.load(std::sync::atomic::Ordering::SeqCst), 0, "the proxy was never offered a connection");
+}

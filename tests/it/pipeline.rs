@@ -312,3 +312,31 @@ async fn a_job_that_exhausts_its_retries_is_dead_lettered_and_the_next_pass_trie
     let stats = p.demo.stats();
     assert_eq!((stats.token_requests, stats.refreshes, stats.reuse_detected), (5, 1, 0));
 }
+
+#[tokio::test]
+async fn a_job_naming_another_integration_than_its_accounts_is_dropped_and_counted() {
+    let app = TestApp::spawn().await;
+    let mine = demo_integration(&app, "pl-mine", ClientAuthMethod::Basic).await;
+    let other = demo_integration(&app, "pl-other", ClientAuthMethod::Basic).await;
+    // Not due for an hour: only the forged job could make anything happen.
+    let (account, token) = seed_account(&app, &mine, "u1", None, Duration::from_secs(3600)).await;
+    let mut pipeline = Pipeline::new(&app);
+    pipeline.worker(app.state.clone());
+    let broker = Broker::connect(AMQP_URL, "pipes-tests").await.unwrap();
+    let topology = pipes::queues::topology(app.config());
+    topology.declare(&broker.channel().await.unwrap()).await.unwrap();
+    let forged =
+        pipes::queues::RefreshJob::V1 { account_id: account.id.clone(), integration_id: other.integration.id.clone() };
+    pipes_workers::Publisher::new(&broker)
+        .publish(&topology.work_queue(pipes::queues::REFRESH), &forged, pipes_workers::Headers::new())
+        .await
+        .unwrap();
+    let series = "pipes_refresh_jobs_dropped_total{reason=\"integration_mismatch\"}";
+    let dropped = eventually(Duration::from_secs(10), || async { crate::tokens::metric(&app, series) >= 1.0 }).await;
+    assert!(dropped, "the worker dropped the job and counted it");
+    assert_eq!((mine.demo.refreshes(), other.demo.refreshes()), (0, 0), "no provider was asked");
+    let stored = load(&app, &account.id).await;
+    assert_eq!(stored.access_token.as_ref().map(|t| t.expose().to_owned()), Some(token));
+    assert_eq!(Pipeline::depth(&app, "refresh").await, 0, "acknowledged, not retried");
+    pipeline.stop().await;
+}
