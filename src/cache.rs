@@ -1,6 +1,6 @@
 //! The Redis token cache: one encrypted entry per connected account, holding
 //! exactly what a token read answers. An entry lives until `min_validity`
-//! plus the serve margin (`store::accounts::serve_floor`) before the token
+//! plus the serve margin (`crate::policy::serve_floor`) before the token
 //! expires, so a hit is always fresh.
 //!
 //! Every value starts with the account's token version (`{version}|…`), and
@@ -37,11 +37,6 @@ use crate::store::integrations::Integration;
 
 /// How long a tombstone blocks stale writes.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
-/// Entries of tokens that never expire are re-read from PostgreSQL this often, which
-/// also bounds how long an entry whose invalidation never arrived could live.
-const NON_EXPIRING_TTL: Duration = Duration::from_secs(300);
-/// The longest any entry lives, however long its token stays valid.
-const MAX_TTL: Duration = Duration::from_secs(3600);
 
 /// SET the value unless the stored one carries a newer (or equal) version,
 /// and announce it on the invalidation channel (ARGV[4]; empty: not announced).
@@ -225,9 +220,7 @@ impl TokenCache {
         let Ok(entry) = serde_json::from_slice::<CachedToken>(&plain) else { return Lookup::Miss };
         // The TTL already guarantees this; checking again costs nothing and
         // keeps a clock-skewed entry from ever being served.
-        let fresh =
-            entry.expires_at.is_none_or(|exp| exp > now + crate::store::accounts::serve_floor(self.min_validity));
-        if fresh {
+        if crate::policy::servable(entry.expires_at, now, self.min_validity) {
             Lookup::Hit(entry)
         } else {
             Lookup::Miss
@@ -244,15 +237,7 @@ impl TokenCache {
         if !account.is_fresh(now, self.min_validity) {
             return None;
         }
-        let ttl = match account.expires_at {
-            None => NON_EXPIRING_TTL,
-            Some(exp) => {
-                (exp - now - crate::store::accounts::serve_floor(self.min_validity)).to_std().ok()?.min(MAX_TTL)
-            }
-        };
-        if ttl < Duration::from_millis(10) {
-            return None;
-        }
+        let ttl = crate::policy::cache_ttl(account.expires_at, now, self.min_validity)?;
         let entry = CachedToken {
             account_id: account.id.clone(),
             version: account.token_version,

@@ -21,7 +21,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -63,7 +62,7 @@ pub async fn refill_if_lost(state: &AppState, cancel: &CancellationToken) -> any
     let Some(mut conn) = state.redis.conn() else { return Ok(None) };
     let set: Option<String> = tokio::time::timeout(
         state.redis.timeout().max(Duration::from_secs(1)),
-        redis::cmd("SET").arg(marker_key(state)).arg(Utc::now().to_rfc3339()).arg("NX").query_async(&mut conn),
+        redis::cmd("SET").arg(marker_key(state)).arg(crate::time::now().to_rfc3339()).arg("NX").query_async(&mut conn),
     )
     .await??;
     if set.is_none() {
@@ -80,7 +79,15 @@ pub async fn refill(state: &AppState, cancel: &CancellationToken) -> anyhow::Res
     let mut after = String::new();
     let mut written = 0u64;
     while !cancel.is_cancelled() {
-        let page = accounts::fresh_page(&state.db, state.keyring(), &after, state.config.min_validity, PAGE).await?;
+        let page = accounts::fresh_page(
+            &state.db,
+            state.keyring(),
+            &after,
+            crate::time::now(),
+            state.config.min_validity,
+            PAGE,
+        )
+        .await?;
         let Some(last) = page.last() else { break };
         after = last.id.clone();
         for account in &page {
@@ -89,7 +96,7 @@ pub async fn refill(state: &AppState, cancel: &CancellationToken) -> anyhow::Res
                 loaded.insert(account.integration_id.clone(), integration);
             }
         }
-        let now = Utc::now();
+        let now = crate::time::now();
         let mut in_flight = FuturesUnordered::new();
         for account in &page {
             let Some(Some(integration)) = loaded.get(&account.integration_id) else { continue };

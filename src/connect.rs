@@ -251,7 +251,7 @@ pub async fn complete(
         (None, None) => Err(failure("missing_code", "The provider sent neither a code nor an error.", None, None)),
         (None, Some(code)) => exchange(state, integration, pending, code).await?,
     };
-    let now = Utc::now();
+    let now = crate::time::now();
     match result {
         Ok(tokens) => {
             let refresh_at =
@@ -305,7 +305,7 @@ async fn exchange(
     let redirect_uri = state.config.redirect_uri(&integration.slug);
     let grant = Grant::Code { code, redirect_uri: &redirect_uri, pkce_verifier: pending.pkce_verifier.as_ref() };
     // `expires_in` counts from the provider's answer, no earlier than the request was sent.
-    let requested_at = Utc::now();
+    let requested_at = crate::time::now();
     match client::request_token(&state.http, integration, &spec, grant).await {
         Ok(grant) => Ok(Ok(TokenSet {
             expires_at: grant.expires_at(requested_at),

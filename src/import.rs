@@ -69,7 +69,7 @@ pub async fn import_lines(state: &AppState, text: &str, mut progress: impl FnMut
             report.rejected.push((number, format!("no integration `{}`", parsed.integration)));
             continue;
         };
-        let now = Utc::now();
+        let now = crate::time::now();
         let refresh_at = state.refresher.schedule(integration, now, parsed.expires_at, parsed.refresh_token.is_some());
         let tokens = TokenSet {
             access_token: parsed.access_token,

@@ -25,6 +25,7 @@ pub mod limits;
 pub mod metrics;
 pub mod oauth;
 pub mod outbound;
+pub mod policy;
 pub mod provisioning;
 pub mod queues;
 pub mod read;

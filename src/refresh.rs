@@ -129,7 +129,7 @@ impl Refresher {
     ) -> Option<DateTime<Utc>> {
         let tokens_expire = integration.spec().map(|s| s.tokens_expire).unwrap_or(true);
         let jitter = rand::thread_rng().gen::<f64>();
-        accounts::refresh_at(now, expires_at, has_refresh_token, tokens_expire, self.refresh_lead, jitter)
+        crate::policy::refresh_at(now, expires_at, has_refresh_token, tokens_expire, self.refresh_lead, jitter)
     }
 
     fn needs_refresh(&self, account: &Account, reason: Reason, now: DateTime<Utc>) -> bool {
@@ -173,7 +173,7 @@ impl Refresher {
         let deadline = after(self.wait_for_holder);
         let mut pause = Duration::from_millis(25);
         let account = loop {
-            let now = Utc::now();
+            let now = crate::time::now();
             match self.try_lease(account_id, &lease_id).await? {
                 Some(account) => break account,
                 None => {
@@ -217,7 +217,7 @@ impl Refresher {
         // The lease was taken just before this; a little margin keeps us inside it.
         let store_until = after(self.lease.saturating_sub(Duration::from_secs(2)));
         let provider = integration.slug.clone();
-        let now = Utc::now();
+        let now = crate::time::now();
         if account.integration_id != integration.id {
             // Never present one integration's client credentials with another's grant.
             return Ok(RefreshOutcome::OtherIntegration);
@@ -244,7 +244,7 @@ impl Refresher {
         let started = Instant::now();
         // `expires_in` counts from when the provider answered, which is no earlier than this:
         // counting from the response instead would overstate the lifetime by the round trip.
-        let requested_at = Utc::now();
+        let requested_at = crate::time::now();
         let result = request_token(
             &self.http,
             integration,
@@ -259,7 +259,7 @@ impl Refresher {
         };
         match result {
             Ok(grant) => {
-                let now = Utc::now();
+                let now = crate::time::now();
                 let expires_at = grant.expires_at(requested_at);
                 let has_refresh = grant.refresh_token.is_some() || account.refresh_token.is_some();
                 let tokens = TokenSet {

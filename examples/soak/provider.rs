@@ -90,7 +90,7 @@ async fn integration(config: &Config, db: &PgPool, demo: &DemoProvider) -> Resul
 }
 
 /// `user{i}` for i in 0..n: a real grant each, sealed under the app's keys and bound to its
-/// row, scheduled the way the app schedules (`store::accounts::refresh_at`).
+/// row, scheduled the way the app schedules (`policy::refresh_at`).
 async fn seed(config: &Config, db: &PgPool, demo: &DemoProvider, integration_id: &str, n: usize) -> Result<()> {
     let ring = &config.encryption_keys;
     for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
@@ -109,14 +109,7 @@ async fn seed(config: &Config, db: &PgPool, demo: &DemoProvider, integration_id:
             rows.2.push(ring.seal_str(&issued.access_token, aad(columns::ACCESS_TOKEN, &id))?);
             rows.3.push(ring.seal_str(&refresh, aad(columns::REFRESH_TOKEN, &id))?);
             expires.push(expires_at);
-            due.push(pipes::store::accounts::refresh_at(
-                now,
-                Some(expires_at),
-                true,
-                true,
-                config.refresh_lead,
-                jitter,
-            ));
+            due.push(pipes::policy::refresh_at(now, Some(expires_at), true, true, config.refresh_lead, jitter));
             rows.0.push(id);
             rows.1.push(user);
         }

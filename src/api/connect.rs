@@ -10,7 +10,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use crate::api::extract::ApiJson;
@@ -112,7 +111,7 @@ pub async fn authorize(
         return Err(ApiError::invalid(errors));
     }
     let req = ConnectRequest { user_id: body.user_id.unwrap_or_default(), organization_id, return_to };
-    let url = connect::begin(&state, &integration, &req, Utc::now()).await.map_err(connect_error)?;
+    let url = connect::begin(&state, &integration, &req, crate::time::now()).await.map_err(connect_error)?;
     Ok(Json(AuthorizeResponse { url: url.to_string() }))
 }
 
@@ -149,14 +148,16 @@ async fn run_callback(state: &AppState, slug: &str, mut params: HashMap<String, 
         }
         Err(e) => return Err(e),
     };
-    let pending =
-        match connect::consume_state(state, &integration, &raw_state, Utc::now()).await.map_err(connect_error)? {
-            Ok(p) => p,
-            Err(rejection) => {
-                tracing::info!(integration = %slug, ?rejection, "callback state refused");
-                return Ok(page(StatusCode::BAD_REQUEST, "Invalid sign-in link", rejection.message()));
-            }
-        };
+    let pending = match connect::consume_state(state, &integration, &raw_state, crate::time::now())
+        .await
+        .map_err(connect_error)?
+    {
+        Ok(p) => p,
+        Err(rejection) => {
+            tracing::info!(integration = %slug, ?rejection, "callback state refused");
+            return Ok(page(StatusCode::BAD_REQUEST, "Invalid sign-in link", rejection.message()));
+        }
+    };
     let answer = ProviderAnswer {
         code: params.remove("code").filter(|c| !c.is_empty()),
         error: params.remove("error").filter(|e| !e.is_empty()),

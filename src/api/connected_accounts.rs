@@ -189,7 +189,7 @@ async fn write(
     let org = owner(user_id, q)?;
     let integration = find(state, slug).await?;
     let (tokens, account_state) = parse_tokens(body, &integration)?;
-    let now = Utc::now();
+    let now = crate::time::now();
     let refresh_at = match account_state {
         AccountState::Connected => {
             state.refresher.schedule(&integration, now, tokens.expires_at, tokens.refresh_token.is_some())

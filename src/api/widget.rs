@@ -15,7 +15,6 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -88,7 +87,7 @@ pub async fn create_token(
     }
     let user_id = body.user_id.unwrap_or_default();
     let (token, expires_at) =
-        widget::issue(state.keyring(), &user_id, org.as_deref(), Utc::now(), state.config.widget_token_ttl);
+        widget::issue(state.keyring(), &user_id, org.as_deref(), crate::time::now(), state.config.widget_token_ttl);
     Ok(Json(WidgetTokenResponse { token, expires_at: rfc3339(expires_at) }))
 }
 
@@ -118,7 +117,7 @@ impl FromRequestParts<AppState> for WidgetSession {
                 "unauthorized",
                 "Send the widget token as `Authorization: Bearer <widget token>`.",
             ))?;
-        widget::verify(state.keyring(), token, Utc::now()).map(WidgetSession).map_err(|e| match e {
+        widget::verify(state.keyring(), token, crate::time::now()).map(WidgetSession).map_err(|e| match e {
             WidgetTokenError::Expired => WidgetAuthError(
                 "widget_token_expired",
                 "The widget token has expired; ask the application for a new one.",
@@ -240,7 +239,7 @@ pub async fn authorize(
     let return_to = widget::pages::done_url(&state.config, opener.as_deref(), back.as_deref());
     let req =
         ConnectRequest { user_id: claims.user_id, organization_id: claims.organization_id, return_to: Some(return_to) };
-    let url = connect::begin(&state, &integration, &req, Utc::now()).await.map_err(|e| match e {
+    let url = connect::begin(&state, &integration, &req, crate::time::now()).await.map_err(|e| match e {
         e if e.common_answer().is_some() => e.common_answer().unwrap_or_else(|| ApiError::internal(e)),
         connect::ConnectError::Db(e) => e.into(),
         connect::ConnectError::Misconfigured(m) => ApiError::BadRequest {

@@ -26,7 +26,7 @@ pub fn generate(id: Option<&str>) -> anyhow::Result<()> {
         Some(id) => id.to_owned(),
         None => format!(
             "k{}{}",
-            chrono::Utc::now().format("%Y%m%d"),
+            crate::time::now().format("%Y%m%d"),
             &crate::crypto::random_token(3)[..4].to_ascii_lowercase().replace(['-', '_'], "x")
         ),
     };

@@ -5,7 +5,7 @@ use crate::status::{self, Status};
 
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     let db = crate::db::pool(&config.database_url, 2)?;
-    let status = status::gather(&db, config, chrono::Utc::now()).await?;
+    let status = status::gather(&db, config, crate::time::now()).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

@@ -129,7 +129,7 @@ impl State {
     }
 
     fn wall_now(&self) -> DateTime<Utc> {
-        Utc::now() + chrono::TimeDelta::from_std(self.clock_offset).unwrap_or_default()
+        crate::time::now() + chrono::TimeDelta::from_std(self.clock_offset).unwrap_or_default()
     }
 
     pub(super) fn register(&mut self, registration: ClientRegistration) {

@@ -158,13 +158,6 @@ pub enum InactiveReason {
     NeedsReauthorization,
 }
 
-/// True when a token expiring at `expires_at` has less than `min_validity`
-/// left at `now`: serving it breaks the read API's promise.
-pub fn is_stale(expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>, min_validity: Duration) -> bool {
-    let promise = chrono::Duration::from_std(min_validity).unwrap_or_else(|_| chrono::Duration::days(36_500));
-    expires_at.is_some_and(|exp| exp < now + promise)
-}
-
 /// Renders the ready answers of a cached token that stays fresh until
 /// `min_validity` plus the serve margin before it expires; `config` is the integration's settings.
 pub fn ready(token: &CachedToken, min_validity: Duration, config: &BTreeMap<String, String>) -> Ready {
@@ -192,11 +185,10 @@ pub fn ready(token: &CachedToken, min_validity: Duration, config: &BTreeMap<Stri
             config,
         },
     });
-    let floor = crate::store::accounts::serve_floor(min_validity);
     Ready {
         account_id: token.account_id.clone(),
         version: token.version,
-        fresh_until: token.expires_at.map(|exp| exp - floor),
+        fresh_until: crate::policy::servable_until(token.expires_at, min_validity),
         expires_at: token.expires_at,
         stored: Instant::now(),
         // Serializing strings and string slices cannot fail.

@@ -26,7 +26,7 @@ const CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 pub struct Ready {
     pub account_id: String,
     pub version: i64,
-    /// The answer stops being fresh at this instant (`expires_at − min_validity − SERVE_MARGIN`).
+    /// The answer stops being servable at this instant ([`crate::policy::servable_until`]).
     pub fresh_until: Option<DateTime<Utc>>,
     /// When the token itself expires.
     pub expires_at: Option<DateTime<Utc>>,
@@ -49,7 +49,7 @@ impl std::fmt::Debug for Ready {
 impl Ready {
     /// Still fresh at `now` and young enough to trust.
     pub fn usable(&self, now: DateTime<Utc>) -> bool {
-        self.fresh_until.is_none_or(|until| now < until) && self.stored.elapsed() < MAX_AGE
+        crate::policy::still_servable(self.fresh_until, now) && self.stored.elapsed() < MAX_AGE
     }
 }
 

@@ -20,7 +20,6 @@ pub mod local;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -106,7 +105,7 @@ impl Reader {
         let inner = &self.0;
         let key =
             entry_key(inner.cache.redis(), &view.integration.slug, &owner.user_id, owner.organization_id.as_deref());
-        let ready = inner.cache.local().get(&key, Utc::now())?;
+        let ready = inner.cache.local().get(&key, crate::time::now())?;
         if owner.connected_account_id.as_ref().is_some_and(|id| *id != ready.account_id) {
             return None;
         }
@@ -151,7 +150,7 @@ impl Reader {
     /// the serve margin), independently of the freshness checks that chose the
     /// answer. Counts; it never changes what is served.
     fn check_served(&self, view: &View, ready: &local::Ready) {
-        if answer::is_stale(ready.expires_at, Utc::now(), self.0.cache.min_validity()) {
+        if crate::policy::breaks_promise(ready.expires_at, crate::time::now(), self.0.cache.min_validity()) {
             view.stale.increment(1);
             tracing::error!(account_id = %ready.account_id, "served a token with less than min_validity left");
         }
@@ -163,7 +162,7 @@ impl Reader {
         let local = inner.cache.local();
         let min_validity = inner.cache.min_validity();
         let epoch = local.epoch();
-        match inner.cache.get_key(key, Utc::now()).await {
+        match inner.cache.get_key(key, crate::time::now()).await {
             Ok(Lookup::Hit(entry)) => {
                 let ready = Arc::new(answer::ready(&entry, min_validity, &view.integration.settings));
                 local.fill(key, epoch, ready.clone());
@@ -231,11 +230,11 @@ impl Reader {
     /// The answer for `account` if its token is fresh, after caching it.
     async fn serve_fresh(&self, view: &View, key: &str, epoch: u64, account: &Account) -> Option<Answer> {
         let inner = &self.0;
-        let now = Utc::now();
+        let now = crate::time::now();
         let (entry, _) = inner.cache.entry_for(account, &view.integration, now)?;
         inner.cache.put(account, &view.integration, now).await;
         let ready = Arc::new(answer::ready(&entry, inner.cache.min_validity(), &view.integration.settings));
-        if !ready.usable(Utc::now()) {
+        if !ready.usable(crate::time::now()) {
             // Cannot happen after `entry_for` above; checked again because a
             // stale token must never leave (`pipes_stale_tokens_served_total` stays 0).
             return None;

@@ -90,7 +90,7 @@ impl Scheduler {
         let gauges = tokio::spawn(stats::run(self.state.clone(), broker.clone(), topology.clone(), cancel.clone()));
         tracing::info!(cron = %config.scheduler_cron_text, tasks = ?self.tasks.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "scheduler running");
         while let Some(next) = config.scheduler_cron.upcoming(Utc).next() {
-            let wait = (next - Utc::now()).to_std().unwrap_or_default();
+            let wait = (next - crate::time::now()).to_std().unwrap_or_default();
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
@@ -100,7 +100,7 @@ impl Scheduler {
                 state: self.state.clone(),
                 publisher: publisher.clone(),
                 topology: topology.clone(),
-                now: Utc::now(),
+                now: crate::time::now(),
                 cancel: cancel.clone(),
             };
             for (name, task) in &self.tasks {
@@ -113,7 +113,7 @@ impl Scheduler {
                 }
             }
             metrics::histogram!(m::SCHEDULER_TICK_DURATION).record(started.elapsed().as_secs_f64());
-            metrics::gauge!(m::SCHEDULER_LAST_TICK).set(Utc::now().timestamp_millis() as f64 / 1000.0);
+            metrics::gauge!(m::SCHEDULER_LAST_TICK).set(crate::time::now().timestamp_millis() as f64 / 1000.0);
         }
         let _ = gauges.await;
         tracing::info!("scheduler stopped");

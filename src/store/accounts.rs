@@ -17,6 +17,7 @@ use sqlx::{PgExecutor, Row};
 use crate::crypto::{aad, CryptoError, KeyRing};
 use crate::ids::IdKind;
 use crate::keys::columns;
+use crate::policy;
 use crate::secret::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -120,50 +121,12 @@ impl Account {
         })
     }
 
-    /// True when the access token is fresh enough to serve: it stays valid for
-    /// at least `min_validity` plus [`SERVE_MARGIN`] after `now`.
+    /// True when the account's access token may be served at `now` ([`policy::servable`]).
     pub fn is_fresh(&self, now: DateTime<Utc>, min_validity: Duration) -> bool {
         self.state == AccountState::Connected
             && self.access_token.is_some()
-            && self.expires_at.is_none_or(|exp| exp > now + serve_floor(min_validity))
+            && policy::servable(self.expires_at, now, min_validity)
     }
-}
-
-/// Kept on top of `min_validity` wherever Pipes decides that a token is fresh
-/// enough to serve or to cache: the answer still has to travel to the caller,
-/// and on a loaded machine a token judged fresh with `min_validity + 0.1 s`
-/// left would arrive with less than the promised `min_validity`.
-pub const SERVE_MARGIN: Duration = Duration::from_secs(5);
-
-/// The least time a token must have left for Pipes to serve it or cache it:
-/// `min_validity + SERVE_MARGIN`. The store, the Redis cache and the local
-/// answer cache all judge freshness by this one value.
-pub fn serve_floor(min_validity: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(min_validity + SERVE_MARGIN).unwrap_or_else(|_| chrono::Duration::days(36_500))
-}
-
-/// When to refresh (DESIGN §2.2): `expires_at - min(lead, lifetime / 2)`, minus
-/// a jitter of up to a tenth of that lead (at most 30 s) so a batch of tokens
-/// issued together does not come due together. `jitter` is in [0, 1).
-/// `None` when the account cannot or need not be refreshed.
-pub fn refresh_at(
-    now: DateTime<Utc>,
-    expires_at: Option<DateTime<Utc>>,
-    has_refresh_token: bool,
-    tokens_expire: bool,
-    lead: Duration,
-    jitter: f64,
-) -> Option<DateTime<Utc>> {
-    let expires_at = expires_at?;
-    if !has_refresh_token || !tokens_expire {
-        return None;
-    }
-    let lifetime = (expires_at - now).max(chrono::Duration::zero());
-    let lead = chrono::Duration::from_std(lead).unwrap_or_default().min(lifetime / 2);
-    let max_jitter = (lead / 10).min(chrono::Duration::seconds(30));
-    let jitter_ms = (max_jitter.num_milliseconds() as f64 * jitter.clamp(0.0, 1.0)) as i64;
-    // Checked: an imported `expires_at` may sit at the very edge of the calendar.
-    expires_at.checked_sub_signed(lead)?.checked_sub_signed(chrono::Duration::milliseconds(jitter_ms))
 }
 
 fn seal(ring: &KeyRing, column: &str, id: &str, value: Option<&Secret>) -> Result<Option<Vec<u8>>, AccountError> {
@@ -201,24 +164,26 @@ pub async fn find_by_id(db: impl PgExecutor<'_>, ring: &KeyRing, id: &str) -> Re
 }
 
 /// Up to `limit` connected accounts with an id after `after`, in id order, whose
-/// access token is fresh enough to serve at `now` (see [`serve_floor`]): a page of
-/// what the token cache should hold.
+/// access token may be served at `now` ([`policy::servable`]): a page of what the
+/// token cache should hold.
 pub async fn fresh_page(
     db: impl PgExecutor<'_>,
     ring: &KeyRing,
     after: &str,
+    now: DateTime<Utc>,
     min_validity: Duration,
     limit: i64,
 ) -> Result<Vec<Account>, AccountError> {
-    let floor = serve_floor(min_validity).to_std().unwrap_or(min_validity);
+    // `servable` at `now` is `expires_at - floor > now`, i.e. `expires_at > now + floor`.
+    let threshold = now.checked_add_signed(policy::serve_floor(min_validity)).unwrap_or(DateTime::<Utc>::MAX_UTC);
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM connected_accounts
          WHERE id > $1 AND state = 'connected' AND access_token_enc IS NOT NULL
-           AND (expires_at IS NULL OR expires_at > now() + $2)
+           AND (expires_at IS NULL OR expires_at > $2)
          ORDER BY id LIMIT $3"
     )))
     .bind(after)
-    .bind(floor)
+    .bind(threshold)
     .bind(limit)
     .fetch_all(db)
     .await?;

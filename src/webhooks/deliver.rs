@@ -140,7 +140,7 @@ impl DeliveryHandler {
             }
             Err(error) => return Attempt::Refused { error: error.code().into() },
         }
-        let headers = match sign::headers(secret, &loaded.event_id, Utc::now(), &body) {
+        let headers = match sign::headers(secret, &loaded.event_id, crate::time::now(), &body) {
             Ok(headers) => headers,
             Err(_) => return Attempt::Refused { error: "malformed_secret".into() },
         };
@@ -153,7 +153,7 @@ impl DeliveryHandler {
             Ok(response) => Attempt::Failed {
                 status: Some(response.status().as_u16()),
                 error: None,
-                retry_after: retry_after(response.headers(), Utc::now()),
+                retry_after: retry_after(response.headers(), crate::time::now()),
             },
             Err(error) => {
                 let kind = if error.is_timeout() {

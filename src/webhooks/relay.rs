@@ -153,7 +153,7 @@ impl Relay {
     /// Re-sends every delivery that failed within `since` (to endpoints still enabled).
     pub async fn replay_failed_since(&self, since: Duration) -> Result<usize, RelayError> {
         let since = chrono::Duration::from_std(since).unwrap_or(chrono::Duration::MAX);
-        let cutoff = chrono::Utc::now().checked_sub_signed(since).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let cutoff = crate::time::now().checked_sub_signed(since).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
              WHERE d.status = 'failed' AND d.updated_at >= $1 AND e.status = 'enabled' ORDER BY d.id",

@@ -157,7 +157,7 @@ async fn a_token_just_above_min_validity_is_refreshed_not_served() {
     let app = TestApp::spawn().await;
     let p = demo_integration(&app, "soak-margin", ClientAuthMethod::Basic).await;
     let min_validity = app.config().min_validity;
-    let just_above = min_validity + pipes::store::accounts::SERVE_MARGIN / 2;
+    let just_above = min_validity + pipes::policy::SERVE_MARGIN / 2;
     let (account, old) = seed_account(&app, &p, "u1", None, just_above).await;
     assert!(!account.is_fresh(Utc::now(), min_validity));
     // The Redis cache does not keep it either.
@@ -168,14 +168,14 @@ async fn a_token_just_above_min_validity_is_refreshed_not_served() {
     assert_ne!(served, old, "a token inside the serve margin was served");
     assert_eq!(p.demo.stats().refreshes, 1);
     let expires_at: chrono::DateTime<Utc> = answer["access_token"]["expires_at"].as_str().unwrap().parse().unwrap();
-    let floor = pipes::store::accounts::serve_floor(min_validity);
+    let floor = pipes::policy::serve_floor(min_validity);
     assert!(
         expires_at - Utc::now() > floor - chrono::Duration::seconds(1),
         "served with {:?} left",
         expires_at - Utc::now()
     );
     // Comfortably above the floor, the stored token is served as it is.
-    let (_, kept) = seed_account(&app, &p, "u2", None, min_validity + pipes::store::accounts::SERVE_MARGIN * 3).await;
+    let (_, kept) = seed_account(&app, &p, "u2", None, min_validity + pipes::policy::SERVE_MARGIN * 3).await;
     let (_, answer) = crate::tokens::read(&app, "soak-margin", serde_json::json!({"user_id": "u2"})).await;
     assert_eq!(crate::tokens::token_of(&answer), kept);
     assert_eq!(p.demo.stats().refreshes, 1);
@@ -183,7 +183,7 @@ async fn a_token_just_above_min_validity_is_refreshed_not_served() {
 
 #[test]
 fn the_stale_tripwire_judges_against_min_validity_itself() {
-    use pipes::read::answer::is_stale;
+    use pipes::policy::breaks_promise as is_stale;
     let now = Utc::now();
     let min_validity = Duration::from_secs(60);
     assert!(is_stale(Some(now + chrono::Duration::seconds(59)), now, min_validity));
