@@ -64,8 +64,7 @@ impl AppState {
     /// The state of a process that answers no token reads (a scheduler or worker
     /// alone): no invalidation subscription. Every token stored publishes one message
     /// on that channel, and a subscriber with no reads to answer would only receive them
-    /// all (in `benches/refresh.sh` the worker and the scheduler each took one per
-    /// refresh). Its in-process answer cache stays off, as it is whenever the
+    /// all, one per refresh. Its in-process answer cache stays off, as it is whenever the
     /// subscription is down.
     pub fn without_local_reads(config: Config, cancel: CancellationToken) -> anyhow::Result<Self> {
         Self::build(config, cancel, false)

@@ -22,7 +22,7 @@ use crate::ids::IdKind;
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(3);
 /// How long a verdict keeps being used while PostgreSQL cannot be asked. Without it, a
 /// database outage failed every token read with 503 even when the token itself was in
-/// Redis (the soak's PostgreSQL cut); a key revoked during an outage stays usable this long.
+/// Redis; a key revoked during an outage stays usable this long.
 pub const KEY_CACHE_STALE_IF_ERROR: Duration = Duration::from_secs(300);
 /// After a failed check, how long callers use the old verdict before asking again.
 const KEY_RECHECK_AFTER_ERROR: Duration = Duration::from_secs(1);

@@ -4,8 +4,7 @@
 //! empties the token cache. Reads then still work — every miss reads PostgreSQL and
 //! fills the entry back — but until an account is read or refreshed again, PostgreSQL is
 //! the only place its token is served from, and a PostgreSQL outage in that window fails
-//! reads that Redis could have answered (the soak saw exactly that: Redis restarted,
-//! PostgreSQL cut 130 s later, one read in ten failing).
+//! reads that Redis could have answered.
 //!
 //! So the scheduler role watches for a marker key. When it is missing — a fresh Redis,
 //! a restart, a flush — it sets it (`SET NX`: one scheduler wins) and refills the cache

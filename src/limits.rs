@@ -121,9 +121,9 @@ fn limit(per_second: u32) -> Option<Limit> {
 }
 
 impl Default for RateLimits {
-    /// Far above what one key of a busy backend sends (a `serve` core answers about
-    /// 100,000 token reads a second, all from one key and one address in the read
-    /// benchmark), tight where no backend is the caller.
+    /// Far above what one `serve` answers on the token routes (docs/benchmarks.md; the
+    /// read benchmark sends everything from one key and one address), tight where no
+    /// backend is the caller.
     fn default() -> Self {
         let mut limits = BTreeMap::new();
         let mut set = |group, scope, per_second| {

@@ -3,8 +3,8 @@
 use clap::Parser;
 
 /// mimalloc instead of the system allocator: a refresh or a token read allocates and
-/// frees many small buffers across tokio's threads, where glibc's malloc spent a fifth
-/// of the worker's CPU (benches/refresh.sh, docs/benchmarks.md).
+/// frees many small buffers across tokio's threads, where glibc's malloc is slow
+/// (docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -358,8 +358,8 @@ impl Refresher {
     /// Stores a refresh result, retrying while PostgreSQL fails and the lease lasts. The
     /// provider has already rotated the refresh token: giving up would lose the only copy of
     /// the new one, and the next attempt would present the old one, which a rotating
-    /// provider treats as theft and answers by revoking the grant (seen in the soak when
-    /// PostgreSQL was cut, or its pool timed out, between the answer and the write). Past the
+    /// provider treats as theft and answers by revoking the grant (PostgreSQL cut, or its
+    /// pool timed out, between the answer and the write). Past the
     /// lease another holder may refresh with the old token anyway, so the retries stop there;
     /// the fencing check keeps a late write from overwriting theirs.
     async fn store_while_leased(

@@ -69,27 +69,35 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
+        let mut unverified_key = false;
         if let Some(group) = Group::of(request.uri().path()) {
-            if let Err(refused) = self.check(group, &request) {
-                let response = super::fast_lane::with_request_id(request.headers(), refused.into_response());
-                return Either::Right(ready(Ok(response)));
+            match self.check(group, &request) {
+                Ok(unverified) => unverified_key = unverified,
+                Err(refused) => {
+                    let response = super::fast_lane::with_request_id(request.headers(), refused.into_response());
+                    return Either::Right(ready(Ok(response)));
+                }
             }
         }
-        request.extensions_mut().insert(ClientAddr(self.peer));
+        // Only a key that will be looked up needs the address (`auth.rs`); a token read
+        // with a verified key is spared the allocation.
+        if unverified_key {
+            request.extensions_mut().insert(ClientAddr(self.peer));
+        }
         Either::Left(self.inner.call(request))
     }
 }
 
 impl<S> Limited<S> {
-    fn check(&self, group: Group, request: &Request) -> Result<(), crate::error::ApiError> {
+    /// Counts the request; `Ok(true)` when it carries a key not verified recently.
+    fn check(&self, group: Group, request: &Request) -> Result<bool, crate::error::ApiError> {
         self.limits.check_address(group, self.peer)?;
         // Only keys verified recently have a limit of their own: an unknown key is
         // limited by its look-ups (`auth.rs`), and cannot grow this limiter's memory.
-        if let Ok(key) = crate::auth::bearer_key(request.headers()) {
-            if let Some(digest) = self.keys.verified_digest(key) {
-                self.limits.check_key(group, &digest)?;
-            }
+        let Ok(key) = crate::auth::bearer_key(request.headers()) else { return Ok(false) };
+        match self.keys.verified_digest(key) {
+            Some(digest) => self.limits.check_key(group, &digest).map(|()| false),
+            None => Ok(true),
         }
-        Ok(())
     }
 }

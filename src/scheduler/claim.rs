@@ -1,15 +1,17 @@
 //! Claiming due accounts and publishing their refresh jobs (DESIGN §2.2).
 //!
 //! The schedule lives in `refresh_schedule`, one narrow row per connected account with
-//! a refresh token and a `refresh_at`, kept in step with `connected_accounts` by a
-//! trigger (see its migration). A claim reads a batch of due accounts there and records
+//! a refresh token and a `refresh_at`, kept in step with `connected_accounts` by the
+//! refresh's grouped store (`StoreBatch`, in its own statement) and, for every other
+//! writer, by a row trigger (migration `20261127180000`). A claim reads a batch of due accounts there and records
 //! each in `refresh_claims` (`enqueued_at = now()`) in one statement; that table's
 //! primary key keeps two schedulers from claiming the same account. It commits before
 //! publishing (holding locks across broker round trips would stall the workers' leases).
 //! Only confirmed jobs count; the claims of accounts whose publish failed are deleted
 //! again at once. A job lost after its confirm (a broker losing its disk) makes its
 //! account claimable again after `PIPES_REQUEUE_AFTER`. Storing a token, moving
-//! `refresh_at` or leaving the schedule deletes the claim (the trigger); a worker moves
+//! `refresh_at` or leaving the schedule deletes the claim (the store statement, or the
+//! triggers for other writers); a worker moves
 //! it into the future while a retry waits, and deletes it when there was nothing to do.
 //!
 //! The claim can also commit and its answer be lost (the connection to PostgreSQL drops

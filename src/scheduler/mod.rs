@@ -1,10 +1,11 @@
 //! The scheduler role (`pipes scheduler`): a loop on `PIPES_SCHEDULER_CRON` that runs a
 //! list of periodic tasks on each tick, plus a slower loop that refreshes the gauges.
 //!
-//! The refresh claim ([`claim`]) is the built-in task. Other periodic work (the event
-//! outbox relay) plugs in with [`Scheduler::with_task`], one line in `roles.rs`; every
-//! task gets the same [`Tick`]: the state, a confirmed publisher and the topology.
-//! Any number of schedulers can run: claims use `FOR UPDATE SKIP LOCKED`.
+//! The refresh claim ([`claim`]) is the built-in task; other periodic work can plug in
+//! with [`Scheduler::with_task`], and every task gets the same [`Tick`]: the state, a
+//! confirmed publisher and the topology. (The event outbox relay runs a loop of its own
+//! beside it, spawned in `roles.rs`.) Any number of schedulers can run: a claim inserts
+//! into `refresh_claims`, whose primary key keeps two from claiming one account.
 
 pub mod claim;
 mod stats;

@@ -1,10 +1,11 @@
 //! Connected accounts: one per (integration, user, organization), with its
 //! encrypted tokens, refresh schedule, state and the single-flight lease.
 //!
-//! The scheduler reads the schedule from `refresh_schedule`, which a trigger on
-//! `connected_accounts` keeps in step with every write here (and everywhere else):
-//! storing a token or moving `refresh_at` clears the scheduler's mark, leaving the
-//! `connected` state or losing the refresh token takes the account off the schedule.
+//! The scheduler reads the schedule from `refresh_schedule`. The refresh's grouped
+//! store ([`StoreBatch`]) writes an account's schedule row and deletes its claim in
+//! its own statement; a row trigger does the same for every other write: storing a
+//! token or moving `refresh_at` deletes the account's row in `refresh_claims`, and
+//! leaving the `connected` state or losing the refresh token takes it off the schedule.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -501,7 +502,7 @@ impl StoreRequest {
 ///
 /// The statement locks only rows whose lease it holds, and no two live holders share a
 /// row, so batches practically never wait for each other. It does not lock the rows in a
-/// statement of their own first (`FOR UPDATE` in id order): that took a third of its time.
+/// statement of their own first (`FOR UPDATE` in id order), which would cost a round trip.
 /// The requests go in id order instead, which the planner follows (a nested loop over
 /// them, each row fetched by its key); should two batches ever wait for each other in a
 /// cycle (two leases taken over at once from a holder storing late), PostgreSQL cancels

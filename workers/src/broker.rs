@@ -208,9 +208,7 @@ const RETIRE_WATCH: Duration = Duration::from_secs(600);
 /// Closes a replaced connection now, or as soon as lapin recovers it. lapin keeps
 /// recovering a connection in the background after every channel handle on it is dropped,
 /// and replays its consumers when it succeeds: a consumer nobody reads, holding its
-/// prefetch of jobs unacknowledged for as long as the process lives. The soak saw exactly
-/// that after a 20 s broker cut (one prefetch of refresh jobs stuck on a ghost consumer,
-/// their accounts waiting for `PIPES_REQUEUE_AFTER`). Closing the connection makes the
+/// prefetch of jobs unacknowledged for as long as the process lives. Closing the connection makes the
 /// broker requeue whatever it delivered there.
 async fn retire(old: Arc<Connection>, stop: CancellationToken) {
     let deadline = Instant::now() + RETIRE_WATCH;
