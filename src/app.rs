@@ -9,7 +9,7 @@ use axum::http::{HeaderName, Request};
 use axum::Router;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestId, RequestId};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -118,7 +118,7 @@ impl AppState {
 }
 
 #[derive(Clone, Copy)]
-struct MakeUlidRequestId;
+pub struct MakeUlidRequestId;
 
 impl MakeRequestId for MakeUlidRequestId {
     fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
@@ -153,12 +153,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(crate::api::guard::reject_unusable_url))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
-        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeUlidRequestId))
 }
 
-/// The HTTP service of `pipes serve`: the rate limits, then [`router`] behind the
-/// token-read fast lane.
+/// The HTTP service of `pipes serve`, one stack for every route: request id and
+/// trace span, the rate limits, the token-read fast lane, then [`router`].
 pub fn service(state: AppState) -> Service {
     Service {
         limits: state.limits.clone(),

@@ -2,11 +2,12 @@
 //! token read (`POST /data-integrations/{slug}/token` or `/credentials`) whose
 //! answer is already in the in-process answer cache.
 //!
-//! Such a read does no I/O at all (about a microsecond of work), so the tower
-//! stack around the router — routing, boxed route services, the URL guard,
-//! the request timeout's timer, request-id layers, extractors — would cost
-//! several times the read itself. The lane answers it directly, with the same
-//! bytes and headers the router would send. Anything it is not sure about
+//! Such a read does no I/O at all, so the router's part of the stack — routing,
+//! boxed route services, the URL guard, the request timeout's timer, extractors
+//! — would cost several times the read itself. The lane sits inside the same
+//! stack as every route (request id, trace span and rate limits are outside it,
+//! `api::rate_limit`) and answers such a read directly, with the same bytes and
+//! headers the router would send. Anything it is not sure about
 //! (a key not verified in the last seconds, an integration or answer not
 //! loaded, a body that does not parse, an encoded path, a missing
 //! `Content-Length`, ...) goes to the router unchanged, which applies every
@@ -26,7 +27,7 @@ use axum::Router;
 use futures_util::FutureExt;
 use tower::Service;
 
-use crate::app::{AppState, REQUEST_TIMEOUT, X_REQUEST_ID};
+use crate::app::{AppState, REQUEST_TIMEOUT};
 use crate::error::ApiError;
 use crate::read::answer::Shape;
 
@@ -72,7 +73,7 @@ impl Service<Request> for FastLane {
                 // Still on its way: wait as long as the router would, and no longer.
                 None => match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
                     Ok(read) => read,
-                    Err(_) => return Ok(with_request_id(&parts.headers, body_timed_out())),
+                    Err(_) => return Ok(body_timed_out()),
                 },
             };
             // On an error (the client went away, or sent less than announced) the
@@ -130,14 +131,7 @@ fn answer(state: &AppState, parts: &axum::http::request::Parts, body: &[u8], sha
     let mut response = Response::new(Body::from(body));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Some(with_request_id(&parts.headers, response))
-}
-
-/// The request's own `X-Request-ID` echoed, or a new one, as the router's layers do.
-pub fn with_request_id(headers: &axum::http::HeaderMap, mut response: Response) -> Response {
-    let request_id = headers.get(&X_REQUEST_ID).cloned().unwrap_or_else(crate::app::new_request_id);
-    response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
-    response
+    Some(response)
 }
 
 fn body_timed_out() -> Response {

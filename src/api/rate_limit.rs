@@ -1,6 +1,7 @@
-//! The outermost service of `pipes serve`: the client's address from the
-//! connection, then the rate limits (`crate::limits`), in front of the token
-//! fast lane and the router, so no route escapes them.
+//! The stack of `pipes serve`, made once per connection (so it knows the peer):
+//! the request id (set, and echoed on the answer), a trace span carrying it, the
+//! rate limits (`crate::limits`), then the token fast lane and the router. Every
+//! route, the fast lane's included, passes every layer.
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
@@ -12,6 +13,13 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use tower::Service;
 
+use axum::body::Body;
+use tower_http::classify::{NeverClassifyEos, ServerErrorsAsFailures, ServerErrorsFailureClass, SharedClassifier};
+use tower_http::map_response_body::{MapResponseBody, MapResponseBodyLayer};
+use tower_http::request_id::{PropagateRequestId, PropagateRequestIdLayer, SetRequestId, SetRequestIdLayer};
+use tower_http::trace::{MakeSpan, ResponseBody, Trace, TraceLayer};
+
+use crate::app::{MakeUlidRequestId, X_REQUEST_ID};
 use crate::auth::KeyVerifier;
 use crate::limits::{Group, Limits};
 
@@ -27,10 +35,18 @@ pub struct MakeLimited<S> {
     pub keys: KeyVerifier,
 }
 
+/// One connection's stack (the trace layer's response body boxed back into axum's,
+/// which `axum::serve` takes).
+pub type Connection<S> =
+    SetRequestId<PropagateRequestId<MapResponseBody<Traced<S>, fn(TracedBody) -> Body>>, MakeUlidRequestId>;
+
+type Traced<S> = Trace<Limited<S>, SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), (), (), (), ()>;
+type TracedBody = ResponseBody<Body, NeverClassifyEos<ServerErrorsFailureClass>, (), (), ()>;
+
 impl<S: Clone> Service<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for MakeLimited<S> {
-    type Response = Limited<S>;
+    type Response = Connection<S>;
     type Error = Infallible;
-    type Future = Ready<Result<Limited<S>, Infallible>>;
+    type Future = Ready<Result<Connection<S>, Infallible>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -38,12 +54,39 @@ impl<S: Clone> Service<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
 
     fn call(&mut self, stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self::Future {
         let peer: SocketAddr = *stream.remote_addr();
-        ready(Ok(Limited {
+        let limited = Limited {
             inner: self.inner.clone(),
             limits: self.limits.clone(),
             keys: self.keys.clone(),
             peer: peer.ip(),
-        }))
+        };
+        // Failures are the handlers' to log (with their cause); the span and the
+        // request's line are at DEBUG, so they cost nothing unless asked for.
+        let traced = TraceLayer::new_for_http()
+            .make_span_with(RequestSpan)
+            .on_request(())
+            .on_response(())
+            .on_body_chunk(())
+            .on_eos(())
+            .on_failure(());
+        let unbox: fn(TracedBody) -> Body = Body::new;
+        ready(Ok(tower::ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeUlidRequestId))
+            .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+            .layer(MapResponseBodyLayer::new(unbox))
+            .layer(traced)
+            .service(limited)))
+    }
+}
+
+/// A span per request, carrying its id (set by the layer outside it).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestSpan;
+
+impl<B> MakeSpan<B> for RequestSpan {
+    fn make_span(&mut self, request: &axum::http::Request<B>) -> tracing::Span {
+        let id = request.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        tracing::debug_span!("request", method = %request.method(), path = request.uri().path(), request_id = id)
     }
 }
 
@@ -74,8 +117,7 @@ where
             match self.check(group, &request) {
                 Ok(unverified) => unverified_key = unverified,
                 Err(refused) => {
-                    let response = super::fast_lane::with_request_id(request.headers(), refused.into_response());
-                    return Either::Right(ready(Ok(response)));
+                    return Either::Right(ready(Ok(refused.into_response())));
                 }
             }
         }
