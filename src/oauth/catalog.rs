@@ -193,7 +193,7 @@ impl ProviderSpec {
         let template_host = template_host(template).to_ascii_lowercase();
         let host_ok = match template_host.rfind('}') {
             None => host == template_host,
-            Some(end) => host.ends_with(&template_host[end + 1..]),
+            Some(end) => host.ends_with(&template_host[end.saturating_add(1)..]),
         };
         if url.scheme() != "https" || !host_ok {
             return Err(invalid());

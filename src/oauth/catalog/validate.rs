@@ -121,14 +121,14 @@ fn placeholders(template: &str) -> Result<Vec<String>, String> {
         if rest[..start].contains('}') {
             return Err("unbalanced '}'".into());
         }
-        let after = &rest[start + 1..];
+        let after = &rest[start.saturating_add(1)..];
         let end = after.find('}').ok_or("unclosed '{'")?;
         let name = &after[..end];
         if !is_param_name(name) {
             return Err(format!("placeholder {{{name}}} must be lowercase [a-z0-9_]"));
         }
         names.push(name.to_owned());
-        rest = &after[end + 1..];
+        rest = &after[end.saturating_add(1)..];
     }
     if rest.contains('}') {
         return Err("unbalanced '}'".into());
@@ -146,7 +146,7 @@ fn check_template(template: &str) -> Result<(), String> {
     if let Some(end) = host.rfind('}') {
         // "{subdomain}.zendesk.com": the value must be followed by a fixed,
         // registrable domain, so it can only choose a subdomain of it.
-        let fixed = &host[end + 1..];
+        let fixed = &host[end.saturating_add(1)..];
         if !fixed.starts_with('.') || fixed.matches('.').count() < 2 {
             return Err(format!("{template:?} must keep a fixed domain after the host placeholder"));
         }
