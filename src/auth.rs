@@ -83,31 +83,29 @@ impl KeyVerifier {
     /// says it is valid, without waiting for anything; `None` means "ask
     /// [`Self::verify`]" (unknown, revoked, or not checked recently).
     pub fn recently_verified(&self, presented: &str) -> Option<Role> {
-        use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
-        self.cache.get(&digest).filter(Verdict::current).and_then(|v| v.role)
+        self.current_verdict(&digest(presented)).and_then(|v| v.role)
     }
 
     /// The key's SHA-256 digest when a current verdict says it is valid: what the
     /// rate limits count a key by.
     pub fn verified_digest(&self, presented: &str) -> Option<[u8; 32]> {
-        use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
-        self.cache.get(&digest).filter(|v| v.current() && v.role.is_some()).map(|_| digest)
+        let digest = digest(presented);
+        self.current_verdict(&digest).and_then(|v| v.role).map(|_| digest)
     }
 
     /// Whether a current verdict (valid or not) is known for the key: checking it
     /// again costs no PostgreSQL round trip.
     pub fn is_known(&self, presented: &str) -> bool {
-        use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
-        self.cache.get(&digest).is_some_and(|v| v.current())
+        self.current_verdict(&digest(presented)).is_some()
+    }
+
+    fn current_verdict(&self, digest: &[u8; 32]) -> Option<Verdict> {
+        self.cache.get(digest).filter(Verdict::current)
     }
 
     /// The role of a presented key, or `None` for unknown and revoked keys.
     pub async fn verify(&self, presented: &str) -> Result<Option<Role>, ApiError> {
-        use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
+        let digest = digest(presented);
         let known = self.cache.get(&digest);
         if let Some(v) = known.as_ref().filter(|v| v.current()) {
             return Ok(v.role);
@@ -135,6 +133,12 @@ impl KeyVerifier {
         self.cache.insert(digest, Verdict { role, checked: now, recheck_at: now + KEY_CACHE_TTL });
         Ok(role)
     }
+}
+
+/// What verdicts are remembered by: the key's SHA-256, never the key itself.
+fn digest(presented: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(presented.as_bytes()).into()
 }
 
 /// Any valid key: `admin` or `tokens`. For the two token routes.

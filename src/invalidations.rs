@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{entry_key, TokenCache};
 use crate::metrics as m;
 
-/// Rows written per pass at most; a pass that reads this many runs again at once.
+/// Rows written per pass at most; the rest wait for the next pass.
 const BATCH: i64 = 1000;
 /// How often pending rows are looked for while Redis is trusted.
 const EVERY: Duration = Duration::from_secs(1);

@@ -215,8 +215,10 @@ impl Limits {
     /// Counts one request of `group` from `address`.
     pub fn check_address(&self, group: Group, address: IpAddr) -> Result<(), ApiError> {
         let address = match address {
-            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => IpAddr::V6((u128::from(v6) & (u128::MAX << 64)).into()),
-            IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & (u128::MAX << 64)).into()),
+            },
             v4 => v4,
         };
         self.check(group, Scope::Address, self.fingerprint(address))

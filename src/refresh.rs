@@ -9,17 +9,10 @@
 //! expires after `PIPES_REFRESH_LEASE`. Whoever waits re-reads the account and
 //! uses the token the holder stored.
 
-// Nothing between a provider's answer and the store of its tokens may panic: the
-// provider may have rotated the refresh token, and losing the new one makes the
-// next refresh present the old one, which such providers answer by revoking the
-// grant. The lints below keep every path of this module free of panics.
-#![deny(
-    clippy::arithmetic_side_effects,
-    clippy::indexing_slicing,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
+// No panic here (the same lints as `crate::oauth`): after a provider's answer, a panic
+// loses the rotated refresh token, and presenting the old one revokes the grant.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -64,8 +57,7 @@ pub enum RefreshOutcome {
     Transient { reason: String, retry_after: Option<Duration> },
     /// The account no longer exists or is not connected.
     NotConnected(Option<Account>),
-    /// The account belongs to another integration than the one named: nothing was
-    /// asked of any provider (a forged or corrupted job).
+    /// The account belongs to another integration (a forged job): no provider was asked.
     OtherIntegration,
 }
 
@@ -170,7 +162,7 @@ impl Refresher {
         reason: Reason,
     ) -> Result<RefreshOutcome, RefreshError> {
         let lease_id = ulid::Ulid::new().to_string();
-        let deadline = after(self.wait_for_holder);
+        let deadline = crate::time::after(self.wait_for_holder);
         let mut pause = Duration::from_millis(25);
         let account = loop {
             let now = crate::time::now();
@@ -215,7 +207,7 @@ impl Refresher {
         reason: Reason,
     ) -> Result<RefreshOutcome, RefreshError> {
         // The lease was taken just before this; a little margin keeps us inside it.
-        let store_until = after(self.lease.saturating_sub(Duration::from_secs(2)));
+        let store_until = crate::time::after(self.lease.saturating_sub(Duration::from_secs(2)));
         let provider = integration.slug.clone();
         let now = crate::time::now();
         if account.integration_id != integration.id {
@@ -373,7 +365,7 @@ impl Refresher {
         let mut pause = Duration::from_millis(100);
         loop {
             match self.store_refreshed(leased, lease_id, tokens, refresh_at).await {
-                Err(AccountError::Db(err)) if after(pause) < until => {
+                Err(AccountError::Db(err)) if crate::time::after(pause) < until => {
                     tracing::warn!(account_id = %leased.id, error = %err, "storing a refreshed token failed; retrying while the lease lasts");
                     tokio::time::sleep(pause).await;
                     pause = pause.saturating_mul(2).min(Duration::from_secs(2));
@@ -405,10 +397,4 @@ impl Refresher {
         }
         Ok(())
     }
-}
-
-/// `now + d`, saturating instead of panicking on an absurd `d`.
-fn after(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d).unwrap_or(now)
 }

@@ -11,6 +11,12 @@ pub fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
+/// The instant `d` from now, saturating instead of panicking on an absurd `d`.
+pub fn after(d: std::time::Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(d).unwrap_or(now)
+}
+
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }

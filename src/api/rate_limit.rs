@@ -8,12 +8,11 @@ use std::future::{ready, Ready};
 use std::net::{IpAddr, SocketAddr};
 use std::task::{Context, Poll};
 
+use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use tower::Service;
-
-use axum::body::Body;
 use tower_http::classify::{NeverClassifyEos, ServerErrorsAsFailures, ServerErrorsFailureClass, SharedClassifier};
 use tower_http::map_response_body::{MapResponseBody, MapResponseBodyLayer};
 use tower_http::request_id::{PropagateRequestId, PropagateRequestIdLayer, SetRequestId, SetRequestIdLayer};

@@ -239,14 +239,15 @@ pub async fn authorize(
     let return_to = widget::pages::done_url(&state.config, opener.as_deref(), back.as_deref());
     let req =
         ConnectRequest { user_id: claims.user_id, organization_id: claims.organization_id, return_to: Some(return_to) };
-    let url = connect::begin(&state, &integration, &req, crate::time::now()).await.map_err(|e| match e {
-        e if e.common_answer().is_some() => e.common_answer().unwrap_or_else(|| ApiError::internal(e)),
-        connect::ConnectError::Db(e) => e.into(),
-        connect::ConnectError::Misconfigured(m) => ApiError::BadRequest {
-            code: "integration_misconfigured",
-            message: format!("The integration cannot start a connection: {m}"),
-        },
-        other => ApiError::internal(other),
+    let url = connect::begin(&state, &integration, &req, crate::time::now()).await.map_err(|e| {
+        e.common_answer().unwrap_or_else(|| match e {
+            connect::ConnectError::Db(e) => e.into(),
+            connect::ConnectError::Misconfigured(m) => ApiError::BadRequest {
+                code: "integration_misconfigured",
+                message: format!("The integration cannot start a connection: {m}"),
+            },
+            other => ApiError::internal(other),
+        })
     })?;
     Ok(Json(crate::api::connect::AuthorizeResponse { url: url.to_string() }))
 }
