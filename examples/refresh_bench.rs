@@ -108,11 +108,15 @@ async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
             users.push(user);
         }
         sqlx::query(
-            "INSERT INTO connected_accounts (id, integration_id, user_id, state, access_token_enc, refresh_token_enc,
-               expires_at, refresh_at, scopes, token_version)
-             SELECT a.id, $5, a.user_id, 'connected', a.access, a.refresh, now() + interval '1 hour',
-               now() - interval '1 second' - random() * interval '1 minute', ARRAY['read'], nextval('token_versions')
-             FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[]) AS a(id, user_id, access, refresh)",
+            "WITH accounts AS (
+               INSERT INTO connected_accounts (id, integration_id, user_id, state, access_token_enc, refresh_token_enc,
+                 expires_at, scopes, token_version)
+               SELECT a.id, $5, a.user_id, 'connected', a.access, a.refresh, now() + interval '1 hour',
+                 ARRAY['read'], nextval('token_versions')
+               FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[]) AS a(id, user_id, access, refresh)
+               RETURNING id, integration_id)
+             INSERT INTO refresh_schedule (account_id, integration_id, refresh_at)
+             SELECT id, integration_id, now() - interval '1 second' - random() * interval '1 minute' FROM accounts",
         )
         .bind(&ids)
         .bind(&users)
@@ -158,7 +162,7 @@ async fn e2e(config: &Config, db: &PgPool, n: usize) -> Result<()> {
     // Done when every new token is in PostgreSQL (the worker writes Redis right after).
     loop {
         let stored: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM connected_accounts WHERE refresh_at > now() + interval '10 minutes'",
+            "SELECT count(*) FROM refresh_schedule WHERE refresh_at > now() + interval '10 minutes'",
         )
         .fetch_one(db)
         .await?;
@@ -266,10 +270,16 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
     let integration_id = integration(config, db, &demo).await?;
     // Placeholder ciphertexts: the claim never decrypts.
     sqlx::query(
-        "INSERT INTO connected_accounts (id, integration_id, user_id, state, access_token_enc, refresh_token_enc, expires_at, refresh_at)
-         SELECT 'data_installation_bench' || g, $1, 'user' || g, 'connected', '\\x00'::bytea, '\\x00'::bytea, now() + interval '1 day',
+        "WITH accounts AS (
+           INSERT INTO connected_accounts (id, integration_id, user_id, state, access_token_enc, refresh_token_enc, expires_at)
+           SELECT 'data_installation_bench' || g, $1, 'user' || g, 'connected', '\\x00'::bytea, '\\x00'::bytea,
+                  now() + interval '1 day'
+           FROM generate_series(1, $2) g
+           RETURNING id)
+         INSERT INTO refresh_schedule (account_id, integration_id, refresh_at)
+         SELECT 'data_installation_bench' || g, $1,
                 CASE WHEN g % ($2 / $3) = 0 THEN now() - random() * interval '5 minutes' ELSE now() + interval '1 hour' + random() * interval '1 day' END
-         FROM generate_series(1, $2) g",
+         FROM generate_series(1, $2) g WHERE 'data_installation_bench' || g IN (SELECT id FROM accounts)",
     )
     .bind(&integration_id)
     .bind(stored)
@@ -288,7 +298,7 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
     for _ in 0..5 {
         unclaim(db).await?;
         let started = Instant::now();
-        use pipes::scheduler::claim::{claim, new_claim_id, WalkKey, BATCH};
+        use pipes::store::schedule::{claim, new_claim_id, WalkKey, BATCH};
         let (mut claimed, mut cursor) = (0, WalkKey::before(chrono::DateTime::UNIX_EPOCH));
         loop {
             let batch = claim(db, config.requeue_after, BATCH, &cursor, &new_claim_id()).await?;

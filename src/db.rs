@@ -20,8 +20,14 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
 }
 
 /// Applies every pending migration; running it again is a no-op.
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    match MIGRATOR.run(pool).await {
+        Err(sqlx::migrate::MigrateError::VersionMissing(version)) => anyhow::bail!(
+            "this database holds migration {version}, which this build does not know: it was made by a \
+             development build from before the schema baseline (README, Upgrading); drop it and start again"
+        ),
+        result => Ok(result?),
+    }
 }
 
 /// Creates the database named in `url` if it does not exist yet (first run on a laptop).

@@ -20,6 +20,7 @@ use crate::app::AppState;
 use crate::queues::{self, RefreshJob, REFRESH};
 use crate::refresh::{Reason, RefreshOutcome};
 use crate::store::integrations::{self, Integration, IntegrationState};
+use crate::store::schedule;
 
 /// How long a loaded integration is reused: a burst of jobs for one provider reads it once,
 /// and an integration marked invalid is seen within this long.
@@ -69,21 +70,8 @@ impl RefreshHandler {
     /// (`delay: Some`), or hands it back to the next scheduler pass (`None`).
     async fn mark_pending(&self, account_id: &str, delay: Option<Duration>) {
         let result = match delay {
-            Some(delay) => {
-                // Only an existing claim is extended: if another holder stored a token
-                // meanwhile (which deletes it), there is nothing left to wait for.
-                sqlx::query("UPDATE refresh_claims SET enqueued_at = now() + $2 WHERE account_id = $1")
-                    .bind(account_id)
-                    .bind(delay)
-                    .execute(&self.state.db)
-                    .await
-            }
-            None => {
-                sqlx::query("DELETE FROM refresh_claims WHERE account_id = $1")
-                    .bind(account_id)
-                    .execute(&self.state.db)
-                    .await
-            }
+            Some(delay) => schedule::defer(&self.state.db, account_id, delay).await,
+            None => schedule::unclaim(&self.state.db, account_id).await,
         };
         if let Err(err) = result {
             // Harmless: the claim expires after PIPES_REQUEUE_AFTER either way.

@@ -114,12 +114,19 @@ async fn seed(config: &Config, db: &PgPool, demo: &DemoProvider, integration_id:
             rows.1.push(user);
         }
         sqlx::query(
-            "INSERT INTO connected_accounts (id, integration_id, user_id, state, access_token_enc, refresh_token_enc,
-               expires_at, refresh_at, scopes, token_version)
-             SELECT a.id, $7, a.user_id, 'connected', a.access, a.refresh, a.expires_at, a.refresh_at, ARRAY['read'],
-               nextval('token_versions')
-             FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[], $6::timestamptz[])
-               AS a(id, user_id, access, refresh, expires_at, refresh_at)",
+            "WITH a AS (
+               SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::timestamptz[],
+                                    $6::timestamptz[])
+                 AS a(id, user_id, access, refresh, expires_at, refresh_at)),
+             accounts AS (
+               INSERT INTO connected_accounts (id, integration_id, user_id, state, access_token_enc,
+                 refresh_token_enc, expires_at, scopes, token_version)
+               SELECT a.id, $7, a.user_id, 'connected', a.access, a.refresh, a.expires_at, ARRAY['read'],
+                 nextval('token_versions')
+               FROM a
+               RETURNING id)
+             INSERT INTO refresh_schedule (account_id, integration_id, refresh_at)
+             SELECT a.id, $7, a.refresh_at FROM a WHERE a.id IN (SELECT id FROM accounts)",
         )
         .bind(&rows.0)
         .bind(&rows.1)
@@ -131,7 +138,7 @@ async fn seed(config: &Config, db: &PgPool, demo: &DemoProvider, integration_id:
         .execute(db)
         .await?;
     }
-    sqlx::query("VACUUM ANALYZE connected_accounts").execute(db).await?;
+    sqlx::query("VACUUM ANALYZE connected_accounts, refresh_schedule").execute(db).await?;
     Ok(())
 }
 
@@ -148,7 +155,7 @@ async fn sample(db: PgPool, demo: DemoProvider, path: PathBuf) -> Result<()> {
                     count(*) FILTER (WHERE state = 'connected' AND expires_at <= now()),
                     count(*) FILTER (WHERE state <> 'connected'),
                     extract(epoch FROM now() - min(refresh_at) FILTER (WHERE state = 'connected'))::float8
-             FROM connected_accounts",
+             FROM connected_accounts c LEFT JOIN refresh_schedule s ON s.account_id = c.id",
         )
         .fetch_one(&db)
         .await;

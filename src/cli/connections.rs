@@ -13,7 +13,7 @@ use crate::app::AppState;
 use crate::config::Config;
 use crate::queues::{self, RefreshJob, REFRESH};
 use crate::refresh::{Reason, RefreshOutcome};
-use crate::store::integrations;
+use crate::store::{integrations, schedule};
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectionsCommand {
@@ -72,7 +72,7 @@ pub struct ConnectionRow {
 }
 
 const SELECT: &str = "SELECT c.id, i.slug, c.integration_id, c.user_id, c.organization_id, c.state, c.scopes,
-    c.refresh_token_enc IS NOT NULL AS has_refresh_token, c.expires_at, c.refresh_at, rc.enqueued_at,
+    c.refresh_token_enc IS NOT NULL AS has_refresh_token, c.expires_at, s.refresh_at, rc.enqueued_at,
     c.last_refreshed_at, c.refresh_failures, c.last_refresh_error, c.reauthorization_reason, c.created_at, c.updated_at
     FROM connected_accounts c JOIN integrations i ON i.id = c.integration_id
     LEFT JOIN refresh_schedule s ON s.account_id = c.id
@@ -173,19 +173,7 @@ async fn refresh(config: &Config, db: &PgPool, id: &str, inline: bool) -> anyhow
     anyhow::ensure!(row.has_refresh_token, "account `{id}` has no refresh token; the user must reconnect it");
     // Due now, so the worker's scheduled refresh does not skip it as fresh; claimed so a
     // scheduler does not publish a second job for it.
-    // Two statements: moving `refresh_at` (re)writes the schedule row through the trigger,
-    // which deletes the claim, so the claim is made after it.
-    let mut tx = db.begin().await?;
-    sqlx::query("UPDATE connected_accounts SET refresh_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
-    sqlx::query(
-        "INSERT INTO refresh_claims (account_id, enqueued_at, claim_id) VALUES ($1, now(), $2::uuid)
-         ON CONFLICT (account_id) DO UPDATE SET enqueued_at = EXCLUDED.enqueued_at, claim_id = EXCLUDED.claim_id",
-    )
-    .bind(id)
-    .bind(crate::scheduler::claim::new_claim_id())
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    schedule::claim_now(db, id, &schedule::new_claim_id()).await?;
     if inline {
         let cancel = CancellationToken::new();
         let state = AppState::new(config.clone(), cancel.clone())?;
@@ -193,7 +181,7 @@ async fn refresh(config: &Config, db: &PgPool, id: &str, inline: bool) -> anyhow
             .await?
             .ok_or_else(|| anyhow::anyhow!("integration {} is gone", row.integration_id))?;
         let outcome = state.refresher.refresh(&integration, id, Reason::Scheduled).await?;
-        sqlx::query("DELETE FROM refresh_claims WHERE account_id = $1").bind(id).execute(db).await?;
+        schedule::unclaim(db, id).await?;
         cancel.cancel();
         match outcome {
             RefreshOutcome::Refreshed(a) => {

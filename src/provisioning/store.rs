@@ -111,6 +111,8 @@ pub async fn delete(db: &PgPool, integration: &Integration) -> Result<Option<u64
     .bind(&integration.id)
     .fetch_all(&mut *tx)
     .await?;
+    let ids: Vec<String> = rows.iter().map(|row| row.get("id")).collect();
+    crate::store::schedule::clear(&mut *tx, &ids).await?;
     for row in &rows {
         let account = Account {
             id: row.get("id"),

@@ -1,26 +1,18 @@
-//! Claiming due accounts and publishing their refresh jobs (DESIGN §2.2).
+//! Claiming due accounts and publishing their refresh jobs (DESIGN §2.2); the
+//! statements are the schedule's own ([`crate::store::schedule`]).
 //!
-//! The schedule lives in `refresh_schedule`, one narrow row per connected account with
-//! a refresh token and a `refresh_at`, kept in step with `connected_accounts` by the
-//! refresh's grouped store (`StoreBatch`, in its own statement) and, for every other
-//! writer, by a row trigger (migration `20261127180000`). A claim reads a batch of due accounts there and records
-//! each in `refresh_claims` (`enqueued_at = now()`) in one statement; that table's
-//! primary key keeps two schedulers from claiming the same account. It commits before
-//! publishing (holding locks across broker round trips would stall the workers' leases).
-//! Only confirmed jobs count; the claims of accounts whose publish failed are deleted
-//! again at once. A job lost after its confirm (a broker losing its disk) makes its
-//! account claimable again after `PIPES_REQUEUE_AFTER`. Storing a token, moving
-//! `refresh_at` or leaving the schedule deletes the claim (the store statement, or the
-//! triggers for other writers); a worker moves
-//! it into the future while a retry waits, and deletes it when there was nothing to do.
+//! A tick claims a window of due accounts, commits, and publishes their jobs while it
+//! claims the next window (holding locks across broker round trips would stall the
+//! workers' leases). Only confirmed jobs count; the claims of accounts whose publish
+//! failed are released at once.
 //!
 //! The claim can also commit and its answer be lost (the connection to PostgreSQL drops
 //! after the statement ran): the scheduler then knows nothing of the accounts it
 //! claimed, and they would wait `PIPES_REQUEUE_AFTER`, longer than many tokens live. So
 //! each claim stamps its rows with a `claim_id` of its own; when a claim fails,
 //! [`Claims`] remembers the id, and the next tick first publishes the accounts still
-//! carrying it (still connected, due and not refreshed since). On the normal path
-//! nothing is remembered and no account is published twice.
+//! carrying it. On the normal path nothing is remembered and no account is published
+//! twice.
 //!
 //! A tick does not walk the whole due range every time. Once a walk has reached its end,
 //! every due account before the highest `refresh_at` it claimed is claimed (or was
@@ -40,17 +32,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use pipes_workers::{Headers, PublishError};
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
 
 use super::Tick;
 use crate::metrics as m;
 use crate::queues::{RefreshJob, REFRESH};
+use crate::store::schedule::{claim, new_claim_id, reclaim, release, Claimed, WalkKey, BATCH};
 
-/// Due entries read per claim statement (its window), so at most as many accounts
-/// claimed. A window costs in proportion to its size; a large one spreads the statement's
-/// round trip and commit over many accounts.
-pub const BATCH: i64 = 10_000;
 /// Publishes awaiting their confirm at once (confirms are pipelined on one channel).
 const PUBLISH_CONCURRENCY: usize = 512;
 /// Failed claims remembered at most (one per tick is the most an outage adds; they expire
@@ -67,85 +54,6 @@ pub const FULL_WALK_EVERY: Duration = Duration::from_secs(30);
 /// instead of hashing every claim in flight.
 pub const WALK_MARGIN: Duration = Duration::from_secs(2);
 
-/// The claim. It walks `refresh_schedule_walk_idx` in key order, `(refresh_at,
-/// account_id)`, from a cursor (`$3`, `$5`: the last entry the previous batch of the tick
-/// read), a window of at most `$2` due entries, and stops there: a tick reads each due
-/// entry about once, so its cost grows with the number of due accounts, not the number
-/// stored, and not quadratically with the batches. The index carries the integration id,
-/// so on all-visible pages the walk reads the index alone, and the claim never writes to
-/// the schedule: it inserts its marks into `refresh_claims`, whose new rows share a few
-/// fresh pages however many accounts are stored (see its migration). In the window,
-/// accounts of disabled or invalid integrations are left alone (the provider refused
-/// their client credentials and asking again per account changes nothing until an
-/// operator fixes them), and so are accounts with a live claim (one younger than
-/// `PIPES_REQUEUE_AFTER`, `$1`, or a retry's mark in the future). `$4` is the claim's
-/// id, stamped on every row it makes.
-///
-/// Besides one row per claimed account, the statement answers one row for the window
-/// itself (`walked` set): its last entry, where the next batch starts (none when the
-/// window is empty), how many entries it read, and the integrations whose accounts are
-/// claimable. A window of `$2` entries may be followed by more; a shorter one reached
-/// the end of the due range. A window can claim nothing (every account in it enqueued
-/// already, a backlog waiting in the queue) and the walk still goes on.
-///
-/// The primary key of `refresh_claims` keeps two schedulers from claiming one account:
-/// an insert conflicting with a live claim (one committed after this statement's
-/// snapshot, or still in flight, which the insert waits for) updates nothing and
-/// returns nothing; an expired one is taken over. Two schedulers walking the same range
-/// at once take turns instead of sharing it (the second waits for the first's statement,
-/// then finds its accounts claimed); both insert in `(refresh_at, account_id)` order, so
-/// they do not wait for each other in a cycle. The walk lists each scheduled account
-/// once, so no account conflicts with itself within the statement. An account whose
-/// token is stored after the statement's snapshot can still be claimed (nothing locks
-/// its schedule row): its worker finds it fresh and deletes the claim.
-pub const CLAIM_SQL: &str = "WITH walk AS MATERIALIZED (
-    SELECT s.account_id, s.integration_id, s.refresh_at FROM refresh_schedule s
-    WHERE s.refresh_at <= now() AND (s.refresh_at, s.account_id) > ($3, $5)
-    ORDER BY s.refresh_at, s.account_id
-    LIMIT $2),
-due AS (
-    SELECT w.account_id, w.integration_id, w.refresh_at FROM walk w
-    WHERE EXISTS (SELECT 1 FROM integrations i WHERE i.id = w.integration_id AND i.enabled AND i.state = 'valid')
-      AND NOT EXISTS (SELECT 1 FROM refresh_claims c
-                      WHERE c.account_id = w.account_id AND c.enqueued_at >= now() - $1::interval)),
-claimed AS (
-    INSERT INTO refresh_claims AS c (account_id, enqueued_at, claim_id, refresh_at, integration_id)
-    SELECT account_id, now(), $4::uuid, refresh_at, integration_id FROM due ORDER BY refresh_at, account_id
-    ON CONFLICT (account_id) DO UPDATE SET enqueued_at = EXCLUDED.enqueued_at, claim_id = EXCLUDED.claim_id,
-        refresh_at = EXCLUDED.refresh_at, integration_id = EXCLUDED.integration_id
-    WHERE c.enqueued_at < now() - $1::interval
-    RETURNING c.account_id, c.enqueued_at, c.refresh_at, c.integration_id)
-SELECT c.account_id AS id, c.integration_id, i.slug, c.enqueued_at, c.refresh_at,
-       NULL::bigint AS walked, NULL::text[] AS claimable
-FROM claimed c JOIN integrations i ON i.id = c.integration_id
-UNION ALL
-SELECT last.account_id, NULL, NULL, NULL, last.refresh_at, (SELECT count(*) FROM walk),
-       ARRAY(SELECT id FROM integrations WHERE enabled AND state = 'valid')
-FROM (SELECT 1) AS one LEFT JOIN LATERAL (
-    SELECT w.account_id, w.refresh_at FROM walk w ORDER BY w.refresh_at DESC, w.account_id DESC LIMIT 1) last ON true";
-
-/// Claims again (as `$2`) the accounts a lost claim (`$1`) marked that still wait for
-/// their job: still scheduled and due, not refreshed since (storing a token deletes the
-/// claim) and not waiting for a retry (which moves its mark into the future). Joins the
-/// claims (only the accounts in flight) to the due part of the schedule, never the
-/// accounts.
-pub const RECLAIM_SQL: &str = "UPDATE refresh_claims c SET enqueued_at = now(), claim_id = $2::uuid
-FROM refresh_schedule s, integrations i
-WHERE c.claim_id = $1::uuid AND c.enqueued_at <= now()
-  AND s.account_id = c.account_id AND s.refresh_at <= now()
-  AND i.id = s.integration_id AND i.enabled AND i.state = 'valid'
-RETURNING c.account_id AS id, s.integration_id, i.slug, c.enqueued_at, s.refresh_at";
-
-/// One claimed account.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub account_id: String,
-    pub integration_id: String,
-    pub provider: String,
-    pub enqueued_at: DateTime<Utc>,
-    pub refresh_at: DateTime<Utc>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
     #[error("claiming due accounts failed")]
@@ -158,98 +66,6 @@ pub enum ClaimError {
     },
 }
 
-/// A new claim id: unique across schedulers and time. A ULID's 128 bits as 32 hex
-/// digits, which PostgreSQL reads as a `uuid` (16 bytes in `refresh_claims`).
-pub fn new_claim_id() -> String {
-    format!("{:032x}", u128::from(ulid::Ulid::new()))
-}
-
-/// A place in the walk of the due schedule: an entry's key, `(refresh_at, account_id)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WalkKey {
-    pub refresh_at: DateTime<Utc>,
-    pub account_id: String,
-}
-
-impl WalkKey {
-    /// Just before every entry due at `at` or later.
-    pub fn before(at: DateTime<Utc>) -> Self {
-        WalkKey { refresh_at: at, account_id: String::new() }
-    }
-}
-
-/// What one claim statement did.
-#[derive(Debug, Default)]
-pub struct ClaimBatch {
-    /// The accounts it claimed.
-    pub claimed: Vec<Claimed>,
-    /// Due entries it read (its window), claimed or not.
-    pub walked: i64,
-    /// The last entry it read: where the next batch starts. `None`: nothing left to read.
-    pub walked_to: Option<WalkKey>,
-    /// The integrations whose accounts were claimable (enabled and valid), by id, in order.
-    pub claimable: Vec<String>,
-}
-
-impl ClaimBatch {
-    /// True when the window was full, so more may be due after it.
-    pub fn more(&self, limit: i64) -> bool {
-        self.walked >= limit
-    }
-}
-
-/// Reads a window of up to `limit` due entries after `after` and claims its accounts
-/// that are not enqueued already (records them in `refresh_claims`, stamped with
-/// `claim_id`). Start a tick from `WalkKey::before(DateTime::UNIX_EPOCH)`.
-pub async fn claim(
-    db: &PgPool,
-    requeue_after: Duration,
-    limit: i64,
-    after: &WalkKey,
-    claim_id: &str,
-) -> Result<ClaimBatch, sqlx::Error> {
-    let rows = sqlx::query(CLAIM_SQL)
-        .bind(requeue_after)
-        .bind(limit)
-        .bind(after.refresh_at)
-        .bind(claim_id)
-        .bind(after.account_id.as_str())
-        .fetch_all(db)
-        .await?;
-    let mut batch = ClaimBatch { claimed: Vec::with_capacity(rows.len()), ..ClaimBatch::default() };
-    for row in &rows {
-        match row.get::<Option<i64>, _>("walked") {
-            Some(walked) => {
-                batch.walked = walked;
-                batch.walked_to = row
-                    .get::<Option<String>, _>("id")
-                    .map(|account_id| WalkKey { refresh_at: row.get("refresh_at"), account_id });
-                batch.claimable = row.get("claimable");
-                batch.claimable.sort_unstable();
-            }
-            None => batch.claimed.push(claimed(row)),
-        }
-    }
-    Ok(batch)
-}
-
-/// Claims again, as `claim_id`, the accounts of the lost claim `lost` still waiting for
-/// their job ([`RECLAIM_SQL`]).
-pub async fn reclaim(db: &PgPool, lost: &str, claim_id: &str) -> Result<Vec<Claimed>, sqlx::Error> {
-    let rows = sqlx::query(RECLAIM_SQL).bind(lost).bind(claim_id).fetch_all(db).await?;
-    Ok(rows.iter().map(claimed).collect())
-}
-
-fn claimed(r: &PgRow) -> Claimed {
-    Claimed {
-        account_id: r.get("id"),
-        integration_id: r.get("integration_id"),
-        provider: r.get("slug"),
-        enqueued_at: r.get("enqueued_at"),
-        refresh_at: r.get("refresh_at"),
-    }
-}
-
 /// True unless `err` proves the statement did not commit: the server answered with an
 /// error (the statement rolled back), or it never got a connection to run on.
 fn may_have_committed(err: &sqlx::Error) -> bool {
@@ -257,23 +73,6 @@ fn may_have_committed(err: &sqlx::Error) -> bool {
         err,
         sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Configuration(_)
     )
-}
-
-/// Deletes the claims of accounts whose job was never confirmed, unless claimed again
-/// since (or moved by a retry).
-pub async fn release(db: &PgPool, claimed: &[Claimed]) -> Result<(), sqlx::Error> {
-    let ids: Vec<&str> = claimed.iter().map(|c| c.account_id.as_str()).collect();
-    let stamps: Vec<DateTime<Utc>> = claimed.iter().map(|c| c.enqueued_at).collect();
-    sqlx::query(
-        "DELETE FROM refresh_claims c
-         USING unnest($1::text[], $2::timestamptz[]) AS r(id, stamp)
-         WHERE c.account_id = r.id AND c.enqueued_at = r.stamp",
-    )
-    .bind(&ids)
-    .bind(&stamps)
-    .execute(db)
-    .await?;
-    Ok(())
 }
 
 /// A claim that failed after it may have committed.

@@ -1,6 +1,8 @@
-//! PostgreSQL access for the domain: integrations and connected accounts.
+//! PostgreSQL access for the domain: integrations, connected accounts and their
+//! refresh schedule.
 //! Plain runtime-checked SQL next to the code that needs it.
 
 pub mod accounts;
 pub mod group;
 pub mod integrations;
+pub mod schedule;

@@ -227,6 +227,7 @@ async fn connections_are_listed_shown_and_refreshed_from_the_cli() {
         .execute(&app.db)
         .await
         .unwrap();
+    sqlx::query("DELETE FROM refresh_schedule WHERE account_id = $1").bind(&second.id).execute(&app.db).await.unwrap();
 
     let list = pipes(&app, &["connections", "list"], &[]).await;
     list.ok();
@@ -271,12 +272,14 @@ async fn connections_are_listed_shown_and_refreshed_from_the_cli() {
     assert!(!refreshed.stdout.contains(&new_token) && !refreshed.stderr.contains(&new_token));
 
     // Bad arguments: a clear message, a non-zero exit, nothing changed.
-    let before: (i64, Option<chrono::DateTime<chrono::Utc>>) =
-        sqlx::query_as("SELECT token_version, refresh_at FROM connected_accounts WHERE id = $1")
-            .bind(&second.id)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
+    let before: (i64, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+        "SELECT token_version, s.refresh_at FROM connected_accounts c
+             LEFT JOIN refresh_schedule s ON s.account_id = c.id WHERE id = $1",
+    )
+    .bind(&second.id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
     pipes(&app, &["connections", "refresh", &second.id, "--inline"], &[])
         .await
         .fails_with(1, "only connected accounts can be refreshed");
@@ -285,12 +288,14 @@ async fn connections_are_listed_shown_and_refreshed_from_the_cli() {
     pipes(&app, &["connections", "show", "data_installation_nope"], &[])
         .await
         .fails_with(1, "no connected account with id `data_installation_nope`");
-    let after: (i64, Option<chrono::DateTime<chrono::Utc>>) =
-        sqlx::query_as("SELECT token_version, refresh_at FROM connected_accounts WHERE id = $1")
-            .bind(&second.id)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
+    let after: (i64, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+        "SELECT token_version, s.refresh_at FROM connected_accounts c
+             LEFT JOIN refresh_schedule s ON s.account_id = c.id WHERE id = $1",
+    )
+    .bind(&second.id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
     assert_eq!(after, before);
     assert_eq!(p.demo.stats().refreshes, 1, "no refresh for a refused command");
 }

@@ -241,11 +241,13 @@ async fn string_expires_in_and_non_expiring_tokens_are_stored_as_such() {
     let p = api_integration(&app, "quirky", ClientAuthMethod::Basic, |_| {}).await;
     p.demo.set_shape(Shape::ExpiresInString);
     connect(&app, "quirky", "user_1", None, None).await;
-    let (expires_at, refresh_at): (Option<chrono::DateTime<Utc>>, Option<chrono::DateTime<Utc>>) =
-        sqlx::query_as("SELECT expires_at, refresh_at FROM connected_accounts WHERE user_id = 'user_1'")
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
+    let (expires_at, refresh_at): (Option<chrono::DateTime<Utc>>, Option<chrono::DateTime<Utc>>) = sqlx::query_as(
+        "SELECT expires_at, s.refresh_at FROM connected_accounts c LEFT JOIN refresh_schedule s ON s.account_id = c.id
+             WHERE user_id = 'user_1'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
     let lifetime = expires_at.expect("expiry from a string expires_in") - Utc::now();
     assert!((100..=120).contains(&lifetime.num_seconds()), "{lifetime}");
     assert!(refresh_at.unwrap() < expires_at.unwrap());
@@ -254,7 +256,8 @@ async fn string_expires_in_and_non_expiring_tokens_are_stored_as_such() {
     connect(&app, "quirky", "user_2", None, None).await;
     type Stored = (Option<chrono::DateTime<Utc>>, Option<chrono::DateTime<Utc>>, Option<Vec<u8>>);
     let (expires_at, refresh_at, refresh): Stored = sqlx::query_as(
-        "SELECT expires_at, refresh_at, refresh_token_enc FROM connected_accounts WHERE user_id = 'user_2'",
+        "SELECT expires_at, s.refresh_at, refresh_token_enc
+         FROM connected_accounts c LEFT JOIN refresh_schedule s ON s.account_id = c.id WHERE user_id = 'user_2'",
     )
     .fetch_one(&app.db)
     .await
@@ -311,6 +314,7 @@ async fn reconnecting_replaces_the_tokens_and_returns_the_account_to_connected()
         .execute(&app.db)
         .await
         .unwrap();
+    sqlx::query("DELETE FROM refresh_schedule").execute(&app.db).await.unwrap();
     let resp = connect(&app, "again", "user_1", None, None).await;
     assert_eq!(resp.status(), 200);
     let (id2, state, new): (String, String, i64) =

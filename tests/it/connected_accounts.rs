@@ -34,7 +34,7 @@ async fn import_answers_201_then_409_and_caches_the_token() {
     assert_eq!(cached.access_token.expose(), "imported-at");
     assert_eq!(cached.missing_scopes, vec!["write".to_owned()]);
     let refresh_at: Option<chrono::DateTime<Utc>> =
-        sqlx::query_scalar("SELECT refresh_at FROM connected_accounts").fetch_one(&app.db).await.unwrap();
+        sqlx::query_scalar("SELECT refresh_at FROM refresh_schedule").fetch_optional(&app.db).await.unwrap();
     assert!(refresh_at.is_some(), "an imported expiring token is scheduled");
     let (status, conflict) = app.admin(Method::POST, PATH, Some(body)).await;
     assert_eq!((status, conflict["code"].as_str()), (409, Some("conflict")));

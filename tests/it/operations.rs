@@ -16,7 +16,7 @@ async fn status_counts_accounts_due_overdue_and_invalid_integrations() {
     let other = demo_integration(&app, "ops-other", ClientAuthMethod::Body).await;
     // Due now (refresh_at in the past), due within 10 minutes, due much later.
     let (overdue, _) = seed_account(&app, &p, "u-overdue", None, Duration::from_secs(600)).await;
-    sqlx::query("UPDATE connected_accounts SET refresh_at = now() - interval '30 seconds' WHERE id = $1")
+    sqlx::query("UPDATE refresh_schedule SET refresh_at = now() - interval '30 seconds' WHERE account_id = $1")
         .bind(&overdue.id)
         .execute(&app.db)
         .await
@@ -84,4 +84,18 @@ async fn import_stores_and_caches_accounts_and_reports_bad_lines_without_their_t
     assert_eq!(again.imported, 2);
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM connected_accounts").fetch_one(&app.db).await.unwrap();
     assert_eq!(count, 2);
+}
+
+#[tokio::test]
+async fn a_database_from_before_the_schema_baseline_is_refused_with_what_to_do() {
+    let app = TestApp::spawn().await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (20261127000001, 'init', true, '\\x00'::bytea, 0)",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let err = pipes::db::migrate(&app.db).await.unwrap_err().to_string();
+    assert!(err.contains("migration 20261127000001") && err.contains("drop it"), "{err}");
 }

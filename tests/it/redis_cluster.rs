@@ -144,7 +144,7 @@ async fn disconnects_and_reauthorizations_reach_every_replica_through_the_cluste
 
     // A refresh that finds the grant revoked, in the first process.
     assert!(p.demo.revoke_grant_of(&reauth_token));
-    sqlx::query("UPDATE connected_accounts SET refresh_at = now() WHERE id = $1")
+    sqlx::query("UPDATE refresh_schedule SET refresh_at = now() WHERE account_id = $1")
         .bind(&reauth.id)
         .execute(&app.db)
         .await

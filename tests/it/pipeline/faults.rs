@@ -28,10 +28,16 @@ fn other_process(app: &TestApp, cancel: &CancellationToken) -> AppState {
 /// decrypted by these tests), the first `due` of them due a minute ago.
 async fn insert_accounts(app: &TestApp, integration_id: &str, n: i32, due: i32) {
     sqlx::query(
-        "INSERT INTO connected_accounts (id, integration_id, user_id, state, access_token_enc, refresh_token_enc, expires_at, refresh_at)
-         SELECT 'data_installation_bulk' || g, $1, 'user' || g, 'connected', '\\x00'::bytea, '\\x00'::bytea, now() + interval '1 hour',
+        "WITH accounts AS (
+           INSERT INTO connected_accounts (id, integration_id, user_id, state, access_token_enc, refresh_token_enc, expires_at)
+           SELECT 'data_installation_bulk' || g, $1, 'user' || g, 'connected', '\\x00'::bytea, '\\x00'::bytea,
+                  now() + interval '1 hour'
+           FROM generate_series(1, $2) g
+           RETURNING id)
+         INSERT INTO refresh_schedule (account_id, integration_id, refresh_at)
+         SELECT 'data_installation_bulk' || g, $1,
                 CASE WHEN g <= $3 THEN now() - interval '1 minute' ELSE now() + g * interval '1 second' END
-         FROM generate_series(1, $2) g",
+         FROM generate_series(1, $2) g WHERE 'data_installation_bulk' || g IN (SELECT id FROM accounts)",
     )
     .bind(integration_id)
     .bind(n)
@@ -212,11 +218,11 @@ async fn shutdown_finishes_the_job_in_flight_before_returning() {
 
 async fn claim_plan(app: &TestApp) -> String {
     let plan: Vec<String> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", pipes::scheduler::claim::CLAIM_SQL)))
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", pipes::store::schedule::CLAIM_SQL)))
             .bind(Duration::from_secs(300))
-            .bind(pipes::scheduler::claim::BATCH)
+            .bind(pipes::store::schedule::BATCH)
             .bind(chrono::DateTime::UNIX_EPOCH)
-            .bind(pipes::scheduler::claim::new_claim_id())
+            .bind(pipes::store::schedule::new_claim_id())
             .bind("")
             .fetch_all(&app.db)
             .await
@@ -251,9 +257,9 @@ async fn the_claim_query_walks_the_due_index() {
     // Publishing a lost claim's accounts joins the claims (the accounts in flight) to the
     // due schedule, by key or by the due index, whichever the planner finds cheaper.
     let plan: Vec<String> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", pipes::scheduler::claim::RECLAIM_SQL)))
-            .bind(pipes::scheduler::claim::new_claim_id())
-            .bind(pipes::scheduler::claim::new_claim_id())
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", pipes::store::schedule::RECLAIM_SQL)))
+            .bind(pipes::store::schedule::new_claim_id())
+            .bind(pipes::store::schedule::new_claim_id())
             .fetch_all(&app.db)
             .await
             .unwrap();
@@ -265,7 +271,7 @@ async fn the_claim_query_walks_the_due_index() {
 
 #[tokio::test]
 async fn the_claim_reads_one_window_per_batch_and_walks_past_a_backlog() {
-    use pipes::scheduler::claim::{claim, new_claim_id, WalkKey, BATCH};
+    use pipes::store::schedule::{claim, new_claim_id, WalkKey, BATCH};
     let app = TestApp::spawn().await;
     let p = demo_integration(&app, "pl-window", ClientAuthMethod::Basic).await;
     // Two and a half windows of due accounts, all due at the very same instant (one
@@ -280,7 +286,7 @@ async fn the_claim_reads_one_window_per_batch_and_walks_past_a_backlog() {
     let mut tx = app.db.begin().await.unwrap();
     let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "EXPLAIN (ANALYZE, FORMAT JSON) {}",
-        pipes::scheduler::claim::CLAIM_SQL
+        pipes::store::schedule::CLAIM_SQL
     )))
     .bind(requeue_after)
     .bind(BATCH)

@@ -190,7 +190,7 @@ async fn a_claim_whose_answer_was_lost_is_published_on_the_next_tick_not_after_r
     assert!(eventually(Duration::from_secs(5), || async { state.db.num_idle() == 1 }).await, "connection released");
 
     // The account comes due; PostgreSQL runs the next claim, but its answer is lost.
-    sqlx::query("UPDATE connected_accounts SET refresh_at = now() - interval '1 second' WHERE id = $1")
+    sqlx::query("UPDATE refresh_schedule SET refresh_at = now() - interval '1 second' WHERE account_id = $1")
         .bind(&account.id)
         .execute(&app.db)
         .await
@@ -236,7 +236,7 @@ async fn ticks_between_full_walks_start_at_the_high_water_mark_and_a_full_walk_f
     }
     let [behind, mark, late, new] = [0, 1, 2, 3].map(|i| accounts[i].id.clone());
     let due = |id: &str, ago: &str| {
-        sqlx::query("UPDATE connected_accounts SET refresh_at = now() - $2::interval WHERE id = $1")
+        sqlx::query("UPDATE refresh_schedule SET refresh_at = now() - $2::interval WHERE account_id = $1")
             .bind(id.to_owned())
             .bind(ago.to_owned())
     };
@@ -286,7 +286,7 @@ async fn accounts_due_while_their_integration_was_off_are_claimed_on_the_next_ti
     set_enabled(&app, &p.integration.id, false).await;
     // Due a minute apart: far more than the margin a walk keeps behind its mark.
     for (i, id) in ids.iter().enumerate() {
-        sqlx::query("UPDATE connected_accounts SET refresh_at = now() - $2 * interval '1 minute' WHERE id = $1")
+        sqlx::query("UPDATE refresh_schedule SET refresh_at = now() - $2 * interval '1 minute' WHERE account_id = $1")
             .bind(id)
             .bind(3 - i as i32)
             .execute(&app.db)
@@ -319,7 +319,7 @@ async fn an_integration_enabled_again_has_its_accounts_behind_the_mark_claimed_o
         behind.push(seed_account(&app, &off, user, None, Duration::from_secs(3600)).await.0.id);
     }
     let due = |ids: Vec<String>, ago: &str| {
-        sqlx::query("UPDATE connected_accounts SET refresh_at = now() - $2::interval WHERE id = ANY($1)")
+        sqlx::query("UPDATE refresh_schedule SET refresh_at = now() - $2::interval WHERE account_id = ANY($1)")
             .bind(ids)
             .bind(ago.to_owned())
     };

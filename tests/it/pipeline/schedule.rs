@@ -1,8 +1,8 @@
-//! `refresh_schedule` follows the account through its life cycle: the trigger on
-//! `connected_accounts` keeps a row exactly while the account is connected with a refresh
-//! token and a `refresh_at`, and deletes the scheduler's claim (`refresh_claims`) whenever
-//! a token is stored, the account leaves the schedule or is deleted. The refresh's
-//! batched store does the same itself, in its own statement.
+//! `refresh_schedule` follows the account through its life cycle: every writer of an
+//! account keeps a row exactly while the account is connected with a refresh token and a
+//! `refresh_at`, and deletes the scheduler's claim (`refresh_claims`) whenever a token is
+//! stored, the account leaves the schedule or is deleted. The refresh's batched store
+//! does the same in its own statement. No trigger does it for them.
 
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ async fn mark(app: &TestApp, id: &str) {
          SELECT account_id, now(), $2::uuid FROM refresh_schedule WHERE account_id = $1",
     )
     .bind(id)
-    .bind(pipes::scheduler::claim::new_claim_id())
+    .bind(pipes::store::schedule::new_claim_id())
     .execute(&app.db)
     .await
     .unwrap();
@@ -138,18 +138,6 @@ async fn the_schedule_follows_the_account_through_its_life_cycle() {
     store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt5")), Some(later)).await;
     assert_eq!(entry(&app, &id).await, unmarked_at(later));
 
-    // Disconnected (state only): off the schedule.
-    mark(&app, &id).await;
-    sqlx::query("UPDATE connected_accounts SET state = 'disconnected' WHERE id = $1")
-        .bind(&id)
-        .execute(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(entry(&app, &id).await, None);
-    assert!(!has_claim(&app, &id).await);
-    store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt6")), Some(later)).await;
-    assert_eq!(entry(&app, &id).await, unmarked_at(later));
-
     // Deleted: gone with the account, claim included.
     mark(&app, &id).await;
     assert_eq!(entry(&app, &id).await, marked_at(later));
@@ -179,11 +167,11 @@ async fn store_batched(
 }
 
 #[tokio::test]
-async fn the_batched_refresh_store_keeps_the_schedule_itself_and_leaves_the_trigger_to_everyone_else() {
+async fn the_batched_refresh_store_keeps_the_schedule_in_its_own_statement() {
     let app = TestApp::spawn().await;
     let p = demo_integration(&app, "pl-schedule-batch", ClientAuthMethod::Basic).await;
     let ring = app.state.keyring();
-    // One connection: what the batch's statement set must not outlive it.
+    // A pool of one connection, as a worker's batch would run on.
     let one = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&format!("postgres://postgres@127.0.0.1:5432/{}", app.db_name))
@@ -193,31 +181,6 @@ async fn the_batched_refresh_store_keeps_the_schedule_itself_and_leaves_the_trig
     let account = store_tokens(&app, &p.integration.id, "u1", None, &tokens(Some("rt1")), Some(soon)).await;
     let id = account.id.clone();
     let other = store_tokens(&app, &p.integration.id, "u2", None, &tokens(Some("rt1")), Some(soon)).await;
-    // A second trigger with the schedule trigger's condition notes every row that one
-    // would be called for.
-    for statement in [
-        "CREATE TABLE schedule_trigger_calls (account_id text)",
-        "CREATE FUNCTION note_schedule_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN INSERT INTO schedule_trigger_calls VALUES (NEW.id); RETURN NULL; END $$",
-        "CREATE TRIGGER note_schedule_trigger
-           AFTER UPDATE OF state, refresh_at, refresh_token_enc, token_version, integration_id ON connected_accounts
-           FOR EACH ROW
-           WHEN ((OLD.state IS DISTINCT FROM NEW.state OR OLD.refresh_at IS DISTINCT FROM NEW.refresh_at
-                  OR (OLD.refresh_token_enc IS NULL) <> (NEW.refresh_token_enc IS NULL)
-                  OR OLD.token_version IS DISTINCT FROM NEW.token_version
-                  OR OLD.integration_id IS DISTINCT FROM NEW.integration_id)
-                 AND current_setting('pipes.schedule_written', true) IS DISTINCT FROM 'on')
-           EXECUTE FUNCTION note_schedule_trigger()",
-    ] {
-        sqlx::query(statement).execute(&app.db).await.unwrap();
-    }
-    let trigger_calls = || async {
-        sqlx::query_scalar::<_, String>("SELECT account_id FROM schedule_trigger_calls ORDER BY account_id")
-            .fetch_all(&app.db)
-            .await
-            .unwrap()
-    };
-
     // Claimed, leased and refreshed: the schedule moves, the claim is gone.
     mark(&app, &id).await;
     accounts::try_lease(&one, ring, &id, "lease-1", Duration::from_secs(30)).await.unwrap().unwrap();
@@ -248,18 +211,19 @@ async fn the_batched_refresh_store_keeps_the_schedule_itself_and_leaves_the_trig
     accounts::try_lease(&one, ring, &id, "lease-3", Duration::from_secs(30)).await.unwrap().unwrap();
     let back = store_batched(&one, &app, &id, "lease-3", &tokens(Some("rt4")), Some(soon)).await.unwrap();
     assert_eq!(entry(&app, &id).await, unmarked_at(back));
-    assert!(trigger_calls().await.is_empty(), "the batched store keeps the schedule without the trigger");
+    assert_eq!(entry(&app, &other.id).await, unmarked_at(other.refresh_at.unwrap()), "another account untouched");
+}
 
-    // The batch's setting ends with its statement: the next write on the same
-    // connection goes through the trigger again.
-    mark(&app, &other.id).await;
-    let moved = later + chrono::Duration::minutes(7);
-    sqlx::query("UPDATE connected_accounts SET refresh_at = $2 WHERE id = $1")
-        .bind(&other.id)
-        .bind(moved)
-        .execute(&one)
-        .await
-        .unwrap();
-    assert_eq!(entry(&app, &other.id).await, unmarked_at(moved));
-    assert_eq!(trigger_calls().await, std::slice::from_ref(&other.id));
+#[tokio::test]
+async fn no_trigger_keeps_one_table_in_step_with_another() {
+    let app = TestApp::spawn().await;
+    let triggers: Vec<String> = sqlx::query_scalar(
+        "SELECT tgrelid::regclass::text || '.' || tgname FROM pg_trigger t
+         JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE NOT t.tgisinternal AND n.nspname = 'public'",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(triggers, Vec::<String>::new(), "the code that owns a table writes it");
 }

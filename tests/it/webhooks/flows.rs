@@ -79,7 +79,7 @@ async fn the_real_flows_deliver_all_four_event_types() {
             .expect("u1 connected");
     let token = account.access_token.clone().unwrap();
     assert!(provider.demo.revoke_grant_of(token.expose()));
-    sqlx::query("UPDATE connected_accounts SET refresh_at = now() - interval '1 second' WHERE id = $1")
+    sqlx::query("UPDATE refresh_schedule SET refresh_at = now() - interval '1 second' WHERE account_id = $1")
         .bind(&account.id)
         .execute(&app.db)
         .await

@@ -1,5 +1,7 @@
 -- Pipes schema. PostgreSQL is the only source of truth; every secret column is
 -- AES-256-GCM ciphertext (see src/crypto.rs) bound to its table, column and row.
+-- No trigger keeps one table in step with another: the code that owns a table
+-- writes it (the refresh schedule: src/scheduler/schedule.rs).
 
 CREATE TABLE integrations (
     id                  text PRIMARY KEY,
@@ -34,16 +36,12 @@ CREATE TABLE connected_accounts (
     access_token_enc    bytea,
     refresh_token_enc   bytea,
     expires_at          timestamptz,
-    -- When the scheduler should refresh: expires_at - min(lead, lifetime/2) - jitter.
-    refresh_at          timestamptz,
     scopes              text[] NOT NULL DEFAULT '{}',
     -- Bumped (from token_versions) on every token or state write; orders cache writes.
     token_version       bigint NOT NULL DEFAULT 0,
     -- Single-flight lease for refreshes (DESIGN 2.3); expires so a crash releases it.
     lease_id            text,
     lease_until         timestamptz,
-    -- Set when the scheduler published a refresh job; a lost job makes the account due again.
-    enqueued_at         timestamptz,
     refresh_failures    integer NOT NULL DEFAULT 0,
     last_refresh_error  text,
     last_refreshed_at   timestamptz,
@@ -52,15 +50,48 @@ CREATE TABLE connected_accounts (
     updated_at          timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT connected_accounts_owner_unique
         UNIQUE NULLS NOT DISTINCT (integration_id, user_id, organization_id)
-);
-
--- The scheduler's claim query walks this index only: its cost grows with the
--- number of due accounts, not with the number stored.
-CREATE INDEX connected_accounts_due_idx
-    ON connected_accounts (refresh_at)
-    WHERE state = 'connected' AND refresh_at IS NOT NULL AND refresh_token_enc IS NOT NULL;
+)
+-- A fifth of every page left free, so the frequent updates that touch no indexed
+-- column (a refresh's lease, its stored tokens) stay on their page as HOT updates,
+-- writing no index entry (docs/benchmarks.md, the refresh pipeline).
+WITH (fillfactor = 80);
 
 CREATE INDEX connected_accounts_user_idx ON connected_accounts (user_id, organization_id);
+
+-- The refresh schedule: one narrow row per connected account that has a refresh
+-- token and a time to refresh, written only by src/scheduler/schedule.rs in the
+-- writer's own transaction. Narrow, so that at a million accounts the due part
+-- and its index stay in the buffer pool.
+CREATE TABLE refresh_schedule (
+    refresh_at          timestamptz NOT NULL,
+    account_id          text PRIMARY KEY REFERENCES connected_accounts (id) ON DELETE CASCADE,
+    integration_id      text NOT NULL
+);
+
+-- The claim walks the due schedule in key order, (refresh_at, account_id), one
+-- window at a time from its cursor, reading the index alone: its cost grows with
+-- the number of due accounts, not the number stored.
+CREATE INDEX refresh_schedule_walk_idx ON refresh_schedule (refresh_at, account_id) INCLUDE (integration_id);
+
+-- A scheduler's claim on an account whose refresh job is in flight; the primary
+-- key keeps two schedulers from claiming one account. Storing a token, moving or
+-- leaving the schedule deletes it; a retry waiting in a delay queue moves
+-- enqueued_at into the future; a lost job makes the account claimable again after
+-- PIPES_REQUEUE_AFTER.
+--
+-- No foreign key: checking one locks the account's schedule row, a write on the
+-- heap page of every claimed account, where a claim otherwise inserts its rows on
+-- a few fresh pages however many accounts are stored.
+CREATE TABLE refresh_claims (
+    enqueued_at     timestamptz NOT NULL,
+    -- The claim that made the row (src/scheduler/schedule.rs): its ULID as a uuid.
+    claim_id        uuid NOT NULL,
+    -- The schedule entry as the claim read it, returned from its insert instead of
+    -- joining the walk a second time. NULL for a claim the CLI made.
+    refresh_at      timestamptz,
+    integration_id  text,
+    account_id      text PRIMARY KEY
+);
 
 CREATE TABLE oauth_states (
     state_hash          text PRIMARY KEY,
@@ -75,6 +106,8 @@ CREATE TABLE oauth_states (
     created_at          timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX oauth_states_expires_idx ON oauth_states (expires_at);
+-- Counting an owner's open connect flows (src/connect.rs, MAX_OPEN_STATES).
+CREATE INDEX oauth_states_open_owner_idx ON oauth_states (user_id, organization_id) WHERE used_at IS NULL;
 
 CREATE TABLE api_keys (
     id                  text PRIMARY KEY,
@@ -141,4 +174,18 @@ CREATE TABLE role_heartbeats (
     instance            text NOT NULL,
     last_seen           timestamptz NOT NULL,
     PRIMARY KEY (role, instance)
+);
+
+-- Invalidations of the Redis token cache that must not be lost: every account
+-- change that removes or replaces a token writes one in its own transaction, so
+-- a Redis failure between the commit and the tombstone cannot leave the old
+-- token servable. Every role retries them until Redis has them (src/invalidations.rs).
+CREATE TABLE cache_invalidations (
+    id              bigserial PRIMARY KEY,
+    integration_id  text NOT NULL REFERENCES integrations (id) ON DELETE CASCADE,
+    user_id         text NOT NULL,
+    organization_id text,
+    -- The account's token version after the change: older cached copies are gone.
+    version         bigint NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now()
 );
