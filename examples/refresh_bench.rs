@@ -289,7 +289,7 @@ async fn tick(config: &Config, db: &PgPool, stored: i64, due: i64) -> Result<()>
     sqlx::query("VACUUM ANALYZE connected_accounts, refresh_schedule").execute(db).await?;
 
     let cancel = CancellationToken::new();
-    let state = pipes::app::AppState::new(config.clone(), cancel.clone())?;
+    let state = pipes::state::AppState::new(config.clone(), cancel.clone())?;
     let broker = Broker::connect(&config.amqp_url, "pipes-bench").await?;
     let topology = pipes::queues::topology(config);
     topology.declare(&broker.channel().await?).await?;

@@ -6,16 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
-use crate::app::AppState;
 use crate::crypto::{random_token, sha256_hex};
-use crate::error::ApiError;
 use crate::ids::IdKind;
 
 /// How long a verification result is trusted before the database is asked again.
@@ -104,7 +99,7 @@ impl KeyVerifier {
     }
 
     /// The role of a presented key, or `None` for unknown and revoked keys.
-    pub async fn verify(&self, presented: &str) -> Result<Option<Role>, ApiError> {
+    pub async fn verify(&self, presented: &str) -> Result<Option<Role>, sqlx::Error> {
         let digest = digest(presented);
         let known = self.cache.get(&digest);
         if let Some(v) = known.as_ref().filter(|v| v.current()) {
@@ -126,7 +121,7 @@ impl KeyVerifier {
                 self.cache.insert(digest, Verdict { recheck_at: Instant::now() + KEY_RECHECK_AFTER_ERROR, ..v });
                 return Ok(v.role);
             }
-            (Err(err), _) => return Err(err.into()),
+            (Err(err), _) => return Err(err),
         };
         let role = row.and_then(|r| Role::parse(r.get::<&str, _>("role")));
         let now = Instant::now();
@@ -139,62 +134,6 @@ impl KeyVerifier {
 fn digest(presented: &str) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(presented.as_bytes()).into()
-}
-
-/// Any valid key: `admin` or `tokens`. For the two token routes.
-pub struct AnyKey(pub Role);
-
-/// An `admin` key.
-pub struct AdminKey;
-
-/// The API key of `Authorization: Bearer <key>`.
-pub fn bearer_key(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
-    let header = headers
-        .get(AUTHORIZATION)
-        .ok_or(ApiError::Unauthorized("Missing Authorization header: send `Authorization: Bearer <api key>`."))?;
-    let value = header.to_str().map_err(|_| ApiError::Unauthorized("Malformed Authorization header."))?;
-    value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or(ApiError::Unauthorized("The Authorization header must be `Bearer <api key>`."))
-}
-
-async fn role_of(parts: &Parts, state: &AppState) -> Result<Role, ApiError> {
-    let key = bearer_key(&parts.headers)?;
-    // A key without a current verdict costs a PostgreSQL look-up: an address that
-    // keeps presenting unknown keys is refused before it costs one.
-    let address = parts.extensions.get::<crate::api::rate_limit::ClientAddr>().map(|a| a.0);
-    if let Some(address) = address {
-        if !state.keys.is_known(key) {
-            state.limits.refuse_lookup(address)?;
-        }
-    }
-    let role = state.keys.verify(key).await?;
-    if let (None, Some(address)) = (role, address) {
-        state.limits.count_unknown_key(address);
-    }
-    role.ok_or(ApiError::Unauthorized("Unknown or revoked API key."))
-}
-
-impl FromRequestParts<AppState> for AnyKey {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        role_of(parts, state).await.map(AnyKey)
-    }
-}
-
-impl FromRequestParts<AppState> for AdminKey {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match role_of(parts, state).await? {
-            Role::Admin => Ok(AdminKey),
-            Role::Tokens => {
-                Err(ApiError::Forbidden("This API key may only read tokens; this route needs an admin key."))
-            }
-        }
-    }
 }
 
 /// A stored key, as `pipes api-keys list` shows it.

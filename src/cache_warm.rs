@@ -24,7 +24,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::accounts;
 use crate::store::integrations::{self, Integration};
 

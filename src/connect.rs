@@ -8,14 +8,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use crate::app::AppState;
+use crate::connections::Announce;
 use crate::crypto::{aad, random_token, sha256_hex, CryptoError};
 use crate::events::{self, ConnectionFailure, EventKind};
 use crate::keys::columns;
 use crate::oauth::client::{self, Grant};
 use crate::oauth::response::TokenError;
 use crate::secret::Secret;
-use crate::store::accounts::{self, Account, AccountError, AccountState, TokenSet, WriteMode};
+use crate::state::AppState;
+use crate::store::accounts::{Account, AccountError, AccountState, TokenSet, WriteMode};
 use crate::store::integrations::{self, Integration, IntegrationError};
 
 /// How long a user has to come back from the provider.
@@ -44,22 +45,6 @@ pub enum ConnectError {
 /// Connect flows an owner may have open (started, not finished, not expired) at
 /// once: enough for a few tabs and retries, and a bound on the rows a caller can make.
 pub const MAX_OPEN_STATES: i64 = 20;
-
-impl ConnectError {
-    /// The answer for errors every caller answers the same way, else `None`.
-    pub fn common_answer(&self) -> Option<crate::error::ApiError> {
-        match self {
-            ConnectError::TooManyOpen => Some(crate::error::ApiError::TooManyRequests {
-                code: "too_many_open_authorizations",
-                message: format!(
-                    "This user already has {MAX_OPEN_STATES} connect flows open; finish one or retry when they expire."
-                ),
-                retry_after_secs: 60,
-            }),
-            _ => None,
-        }
-    }
-}
 
 /// Who is connecting, and where they go afterwards.
 #[derive(Debug, Clone)]
@@ -254,26 +239,20 @@ pub async fn complete(
     let now = crate::time::now();
     match result {
         Ok(tokens) => {
-            let refresh_at =
-                state.refresher.schedule(integration, now, tokens.expires_at, tokens.refresh_token.is_some());
-            let mut tx = state.db.begin().await?;
-            let account = accounts::write_tokens(
-                &mut tx,
-                state.keyring(),
-                WriteMode::Upsert,
-                &integration.id,
-                &pending.user_id,
-                pending.organization_id.as_deref(),
-                &tokens,
-                refresh_at,
-                AccountState::Connected,
-            )
-            .await?
-            .ok_or_else(|| ConnectError::Misconfigured("the account could not be written".into()))?;
-            let data = events::account_data(&account, integration, AccountState::Connected.as_str());
-            events::emit(&mut tx, EventKind::Connected, &data).await?;
-            tx.commit().await?;
-            state.cache.put(&account, integration, now).await;
+            let owner = (pending.user_id.as_str(), pending.organization_id.as_deref());
+            let account = state
+                .connections
+                .store(
+                    integration,
+                    owner.0,
+                    owner.1,
+                    &tokens,
+                    AccountState::Connected,
+                    WriteMode::Upsert,
+                    Announce::Connected,
+                )
+                .await?
+                .ok_or_else(|| ConnectError::Misconfigured("the account could not be written".into()))?;
             tracing::info!(account_id = %account.id, integration = %integration.slug, "account connected");
             Ok(Outcome::Connected(account))
         }

@@ -33,7 +33,7 @@ pub async fn run_provider(config: &Config, cancel: CancellationToken) -> anyhow:
     });
     let listener = tokio::net::TcpListener::bind(config.demo_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, public_url = %config.demo_public_url, "demo OAuth provider listening");
-    crate::app::serve(listener, provider.router(), cancel).await?;
+    crate::api::serve(listener, provider.router(), cancel).await?;
     Ok(())
 }
 

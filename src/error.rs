@@ -6,19 +6,15 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub code: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
+use crate::connect::{ConnectError, MAX_OPEN_STATES};
+use crate::limits::Refused;
+use crate::read::ReadError;
+use crate::refresh::RefreshError;
+use crate::store::accounts::AccountError;
+use crate::store::integrations::{IntegrationError, ProvisionError};
+use crate::webhooks::endpoints::EndpointError;
 
-impl FieldError {
-    pub fn new(field: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), code: code.into(), message: Some(message.into()) }
-    }
-}
+pub use crate::invalid::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -98,6 +94,120 @@ impl From<sqlx::Error> for ApiError {
                 ApiError::unavailable("database_unavailable", "The database is unavailable; retry shortly.", 2)
             }
             _ => ApiError::Internal(err.into()),
+        }
+    }
+}
+
+// One mapping per domain error type: what each failure means to an API caller.
+// A database that cannot be reached is a 503 to retry; anything the caller cannot
+// fix is a 500 whose cause goes to the log only.
+
+impl From<AccountError> for ApiError {
+    fn from(err: AccountError) -> Self {
+        match err {
+            AccountError::Exists => {
+                ApiError::conflict("A connected account already exists for this user and integration.")
+            }
+            AccountError::Db(e) => e.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<IntegrationError> for ApiError {
+    fn from(err: IntegrationError) -> Self {
+        match err {
+            IntegrationError::Db(e) => e.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<RefreshError> for ApiError {
+    fn from(err: RefreshError) -> Self {
+        match err {
+            RefreshError::Db(e) => e.into(),
+            RefreshError::Account(e) => e.into(),
+        }
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        ApiError::TooManyRequests {
+            code: "rate_limited",
+            message: refused.message(),
+            retry_after_secs: refused.retry_after_secs(),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::NoIntegration(slug) => {
+                ApiError::not_found("integration_not_found", format!("There is no enabled integration `{slug}`."))
+            }
+            // 503 with `Retry-After`: the SDKs retry it.
+            ReadError::ProviderDown { retry_after } => ApiError::unavailable(
+                "provider_unavailable",
+                "The token has expired and the provider is not answering a refresh right now; retry shortly.",
+                retry_after.map(|d| d.as_secs_f64().ceil() as u64).unwrap_or(2).clamp(1, 300),
+            ),
+            ReadError::IntegrationInvalid(slug) => ApiError::Conflict {
+                code: "integration_invalid",
+                message: format!(
+                    "The provider refused the client credentials of integration `{slug}`; update them, then retry."
+                ),
+            },
+            ReadError::Integration(e) => e.into(),
+            ReadError::Account(e) => e.into(),
+            ReadError::Refresh(e) => e.into(),
+        }
+    }
+}
+
+/// A misconfigured integration is the caller's to fix (4xx); a database outage may be retried.
+impl From<ConnectError> for ApiError {
+    fn from(err: ConnectError) -> Self {
+        let misconfigured = |m: &dyn std::fmt::Display| ApiError::BadRequest {
+            code: "integration_misconfigured",
+            message: format!("The integration cannot connect accounts: {m}"),
+        };
+        match err {
+            ConnectError::TooManyOpen => ApiError::TooManyRequests {
+                code: "too_many_open_authorizations",
+                message: format!(
+                    "This user already has {MAX_OPEN_STATES} connect flows open; finish one or retry when they expire."
+                ),
+                retry_after_secs: 60,
+            },
+            ConnectError::Misconfigured(m) | ConnectError::Integration(IntegrationError::Urls { message: m, .. }) => {
+                misconfigured(&m)
+            }
+            ConnectError::Integration(e @ IntegrationError::UnknownProvider(_)) => misconfigured(&e),
+            ConnectError::Db(e) | ConnectError::Integration(IntegrationError::Db(e)) => e.into(),
+            ConnectError::Account(e) => e.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<ProvisionError> for ApiError {
+    fn from(err: ProvisionError) -> Self {
+        match err {
+            ProvisionError::SlugTaken => ApiError::conflict("An integration with this slug already exists."),
+            ProvisionError::Db(e) => e.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<EndpointError> for ApiError {
+    fn from(err: EndpointError) -> Self {
+        match err {
+            EndpointError::Db(e) => e.into(),
+            other => ApiError::internal(other),
         }
     }
 }

@@ -99,3 +99,61 @@ pub async fn emit(tx: &mut sqlx::PgConnection, kind: EventKind, data: &Value) ->
         .await?;
     Ok(id)
 }
+
+/// Where a stored event sits in the outbox (its `seq`), for a list cursor.
+pub async fn seq_of(db: &sqlx::PgPool, id: &str) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT seq FROM events WHERE id = $1").bind(id).fetch_optional(db).await
+}
+
+/// Which stored events a list asks for.
+pub struct Filter<'a> {
+    /// Event types; empty: every type.
+    pub kinds: &'a [String],
+    /// Events after (ascending) or before (descending) this place in the outbox.
+    pub cursor: Option<i64>,
+    pub ascending: bool,
+    pub range_start: Option<DateTime<Utc>>,
+    pub range_end: Option<DateTime<Utc>>,
+    pub organization_id: Option<&'a str>,
+}
+
+/// A stored event.
+pub struct StoredEvent {
+    pub id: String,
+    pub event: String,
+    pub data: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Up to `limit` stored events matching `filter`, in outbox order (its direction).
+pub async fn page(db: &sqlx::PgPool, filter: &Filter<'_>, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    use sqlx::Row;
+    let (cmp, dir) = if filter.ascending { (">", "ASC") } else { ("<", "DESC") };
+    let sql = format!(
+        "SELECT id, event, data, created_at FROM events
+         WHERE (cardinality($1::text[]) = 0 OR event = ANY($1))
+           AND ($2::bigint IS NULL OR seq {cmp} $2)
+           AND ($3::timestamptz IS NULL OR created_at >= $3)
+           AND ($4::timestamptz IS NULL OR created_at < $4)
+           AND ($5::text IS NULL OR data->>'organization_id' = $5)
+         ORDER BY seq {dir} LIMIT $6"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(filter.kinds)
+        .bind(filter.cursor)
+        .bind(filter.range_start)
+        .bind(filter.range_end)
+        .bind(filter.organization_id)
+        .bind(limit)
+        .fetch_all(db)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StoredEvent {
+            id: r.get("id"),
+            event: r.get("event"),
+            data: r.get("data"),
+            created_at: r.get("created_at"),
+        })
+        .collect())
+}

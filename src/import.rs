@@ -6,9 +6,10 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::app::AppState;
+use crate::connections::Announce;
 use crate::secret::Secret;
-use crate::store::accounts::{self, AccountState, TokenSet, WriteMode};
+use crate::state::AppState;
+use crate::store::accounts::{AccountState, TokenSet, WriteMode};
 use crate::store::integrations::{self, Integration};
 
 /// One line of the import file.
@@ -69,30 +70,26 @@ pub async fn import_lines(state: &AppState, text: &str, mut progress: impl FnMut
             report.rejected.push((number, format!("no integration `{}`", parsed.integration)));
             continue;
         };
-        let now = crate::time::now();
-        let refresh_at = state.refresher.schedule(integration, now, parsed.expires_at, parsed.refresh_token.is_some());
         let tokens = TokenSet {
             access_token: parsed.access_token,
             refresh_token: parsed.refresh_token,
             expires_at: parsed.expires_at,
             scopes: parsed.scopes,
         };
-        let mut tx = state.db.begin().await?;
-        let account = accounts::write_tokens(
-            &mut tx,
-            state.keyring(),
-            WriteMode::Upsert,
-            &integration.id,
-            &parsed.user_id,
-            parsed.organization_id.as_deref().filter(|o| !o.is_empty()),
-            &tokens,
-            refresh_at,
-            AccountState::Connected,
-        )
-        .await?;
-        tx.commit().await?;
-        if let Some(account) = account {
-            state.cache.put(&account, integration, now).await;
+        let org = parsed.organization_id.as_deref().filter(|o| !o.is_empty());
+        let stored = state
+            .connections
+            .store(
+                integration,
+                &parsed.user_id,
+                org,
+                &tokens,
+                AccountState::Connected,
+                WriteMode::Upsert,
+                Announce::Quietly,
+            )
+            .await?;
+        if stored.is_some() {
             report.imported += 1;
         }
     }

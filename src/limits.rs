@@ -24,8 +24,6 @@ use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
-use crate::error::ApiError;
-
 /// Groups of routes with limits of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Group {
@@ -213,7 +211,7 @@ impl Limits {
     }
 
     /// Counts one request of `group` from `address`.
-    pub fn check_address(&self, group: Group, address: IpAddr) -> Result<(), ApiError> {
+    pub fn check_address(&self, group: Group, address: IpAddr) -> Result<(), Refused> {
         let address = match address {
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => IpAddr::V4(v4),
@@ -225,12 +223,12 @@ impl Limits {
     }
 
     /// Counts one request of `group` made with a verified API key (by its digest).
-    pub fn check_key(&self, group: Group, key_digest: &[u8; 32]) -> Result<(), ApiError> {
+    pub fn check_key(&self, group: Group, key_digest: &[u8; 32]) -> Result<(), Refused> {
         self.check(group, Scope::Key, self.fingerprint(key_digest))
     }
 
     /// Refuses a key look-up from an address over its unknown-key budget.
-    pub fn refuse_lookup(&self, address: IpAddr) -> Result<(), ApiError> {
+    pub fn refuse_lookup(&self, address: IpAddr) -> Result<(), Refused> {
         let Some(until) = self.0.blocked.get(&self.fingerprint(address)) else { return Ok(()) };
         let now = std::time::Instant::now();
         if now >= until {
@@ -244,14 +242,13 @@ impl Limits {
     /// Counts an unknown key presented from `address`; past the limit the address is
     /// refused look-ups until its budget is back.
     pub fn count_unknown_key(&self, address: IpAddr) {
-        if let Err(ApiError::TooManyRequests { retry_after_secs, .. }) = self.check_address(Group::UnknownKeys, address)
-        {
-            let until = std::time::Instant::now() + Duration::from_secs(retry_after_secs);
+        if let Err(refused) = self.check_address(Group::UnknownKeys, address) {
+            let until = std::time::Instant::now() + Duration::from_secs(refused.retry_after_secs());
             self.0.blocked.insert(self.fingerprint(address), until);
         }
     }
 
-    fn check(&self, group: Group, scope: Scope, key: u64) -> Result<(), ApiError> {
+    fn check(&self, group: Group, scope: Scope, key: u64) -> Result<(), Refused> {
         let Some(limiter) = self.0.limiters.get(&(group, scope)) else { return Ok(()) };
         match limiter.check_key(&key) {
             Ok(()) => Ok(()),
@@ -281,19 +278,34 @@ impl Limits {
     }
 }
 
-fn too_many(group: Group, scope: Scope, wait: Duration) -> ApiError {
-    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-    let who = match scope {
-        Scope::Key => "this API key",
-        Scope::Address => "this client address",
-    };
-    let what = match group {
-        Group::UnknownKeys => "unknown API keys".to_owned(),
-        other => format!("requests to the {} routes", other.as_str()),
-    };
-    ApiError::TooManyRequests {
-        code: "rate_limited",
-        message: format!("Too many {what} from {who}; retry in {secs} s."),
-        retry_after_secs: secs,
+fn too_many(group: Group, scope: Scope, wait: Duration) -> Refused {
+    Refused { group, scope, wait }
+}
+
+/// A request over its limit: which limit, and how long until it would pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused {
+    pub group: Group,
+    pub scope: Scope,
+    pub wait: Duration,
+}
+
+impl Refused {
+    /// Whole seconds to wait, at least one: what `Retry-After` says.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.wait.as_secs_f64().ceil().max(1.0) as u64
+    }
+
+    /// What the caller is told.
+    pub fn message(&self) -> String {
+        let who = match self.scope {
+            Scope::Key => "this API key",
+            Scope::Address => "this client address",
+        };
+        let what = match self.group {
+            Group::UnknownKeys => "unknown API keys".to_owned(),
+            other => format!("requests to the {} routes", other.as_str()),
+        };
+        format!("Too many {what} from {who}; retry in {} s.", self.retry_after_secs())
     }
 }

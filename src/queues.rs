@@ -55,21 +55,17 @@ pub async fn connect_broker(
     name: &str,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Option<pipes_workers::Broker> {
-    let mut pause = std::time::Duration::from_millis(200);
-    loop {
-        // A broker that accepts the socket but never answers must not hold up shutdown.
-        let connected = tokio::select! {
-            () = cancel.cancelled() => return None,
-            connected = pipes_workers::Broker::connect(url, name) => connected,
-        };
-        match connected {
-            Ok(broker) => return Some(broker),
-            Err(err) => tracing::warn!(error = %err, retry_in = ?pause, "message broker unreachable"),
-        }
-        tokio::select! {
-            () = cancel.cancelled() => return None,
-            () = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    use backon::Retryable;
+    let backoff = backon::ExponentialBuilder::new()
+        .with_min_delay(std::time::Duration::from_millis(200))
+        .with_max_delay(std::time::Duration::from_secs(5))
+        .without_max_times();
+    let connect = (|| pipes_workers::Broker::connect(url, name)).retry(backoff).notify(
+        |err, pause| tracing::warn!(error = %err, connection = name, retry_in = ?pause, "message broker unreachable"),
+    );
+    // A broker that accepts the socket but never answers must not hold up shutdown.
+    tokio::select! {
+        () = cancel.cancelled() => None,
+        connected = connect => connected.ok(),
     }
 }

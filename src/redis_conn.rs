@@ -201,27 +201,27 @@ impl Redis {
         url: &str,
         prefix: &str,
         timeout: Duration,
+        tasks: &crate::tasks::Tasks,
         cancel: CancellationToken,
     ) -> Result<Self, redis::RedisError> {
         let topology = Arc::new(topology(url)?);
         let connect = connector(&topology)?;
         let conn = Arc::new(ArcSwapOption::empty());
         let slot = conn.clone();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    made = connect.connect() => match made {
-                        Ok(c) => {
-                            slot.store(Some(Arc::new(c)));
-                            return;
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, "redis not reachable yet; retrying");
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(5));
-                        }
+        tasks.spawn("redis connect", async move {
+            use backon::Retryable;
+            let backoff = backon::ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .without_max_times();
+            let connected = (|| connect.connect())
+                .retry(backoff)
+                .notify(|err, _| tracing::warn!(error = %err, "redis not reachable yet; retrying"));
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                made = connected => {
+                    if let Ok(c) = made {
+                        slot.store(Some(Arc::new(c)));
                     }
                 }
             }

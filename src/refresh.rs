@@ -362,17 +362,17 @@ impl Refresher {
         refresh_at: Option<DateTime<Utc>>,
         until: Instant,
     ) -> Result<Option<Account>, AccountError> {
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match self.store_refreshed(leased, lease_id, tokens, refresh_at).await {
-                Err(AccountError::Db(err)) if crate::time::after(pause) < until => {
-                    tracing::warn!(account_id = %leased.id, error = %err, "storing a refreshed token failed; retrying while the lease lasts");
-                    tokio::time::sleep(pause).await;
-                    pause = pause.saturating_mul(2).min(Duration::from_secs(2));
-                }
-                other => return other,
-            }
-        }
+        use backon::Retryable;
+        let backoff = backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_total_delay(Some(until.saturating_duration_since(Instant::now())))
+            .without_max_times();
+        (|| self.store_refreshed(leased, lease_id, tokens, refresh_at))
+            .retry(backoff)
+            .when(|err| matches!(err, AccountError::Db(_)) && Instant::now() < until)
+            .notify(|err, _| tracing::warn!(account_id = %leased.id, error = %err, "storing a refreshed token failed; retrying while the lease lasts"))
+            .await
     }
 
     /// `needs_reauthorization`, its event in the same transaction, the cache entry dropped.

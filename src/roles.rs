@@ -4,16 +4,15 @@
 //! `PIPES_SHUTDOWN_TIMEOUT`, then names what did not finish and exits anyway (unacked
 //! jobs are redelivered by the broker; handlers are idempotent).
 
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::app::{self, AppState};
+use crate::api;
 use crate::config::Config;
+use crate::state::AppState;
 
 /// Which roles one process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,52 +22,6 @@ pub struct RoleSet {
     pub worker: bool,
 }
 
-/// The role tasks of one process, each known by name until it finishes.
-#[derive(Clone, Default)]
-struct Tasks {
-    tracker: TaskTracker,
-    running: Arc<Mutex<Vec<String>>>,
-}
-
-/// Takes a task's name off the running list when the task ends (or panics).
-struct Finished {
-    running: Arc<Mutex<Vec<String>>>,
-    name: String,
-}
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(at) = running.iter().position(|n| *n == self.name) {
-            running.remove(at);
-        }
-    }
-}
-
-impl Tasks {
-    fn spawn<F>(&self, name: impl Into<String>, task: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let name = name.into();
-        self.running.lock().unwrap_or_else(PoisonError::into_inner).push(name.clone());
-        let finished = Finished { running: self.running.clone(), name };
-        self.tracker.spawn(async move {
-            let _finished = finished;
-            task.await;
-        });
-    }
-
-    /// Waits for every task, for at most `timeout`; returns the names of those still running.
-    async fn wait(&self, timeout: Duration) -> Vec<String> {
-        self.tracker.close();
-        if tokio::time::timeout(timeout, self.tracker.wait()).await.is_ok() {
-            return Vec::new();
-        }
-        self.running.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-}
-
 /// Runs `roles` until `cancel` fires, then waits for them at most `PIPES_SHUTDOWN_TIMEOUT`.
 pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> anyhow::Result<()> {
     let state = if roles.serve {
@@ -76,7 +29,7 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
     } else {
         AppState::without_local_reads(config, cancel.clone())?
     };
-    let tasks = Tasks::default();
+    let tasks = state.tasks.clone();
     let names: Vec<&str> = [("serve", roles.serve), ("scheduler", roles.scheduler), ("worker", roles.worker)]
         .into_iter()
         .filter(|(_, on)| *on)
@@ -88,10 +41,10 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
     if roles.serve {
         let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
         tracing::info!(addr = %listener.local_addr()?, "serving the HTTP API");
-        let service = app::service(state.clone());
+        let service = api::service(state.clone());
         let api_cancel = cancel.clone();
         tasks.spawn("HTTP API", async move {
-            if let Err(err) = app::serve_api(listener, service, api_cancel).await {
+            if let Err(err) = api::serve_api(listener, service, api_cancel).await {
                 tracing::error!(error = %err, "HTTP server stopped");
             }
         });
@@ -101,7 +54,7 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
             let router = internal_router(state.clone());
             let cancel = cancel.clone();
             tasks.spawn("internal endpoint", async move {
-                if let Err(err) = app::serve(listener, router, cancel).await {
+                if let Err(err) = api::serve(listener, router, cancel).await {
                     tracing::error!(error = %err, "internal server stopped");
                 }
             });
@@ -113,7 +66,7 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
         let router = metrics_router(state.clone());
         let cancel = cancel.clone();
         tasks.spawn("metrics endpoint", async move {
-            if let Err(err) = app::serve(listener, router, cancel).await {
+            if let Err(err) = api::serve(listener, router, cancel).await {
                 tracing::error!(error = %err, "metrics server stopped");
             }
         });
@@ -121,18 +74,12 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
     if roles.scheduler {
         // Further periodic tasks join the same cron loop: `.with_task("name", task_fn)`.
         let scheduler = crate::scheduler::Scheduler::new(state.clone());
-        let handle = scheduler.spawn(cancel.clone());
-        tasks.spawn("scheduler", async move {
-            let _ = handle.await;
-        });
+        scheduler.spawn(cancel.clone());
         tasks.spawn("outbox relay", crate::webhooks::run_relay(state.clone(), cancel.clone()));
         tasks.spawn("token cache refill", crate::cache_warm::run(state.clone(), cancel.clone()));
     }
     if roles.worker {
-        let handle = crate::worker::spawn(state.clone(), cancel.clone());
-        tasks.spawn("refresh worker", async move {
-            let _ = handle.await;
-        });
+        crate::worker::spawn(state.clone(), cancel.clone());
         tasks.spawn("webhook delivery worker", crate::webhooks::run_deliveries(state.clone(), cancel.clone()));
     }
     cancel.cancelled().await;
@@ -194,4 +141,30 @@ fn hostname() -> String {
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Cancels `cancel` on SIGINT or SIGTERM.
+pub fn cancel_on_signal(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
+        }
+        tracing::info!("shutdown requested; finishing in-flight work");
+        cancel.cancel();
+    });
 }

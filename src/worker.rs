@@ -16,9 +16,9 @@ use pipes_workers::{run_consumer, Handler, JobContext, Outcome, QueueSpec};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::queues::{self, RefreshJob, REFRESH};
 use crate::refresh::{Reason, RefreshOutcome};
+use crate::state::AppState;
 use crate::store::integrations::{self, Integration, IntegrationState};
 use crate::store::schedule;
 
@@ -140,7 +140,8 @@ impl RefreshHandler {
 /// topology and consumes with `PIPES_WORKER_CONCURRENCY` jobs in flight until `cancel`
 /// fires; then stops taking jobs, finishes the ones in flight and returns.
 pub fn spawn(state: AppState, cancel: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    let tasks = state.tasks.clone();
+    tasks.spawn("refresh worker", async move {
         let config = state.config.clone();
         let Some(broker) = queues::connect_broker(&config.amqp_url, "pipes-worker", &cancel).await else { return };
         let handler = RefreshHandler::new(state);

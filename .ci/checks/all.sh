@@ -12,3 +12,4 @@ metrics="${1:-$here/exported_metrics.txt}"
 "$here/py.sh" compose.py
 "$here/py.sh" dashboard.py "$metrics"
 "$here/promtool.sh"
+python3 "$here/modules.py" "$here/../../src"

@@ -12,13 +12,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::api::extract::AdminKey;
 use crate::api::extract::ApiJson;
 use crate::api::integrations::find;
-use crate::app::AppState;
-use crate::auth::AdminKey;
 use crate::config::Config;
-use crate::connect::{self, ConnectError, ConnectRequest, Outcome, ProviderAnswer};
+use crate::connect::{self, ConnectRequest, Outcome, ProviderAnswer};
 use crate::error::{ApiError, ApiResult, FieldError};
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -111,7 +111,7 @@ pub async fn authorize(
         return Err(ApiError::invalid(errors));
     }
     let req = ConnectRequest { user_id: body.user_id.unwrap_or_default(), organization_id, return_to };
-    let url = connect::begin(&state, &integration, &req, crate::time::now()).await.map_err(connect_error)?;
+    let url = connect::begin(&state, &integration, &req, crate::time::now()).await?;
     Ok(Json(AuthorizeResponse { url: url.to_string() }))
 }
 
@@ -148,10 +148,7 @@ async fn run_callback(state: &AppState, slug: &str, mut params: HashMap<String, 
         }
         Err(e) => return Err(e),
     };
-    let pending = match connect::consume_state(state, &integration, &raw_state, crate::time::now())
-        .await
-        .map_err(connect_error)?
-    {
+    let pending = match connect::consume_state(state, &integration, &raw_state, crate::time::now()).await? {
         Ok(p) => p,
         Err(rejection) => {
             tracing::info!(integration = %slug, ?rejection, "callback state refused");
@@ -163,7 +160,7 @@ async fn run_callback(state: &AppState, slug: &str, mut params: HashMap<String, 
         error: params.remove("error").filter(|e| !e.is_empty()),
         error_description: params.remove("error_description"),
     };
-    let outcome = connect::complete(state, &integration, &pending, answer).await.map_err(connect_error)?;
+    let outcome = connect::complete(state, &integration, &pending, answer).await?;
     let name = integration.display_name();
     Ok(match (outcome, pending.return_to) {
         (Outcome::Connected(_), Some(to)) => redirect(&to, &[("provider", slug), ("status", "connected")]),
@@ -177,28 +174,6 @@ async fn run_callback(state: &AppState, slug: &str, mut params: HashMap<String, 
             page(StatusCode::OK, "Not connected", &format!("{name} was not connected: {}", f.error_reason))
         }
     })
-}
-
-/// A misconfigured integration is the caller's to fix (4xx); a database outage may be retried.
-fn connect_error(err: ConnectError) -> ApiError {
-    use crate::store::integrations::IntegrationError;
-    if let Some(answer) = err.common_answer() {
-        return answer;
-    }
-    match err {
-        ConnectError::Misconfigured(m) | ConnectError::Integration(IntegrationError::Urls { message: m, .. }) => {
-            ApiError::BadRequest {
-                code: "integration_misconfigured",
-                message: format!("The integration cannot connect accounts: {m}"),
-            }
-        }
-        ConnectError::Integration(e @ IntegrationError::UnknownProvider(_)) => ApiError::BadRequest {
-            code: "integration_misconfigured",
-            message: format!("The integration cannot connect accounts: {e}"),
-        },
-        ConnectError::Db(e) | ConnectError::Integration(IntegrationError::Db(e)) => e.into(),
-        other => ApiError::internal(other),
-    }
 }
 
 /// 302 to `to` with `extra` appended to its query.

@@ -10,18 +10,16 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
 use crate::api::connect::check_owner_id;
+use crate::api::extract::AdminKey;
 use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::integrations::find;
-use crate::app::AppState;
-use crate::auth::AdminKey;
+use crate::connections::Announce;
 use crate::error::{ApiError, ApiResult, FieldError};
-use crate::events::{self, EventKind};
-use crate::oauth::client;
 use crate::secret::Secret;
-use crate::store::accounts::{self, Account, AccountError, AccountState, TokenSet, WriteMode};
+use crate::state::AppState;
+use crate::store::accounts::{self, Account, AccountState, AccountSummary, TokenSet, WriteMode};
 use crate::store::integrations::Integration;
 use crate::time::rfc3339;
 
@@ -84,15 +82,7 @@ fn owner(user_id: &str, q: OwnerQuery) -> ApiResult<Option<String>> {
     }
 }
 
-fn account_error(err: AccountError) -> ApiError {
-    match err {
-        AccountError::Exists => ApiError::conflict("A connected account already exists for this user and integration."),
-        AccountError::Db(e) => e.into(),
-        other => ApiError::internal(other),
-    }
-}
-
-fn not_connected(slug: &str) -> ApiError {
+pub fn not_connected(slug: &str) -> ApiError {
     ApiError::not_found("connected_account_not_found", format!("This user has no connected account for `{slug}`."))
 }
 
@@ -108,8 +98,7 @@ pub async fn show(
     let org = owner(&user_id, q)?;
     let integration = find(&state, &slug).await?;
     let account = accounts::find_for_owner(&state.db, state.keyring(), &integration.id, &user_id, org.as_deref())
-        .await
-        .map_err(account_error)?
+        .await?
         .ok_or_else(|| not_connected(&slug))?;
     Ok(Json(view(&account)))
 }
@@ -189,40 +178,11 @@ async fn write(
     let org = owner(user_id, q)?;
     let integration = find(state, slug).await?;
     let (tokens, account_state) = parse_tokens(body, &integration)?;
-    let now = crate::time::now();
-    let refresh_at = match account_state {
-        AccountState::Connected => {
-            state.refresher.schedule(&integration, now, tokens.expires_at, tokens.refresh_token.is_some())
-        }
-        _ => None,
-    };
-    let mut tx = state.db.begin().await?;
-    let before = accounts::find_for_owner(&mut *tx, state.keyring(), &integration.id, user_id, org.as_deref())
-        .await
-        .map_err(account_error)?
-        .map(|a| a.state);
-    let account = accounts::write_tokens(
-        &mut tx,
-        state.keyring(),
-        mode,
-        &integration.id,
-        user_id,
-        org.as_deref(),
-        &tokens,
-        refresh_at,
-        account_state,
-    )
-    .await
-    .map_err(account_error)?
-    .ok_or_else(|| not_connected(slug))?;
-    if account.state == AccountState::Connected && before != Some(AccountState::Connected) {
-        let data = events::account_data(&account, &integration, AccountState::Connected.as_str());
-        events::emit(&mut tx, EventKind::Connected, &data).await?;
-    }
-    tx.commit().await?;
-    // `put` tombstones instead when the account is not connected or the token is not fresh.
-    state.cache.put(&account, &integration, now).await;
-    Ok(account)
+    state
+        .connections
+        .store(&integration, user_id, org.as_deref(), &tokens, account_state, mode, Announce::IfNewlyConnected)
+        .await?
+        .ok_or_else(|| not_connected(slug))
 }
 
 #[utoipa::path(post, path = "/user_management/users/{user_id}/connected_accounts/{slug}", tag = "connected_accounts",
@@ -264,47 +224,8 @@ pub async fn disconnect(
 ) -> ApiResult<StatusCode> {
     let org = owner(&user_id, q)?;
     let integration = find(&state, &slug).await?;
-    disconnect_account(&state, &integration, &user_id, org.as_deref()).await?;
+    state.connections.disconnect(&integration, &user_id, org.as_deref()).await?.ok_or_else(|| not_connected(&slug))?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Disconnects `user_id`'s account for `integration`: deleted with its
-/// `disconnected` event, cache tombstoned, then revoked at the provider where
-/// possible. 404 when there is none. Shared with the widget.
-pub async fn disconnect_account(
-    state: &AppState,
-    integration: &Integration,
-    user_id: &str,
-    org: Option<&str>,
-) -> ApiResult<()> {
-    let slug = integration.slug.as_str();
-    let mut tx = state.db.begin().await?;
-    let existing = accounts::find_for_owner(&mut *tx, state.keyring(), &integration.id, user_id, org)
-        .await
-        .map_err(account_error)?
-        .ok_or_else(|| not_connected(slug))?;
-    let gone = accounts::delete(&mut tx, state.keyring(), &existing.id)
-        .await
-        .map_err(account_error)?
-        .ok_or_else(|| not_connected(slug))?;
-    let data = events::account_data(&gone, integration, AccountState::Disconnected.as_str());
-    events::emit(&mut tx, EventKind::Disconnected, &data).await?;
-    tx.commit().await?;
-    state.cache.tombstone(&integration.slug, &gone.user_id, gone.organization_id.as_deref(), gone.token_version).await;
-    // Revoke after the delete, so no stored row ever holds a revoked token. Revoking the
-    // refresh token ends the whole grant at most providers (RFC 7009 §2.1).
-    let token = gone
-        .refresh_token
-        .as_ref()
-        .map(|t| (t, "refresh_token"))
-        .or(gone.access_token.as_ref().map(|t| (t, "access_token")));
-    if let (Some((token, hint)), Ok(spec)) = (token, integration.spec()) {
-        if let Err(reason) = client::revoke(&state.http, integration, &spec, token, hint).await {
-            tracing::warn!(account_id = %gone.id, integration = %slug, %reason, "token revocation failed; the account is disconnected anyway");
-        }
-    }
-    tracing::info!(account_id = %gone.id, integration = %slug, "account disconnected");
-    Ok(())
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -341,63 +262,60 @@ pub async fn data_providers(
     ApiQuery(q): ApiQuery<OwnerQuery>,
 ) -> ApiResult<Json<DataProviderList>> {
     let org = owner(&user_id, q)?;
-    let data = list_data_providers(&state, &user_id, org.as_deref()).await?;
+    let listed = owner_listing(&state, &user_id, org.as_deref()).await?;
+    let data = listed.iter().map(|(i, a)| data_provider_view(i, a.as_ref())).collect();
     Ok(Json(DataProviderList { object: "list", data }))
 }
 
-/// Every enabled integration with `user_id`'s account for it (no token is read).
-/// Shared with the widget.
-pub async fn list_data_providers(
+/// Every enabled integration with the owner's account for it, if any (no token is
+/// read). Shared with the widget.
+pub async fn owner_listing(
     state: &AppState,
     user_id: &str,
     org: Option<&str>,
-) -> ApiResult<Vec<DataProviderView>> {
-    let integrations = crate::provisioning::store::all(&state.db, state.keyring()).await?;
-    // Only non-secret columns: this listing never needs a token.
-    let rows = sqlx::query(
-        "SELECT id, integration_id, user_id, organization_id, state, scopes, created_at, updated_at
-         FROM connected_accounts WHERE user_id = $1 AND organization_id IS NOT DISTINCT FROM $2",
-    )
-    .bind(user_id)
-    .bind(org)
-    .fetch_all(&state.db)
-    .await?;
-    let account_of = |integration_id: &str| {
-        rows.iter().find(|r| r.get::<&str, _>("integration_id") == integration_id).map(|r| ConnectedAccountView {
-            object: "connected_account",
-            id: r.get("id"),
-            user_id: r.get("user_id"),
-            organization_id: r.get("organization_id"),
-            scopes: r.get("scopes"),
-            auth_method: "oauth",
-            state: AccountState::parse(r.get("state")).unwrap_or(AccountState::Disconnected).as_str(),
-            created_at: rfc3339(r.get("created_at")),
-            updated_at: rfc3339(r.get("updated_at")),
-        })
-    };
-    let data: Vec<DataProviderView> = integrations
-        .iter()
+) -> ApiResult<Vec<(Integration, Option<AccountSummary>)>> {
+    let integrations = crate::store::integrations::all(&state.db, state.keyring()).await?;
+    let mut accounts = accounts::summaries_for_owner(&state.db, user_id, org).await?;
+    Ok(integrations
+        .into_iter()
         .filter(|i| i.enabled)
-        .map(|i| DataProviderView {
-            object: "data_provider",
-            id: i.id.clone(),
-            name: i.display_name(),
-            description: if i.description.is_empty() {
-                i.spec().map(|s| s.description.clone()).unwrap_or_default()
-            } else {
-                i.description.clone()
-            },
-            slug: i.slug.clone(),
-            integration_type: if i.custom_provider.is_some() { "custom".to_owned() } else { i.provider.clone() },
-            credentials_type: "oauth2",
-            auth_methods: vec!["oauth"],
-            connection_owner: "user",
-            ownership: "user",
-            scopes: i.scopes.clone(),
-            connected_account: account_of(&i.id),
-            created_at: rfc3339(i.created_at),
-            updated_at: rfc3339(i.updated_at),
+        .map(|i| {
+            let account = accounts.iter().position(|a| a.integration_id == i.id).map(|at| accounts.swap_remove(at));
+            (i, account)
         })
-        .collect();
-    Ok(data)
+        .collect())
+}
+
+/// An integration as `data_providers` lists it, with the owner's account.
+pub fn data_provider_view(i: &Integration, account: Option<&AccountSummary>) -> DataProviderView {
+    DataProviderView {
+        object: "data_provider",
+        id: i.id.clone(),
+        name: i.display_name(),
+        description: if i.description.is_empty() {
+            i.spec().map(|s| s.description.clone()).unwrap_or_default()
+        } else {
+            i.description.clone()
+        },
+        slug: i.slug.clone(),
+        integration_type: if i.custom_provider.is_some() { "custom".to_owned() } else { i.provider.clone() },
+        credentials_type: "oauth2",
+        auth_methods: vec!["oauth"],
+        connection_owner: "user",
+        ownership: "user",
+        scopes: i.scopes.clone(),
+        connected_account: account.map(|a| ConnectedAccountView {
+            object: "connected_account",
+            id: a.id.clone(),
+            user_id: a.user_id.clone(),
+            organization_id: a.organization_id.clone(),
+            scopes: a.scopes.clone(),
+            auth_method: "oauth",
+            state: a.state.as_str(),
+            created_at: rfc3339(a.created_at),
+            updated_at: rfc3339(a.updated_at),
+        }),
+        created_at: rfc3339(i.created_at),
+        updated_at: rfc3339(i.updated_at),
+    }
 }

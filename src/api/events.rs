@@ -10,13 +10,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use sqlx::Row;
 
+use crate::api::extract::AdminKey;
 use crate::api::webhooks::page_request;
-use crate::app::AppState;
-use crate::auth::AdminKey;
 use crate::error::{ApiError, ApiResult};
-use crate::events::EventKind;
+use crate::events::{self, EventKind};
+use crate::state::AppState;
 use crate::time::rfc3339;
 
 pub fn routes() -> Router<AppState> {
@@ -72,9 +71,9 @@ fn timestamp(field: &str, value: Option<&str>) -> ApiResult<Option<DateTime<Utc>
 
 async fn cursor_seq(state: &AppState, field: &str, id: Option<&str>) -> ApiResult<Option<i64>> {
     let Some(id) = id else { return Ok(None) };
-    let seq: Option<i64> =
-        sqlx::query_scalar("SELECT seq FROM events WHERE id = $1").bind(id).fetch_optional(&state.db).await?;
-    seq.map(Some)
+    events::seq_of(&state.db, id)
+        .await?
+        .map(Some)
         .ok_or_else(|| ApiError::invalid_field(field, "not_found", format!("{field} must be the id of a stored event")))
 }
 
@@ -115,36 +114,26 @@ pub async fn list_events(_: AdminKey, State(state): State<AppState>, uri: Uri) -
     let backwards = before.is_some();
     let ascending = descending == backwards;
     let cursor = before.or(after);
-    let (cmp, dir) = if ascending { (">", "ASC") } else { ("<", "DESC") };
-    let sql = format!(
-        "SELECT id, event, data, created_at FROM events
-         WHERE (cardinality($1::text[]) = 0 OR event = ANY($1))
-           AND ($2::bigint IS NULL OR seq {cmp} $2)
-           AND ($3::timestamptz IS NULL OR created_at >= $3)
-           AND ($4::timestamptz IS NULL OR created_at < $4)
-           AND ($5::text IS NULL OR data->>'organization_id' = $5)
-         ORDER BY seq {dir} LIMIT $6"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(&q.events)
-        .bind(cursor)
-        .bind(range_start)
-        .bind(range_end)
-        .bind(q.organization_id.as_deref())
-        .bind(limit + 1)
-        .fetch_all(&state.db)
-        .await?;
+    let filter = events::Filter {
+        kinds: &q.events,
+        cursor,
+        ascending,
+        range_start,
+        range_end,
+        organization_id: q.organization_id.as_deref(),
+    };
+    let rows = events::page(&state.db, &filter, limit + 1).await?;
     let more = rows.len() as i64 > limit;
     let mut data: Vec<Value> = rows
-        .iter()
+        .into_iter()
         .take(limit as usize)
-        .map(|r| {
+        .map(|e| {
             json!({
                 "object": "event",
-                "id": r.get::<String, _>("id"),
-                "event": r.get::<String, _>("event"),
-                "data": r.get::<Value, _>("data"),
-                "created_at": rfc3339(r.get("created_at")),
+                "id": e.id,
+                "event": e.event,
+                "data": e.data,
+                "created_at": rfc3339(e.created_at),
             })
         })
         .collect();

@@ -1,12 +1,16 @@
-//! Request extractors whose rejections are `ApiError`s: malformed JSON is a
-//! 400, a body of the wrong shape a 422 naming the field, a bad query a 400.
+//! Request extractors whose rejections are `ApiError`s: the API key and its role
+//! (401, 403), malformed JSON a 400, a body of the wrong shape a 422 naming the
+//! field, a bad query a 400.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use crate::auth::Role;
 use crate::error::{ApiError, FieldError};
+use crate::state::AppState;
 
 /// A JSON body. Unknown fields are ignored (SDKs add new ones over time).
 pub struct ApiJson<T>(pub T);
@@ -105,5 +109,61 @@ where
             code: "invalid_query",
             message: format!("Invalid query parameter {}: {}", e.path(), e.inner()),
         })
+    }
+}
+
+/// Any valid key: `admin` or `tokens`. For the two token routes.
+pub struct AnyKey(pub Role);
+
+/// An `admin` key.
+pub struct AdminKey;
+
+/// The API key of `Authorization: Bearer <key>`.
+pub fn bearer_key(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let header = headers
+        .get(AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized("Missing Authorization header: send `Authorization: Bearer <api key>`."))?;
+    let value = header.to_str().map_err(|_| ApiError::Unauthorized("Malformed Authorization header."))?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or(ApiError::Unauthorized("The Authorization header must be `Bearer <api key>`."))
+}
+
+async fn role_of(parts: &Parts, state: &AppState) -> Result<Role, ApiError> {
+    let key = bearer_key(&parts.headers)?;
+    // A key without a current verdict costs a PostgreSQL look-up: an address that
+    // keeps presenting unknown keys is refused before it costs one.
+    let address = parts.extensions.get::<crate::api::rate_limit::ClientAddr>().map(|a| a.0);
+    if let Some(address) = address {
+        if !state.keys.is_known(key) {
+            state.limits.refuse_lookup(address)?;
+        }
+    }
+    let role = state.keys.verify(key).await?;
+    if let (None, Some(address)) = (role, address) {
+        state.limits.count_unknown_key(address);
+    }
+    role.ok_or(ApiError::Unauthorized("Unknown or revoked API key."))
+}
+
+impl FromRequestParts<AppState> for AnyKey {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        role_of(parts, state).await.map(AnyKey)
+    }
+}
+
+impl FromRequestParts<AppState> for AdminKey {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match role_of(parts, state).await? {
+            Role::Admin => Ok(AdminKey),
+            Role::Tokens => {
+                Err(ApiError::Forbidden("This API key may only read tokens; this route needs an admin key."))
+            }
+        }
     }
 }

@@ -27,9 +27,10 @@ use axum::Router;
 use futures_util::FutureExt;
 use tower::Service;
 
-use crate::app::{AppState, REQUEST_TIMEOUT};
+use crate::api::REQUEST_TIMEOUT;
 use crate::error::ApiError;
 use crate::read::answer::Shape;
+use crate::state::AppState;
 
 /// Bodies longer than this (by `Content-Length`) go to the router: a token
 /// read's body is a few dozen bytes.
@@ -119,7 +120,7 @@ fn route(path: &str) -> Option<(&str, Shape)> {
 /// The response for a cached answer, or `None` to let the router handle it.
 fn answer(state: &AppState, parts: &axum::http::request::Parts, body: &[u8], shape: Shape) -> Option<Response> {
     let (slug, _) = route(parts.uri.path())?;
-    let key = crate::auth::bearer_key(&parts.headers).ok()?;
+    let key = crate::api::extract::bearer_key(&parts.headers).ok()?;
     // Either role may read tokens.
     state.keys.recently_verified(key)?;
     let owner = super::tokens::parse_owner(body).ok()?;

@@ -11,14 +11,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::api::extract::AdminKey;
 use crate::api::extract::{ApiJson, ApiQuery};
-use crate::app::AppState;
-use crate::auth::AdminKey;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
-use crate::provisioning::store::{self as writes, Cursor, Order, ProvisionError};
 use crate::provisioning::{self, CreateIntegration, UpdateIntegration};
-use crate::store::integrations::{self, Integration, IntegrationState};
+use crate::state::AppState;
+use crate::store::integrations::{self, Cursor, Integration, IntegrationState, Order};
 use crate::time::rfc3339;
 
 pub fn routes() -> Router<AppState> {
@@ -125,24 +124,10 @@ pub fn view(i: &Integration, config: &Config) -> DataIntegrationView {
     }
 }
 
-impl From<ProvisionError> for ApiError {
-    fn from(err: ProvisionError) -> Self {
-        match err {
-            ProvisionError::SlugTaken => ApiError::conflict("An integration with this slug already exists."),
-            ProvisionError::Db(e) => e.into(),
-            other => ApiError::internal(other),
-        }
-    }
-}
-
 /// Loads an integration by slug or answers 404 `integration_not_found`.
 pub async fn find(state: &AppState, slug: &str) -> ApiResult<Integration> {
     integrations::by_slug(&state.db, state.keyring(), slug)
-        .await
-        .map_err(|e| match e {
-            integrations::IntegrationError::Db(e) => ApiError::from(e),
-            other => ApiError::internal(other),
-        })?
+        .await?
         .ok_or_else(|| ApiError::not_found("integration_not_found", format!("No integration `{slug}`.")))
 }
 
@@ -198,7 +183,7 @@ pub async fn list(
         (None, Some(a)) => Cursor::After(a),
         (None, None) => Cursor::Start,
     };
-    let page = writes::list_page(&state.db, state.keyring(), limit, &cursor, order).await?;
+    let page = integrations::list_page(&state.db, state.keyring(), limit, &cursor, order).await?;
     Ok(Json(DataIntegrationList {
         object: "list",
         data: page.data.iter().map(|i| view(i, &state.config)).collect(),
@@ -216,7 +201,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let draft =
         provisioning::validate_create(body, state.config.allow_private_network).await.map_err(ApiError::invalid)?;
-    let integration = writes::insert(&state.db, state.keyring(), &draft).await?;
+    let integration = integrations::insert(&state.db, state.keyring(), &draft).await?;
     tracing::info!(integration = %integration.slug, id = %integration.id, "integration created");
     Ok((StatusCode::CREATED, Json(view(&integration, &state.config))).into_response())
 }
@@ -245,7 +230,7 @@ pub async fn update(
     let draft = provisioning::validate_update(&existing, body, state.config.allow_private_network)
         .await
         .map_err(ApiError::invalid)?;
-    let updated = writes::update(&state.db, state.keyring(), &existing.id, &draft)
+    let updated = integrations::update(&state.db, state.keyring(), &existing.id, &draft)
         .await?
         .ok_or_else(|| ApiError::not_found("integration_not_found", format!("No integration `{slug}`.")))?;
     // Cached entries carry `missing_scopes` computed from the old scopes.
@@ -257,7 +242,7 @@ pub async fn update(
     params(("slug" = String, Path)), responses((status = 204, description = "Deleted with its connected accounts"), (status = 404, description = "No such integration")))]
 pub async fn remove(_: AdminKey, State(state): State<AppState>, Path(slug): Path<String>) -> ApiResult<StatusCode> {
     let existing = find(&state, &slug).await?;
-    let removed = writes::delete(&state.db, &existing)
+    let removed = integrations::delete(&state.db, &existing)
         .await?
         .ok_or_else(|| ApiError::not_found("integration_not_found", format!("No integration `{slug}`.")))?;
     state.integration_changed(&slug).await;

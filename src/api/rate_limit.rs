@@ -18,7 +18,7 @@ use tower_http::map_response_body::{MapResponseBody, MapResponseBodyLayer};
 use tower_http::request_id::{PropagateRequestId, PropagateRequestIdLayer, SetRequestId, SetRequestIdLayer};
 use tower_http::trace::{MakeSpan, ResponseBody, Trace, TraceLayer};
 
-use crate::app::{MakeUlidRequestId, X_REQUEST_ID};
+use crate::api::{MakeUlidRequestId, X_REQUEST_ID};
 use crate::auth::KeyVerifier;
 use crate::limits::{Group, Limits};
 
@@ -120,7 +120,7 @@ where
                 }
             }
         }
-        // Only a key that will be looked up needs the address (`auth.rs`); a token read
+        // Only a key that will be looked up needs the address (`api/extract.rs`); a token read
         // with a verified key is spared the allocation.
         if unverified_key {
             request.extensions_mut().insert(ClientAddr(self.peer));
@@ -134,10 +134,10 @@ impl<S> Limited<S> {
     fn check(&self, group: Group, request: &Request) -> Result<bool, crate::error::ApiError> {
         self.limits.check_address(group, self.peer)?;
         // Only keys verified recently have a limit of their own: an unknown key is
-        // limited by its look-ups (`auth.rs`), and cannot grow this limiter's memory.
-        let Ok(key) = crate::auth::bearer_key(request.headers()) else { return Ok(false) };
+        // limited by its look-ups (`api/extract.rs`), and cannot grow this limiter's memory.
+        let Ok(key) = crate::api::extract::bearer_key(request.headers()) else { return Ok(false) };
         match self.keys.verified_digest(key) {
-            Some(digest) => self.limits.check_key(group, &digest).map(|()| false),
+            Some(digest) => Ok(self.limits.check_key(group, &digest).map(|()| false)?),
             None => Ok(true),
         }
     }

@@ -14,11 +14,11 @@ use axum::Router;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::app::AppState;
-use crate::auth::AnyKey;
+use crate::api::extract::AnyKey;
 use crate::error::{ApiError, FieldError};
 use crate::read::answer::{CredentialAnswer, Shape, TokenAnswer};
 use crate::read::Owner;
+use crate::state::AppState;
 
 /// Longest accepted user, organization or account id.
 const MAX_ID_LEN: usize = 256;
@@ -154,7 +154,7 @@ async fn answer(state: &AppState, slug: &str, owner: &Owner, shape: Shape) -> Re
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        Err(err) => err.into_response(),
+        Err(err) => ApiError::from(err).into_response(),
     }
 }
 

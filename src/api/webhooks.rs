@@ -12,14 +12,14 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::api::extract::AdminKey;
 use crate::api::extract::{ApiJson, ApiQuery};
-use crate::app::AppState;
-use crate::auth::AdminKey;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::events::EventKind;
 use crate::ids::IdKind;
 use crate::outbound as target;
-use crate::webhooks::endpoints::{self, EndpointError, EndpointPatch, EndpointStatus, PageRequest};
+use crate::state::AppState;
+use crate::webhooks::endpoints::{self, EndpointPatch, EndpointStatus, PageRequest};
 
 const MAX_URL_LEN: usize = 2048;
 
@@ -27,15 +27,6 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/webhook_endpoints", get(list_endpoints).post(create_endpoint))
         .route("/webhook_endpoints/{id}", patch(update_endpoint).delete(delete_endpoint))
-}
-
-impl From<EndpointError> for ApiError {
-    fn from(err: EndpointError) -> Self {
-        match err {
-            EndpointError::Db(e) => ApiError::from(e),
-            other => ApiError::internal(other),
-        }
-    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

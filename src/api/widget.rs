@@ -16,17 +16,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::connect::check_owner_id;
-use crate::api::connected_accounts::{disconnect_account, list_data_providers, DataProviderView};
+use crate::api::connected_accounts::{data_provider_view, not_connected, owner_listing, DataProviderView};
+use crate::api::extract::AdminKey;
 use crate::api::extract::ApiJson;
 use crate::api::integrations::find;
-use crate::app::AppState;
-use crate::auth::AdminKey;
 use crate::connect::{self, ConnectRequest};
 use crate::error::{ApiError, ApiResult, FieldError};
+use crate::state::AppState;
+use crate::store::accounts::AccountState;
 use crate::time::rfc3339;
 use crate::widget::{self, WidgetClaims, WidgetTokenError};
 
@@ -154,26 +154,15 @@ pub async fn providers(
     State(state): State<AppState>,
 ) -> ApiResult<Json<WidgetProviders>> {
     let org = claims.organization_id.as_deref();
-    let listed = list_data_providers(&state, &claims.user_id, org).await?;
-    let reasons = sqlx::query(
-        "SELECT id, reauthorization_reason FROM connected_accounts
-         WHERE user_id = $1 AND organization_id IS NOT DISTINCT FROM $2 AND state = 'needs_reauthorization'",
-    )
-    .bind(&claims.user_id)
-    .bind(org)
-    .fetch_all(&state.db)
-    .await?;
-    let reason_of = |account_id: &str| {
-        reasons
-            .iter()
-            .find(|r| r.get::<&str, _>("id") == account_id)
-            .and_then(|r| r.get::<Option<String>, _>("reauthorization_reason"))
-    };
+    let listed = owner_listing(&state, &claims.user_id, org).await?;
     let data = listed
-        .into_iter()
-        .map(|p| {
-            let reauthorization_reason = p.connected_account.as_ref().and_then(|a| reason_of(&a.id));
-            WidgetProvider { provider: p, reauthorization_reason }
+        .iter()
+        .map(|(i, account)| WidgetProvider {
+            provider: data_provider_view(i, account.as_ref()),
+            reauthorization_reason: account
+                .as_ref()
+                .filter(|a| a.state == AccountState::NeedsReauthorization)
+                .and_then(|a| a.reauthorization_reason.clone()),
         })
         .collect();
     Ok(Json(WidgetProviders {
@@ -239,16 +228,7 @@ pub async fn authorize(
     let return_to = widget::pages::done_url(&state.config, opener.as_deref(), back.as_deref());
     let req =
         ConnectRequest { user_id: claims.user_id, organization_id: claims.organization_id, return_to: Some(return_to) };
-    let url = connect::begin(&state, &integration, &req, crate::time::now()).await.map_err(|e| {
-        e.common_answer().unwrap_or_else(|| match e {
-            connect::ConnectError::Db(e) => e.into(),
-            connect::ConnectError::Misconfigured(m) => ApiError::BadRequest {
-                code: "integration_misconfigured",
-                message: format!("The integration cannot start a connection: {m}"),
-            },
-            other => ApiError::internal(other),
-        })
-    })?;
+    let url = connect::begin(&state, &integration, &req, crate::time::now()).await?;
     Ok(Json(crate::api::connect::AuthorizeResponse { url: url.to_string() }))
 }
 
@@ -261,6 +241,10 @@ pub async fn disconnect(
     Path(slug): Path<String>,
 ) -> ApiResult<StatusCode> {
     let integration = find(&state, &slug).await?;
-    disconnect_account(&state, &integration, &claims.user_id, claims.organization_id.as_deref()).await?;
+    state
+        .connections
+        .disconnect(&integration, &claims.user_id, claims.organization_id.as_deref())
+        .await?
+        .ok_or_else(|| not_connected(&slug))?;
     Ok(StatusCode::NO_CONTENT)
 }

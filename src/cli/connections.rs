@@ -9,10 +9,10 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::config::Config;
 use crate::queues::{self, RefreshJob, REFRESH};
 use crate::refresh::{Reason, RefreshOutcome};
+use crate::state::AppState;
 use crate::store::{integrations, schedule};
 
 #[derive(Debug, Subcommand)]

@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::TokenCache;
 use crate::config::Config;
 use crate::oauth::catalog::Catalog;
-use crate::provisioning::store as writes;
 use crate::provisioning::{self, CreateIntegration, CredentialsInput, CustomProviderInput};
 use crate::redis_conn::Redis;
 use crate::secret::Secret;
+use crate::store::integrations;
 
 #[derive(Debug, Subcommand)]
 pub enum IntegrationsCommand {
@@ -120,7 +120,9 @@ impl AddArgs {
 /// Drops an integration's cached tokens (best effort: Redis holds only derived data).
 async fn evict(config: &Config, slug: &str) {
     let cancel = CancellationToken::new();
-    if let Ok(redis) = Redis::start(&config.redis_url, &config.redis_prefix, config.redis_timeout, cancel.clone()) {
+    if let Ok(redis) =
+        Redis::start(&config.redis_url, &config.redis_prefix, config.redis_timeout, &Default::default(), cancel.clone())
+    {
         if redis.wait_connected(Duration::from_secs(3)).await {
             TokenCache::new(redis, config.encryption_keys.clone(), config.min_validity).evict_integration(slug).await;
         } else {
@@ -144,12 +146,12 @@ pub async fn run(config: &Config, cmd: IntegrationsCommand) -> anyhow::Result<()
                         .collect();
                     anyhow::anyhow!("invalid integration:\n{}", lines.join("\n"))
                 })?;
-            let integration = writes::insert(&db, ring, &draft).await?;
+            let integration = integrations::insert(&db, ring, &draft).await?;
             println!("created integration `{}` ({})", integration.slug, integration.id);
             println!("register this redirect URI at the provider: {}", config.redirect_uri(&integration.slug));
         }
         IntegrationsCommand::List { json } => {
-            let all = writes::all(&db, ring).await?;
+            let all = integrations::all(&db, ring).await?;
             if json {
                 let views: Vec<_> = all.iter().map(|i| crate::api::integrations::view(i, config)).collect();
                 println!("{}", serde_json::to_string_pretty(&views)?);
@@ -169,10 +171,11 @@ pub async fn run(config: &Config, cmd: IntegrationsCommand) -> anyhow::Result<()
             }
         }
         IntegrationsCommand::Show { slug } => {
-            let integration =
-                writes::by_slug(&db, ring, &slug).await?.ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
+            let integration = integrations::by_slug(&db, ring, &slug)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
             let mut view = serde_json::to_value(crate::api::integrations::view(&integration, config))?;
-            let counts: serde_json::Map<String, serde_json::Value> = writes::account_counts(&db, &integration.id)
+            let counts: serde_json::Map<String, serde_json::Value> = integrations::account_counts(&db, &integration.id)
                 .await?
                 .into_iter()
                 .map(|(state, n)| (state, n.into()))
@@ -182,10 +185,12 @@ pub async fn run(config: &Config, cmd: IntegrationsCommand) -> anyhow::Result<()
         }
         IntegrationsCommand::Remove { slug, yes } => {
             anyhow::ensure!(yes, "this deletes `{slug}` and every account connected to it; add --yes to confirm");
-            let integration =
-                writes::by_slug(&db, ring, &slug).await?.ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
-            let removed =
-                writes::delete(&db, &integration).await?.ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
+            let integration = integrations::by_slug(&db, ring, &slug)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
+            let removed = integrations::delete(&db, &integration)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
             evict(config, &slug).await;
             println!("removed integration `{slug}` and {removed} connected account(s)");
         }

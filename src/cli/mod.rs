@@ -108,7 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     crate::telemetry::init_logging(config.log_format);
     let cancel = CancellationToken::new();
-    crate::app::cancel_on_signal(cancel.clone());
+    crate::roles::cancel_on_signal(cancel.clone());
     match cli.command {
         Command::Serve => roles::run(config, RoleSet { serve: true, scheduler: false, worker: false }, cancel).await,
         Command::Scheduler => {
@@ -157,7 +157,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn import(config: Config, file: &std::path::Path, cancel: CancellationToken) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let state = crate::app::AppState::new(config, cancel.clone())?;
+    let state = crate::state::AppState::new(config, cancel.clone())?;
     state.redis.wait_connected(std::time::Duration::from_secs(2)).await;
     let bar = indicatif::ProgressBar::new(text.lines().count() as u64);
     bar.set_style(

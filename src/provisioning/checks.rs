@@ -4,7 +4,7 @@
 use url::Url;
 
 use super::{parse_client_auth, parse_content_type, CustomProviderInput, IntegrationDraft};
-use crate::error::FieldError;
+use crate::invalid::FieldError;
 use crate::oauth::catalog::{BodyContentType, Catalog, CatalogError, ClientAuth, SCOPE_SEPARATORS};
 use crate::outbound::{self, Schemes};
 use crate::secret::Secret;

@@ -4,14 +4,13 @@
 //! share it, so both refuse the same input with the same field errors.
 
 mod checks;
-pub mod store;
 
 use std::collections::BTreeMap;
 
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Deserializer};
 
-use crate::error::FieldError;
+use crate::invalid::FieldError;
 use crate::oauth::catalog::{BodyContentType, Catalog, ClientAuth};
 use crate::outbound;
 use crate::secret::Secret;

@@ -25,10 +25,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::{entry_key, Lookup, TokenCache};
 use crate::crypto::KeyRing;
-use crate::error::ApiError;
 use crate::metrics as m;
 use crate::refresh::{Reason, RefreshError, RefreshOutcome, Refresher};
 use crate::store::accounts::{self, Account, AccountError, AccountState};
+use crate::store::integrations::IntegrationError;
+use crate::tasks::Tasks;
 use answer::Answer;
 use integrations::{IntegrationViews, View};
 
@@ -64,8 +65,13 @@ impl Reader {
 
     /// Starts the periodic upkeep of the metrics recorder: histogram samples (read
     /// latencies, refresh durations) pile up in memory between scrapes otherwise.
-    pub fn start_upkeep(&self, recorder: metrics_exporter_prometheus::PrometheusHandle, cancel: CancellationToken) {
-        tokio::spawn(async move {
+    pub fn start_upkeep(
+        &self,
+        recorder: metrics_exporter_prometheus::PrometheusHandle,
+        tasks: &Tasks,
+        cancel: CancellationToken,
+    ) {
+        tasks.spawn("metrics upkeep", async move {
             let mut every = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
@@ -77,15 +83,18 @@ impl Reader {
     }
 
     /// Starts the invalidation subscription that turns the local cache on.
-    pub fn listen(&self, redis_url: &str, cancel: CancellationToken) {
+    pub fn listen(&self, redis_url: &str, tasks: &Tasks, cancel: CancellationToken) {
         let inner = &self.0;
-        tokio::spawn(listener::run(
-            redis_url.to_owned(),
-            inner.cache.channel().to_owned(),
-            inner.cache.local().clone(),
-            inner.cache.redis().clone(),
-            cancel,
-        ));
+        tasks.spawn(
+            "invalidation subscription",
+            listener::run(
+                redis_url.to_owned(),
+                inner.cache.channel().to_owned(),
+                inner.cache.local().clone(),
+                inner.cache.redis().clone(),
+                cancel,
+            ),
+        );
     }
 
     pub fn views(&self) -> &IntegrationViews {
@@ -116,18 +125,13 @@ impl Reader {
     }
 
     /// Answers a read of `slug` for `owner`.
-    pub async fn read(&self, slug: &str, owner: &Owner) -> Result<Answer, ApiError> {
+    pub async fn read(&self, slug: &str, owner: &Owner) -> Result<Answer, ReadError> {
         let started = Instant::now();
         let inner = &self.0;
         let view = match inner.views.get(slug).await {
             Ok(Some(view)) if view.integration.enabled => view,
-            Ok(_) => return Err(not_found(slug)),
-            Err(err) => {
-                return Err(match err {
-                    crate::store::integrations::IntegrationError::Db(db) => ApiError::from(db),
-                    other => ApiError::internal(other),
-                })
-            }
+            Ok(_) => return Err(ReadError::NoIntegration(slug.to_owned())),
+            Err(err) => return Err(err.into()),
         };
         if let Some(ready) = self.local_hit(&view, owner, started) {
             return Ok(Answer::Active(ready));
@@ -157,7 +161,7 @@ impl Reader {
     }
 
     /// Redis, then PostgreSQL; returns the answer and its metric label.
-    async fn read_through(&self, view: &View, key: &str, owner: &Owner) -> Result<(Answer, &'static str), ApiError> {
+    async fn read_through(&self, view: &View, key: &str, owner: &Owner) -> Result<(Answer, &'static str), ReadError> {
         let inner = &self.0;
         let local = inner.cache.local();
         let min_validity = inner.cache.min_validity();
@@ -185,8 +189,7 @@ impl Reader {
             &owner.user_id,
             owner.organization_id.as_deref(),
         )
-        .await
-        .map_err(account_error)?;
+        .await?;
         let account = match found {
             Some(a) if owner.connected_account_id.as_ref().is_none_or(|id| *id == a.id) => a,
             _ => return Ok((Answer::NotInstalled, "not_installed")),
@@ -199,14 +202,13 @@ impl Reader {
         if let Some(answer) = self.serve_fresh(view, key, epoch, &account).await {
             return Ok((answer, "miss"));
         }
-        let outcome =
-            inner.refresher.refresh(integration, &account.id, Reason::OnDemand).await.map_err(refresh_error)?;
+        let outcome = inner.refresher.refresh(integration, &account.id, Reason::OnDemand).await?;
         match outcome {
             RefreshOutcome::Refreshed(a) | RefreshOutcome::AlreadyFresh(a) => {
                 match self.serve_fresh(view, key, epoch, &a).await {
                     Some(answer) => Ok((answer, "refreshed")),
                     // Someone else's token that is already too old again: never serve it.
-                    None => Err(provider_down(None)),
+                    None => Err(ReadError::ProviderDown { retry_after: None }),
                 }
             }
             RefreshOutcome::NeedsReauthorization => Ok((Answer::NeedsReauthorization, "needs_reauthorization")),
@@ -216,14 +218,8 @@ impl Reader {
             RefreshOutcome::NotConnected(_) | RefreshOutcome::OtherIntegration => {
                 Ok((Answer::NotInstalled, "not_installed"))
             }
-            RefreshOutcome::IntegrationInvalid => Err(ApiError::Conflict {
-                code: "integration_invalid",
-                message: format!(
-                    "The provider refused the client credentials of integration `{}`; update them, then retry.",
-                    integration.slug
-                ),
-            }),
-            RefreshOutcome::Transient { retry_after, .. } => Err(provider_down(retry_after)),
+            RefreshOutcome::IntegrationInvalid => Err(ReadError::IntegrationInvalid(integration.slug.clone())),
+            RefreshOutcome::Transient { retry_after, .. } => Err(ReadError::ProviderDown { retry_after }),
         }
     }
 
@@ -244,30 +240,21 @@ impl Reader {
     }
 }
 
-fn not_found(slug: &str) -> ApiError {
-    ApiError::not_found("integration_not_found", format!("There is no enabled integration `{slug}`."))
-}
-
-/// 503 with `Retry-After`: the SDKs retry it.
-fn provider_down(retry_after: Option<Duration>) -> ApiError {
-    let secs = retry_after.map(|d| d.as_secs_f64().ceil() as u64).unwrap_or(2).clamp(1, 300);
-    ApiError::unavailable(
-        "provider_unavailable",
-        "The token has expired and the provider is not answering a refresh right now; retry shortly.",
-        secs,
-    )
-}
-
-fn account_error(err: AccountError) -> ApiError {
-    match err {
-        AccountError::Db(db) => ApiError::from(db),
-        other => ApiError::internal(other),
-    }
-}
-
-fn refresh_error(err: RefreshError) -> ApiError {
-    match err {
-        RefreshError::Account(a) => account_error(a),
-        RefreshError::Db(db) => ApiError::from(db),
-    }
+/// Why a read has no answer to give.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("there is no enabled integration `{0}`")]
+    NoIntegration(String),
+    /// The token is not fresh and the provider does not answer a refresh right now.
+    #[error("the provider is not answering a refresh")]
+    ProviderDown { retry_after: Option<Duration> },
+    /// The provider refused the integration's client credentials.
+    #[error("the provider refused the client credentials of integration `{0}`")]
+    IntegrationInvalid(String),
+    #[error(transparent)]
+    Integration(#[from] IntegrationError),
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    #[error(transparent)]
+    Refresh(#[from] RefreshError),
 }

@@ -22,9 +22,9 @@ use pipes_workers::{within_shutdown_grace, Broker, Publisher, Topology};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::metrics as m;
 use crate::queues;
+use crate::state::AppState;
 
 /// The error a periodic task reports; it is logged and the loop carries on.
 pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
@@ -74,7 +74,8 @@ impl Scheduler {
 
     /// Runs until `cancel` fires; the tick in progress finishes first.
     pub fn spawn(self, cancel: CancellationToken) -> JoinHandle<()> {
-        tokio::spawn(self.run(cancel))
+        let tasks = self.state.tasks.clone();
+        tasks.spawn("scheduler", self.run(cancel))
     }
 
     async fn run(self, cancel: CancellationToken) {
@@ -88,7 +89,10 @@ impl Scheduler {
         // After cancel a publish gives up within the grace period: a silent broker cannot
         // hold the last tick (and so the process) forever.
         let publisher = Publisher::new(&broker).with_shutdown(cancel.clone());
-        let gauges = tokio::spawn(stats::run(self.state.clone(), broker.clone(), topology.clone(), cancel.clone()));
+        let gauges = self.state.tasks.spawn(
+            "scheduler gauges",
+            stats::run(self.state.clone(), broker.clone(), topology.clone(), cancel.clone()),
+        );
         tracing::info!(cron = %config.scheduler_cron_text, tasks = ?self.tasks.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "scheduler running");
         while let Some(next) = config.scheduler_cron.upcoming(Utc).next() {
             let wait = (next - crate::time::now()).to_std().unwrap_or_default();

@@ -10,8 +10,8 @@ use pipes_workers::{Broker, Topology};
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::metrics as m;
+use crate::state::AppState;
 
 const EVERY: Duration = Duration::from_secs(5);
 /// Connected-account counts are refreshed every this many rounds.

@@ -78,6 +78,8 @@ impl<B: Batch> Group<B> {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             if let Some(batch) = self.batch.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                // Not a process task: it ends with its group (the channel closes when the
+                // group drops) and holds no work but the requests waiting on it.
                 tokio::spawn(execute(batch, rx, self.limit, self.counts.clone()));
             }
             tx

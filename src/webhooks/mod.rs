@@ -13,40 +13,25 @@ pub mod endpoints;
 pub mod relay;
 pub mod sign;
 
-use std::time::Duration;
-
-use pipes_workers::Broker;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
-
-/// Pause between attempts to reach the broker at start-up.
-const CONNECT_RETRY: Duration = Duration::from_secs(2);
-
-/// Connects to the broker, retrying until it answers or `cancel` fires.
-pub async fn connect_broker(amqp_url: &str, name: &str, cancel: &CancellationToken) -> Option<Broker> {
-    loop {
-        match Broker::connect(amqp_url, name).await {
-            Ok(broker) => return Some(broker),
-            Err(error) => tracing::warn!(%error, connection = name, "message broker unreachable; retrying"),
-        }
-        tokio::select! {
-            () = cancel.cancelled() => return None,
-            () = tokio::time::sleep(CONNECT_RETRY) => {}
-        }
-    }
-}
+use crate::state::AppState;
 
 /// The outbox relay of the scheduler role, until `cancel` fires.
 pub async fn run_relay(state: AppState, cancel: CancellationToken) {
-    let Some(broker) = connect_broker(&state.config.amqp_url, "pipes-outbox-relay", &cancel).await else { return };
+    let Some(broker) = crate::queues::connect_broker(&state.config.amqp_url, "pipes-outbox-relay", &cancel).await
+    else {
+        return;
+    };
     tracing::info!("outbox relay started");
     relay::Relay::new(state.db.clone(), &broker, &state.config).run(cancel).await;
 }
 
 /// The webhook delivery consumer of the worker role, until `cancel` fires.
 pub async fn run_deliveries(state: AppState, cancel: CancellationToken) {
-    let Some(broker) = connect_broker(&state.config.amqp_url, "pipes-webhooks", &cancel).await else { return };
+    let Some(broker) = crate::queues::connect_broker(&state.config.amqp_url, "pipes-webhooks", &cancel).await else {
+        return;
+    };
     if let Err(error) = deliver::run_consumer(state.db.clone(), broker, &state.config, cancel).await {
         tracing::error!(error = %error, "webhook delivery consumer stopped");
     }

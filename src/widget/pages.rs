@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::app::AppState;
 use crate::config::Config;
+use crate::state::AppState;
 
 const WIDGET_JS: &str = include_str!("../../assets/widget/widget.js");
 const WIDGET_CSS: &str = include_str!("../../assets/widget/widget.css");

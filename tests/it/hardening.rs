@@ -311,7 +311,7 @@ async fn with_an_internal_listener_operations_routes_leave_the_public_port() {
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let internal = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(pipes::app::serve(listener, pipes::roles::internal_router(app.state.clone()), app.cancel.clone()));
+    tokio::spawn(pipes::api::serve(listener, pipes::roles::internal_router(app.state.clone()), app.cancel.clone()));
     for path in ["/metrics", "/health/ready", "/health/live"] {
         let status = app.http.get(format!("{internal}{path}")).send().await.unwrap().status();
         assert_eq!(status, 200, "{path} on the internal port");

@@ -91,7 +91,7 @@ async fn metrics_and_status_tell_the_story_of_a_scripted_flow() {
     pipes::scheduler::refresh_gauges(&app.state).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = listener.local_addr().unwrap();
-    tokio::spawn(pipes::app::serve(listener, pipes::roles::metrics_router(app.state.clone()), app.cancel.clone()));
+    tokio::spawn(pipes::api::serve(listener, pipes::roles::metrics_router(app.state.clone()), app.cancel.clone()));
     let webhook_delivered =
         |m: &HashMap<String, f64>| value(m, "pipes_webhook_deliveries_total", &[("outcome", "delivered")]);
     let mut roles = Vec::new();

@@ -10,9 +10,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use pipes::app::AppState;
 use pipes::cache::Lookup;
 use pipes::demo_provider::{ClientAuthMethod, Fault, Shape};
+use pipes::state::AppState;
 use pipes::store::accounts::{self, Account, AccountState};
 use pipes_workers::lapin::options::QueueDeleteOptions;
 use pipes_workers::Broker;

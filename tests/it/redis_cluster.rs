@@ -8,11 +8,12 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use pipes::app::{self, AppState};
+use pipes::api;
 use pipes::cache::{entry_key, Lookup};
 use pipes::config::Config;
 use pipes::demo_provider::ClientAuthMethod;
 use pipes::refresh::{Reason, RefreshOutcome};
+use pipes::state::AppState;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -71,7 +72,7 @@ async fn spawn_replica(app: &TestApp, cluster: &RedisCluster, cancel: &Cancellat
     let replica = AppState::new(Config::from_settings(&settings).unwrap(), cancel.clone()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(app::serve(listener, app::router(replica.clone()), cancel.clone()));
+    tokio::spawn(api::serve(listener, api::router(replica.clone()), cancel.clone()));
     let local = replica.cache.local().clone();
     assert!(
         eventually(Duration::from_secs(5), async || local.is_enabled()).await.is_some(),

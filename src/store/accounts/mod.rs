@@ -204,6 +204,51 @@ pub async fn fresh_page(
     rows.iter().map(|r| Account::from_row(r, ring)).collect()
 }
 
+/// An account without its tokens: what a listing of an owner's accounts shows.
+#[derive(Debug, Clone)]
+pub struct AccountSummary {
+    pub id: String,
+    pub integration_id: String,
+    pub user_id: String,
+    pub organization_id: Option<String>,
+    pub state: AccountState,
+    pub scopes: Vec<String>,
+    pub reauthorization_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Every account of an owner, without a token read or decrypted.
+pub async fn summaries_for_owner(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    organization_id: Option<&str>,
+) -> Result<Vec<AccountSummary>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, integration_id, user_id, organization_id, state, scopes, reauthorization_reason,
+                created_at, updated_at
+         FROM connected_accounts WHERE user_id = $1 AND organization_id IS NOT DISTINCT FROM $2",
+    )
+    .bind(user_id)
+    .bind(organization_id)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| AccountSummary {
+            id: r.get("id"),
+            integration_id: r.get("integration_id"),
+            user_id: r.get("user_id"),
+            organization_id: r.get("organization_id"),
+            state: AccountState::parse(r.get("state")).unwrap_or(AccountState::Disconnected),
+            scopes: r.get("scopes"),
+            reauthorization_reason: r.get("reauthorization_reason"),
+            created_at: r.get("created_at"),
+            updated_at: r.get("updated_at"),
+        })
+        .collect())
+}
+
 /// What an account is being written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {

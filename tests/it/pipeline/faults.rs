@@ -4,9 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use pipes::app::AppState;
 use pipes::demo_provider::{ClientAuthMethod, Fault};
 use pipes::refresh::{Reason, RefreshOutcome};
+use pipes::state::AppState;
 use pipes::store::accounts::AccountState;
 use pipes_workers::lapin::options::{BasicAckOptions, BasicGetOptions};
 use pipes_workers::Broker;

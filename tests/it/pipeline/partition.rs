@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use pipes::app::AppState;
 use pipes::demo_provider::{ClientAuthMethod, Fault};
 use pipes::roles::RoleSet;
 use pipes::scheduler::claim::{ClaimError, Claims};
 use pipes::scheduler::Tick;
+use pipes::state::AppState;
 use pipes_workers::{Broker, Publisher, DEFAULT_HEARTBEAT};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;

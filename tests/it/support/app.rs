@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pipes::app::{self, AppState};
+use pipes::api;
 use pipes::auth::Role;
 use pipes::config::{Config, Settings};
+use pipes::state::AppState;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -109,7 +110,7 @@ impl TestApp {
         while !state.cache.trusted() && started.elapsed() < Duration::from_secs(5) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::spawn(app::serve_api(listener, app::service(state.clone()), cancel.clone()));
+        tokio::spawn(api::serve_api(listener, api::service(state.clone()), cancel.clone()));
         let (admin_key, _) = pipes::auth::create_key(&state.db, "test-admin", Role::Admin).await.expect("key");
         let (tokens_key, _) = pipes::auth::create_key(&state.db, "test-tokens", Role::Tokens).await.expect("key");
         let http = reqwest::Client::builder()

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use pipes::app::{self, AppState};
+use pipes::api;
 use pipes::cache::entry_key;
 use pipes::config::Config;
 use pipes::demo_provider::ClientAuthMethod;
 use pipes::read::local::{LocalCache, Ready};
 use pipes::secret::Secret;
+use pipes::state::AppState;
 use pipes::store::accounts::{self, AccountState, TokenSet, WriteMode};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -136,7 +137,7 @@ async fn a_disconnect_stops_being_served_by_another_replica_within_a_second() {
     let replica = AppState::new(config, cancel.clone()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let replica_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(app::serve(listener, app::router(replica.clone()), cancel.clone()));
+    tokio::spawn(api::serve(listener, api::router(replica.clone()), cancel.clone()));
     let local = replica.cache.local().clone();
     assert!(eventually(Duration::from_secs(5), async || local.is_enabled()).await.is_some());
     let read_replica = async || -> Value {
@@ -258,7 +259,7 @@ async fn a_disconnect_whose_tombstone_was_lost_is_served_by_no_replica_after_red
     let replica = AppState::new(Config::from_settings(&settings).unwrap(), cancel.clone()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let replica_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(app::serve(listener, app::router(replica.clone()), cancel.clone()));
+    tokio::spawn(api::serve(listener, api::router(replica.clone()), cancel.clone()));
     let replica_local = replica.cache.local().clone();
     assert!(eventually(Duration::from_secs(5), async || replica_local.is_enabled()).await.is_some());
     let reads = async || -> [Value; 2] {

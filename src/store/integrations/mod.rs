@@ -15,6 +15,9 @@ use crate::crypto::{aad, KeyRing};
 use crate::keys::columns;
 use crate::oauth::catalog::{BodyContentType, Catalog, ClientAuth, ProviderSpec, ResolvedUrls, TokenResponseShape};
 
+mod write;
+pub use write::{account_counts, all, delete, insert, list_page, update, Cursor, Order, ProvisionError};
+
 /// A provider that is not in the catalog, described by the integration itself
 /// (the wire shape of DESIGN §3.4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,16 +1,16 @@
-//! The integration writes behind the admin API and the CLI: insert, replace,
+//! Integration writes, for the admin API and the CLI: insert, replace,
 //! delete (with a `disconnected` event per removed account, in the same
 //! transaction) and the cursor-paged list.
 
 use sqlx::{PgPool, Row};
 
-use super::IntegrationDraft;
+use super::{Integration, IntegrationError, SELECT};
 use crate::crypto::{aad, CryptoError, KeyRing};
 use crate::events::{self, EventKind};
 use crate::ids::IdKind;
 use crate::keys::columns;
+use crate::provisioning::IntegrationDraft;
 use crate::store::accounts::{Account, AccountState};
-use crate::store::integrations::{self, Integration, IntegrationError, SELECT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -40,7 +40,7 @@ fn settings_json(draft: &IntegrationDraft) -> serde_json::Value {
 pub async fn insert(db: &PgPool, ring: &KeyRing, draft: &IntegrationDraft) -> Result<Integration, ProvisionError> {
     let id = IdKind::Integration.new_id();
     let sealed = seal_secret(ring, &id, draft)?;
-    let redacted = super::redact(draft.client_secret.as_ref().map(|s| s.expose()));
+    let redacted = crate::provisioning::redact(draft.client_secret.as_ref().map(|s| s.expose()));
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO integrations (id, slug, provider, description, enabled, scopes, client_id, client_secret_enc,
             redacted_secret, custom_provider, settings)
@@ -74,7 +74,7 @@ pub async fn update(
     draft: &IntegrationDraft,
 ) -> Result<Option<Integration>, ProvisionError> {
     let sealed = seal_secret(ring, id, draft)?;
-    let redacted = super::redact(draft.client_secret.as_ref().map(|s| s.expose()));
+    let redacted = crate::provisioning::redact(draft.client_secret.as_ref().map(|s| s.expose()));
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE integrations SET description = $2, enabled = $3, scopes = $4, client_id = $5,
             client_secret_enc = $6, redacted_secret = $7, custom_provider = $8, settings = $9,
@@ -219,5 +219,3 @@ pub async fn account_counts(db: &PgPool, integration_id: &str) -> Result<Vec<(St
     .fetch_all(db)
     .await
 }
-
-pub use integrations::by_slug;
