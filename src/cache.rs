@@ -252,6 +252,7 @@ impl TokenCache {
     /// Caches a connected account's fresh token (no-op when not fresh);
     /// never replaces a newer version. Redis errors are logged and ignored:
     /// PostgreSQL stays the truth.
+    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account.id))]
     pub async fn put(&self, account: &Account, integration: &Integration, now: DateTime<Utc>) {
         let key = entry_key(&self.redis, &integration.slug, &account.user_id, account.organization_id.as_deref());
         let Some((entry, ttl)) = self.entry_for(account, integration, now) else {
@@ -268,6 +269,7 @@ impl TokenCache {
     /// not announced on the invalidation channel, since no replica holds an answer
     /// that it would replace. A refill of a million entries would otherwise be a
     /// million messages to every `serve`. No-op when the token is not fresh.
+    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account.id))]
     pub async fn restore(&self, account: &Account, integration: &Integration, now: DateTime<Utc>) {
         let key = entry_key(&self.redis, &integration.slug, &account.user_id, account.organization_id.as_deref());
         let Some((entry, ttl)) = self.entry_for(account, integration, now) else { return };
@@ -284,6 +286,7 @@ impl TokenCache {
     }
 
     /// Marks an owner's entry as gone as of `version` (reauthorization, disconnect).
+    #[tracing::instrument(level = "debug", skip_all, fields(integration = %slug))]
     pub async fn tombstone(&self, slug: &str, user_id: &str, organization_id: Option<&str>, version: i64) {
         let key = entry_key(&self.redis, slug, user_id, organization_id);
         self.tombstone_key(&key, version).await;
@@ -319,6 +322,7 @@ impl TokenCache {
 
     /// Drops every entry of an integration (its scopes changed, or it was
     /// deleted), then tells every replica to drop its local answers.
+    #[tracing::instrument(level = "debug", skip_all, fields(integration = %slug))]
     pub async fn evict_integration(&self, slug: &str) {
         self.local.integration_changed();
         let Some(mut conn) = self.redis.conn() else { return };

@@ -63,6 +63,7 @@ pub fn requested_scopes(integration: &Integration) -> Vec<String> {
 }
 
 /// Records a new state and returns the provider's authorization URL.
+#[tracing::instrument(level = "debug", skip_all, fields(integration = %integration.slug))]
 pub async fn begin(
     state: &AppState,
     integration: &Integration,
@@ -142,6 +143,7 @@ impl StateRejection {
 }
 
 /// Consumes `raw_state` for `integration` exactly once, before `now` plus its TTL.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn consume_state(
     state: &AppState,
     integration: &Integration,
@@ -218,6 +220,7 @@ fn failure(
 
 /// Finishes a connect attempt: exchanges the code and stores the account with
 /// its `connected` event, or records `connection_failed` and stores nothing.
+#[tracing::instrument(level = "debug", skip_all, fields(integration = %integration.slug))]
 pub async fn complete(
     state: &AppState,
     integration: &Integration,

@@ -41,6 +41,7 @@ impl Connections {
     /// Stores `tokens` for the owner in `state` (scheduled for a refresh when connected),
     /// with its event as `announce` says, then updates the token cache. `Ok(None)` only
     /// for [`WriteMode::UpdateOnly`] without an account.
+    #[tracing::instrument(level = "debug", skip_all, fields(integration = %integration.slug))]
     #[allow(clippy::too_many_arguments)]
     pub async fn store(
         &self,
@@ -99,6 +100,7 @@ impl Connections {
     /// Disconnects the owner's account of `integration`: deleted with its `disconnected`
     /// event, cache tombstoned, then revoked at the provider where possible. `Ok(None)`
     /// when there is none.
+    #[tracing::instrument(level = "debug", skip_all, fields(integration = %integration.slug))]
     pub async fn disconnect(
         &self,
         integration: &Integration,

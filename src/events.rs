@@ -89,6 +89,7 @@ pub fn connection_failed_data(
 }
 
 /// Writes an event to the outbox; call it inside the transaction of the change.
+#[tracing::instrument(level = "debug", skip_all, fields(event = kind.as_str()))]
 pub async fn emit(tx: &mut sqlx::PgConnection, kind: EventKind, data: &Value) -> Result<String, sqlx::Error> {
     let id = IdKind::Event.new_id();
     sqlx::query("INSERT INTO events (id, event, data) VALUES ($1, $2, $3)")
@@ -126,6 +127,7 @@ pub struct StoredEvent {
 }
 
 /// Up to `limit` stored events matching `filter`, in outbox order (its direction).
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn page(db: &sqlx::PgPool, filter: &Filter<'_>, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
     use sqlx::Row;
     let (cmp, dir) = if filter.ascending { (">", "ASC") } else { ("<", "DESC") };

@@ -134,6 +134,7 @@ impl Refresher {
     }
 
     /// Refreshes `account_id` under the single flight.
+    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, integration = %integration.slug))]
     pub async fn refresh(
         &self,
         integration: &Integration,

@@ -102,7 +102,7 @@ pub async fn run(config: Config, roles: RoleSet, cancel: CancellationToken) -> a
 /// `/metrics` and `/health/live` for roles without the HTTP API.
 /// `PIPES_INTERNAL_LISTEN`: the operations routes of `pipes serve`, away from its public port.
 pub fn internal_router(state: AppState) -> Router {
-    crate::api::health::routes().with_state(state)
+    crate::api::health::routes().with_state(state).into()
 }
 
 pub fn metrics_router(state: AppState) -> Router {

@@ -8,9 +8,11 @@ use std::collections::HashMap;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::extract::AdminKey;
 use crate::api::extract::ApiJson;
@@ -20,10 +22,8 @@ use crate::connect::{self, ConnectRequest, Outcome, ProviderAnswer};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::state::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/data-integrations/{slug}/authorize", post(authorize))
-        .route("/data-integrations/{slug}/callback", get(callback))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(authorize)).routes(routes!(callback))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -6,10 +6,12 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::connect::check_owner_id;
 use crate::api::extract::AdminKey;
@@ -23,13 +25,8 @@ use crate::store::accounts::{self, Account, AccountState, AccountSummary, TokenS
 use crate::store::integrations::Integration;
 use crate::time::rfc3339;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/user_management/users/{user_id}/connected_accounts/{slug}",
-            get(show).post(import).put(replace).delete(disconnect),
-        )
-        .route("/user_management/users/{user_id}/data_providers", get(data_providers))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(show, import, replace, disconnect)).routes(routes!(data_providers))
 }
 
 /// A ConnectedAccount. Tokens never appear in it.

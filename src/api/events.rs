@@ -6,10 +6,12 @@
 
 use axum::extract::State;
 use axum::http::Uri;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::extract::AdminKey;
 use crate::api::webhooks::page_request;
@@ -18,8 +20,8 @@ use crate::events::{self, EventKind};
 use crate::state::AppState;
 use crate::time::rfc3339;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/events", get(list_events))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_events))
 }
 
 /// The query, read by hand: serde's query parser cannot take repeated keys.

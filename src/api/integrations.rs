@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::extract::AdminKey;
 use crate::api::extract::{ApiJson, ApiQuery};
@@ -20,10 +22,8 @@ use crate::state::AppState;
 use crate::store::integrations::{self, Cursor, Integration, IntegrationState, Order};
 use crate::time::rfc3339;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/data-integrations", get(list).post(create))
-        .route("/data-integrations/{slug}", get(show).put(update).delete(remove))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(show, update, remove))
 }
 
 /// `credentials` as shown: never the secret.

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestId, RequestId};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -37,17 +38,16 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Every route of `pipes serve` but the token reads, which [`router`]
-/// adds with a state of their own (see `tokens::routes`).
-pub fn routes(config: &crate::config::Config) -> Router<AppState> {
+/// Every route of `pipes serve`, each with its OpenAPI description.
+pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     // With an internal listener, operations routes are served there only.
-    let operations = if config.internal_listen.is_none() { health::routes() } else { Router::new() };
-    Router::new()
+    let operations = if state.config.internal_listen.is_none() { health::routes() } else { OpenApiRouter::new() };
+    OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
         .merge(operations)
-        .merge(openapi::routes())
         .merge(integrations::routes())
         .merge(connect::routes())
         .merge(connected_accounts::routes())
+        .merge(tokens::routes(state))
         .merge(webhooks::routes())
         .merge(events::routes())
         .merge(widget::routes())
@@ -89,8 +89,9 @@ pub fn new_request_id() -> axum::http::HeaderValue {
 
 /// The full HTTP application of `pipes serve`.
 pub fn router(state: AppState) -> Router {
-    routes(&state.config)
-        .merge(tokens::routes(&state))
+    let (routes, doc) = routes(&state).split_for_parts();
+    routes
+        .merge(openapi::route(&openapi::document(doc)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

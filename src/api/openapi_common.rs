@@ -60,7 +60,11 @@ impl Modify for StandardErrors {
 const PATH_EXAMPLES: &[(&str, &str)] = &[("slug", "github"), ("user_id", "user_123")];
 
 fn add_examples(op: &mut Operation) {
-    for param in op.parameters.iter_mut().flatten() {
+    // Parameters the annotations declare inline (a `$ref` names a shared one, left alone).
+    for param in op.parameters.iter_mut().flatten().filter_map(|p| match p {
+        RefOr::T(param) => Some(param),
+        RefOr::Ref(_) => None,
+    }) {
         let Some(example) = PATH_EXAMPLES.iter().find(|(name, _)| *name == param.name).map(|(_, e)| *e) else {
             continue;
         };
@@ -79,8 +83,8 @@ fn error_response(description: &str) -> Response {
 
 fn add_errors(op: &mut Operation) {
     let params = op.parameters.as_deref().unwrap_or_default();
-    let has_path = params.iter().any(|p| matches!(p.parameter_in, ParameterIn::Path));
-    let has_query = params.iter().any(|p| matches!(p.parameter_in, ParameterIn::Query));
+    let located = |at: ParameterIn| params.iter().any(|p| matches!(p, RefOr::T(p) if p.parameter_in == at));
+    let (has_path, has_query) = (located(ParameterIn::Path), located(ParameterIn::Query));
     let has_body = op.request_body.is_some();
     let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
     let mut wanted: Vec<(&str, &str)> = Vec::new();

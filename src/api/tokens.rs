@@ -9,10 +9,11 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
 use serde::Deserialize;
 use utoipa::ToSchema;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::extract::AnyKey;
 use crate::error::{ApiError, FieldError};
@@ -26,11 +27,8 @@ const MAX_ID_LEN: usize = 256;
 /// The two routes, with the state behind one `Arc`: axum clones a route's
 /// state for every request, and on this path that clone would cost more
 /// than the cache hit itself.
-pub fn routes(state: &AppState) -> Router<AppState> {
-    Router::new()
-        .route("/data-integrations/{slug}/token", post(token))
-        .route("/data-integrations/{slug}/credentials", post(credentials))
-        .with_state(Shared(Arc::new(state.clone())))
+pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(token)).routes(routes!(credentials)).with_state(Shared(Arc::new(state.clone())))
 }
 
 /// `AppState` behind an `Arc`.

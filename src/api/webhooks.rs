@@ -7,10 +7,12 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::extract::AdminKey;
 use crate::api::extract::{ApiJson, ApiQuery};
@@ -23,10 +25,10 @@ use crate::webhooks::endpoints::{self, EndpointPatch, EndpointStatus, PageReques
 
 const MAX_URL_LEN: usize = 2048;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/webhook_endpoints", get(list_endpoints).post(create_endpoint))
-        .route("/webhook_endpoints/{id}", patch(update_endpoint).delete(delete_endpoint))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_endpoints, create_endpoint))
+        .routes(routes!(update_endpoint, delete_endpoint))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -13,10 +13,13 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::routing::options;
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::connect::check_owner_id;
 use crate::api::connected_accounts::{data_provider_view, not_connected, owner_listing, DataProviderView};
@@ -30,7 +33,7 @@ use crate::store::accounts::AccountState;
 use crate::time::rfc3339;
 use crate::widget::{self, WidgetClaims, WidgetTokenError};
 
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> OpenApiRouter<AppState> {
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::any())
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
@@ -38,12 +41,15 @@ pub fn routes() -> Router<AppState> {
         .max_age(std::time::Duration::from_secs(600));
     // Each route names OPTIONS itself: the app-wide 405 fallback replaces the
     // method routers' fallbacks, which would bypass the CORS layer for preflights.
-    let api = Router::new()
-        .route("/widget/api/providers", get(providers).options(preflight))
-        .route("/widget/api/{slug}/authorize", post(authorize).options(preflight))
-        .route("/widget/api/{slug}", delete(disconnect).options(preflight))
+    let api = OpenApiRouter::new()
+        .routes(routes!(providers))
+        .route("/widget/api/providers", options(preflight))
+        .routes(routes!(authorize))
+        .route("/widget/api/{slug}/authorize", options(preflight))
+        .routes(routes!(disconnect))
+        .route("/widget/api/{slug}", options(preflight))
         .layer(cors);
-    Router::new().route("/widgets/token", post(create_token)).merge(api).merge(widget::pages::routes())
+    OpenApiRouter::new().routes(routes!(create_token)).merge(api).merge(widget::pages::routes().into())
 }
 
 /// Reached only by an OPTIONS request that is not a CORS preflight.

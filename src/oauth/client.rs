@@ -66,6 +66,7 @@ pub enum Grant<'a> {
 }
 
 /// Calls the token endpoint and classifies the answer (DESIGN §2.4).
+#[tracing::instrument(level = "debug", skip_all, fields(integration = %integration.slug))]
 pub async fn request_token(
     http: &ProviderClient,
     integration: &Integration,
@@ -229,6 +230,7 @@ pub async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<
 }
 
 /// Revokes a token at the provider (RFC 7009). Failures are reported, not fatal.
+#[tracing::instrument(level = "debug", skip_all, fields(integration = %integration.slug))]
 pub async fn revoke(
     http: &ProviderClient,
     integration: &Integration,

@@ -24,7 +24,7 @@ pub(super) async fn run(state: AppState, broker: Broker, topology: Topology, can
         let counts = async {
             queue_depths(&broker, &topology).await;
             accounts_due(&state).await;
-            if round % COUNT_EVERY_ROUNDS == 0 {
+            if round.is_multiple_of(COUNT_EVERY_ROUNDS) {
                 connected_accounts(&state, &mut seen).await;
                 integrations_invalid(&state).await;
             }

@@ -24,6 +24,7 @@ use sqlx::{PgExecutor, Row};
 
 /// Puts the account on the schedule at `refresh_at`, or takes it off (`None`), and
 /// deletes its claim: whatever a claimed job was for, the tokens just written answer it.
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn sync(
     db: impl PgExecutor<'_>,
     account_id: &str,
@@ -71,6 +72,7 @@ pub const SYNC_STORED: &str = "rescheduled AS (
 pub const REFRESH_AT_OF_C: &str = "(SELECT s.refresh_at FROM refresh_schedule s WHERE s.account_id = c.id)";
 
 /// Deletes the claims of accounts being deleted (their schedule rows go with them).
+#[tracing::instrument(level = "debug", skip_all, fields(count = account_ids.len()))]
 pub async fn clear(db: impl PgExecutor<'_>, account_ids: &[String]) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM refresh_claims WHERE account_id = ANY($1)").bind(account_ids).execute(db).await?;
     Ok(())
@@ -78,6 +80,7 @@ pub async fn clear(db: impl PgExecutor<'_>, account_ids: &[String]) -> Result<()
 
 /// Makes the account (connected, with a refresh token: the caller checked) due now and claims it, as `claim_id`, so that no scheduler
 /// publishes a second job beside the one the caller is about to run or publish.
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn claim_now(db: impl PgExecutor<'_>, account_id: &str, claim_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH due AS (
@@ -97,6 +100,7 @@ pub async fn claim_now(db: impl PgExecutor<'_>, account_id: &str, claim_id: &str
 /// Keeps schedulers off the account for `delay` more, while its job's retry waits in a
 /// delay queue. Only an existing claim is moved: a token stored meanwhile deleted it,
 /// and then there is nothing left to wait for.
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn defer(db: impl PgExecutor<'_>, account_id: &str, delay: Duration) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE refresh_claims SET enqueued_at = now() + $2 WHERE account_id = $1")
         .bind(account_id)
@@ -107,6 +111,7 @@ pub async fn defer(db: impl PgExecutor<'_>, account_id: &str, delay: Duration) -
 }
 
 /// Hands the account back to the next claim: its job is done without storing a token.
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn unclaim(db: impl PgExecutor<'_>, account_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM refresh_claims WHERE account_id = $1").bind(account_id).execute(db).await?;
     Ok(())
@@ -231,6 +236,7 @@ impl ClaimBatch {
 /// Reads a window of up to `limit` due entries after `after` and claims those of its
 /// accounts that have no live claim, stamped with `claim_id` ([`CLAIM_SQL`]). Start a
 /// tick from `WalkKey::before(DateTime::UNIX_EPOCH)`.
+#[tracing::instrument(level = "debug", skip_all, fields(claim_id = %claim_id))]
 pub async fn claim(
     db: impl PgExecutor<'_>,
     requeue_after: Duration,
@@ -265,6 +271,7 @@ pub async fn claim(
 
 /// Claims again, as `claim_id`, the accounts of the lost claim `lost` still waiting for
 /// their job ([`RECLAIM_SQL`]).
+#[tracing::instrument(level = "debug", skip_all, fields(claim_id = %claim_id))]
 pub async fn reclaim(db: impl PgExecutor<'_>, lost: &str, claim_id: &str) -> Result<Vec<Claimed>, sqlx::Error> {
     let rows = sqlx::query(RECLAIM_SQL).bind(lost).bind(claim_id).fetch_all(db).await?;
     Ok(rows.iter().map(claimed).collect())
@@ -282,6 +289,7 @@ fn claimed(r: &PgRow) -> Claimed {
 
 /// Deletes the claims of accounts whose job was never confirmed, unless claimed again
 /// since (or moved by a retry).
+#[tracing::instrument(level = "debug", skip_all, fields(count = claimed.len()))]
 pub async fn release(db: impl PgExecutor<'_>, claimed: &[Claimed]) -> Result<(), sqlx::Error> {
     let ids: Vec<&str> = claimed.iter().map(|c| c.account_id.as_str()).collect();
     let stamps: Vec<DateTime<Utc>> = claimed.iter().map(|c| c.enqueued_at).collect();

@@ -148,6 +148,7 @@ fn seal(ring: &KeyRing, column: &str, id: &str, value: Option<&Secret>) -> Resul
         .map_err(|source| AccountError::Crypto { id: id.to_owned(), source })
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(integration_id = %integration_id))]
 pub async fn find_for_owner(
     db: impl PgExecutor<'_>,
     ring: &KeyRing,
@@ -167,6 +168,7 @@ pub async fn find_for_owner(
     row.map(|r| Account::from_row(&r, ring)).transpose()
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %id))]
 pub async fn find_by_id(db: impl PgExecutor<'_>, ring: &KeyRing, id: &str) -> Result<Option<Account>, AccountError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS}, {REFRESH_AT_OF_C} AS refresh_at FROM connected_accounts c WHERE id = $1"
@@ -180,6 +182,7 @@ pub async fn find_by_id(db: impl PgExecutor<'_>, ring: &KeyRing, id: &str) -> Re
 /// Up to `limit` connected accounts with an id after `after`, in id order, whose
 /// access token may be served at `now` ([`policy::servable`]): a page of what the
 /// token cache should hold.
+#[tracing::instrument(level = "debug", skip_all, fields(after = %after))]
 pub async fn fresh_page(
     db: impl PgExecutor<'_>,
     ring: &KeyRing,
@@ -219,6 +222,7 @@ pub struct AccountSummary {
 }
 
 /// Every account of an owner, without a token read or decrypted.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn summaries_for_owner(
     db: impl PgExecutor<'_>,
     user_id: &str,
@@ -262,6 +266,7 @@ pub enum WriteMode {
 
 /// Stores tokens for an owner and returns the account, `connected`, with a
 /// bumped token version. `Ok(None)` only for `UpdateOnly` without an account.
+#[tracing::instrument(level = "debug", skip_all, fields(integration_id = %integration_id))]
 #[allow(clippy::too_many_arguments)]
 pub async fn write_tokens(
     tx: &mut sqlx::PgConnection,
@@ -348,6 +353,7 @@ pub async fn write_tokens(
 
 /// The grant is dead: the user must reauthorize. Tokens are dropped.
 /// Returns the account, or `None` if it was not connected (already marked).
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %id))]
 pub async fn mark_needs_reauthorization(
     tx: &mut sqlx::PgConnection,
     ring: &KeyRing,
@@ -376,6 +382,7 @@ pub async fn mark_needs_reauthorization(
 
 /// Deletes the account (disconnect); returns it as it was, except that its
 /// `token_version` is a fresh one, newer than any cached copy (for the cache tombstone).
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %id))]
 pub async fn delete(tx: &mut sqlx::PgConnection, ring: &KeyRing, id: &str) -> Result<Option<Account>, AccountError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM connected_accounts c WHERE id = $1

@@ -16,6 +16,7 @@ use crate::store::schedule::{self, REFRESH_AT_OF_C};
 
 /// Takes the account's refresh lease (DESIGN §2.3) unless someone holds a live
 /// one. Returns the account as it is now, or `None` when the lease is taken.
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %id))]
 pub async fn try_lease(
     db: impl PgExecutor<'_>,
     ring: &KeyRing,
@@ -36,6 +37,7 @@ pub async fn try_lease(
     row.map(|r| Account::from_row(&r, ring)).transpose()
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %id))]
 pub async fn release_lease(db: impl PgExecutor<'_>, id: &str, lease_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE connected_accounts SET lease_id = NULL, lease_until = NULL WHERE id = $1 AND lease_id = $2")
         .bind(id)
@@ -48,6 +50,7 @@ pub async fn release_lease(db: impl PgExecutor<'_>, id: &str, lease_id: &str) ->
 /// Stores a refresh result under the fencing check: only the lease holder, and
 /// only while the account is still connected. `Ok(None)` when fenced off. One
 /// statement with the schedule's ([`schedule::SYNC_STORED`]).
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %id))]
 pub async fn store_refreshed(
     db: impl PgExecutor<'_>,
     ring: &KeyRing,
@@ -84,6 +87,7 @@ pub async fn store_refreshed(
 }
 
 /// Records a transient failure and frees the lease; the account stays connected.
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %id))]
 pub async fn record_transient_failure(
     db: impl PgExecutor<'_>,
     id: &str,

@@ -235,6 +235,7 @@ pub fn custom_spec(slug: &str, c: &CustomProvider) -> ProviderSpec {
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(slug = %slug))]
 pub async fn by_slug(
     db: impl PgExecutor<'_>,
     ring: &KeyRing,
@@ -245,12 +246,14 @@ pub async fn by_slug(
     row.map(|r| Integration::from_row(&r, ring)).transpose()
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(integration_id = %id))]
 pub async fn by_id(db: impl PgExecutor<'_>, ring: &KeyRing, id: &str) -> Result<Option<Integration>, IntegrationError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1"))).bind(id).fetch_optional(db).await?;
     row.map(|r| Integration::from_row(&r, ring)).transpose()
 }
 
 /// Marks the integration's credentials as refused by the provider (DESIGN §2.4).
+#[tracing::instrument(level = "debug", skip_all, fields(integration_id = %id))]
 pub async fn mark_invalid(db: impl PgExecutor<'_>, id: &str, reason: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE integrations SET state = 'invalid', state_reason = $2, updated_at = now() WHERE id = $1")
         .bind(id)

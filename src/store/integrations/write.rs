@@ -37,6 +37,7 @@ fn settings_json(draft: &IntegrationDraft) -> serde_json::Value {
 }
 
 /// Stores a new integration; its client secret is sealed to the new row.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert(db: &PgPool, ring: &KeyRing, draft: &IntegrationDraft) -> Result<Integration, ProvisionError> {
     let id = IdKind::Integration.new_id();
     let sealed = seal_secret(ring, &id, draft)?;
@@ -67,6 +68,7 @@ pub async fn insert(db: &PgPool, ring: &KeyRing, draft: &IntegrationDraft) -> Re
 }
 
 /// Replaces a stored integration with a validated draft. `None` if it is gone.
+#[tracing::instrument(level = "debug", skip_all, fields(integration_id = %id))]
 pub async fn update(
     db: &PgPool,
     ring: &KeyRing,
@@ -102,6 +104,7 @@ pub async fn update(
 
 /// Deletes an integration with its accounts and pending states; emits one
 /// `disconnected` event per account. Returns how many accounts went, or `None`.
+#[tracing::instrument(level = "debug", skip_all, fields(integration = %integration.slug))]
 pub async fn delete(db: &PgPool, integration: &Integration) -> Result<Option<u64>, ProvisionError> {
     let mut tx = db.begin().await?;
     let rows = sqlx::query(
@@ -167,6 +170,7 @@ pub struct Page {
 }
 
 /// Lists integrations by id (ULIDs, so creation order), `limit` per page.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list_page(
     db: &PgPool,
     ring: &KeyRing,
@@ -205,6 +209,7 @@ pub async fn list_page(
 }
 
 /// Every integration (the CLI's list), oldest first.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn all(db: &PgPool, ring: &KeyRing) -> Result<Vec<Integration>, ProvisionError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} ORDER BY id"))).fetch_all(db).await?;
     Ok(rows.iter().map(|r| Integration::from_row(r, ring)).collect::<Result<Vec<_>, _>>()?)
