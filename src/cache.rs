@@ -239,7 +239,7 @@ impl TokenCache {
         }
         let ttl = crate::policy::cache_ttl(account.expires_at, now, self.min_validity)?;
         let entry = CachedToken {
-            account_id: account.id.clone(),
+            account_id: account.id.to_string(),
             version: account.token_version,
             access_token: account.access_token.clone()?,
             expires_at: account.expires_at,

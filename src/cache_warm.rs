@@ -24,6 +24,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::ids::IntegrationId;
 use crate::state::AppState;
 use crate::store::accounts;
 use crate::store::integrations::{self, Integration};
@@ -74,7 +75,7 @@ pub async fn refill_if_lost(state: &AppState, cancel: &CancellationToken) -> any
 /// Writes every servable account's entry, page by page, until done or cancelled.
 pub async fn refill(state: &AppState, cancel: &CancellationToken) -> anyhow::Result<u64> {
     let started = Instant::now();
-    let mut loaded: HashMap<String, Option<Integration>> = HashMap::new();
+    let mut loaded: HashMap<IntegrationId, Option<Integration>> = HashMap::new();
     let mut after = String::new();
     let mut written = 0u64;
     while !cancel.is_cancelled() {
@@ -88,7 +89,7 @@ pub async fn refill(state: &AppState, cancel: &CancellationToken) -> anyhow::Res
         )
         .await?;
         let Some(last) = page.last() else { break };
-        after = last.id.clone();
+        after = last.id.to_string();
         for account in &page {
             if !loaded.contains_key(&account.integration_id) {
                 let integration = integrations::by_id(&state.db, state.keyring(), &account.integration_id).await?;

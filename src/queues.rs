@@ -5,6 +5,7 @@ use pipes_workers::{QueueSpec, Topology};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::ids::{AccountId, IntegrationId};
 
 pub const REFRESH: &str = "refresh";
 pub const WEBHOOKS: &str = "webhooks";
@@ -37,7 +38,7 @@ pub fn topology(config: &Config) -> Topology {
 #[serde(tag = "type")]
 pub enum RefreshJob {
     #[serde(rename = "refresh.v1")]
-    V1 { account_id: String, integration_id: String },
+    V1 { account_id: AccountId, integration_id: IntegrationId },
 }
 
 /// A webhook delivery job: one event to one endpoint.

@@ -116,7 +116,7 @@ impl Handler for RefreshHandler {
             Ok(RefreshOutcome::OtherIntegration) => {
                 metrics::counter!(crate::metrics::REFRESH_JOBS_DROPPED, "reason" => "integration_mismatch")
                     .increment(1);
-                tracing::warn!(integration_id, "a refresh job names another integration than its account's; dropped");
+                tracing::warn!(%integration_id, "a refresh job names another integration than its account's; dropped");
                 Outcome::Done
             }
             Ok(RefreshOutcome::Transient { reason, retry_after }) => {

@@ -47,7 +47,7 @@ pub struct ConnectedAccountView {
 pub fn view(a: &Account) -> ConnectedAccountView {
     ConnectedAccountView {
         object: "connected_account",
-        id: a.id.clone(),
+        id: a.id.to_string(),
         user_id: a.user_id.clone(),
         organization_id: a.organization_id.clone(),
         scopes: a.scopes.clone(),
@@ -287,7 +287,7 @@ pub async fn owner_listing(
 pub fn data_provider_view(i: &Integration, account: Option<&AccountSummary>) -> DataProviderView {
     DataProviderView {
         object: "data_provider",
-        id: i.id.clone(),
+        id: i.id.to_string(),
         name: i.display_name(),
         description: if i.description.is_empty() {
             i.spec().map(|s| s.description.clone()).unwrap_or_default()
@@ -303,7 +303,7 @@ pub fn data_provider_view(i: &Integration, account: Option<&AccountSummary>) -> 
         scopes: i.scopes.clone(),
         connected_account: account.map(|a| ConnectedAccountView {
             object: "connected_account",
-            id: a.id.clone(),
+            id: a.id.to_string(),
             user_id: a.user_id.clone(),
             organization_id: a.organization_id.clone(),
             scopes: a.scopes.clone(),

@@ -86,7 +86,7 @@ fn wire_name<T: Serialize>(value: &T) -> String {
 pub fn view(i: &Integration, config: &Config) -> DataIntegrationView {
     DataIntegrationView {
         object: "data_integration",
-        id: i.id.clone(),
+        id: i.id.to_string(),
         slug: i.slug.clone(),
         integration_type: if i.custom_provider.is_some() { "custom".to_owned() } else { i.provider.clone() },
         ownership: "user",

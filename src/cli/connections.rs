@@ -214,7 +214,7 @@ async fn refresh(config: &Config, db: &PgPool, id: &str, inline: bool) -> anyhow
     .ok_or_else(|| anyhow::anyhow!("the message broker is unreachable; try --inline"))?;
     let topology = queues::topology(config);
     topology.declare(&broker.channel().await?).await?;
-    let job = RefreshJob::V1 { account_id: row.id.clone(), integration_id: row.integration_id.clone() };
+    let job = RefreshJob::V1 { account_id: row.id.clone().into(), integration_id: row.integration_id.clone().into() };
     pipes_workers::Publisher::new(&broker)
         .publish(&topology.work_queue(REFRESH), &job, pipes_workers::Headers::new())
         .await?;

@@ -22,6 +22,8 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
 
+use crate::ids::{AccountId, IntegrationId};
+
 /// Puts the account on the schedule at `refresh_at`, or takes it off (`None`), and
 /// deletes its claim: whatever a claimed job was for, the tokens just written answer it.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
@@ -73,7 +75,7 @@ pub const REFRESH_AT_OF_C: &str = "(SELECT s.refresh_at FROM refresh_schedule s 
 
 /// Deletes the claims of accounts being deleted (their schedule rows go with them).
 #[tracing::instrument(level = "debug", skip_all, fields(count = account_ids.len()))]
-pub async fn clear(db: impl PgExecutor<'_>, account_ids: &[String]) -> Result<(), sqlx::Error> {
+pub async fn clear(db: impl PgExecutor<'_>, account_ids: &[AccountId]) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM refresh_claims WHERE account_id = ANY($1)").bind(account_ids).execute(db).await?;
     Ok(())
 }
@@ -186,8 +188,8 @@ RETURNING c.account_id AS id, s.integration_id, i.slug, c.enqueued_at, s.refresh
 /// One claimed account.
 #[derive(Debug, Clone)]
 pub struct Claimed {
-    pub account_id: String,
-    pub integration_id: String,
+    pub account_id: AccountId,
+    pub integration_id: IntegrationId,
     pub provider: String,
     pub enqueued_at: DateTime<Utc>,
     pub refresh_at: DateTime<Utc>,

@@ -232,7 +232,7 @@ async fn connections_are_listed_shown_and_refreshed_from_the_cli() {
     let list = pipes(&app, &["connections", "list"], &[]).await;
     list.ok();
     for (account, state) in [(&first, "connected"), (&second, "needs_reauthorization")] {
-        let line = list.stdout.lines().find(|l| l.starts_with(&account.id)).expect("listed");
+        let line = list.stdout.lines().find(|l| l.starts_with(account.id.as_str())).expect("listed");
         let columns: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(columns[1..4], ["cli-demo", account.user_id.as_str(), state], "{line}");
     }

@@ -71,7 +71,7 @@ async fn a_revoked_grant_marks_reauthorization_with_one_event() {
         sqlx::query_as("SELECT event, data FROM events").fetch_all(&app.db).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].0, "pipes.connected_account.reauthorization_needed");
-    assert_eq!(events[0].1["id"], account.id);
+    assert_eq!(events[0].1["id"], account.id.as_str());
     assert_eq!(events[0].1["state"], "needs_reauthorization");
 }
 

@@ -11,7 +11,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
 
 use crate::crypto::{aad, CryptoError, KeyRing};
-use crate::ids::IdKind;
+use crate::ids::{AccountId, IntegrationId};
 use crate::keys::columns;
 use crate::policy;
 use crate::secret::Secret;
@@ -52,8 +52,8 @@ impl AccountState {
 /// A connected account with its tokens decrypted. `Debug` shows `***` for tokens.
 #[derive(Debug, Clone)]
 pub struct Account {
-    pub id: String,
-    pub integration_id: String,
+    pub id: AccountId,
+    pub integration_id: IntegrationId,
     pub user_id: String,
     pub organization_id: Option<String>,
     pub state: AccountState,
@@ -129,7 +129,7 @@ impl Account {
             reauthorization_reason: row.get("reauthorization_reason"),
             created_at: row.get("created_at"),
             updated_at: row.get("updated_at"),
-            id,
+            id: id.into(),
         })
     }
 
@@ -210,8 +210,8 @@ pub async fn fresh_page(
 /// An account without its tokens: what a listing of an owner's accounts shows.
 #[derive(Debug, Clone)]
 pub struct AccountSummary {
-    pub id: String,
-    pub integration_id: String,
+    pub id: AccountId,
+    pub integration_id: IntegrationId,
     pub user_id: String,
     pub organization_id: Option<String>,
     pub state: AccountState,
@@ -293,7 +293,7 @@ pub async fn write_tokens(
         (Some(_), WriteMode::InsertOnly) => return Err(AccountError::Exists),
         (None, WriteMode::UpdateOnly) => return Ok(None),
         (Some(id), _) => (id, false),
-        (None, _) => (IdKind::ConnectedAccount.new_id(), true),
+        (None, _) => (AccountId::generate().into(), true),
     };
     let access = seal(ring, columns::ACCESS_TOKEN, &id, Some(&tokens.access_token))?;
     let refresh = seal(ring, columns::REFRESH_TOKEN, &id, tokens.refresh_token.as_ref())?;

@@ -12,6 +12,7 @@ use sqlx::{PgExecutor, Row};
 use url::Url;
 
 use crate::crypto::{aad, KeyRing};
+use crate::ids::IntegrationId;
 use crate::keys::columns;
 use crate::oauth::catalog::{BodyContentType, Catalog, ClientAuth, ProviderSpec, ResolvedUrls, TokenResponseShape};
 
@@ -71,7 +72,7 @@ pub enum IntegrationState {
 /// One integration with its secret decrypted. `Debug` never shows the secret.
 #[derive(Debug, Clone)]
 pub struct Integration {
-    pub id: String,
+    pub id: IntegrationId,
     pub slug: String,
     /// The catalog slug, or the integration's own slug for a custom provider.
     pub provider: String,
@@ -151,7 +152,7 @@ impl Integration {
             created_at: row.get("created_at"),
             updated_at: row.get("updated_at"),
             derived: Arc::default(),
-            id,
+            id: id.into(),
         })
     }
 

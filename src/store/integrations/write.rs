@@ -7,7 +7,7 @@ use sqlx::{PgPool, Row};
 use super::{Integration, IntegrationError, SELECT};
 use crate::crypto::{aad, CryptoError, KeyRing};
 use crate::events::{self, EventKind};
-use crate::ids::IdKind;
+use crate::ids::{AccountId, IdKind};
 use crate::keys::columns;
 use crate::provisioning::IntegrationDraft;
 use crate::store::accounts::{Account, AccountState};
@@ -114,7 +114,7 @@ pub async fn delete(db: &PgPool, integration: &Integration) -> Result<Option<u64
     .bind(&integration.id)
     .fetch_all(&mut *tx)
     .await?;
-    let ids: Vec<String> = rows.iter().map(|row| row.get("id")).collect();
+    let ids: Vec<AccountId> = rows.iter().map(|row| row.get("id")).collect();
     crate::store::schedule::clear(&mut *tx, &ids).await?;
     for row in &rows {
         let account = Account {
@@ -198,8 +198,8 @@ pub async fn list_page(
     if backwards {
         data.reverse();
     }
-    let first = data.first().map(|i| i.id.clone());
-    let last = data.last().map(|i| i.id.clone());
+    let first = data.first().map(|i| i.id.to_string());
+    let last = data.last().map(|i| i.id.to_string());
     let (before, after) = match cursor {
         Cursor::Start => (None, if more { last } else { None }),
         Cursor::After(_) => (first, if more { last } else { None }),

@@ -327,7 +327,7 @@ async fn the_claim_reads_one_window_per_batch_and_walks_past_a_backlog() {
     // The last accounts' claims go (their jobs dead-lettered, say). The next walk from the
     // start finds two full windows of accounts still enqueued, claims nothing there, and
     // goes on to claim exactly the released ones.
-    let released: Vec<String> = sqlx::query_scalar(
+    let released: Vec<pipes::ids::AccountId> = sqlx::query_scalar(
         "DELETE FROM refresh_claims WHERE account_id IN
            (SELECT account_id FROM refresh_claims ORDER BY refresh_at DESC, account_id DESC LIMIT 3000)
          RETURNING account_id",

@@ -318,7 +318,7 @@ async fn an_integration_enabled_again_has_its_accounts_behind_the_mark_claimed_o
     for user in ["a", "b"] {
         behind.push(seed_account(&app, &off, user, None, Duration::from_secs(3600)).await.0.id);
     }
-    let due = |ids: Vec<String>, ago: &str| {
+    let due = |ids: Vec<pipes::ids::AccountId>, ago: &str| {
         sqlx::query("UPDATE refresh_schedule SET refresh_at = now() - $2::interval WHERE account_id = ANY($1)")
             .bind(ids)
             .bind(ago.to_owned())

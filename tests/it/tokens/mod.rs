@@ -227,7 +227,7 @@ async fn an_expired_token_without_a_refresh_token_marks_reauthorization_with_its
         sqlx::query_as("SELECT event, data FROM events").fetch_all(&app.db).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].0, "pipes.connected_account.reauthorization_needed");
-    assert_eq!(events[0].1["id"], account.id);
+    assert_eq!(events[0].1["id"], account.id.as_str());
     assert_eq!(p.demo.stats().token_requests, 0, "nothing to refresh with");
     // A non-expired token without a refresh token is served as is.
     let fresh = seed_without_refresh_token(&app, &p, "u2", Utc::now() + chrono::Duration::hours(1)).await;
