@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
             &mut tx,
             ring,
             WriteMode::Upsert,
-            &integration_id,
+            &integration_id.clone().into(),
             &format!("user-{i}"),
             None,
             &tokens,

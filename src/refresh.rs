@@ -25,6 +25,7 @@ use sqlx::PgPool;
 use crate::cache::TokenCache;
 use crate::crypto::KeyRing;
 use crate::events::{self, EventKind};
+use crate::ids::AccountId;
 use crate::metrics as m;
 use crate::oauth::client::{request_token, Grant};
 use crate::oauth::response::TokenError;
@@ -79,7 +80,7 @@ pub struct Refresher {
     wait_for_holder: Duration,
     min_validity: Duration,
     refresh_lead: Duration,
-    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    locks: Arc<Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>>,
     /// Leases and stores of concurrent refreshes, each group one statement.
     leases: Arc<Group<LeaseBatch>>,
     stores: Arc<Group<StoreBatch>>,
@@ -138,12 +139,12 @@ impl Refresher {
     pub async fn refresh(
         &self,
         integration: &Integration,
-        account_id: &str,
+        account_id: &AccountId,
         reason: Reason,
     ) -> Result<RefreshOutcome, RefreshError> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-            locks.entry(account_id.to_owned()).or_default().clone()
+            locks.entry(account_id.clone()).or_default().clone()
         };
         let result = {
             let _guard = lock.lock().await;
@@ -159,7 +160,7 @@ impl Refresher {
     async fn refresh_locked(
         &self,
         integration: &Integration,
-        account_id: &str,
+        account_id: &AccountId,
         reason: Reason,
     ) -> Result<RefreshOutcome, RefreshError> {
         let lease_id = ulid::Ulid::new().to_string();
@@ -320,7 +321,7 @@ impl Refresher {
 
     /// Takes the account's lease ([`accounts::try_lease`]), in one statement with the
     /// other refreshes asking at the same moment.
-    async fn try_lease(&self, account_id: &str, lease_id: &str) -> Result<Option<Account>, AccountError> {
+    async fn try_lease(&self, account_id: &AccountId, lease_id: &str) -> Result<Option<Account>, AccountError> {
         match self.leases.submit((account_id.to_owned(), lease_id.to_owned())).await {
             Answer::Done(row) => row.map(|r| Account::from_row(&r, &self.ring)).transpose(),
             Answer::Failed(err) => Err(AccountError::Db(err)),
@@ -337,7 +338,7 @@ impl Refresher {
         tokens: &TokenSet,
         refresh_at: Option<DateTime<Utc>>,
     ) -> Result<Option<Account>, AccountError> {
-        let account_id = leased.id.as_str();
+        let account_id = &leased.id;
         if let Some(request) = StoreRequest::new(&self.ring, account_id, lease_id, tokens, refresh_at)? {
             match self.stores.submit(request).await {
                 Answer::Done(row) => return Ok(row.map(|r| Account::after_store(leased, tokens, &r))),

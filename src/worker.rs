@@ -16,6 +16,7 @@ use pipes_workers::{run_consumer, Handler, JobContext, Outcome, QueueSpec};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::ids::{AccountId, IntegrationId};
 use crate::queues::{self, RefreshJob, REFRESH};
 use crate::refresh::{Reason, RefreshOutcome};
 use crate::state::AppState;
@@ -27,7 +28,7 @@ use crate::store::schedule;
 const INTEGRATION_TTL: Duration = Duration::from_secs(5);
 
 /// Integrations by id, with when each was loaded.
-type LoadedIntegrations = HashMap<String, (Instant, Arc<Integration>)>;
+type LoadedIntegrations = HashMap<IntegrationId, (Instant, Arc<Integration>)>;
 
 /// Handles refresh jobs.
 #[derive(Clone)]
@@ -48,7 +49,10 @@ impl RefreshHandler {
         RefreshHandler { state, spec, integrations: Arc::default() }
     }
 
-    async fn integration(&self, id: &str) -> Result<Option<Arc<Integration>>, integrations::IntegrationError> {
+    async fn integration(
+        &self,
+        id: &IntegrationId,
+    ) -> Result<Option<Arc<Integration>>, integrations::IntegrationError> {
         {
             let cache = self.integrations.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((loaded, integration)) = cache.get(id) {
@@ -68,14 +72,14 @@ impl RefreshHandler {
 
     /// Keeps the scheduler off an account while its retry waits in a delay queue
     /// (`delay: Some`), or hands it back to the next scheduler pass (`None`).
-    async fn mark_pending(&self, account_id: &str, delay: Option<Duration>) {
+    async fn mark_pending(&self, account_id: &AccountId, delay: Option<Duration>) {
         let result = match delay {
             Some(delay) => schedule::defer(&self.state.db, account_id, delay).await,
             None => schedule::unclaim(&self.state.db, account_id).await,
         };
         if let Err(err) = result {
             // Harmless: the claim expires after PIPES_REQUEUE_AFTER either way.
-            tracing::debug!(error = %err, account_id, "the account's claim not updated");
+            tracing::debug!(error = %err, %account_id, "the account's claim not updated");
         }
     }
 }
@@ -129,7 +133,13 @@ impl Handler for RefreshHandler {
 }
 
 impl RefreshHandler {
-    async fn transient(&self, account_id: &str, ctx: &JobContext, reason: String, after: Option<Duration>) -> Outcome {
+    async fn transient(
+        &self,
+        account_id: &AccountId,
+        ctx: &JobContext,
+        reason: String,
+        after: Option<Duration>,
+    ) -> Outcome {
         let delay = self.spec.retry_delay(ctx.attempt, after);
         self.mark_pending(account_id, delay).await;
         Outcome::Retry { after, reason }

@@ -173,11 +173,12 @@ async fn refresh(config: &Config, db: &PgPool, id: &str, inline: bool) -> anyhow
     anyhow::ensure!(row.has_refresh_token, "account `{id}` has no refresh token; the user must reconnect it");
     // Due now, so the worker's scheduled refresh does not skip it as fresh; claimed so a
     // scheduler does not publish a second job for it.
+    let id = &crate::ids::AccountId::from(id);
     schedule::claim_now(db, id, &schedule::new_claim_id()).await?;
     if inline {
         let cancel = CancellationToken::new();
         let state = AppState::new(config.clone(), cancel.clone())?;
-        let integration = integrations::by_id(db, state.keyring(), &row.integration_id)
+        let integration = integrations::by_id(db, state.keyring(), &row.integration_id.clone().into())
             .await?
             .ok_or_else(|| anyhow::anyhow!("integration {} is gone", row.integration_id))?;
         let outcome = state.refresher.refresh(&integration, id, Reason::Scheduled).await?;

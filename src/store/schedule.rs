@@ -29,8 +29,8 @@ use crate::ids::{AccountId, IntegrationId};
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn sync(
     db: impl PgExecutor<'_>,
-    account_id: &str,
-    integration_id: &str,
+    account_id: &AccountId,
+    integration_id: &IntegrationId,
     refresh_at: Option<DateTime<Utc>>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -83,7 +83,7 @@ pub async fn clear(db: impl PgExecutor<'_>, account_ids: &[AccountId]) -> Result
 /// Makes the account (connected, with a refresh token: the caller checked) due now and claims it, as `claim_id`, so that no scheduler
 /// publishes a second job beside the one the caller is about to run or publish.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
-pub async fn claim_now(db: impl PgExecutor<'_>, account_id: &str, claim_id: &str) -> Result<(), sqlx::Error> {
+pub async fn claim_now(db: impl PgExecutor<'_>, account_id: &AccountId, claim_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH due AS (
            INSERT INTO refresh_schedule (account_id, integration_id, refresh_at)
@@ -103,7 +103,7 @@ pub async fn claim_now(db: impl PgExecutor<'_>, account_id: &str, claim_id: &str
 /// delay queue. Only an existing claim is moved: a token stored meanwhile deleted it,
 /// and then there is nothing left to wait for.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
-pub async fn defer(db: impl PgExecutor<'_>, account_id: &str, delay: Duration) -> Result<(), sqlx::Error> {
+pub async fn defer(db: impl PgExecutor<'_>, account_id: &AccountId, delay: Duration) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE refresh_claims SET enqueued_at = now() + $2 WHERE account_id = $1")
         .bind(account_id)
         .bind(delay)
@@ -114,7 +114,7 @@ pub async fn defer(db: impl PgExecutor<'_>, account_id: &str, delay: Duration) -
 
 /// Hands the account back to the next claim: its job is done without storing a token.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
-pub async fn unclaim(db: impl PgExecutor<'_>, account_id: &str) -> Result<(), sqlx::Error> {
+pub async fn unclaim(db: impl PgExecutor<'_>, account_id: &AccountId) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM refresh_claims WHERE account_id = $1").bind(account_id).execute(db).await?;
     Ok(())
 }

@@ -43,7 +43,7 @@ where
 }
 
 pub async fn load(app: &TestApp, id: &str) -> Account {
-    accounts::find_by_id(&app.db, app.state.keyring(), id).await.unwrap().expect("account exists")
+    accounts::find_by_id(&app.db, app.state.keyring(), &id.into()).await.unwrap().expect("account exists")
 }
 
 /// A refresh of the account is under way (its lease is held).

@@ -186,10 +186,10 @@ async fn a_batched_lease_skips_held_and_locked_accounts_and_a_batched_store_is_f
         .unwrap();
 
     let batch = LeaseBatch { db: app.db.clone(), lease };
-    let requests: Vec<(String, String)> =
+    let requests: Vec<pipes::store::accounts::LeaseRequest> =
         [(free, "l1"), (held, "l2"), (expired, "l3"), (locked, "l4"), (gone, "l5"), (free, "l6")]
             .iter()
-            .map(|(id, lease)| (id.to_string(), lease.to_string()))
+            .map(|(id, lease)| (id.to_string().into(), lease.to_string()))
             .collect();
     let leased = tokio::time::timeout(Duration::from_secs(5), batch.run(&requests))
         .await

@@ -152,7 +152,7 @@ fn seal(ring: &KeyRing, column: &str, id: &str, value: Option<&Secret>) -> Resul
 pub async fn find_for_owner(
     db: impl PgExecutor<'_>,
     ring: &KeyRing,
-    integration_id: &str,
+    integration_id: &IntegrationId,
     user_id: &str,
     organization_id: Option<&str>,
 ) -> Result<Option<Account>, AccountError> {
@@ -169,7 +169,11 @@ pub async fn find_for_owner(
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %id))]
-pub async fn find_by_id(db: impl PgExecutor<'_>, ring: &KeyRing, id: &str) -> Result<Option<Account>, AccountError> {
+pub async fn find_by_id(
+    db: impl PgExecutor<'_>,
+    ring: &KeyRing,
+    id: &AccountId,
+) -> Result<Option<Account>, AccountError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS}, {REFRESH_AT_OF_C} AS refresh_at FROM connected_accounts c WHERE id = $1"
     )))
@@ -272,7 +276,7 @@ pub async fn write_tokens(
     tx: &mut sqlx::PgConnection,
     ring: &KeyRing,
     mode: WriteMode,
-    integration_id: &str,
+    integration_id: &IntegrationId,
     user_id: &str,
     organization_id: Option<&str>,
     tokens: &TokenSet,
@@ -280,7 +284,7 @@ pub async fn write_tokens(
     state: AccountState,
 ) -> Result<Option<Account>, AccountError> {
     // The ciphertexts are bound to the row id, so the id must be known first.
-    let existing: Option<String> = sqlx::query_scalar(
+    let existing: Option<AccountId> = sqlx::query_scalar(
         "SELECT id FROM connected_accounts
          WHERE integration_id = $1 AND user_id = $2 AND organization_id IS NOT DISTINCT FROM $3 FOR UPDATE",
     )
@@ -293,7 +297,7 @@ pub async fn write_tokens(
         (Some(_), WriteMode::InsertOnly) => return Err(AccountError::Exists),
         (None, WriteMode::UpdateOnly) => return Ok(None),
         (Some(id), _) => (id, false),
-        (None, _) => (AccountId::generate().into(), true),
+        (None, _) => (AccountId::generate(), true),
     };
     let access = seal(ring, columns::ACCESS_TOKEN, &id, Some(&tokens.access_token))?;
     let refresh = seal(ring, columns::REFRESH_TOKEN, &id, tokens.refresh_token.as_ref())?;
@@ -357,7 +361,7 @@ pub async fn write_tokens(
 pub async fn mark_needs_reauthorization(
     tx: &mut sqlx::PgConnection,
     ring: &KeyRing,
-    id: &str,
+    id: &AccountId,
     reason: &str,
 ) -> Result<Option<Account>, AccountError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -383,7 +387,11 @@ pub async fn mark_needs_reauthorization(
 /// Deletes the account (disconnect); returns it as it was, except that its
 /// `token_version` is a fresh one, newer than any cached copy (for the cache tombstone).
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %id))]
-pub async fn delete(tx: &mut sqlx::PgConnection, ring: &KeyRing, id: &str) -> Result<Option<Account>, AccountError> {
+pub async fn delete(
+    tx: &mut sqlx::PgConnection,
+    ring: &KeyRing,
+    id: &AccountId,
+) -> Result<Option<Account>, AccountError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM connected_accounts c WHERE id = $1
          RETURNING {COLUMNS}, NULL::timestamptz AS refresh_at, nextval('token_versions') AS tombstone"

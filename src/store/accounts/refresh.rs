@@ -11,6 +11,7 @@ use sqlx::{PgExecutor, Row};
 
 use super::{seal, stored_refresh_at, Account, AccountError, AccountState, TokenSet, COLUMNS};
 use crate::crypto::KeyRing;
+use crate::ids::AccountId;
 use crate::keys::columns;
 use crate::store::schedule::{self, REFRESH_AT_OF_C};
 
@@ -20,7 +21,7 @@ use crate::store::schedule::{self, REFRESH_AT_OF_C};
 pub async fn try_lease(
     db: impl PgExecutor<'_>,
     ring: &KeyRing,
-    id: &str,
+    id: &AccountId,
     lease_id: &str,
     lease: Duration,
 ) -> Result<Option<Account>, AccountError> {
@@ -38,7 +39,7 @@ pub async fn try_lease(
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %id))]
-pub async fn release_lease(db: impl PgExecutor<'_>, id: &str, lease_id: &str) -> Result<(), sqlx::Error> {
+pub async fn release_lease(db: impl PgExecutor<'_>, id: &AccountId, lease_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE connected_accounts SET lease_id = NULL, lease_until = NULL WHERE id = $1 AND lease_id = $2")
         .bind(id)
         .bind(lease_id)
@@ -54,7 +55,7 @@ pub async fn release_lease(db: impl PgExecutor<'_>, id: &str, lease_id: &str) ->
 pub async fn store_refreshed(
     db: impl PgExecutor<'_>,
     ring: &KeyRing,
-    id: &str,
+    id: &AccountId,
     lease_id: &str,
     tokens: &TokenSet,
     refresh_at: Option<DateTime<Utc>>,
@@ -90,7 +91,7 @@ pub async fn store_refreshed(
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %id))]
 pub async fn record_transient_failure(
     db: impl PgExecutor<'_>,
-    id: &str,
+    id: &AccountId,
     lease_id: &str,
     error: &str,
 ) -> Result<(), sqlx::Error> {
@@ -116,7 +117,7 @@ pub struct LeaseBatch {
 }
 
 /// A lease wanted: (account id, lease id).
-pub type LeaseRequest = (String, String);
+pub type LeaseRequest = (AccountId, String);
 
 impl crate::store::group::Batch for LeaseBatch {
     type Request = LeaseRequest;

@@ -248,7 +248,11 @@ pub async fn by_slug(
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(integration_id = %id))]
-pub async fn by_id(db: impl PgExecutor<'_>, ring: &KeyRing, id: &str) -> Result<Option<Integration>, IntegrationError> {
+pub async fn by_id(
+    db: impl PgExecutor<'_>,
+    ring: &KeyRing,
+    id: &IntegrationId,
+) -> Result<Option<Integration>, IntegrationError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE id = $1"))).bind(id).fetch_optional(db).await?;
     row.map(|r| Integration::from_row(&r, ring)).transpose()
 }

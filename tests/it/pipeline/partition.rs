@@ -262,8 +262,9 @@ async fn ticks_between_full_walks_start_at_the_high_water_mark_and_a_full_walk_f
     assert!(enqueued(&app, &new).await);
     assert!(!enqueued(&app, &behind).await && !enqueued(&app, &late).await);
 
-    // The next full walk publishes both, and nothing twice.
-    tokio::time::sleep(every.saturating_sub(full.elapsed())).await;
+    // The next full walk publishes both, and nothing twice. (`full` was taken just before
+    // the first walk started: a little more than `every` since then.)
+    tokio::time::sleep(every.saturating_sub(full.elapsed()) + Duration::from_millis(50)).await;
     claims.clone().enqueue_due(tick()).await.unwrap();
     assert_eq!(Pipeline::depth(&app, "refresh").await, 5, "the full walk found both");
     assert!(enqueued(&app, &behind).await && enqueued(&app, &late).await);

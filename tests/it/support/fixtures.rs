@@ -62,7 +62,7 @@ pub async fn demo_integration(app: &TestApp, slug: &str, auth: ClientAuthMethod)
     .execute(&app.db)
     .await
     .expect("insert integration");
-    let integration = integrations::by_id(&app.db, app.state.keyring(), &id).await.unwrap().unwrap();
+    let integration = integrations::by_id(&app.db, app.state.keyring(), &id.into()).await.unwrap().unwrap();
     Provider { demo, integration }
 }
 
@@ -105,7 +105,7 @@ pub async fn store_tokens(
         &mut tx,
         app.state.keyring(),
         WriteMode::Upsert,
-        integration_id,
+        &integration_id.into(),
         user,
         org,
         tokens,

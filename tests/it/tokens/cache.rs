@@ -60,7 +60,7 @@ async fn replace_in_postgres_only(app: &TestApp, integration_id: &str, user: &st
         &mut tx,
         app.state.keyring(),
         WriteMode::UpdateOnly,
-        integration_id,
+        &integration_id.into(),
         user,
         None,
         &tokens,

@@ -139,7 +139,7 @@ async fn a_user_connects_reauthorizes_and_disconnects_in_a_real_browser() {
 
 /// The refresh a scheduler would run next: it finds the grant revoked.
 async fn force_refresh(app: &TestApp, integration: &pipes::store::integrations::Integration) {
-    let id: String = sqlx::query_scalar(
+    let id: pipes::ids::AccountId = sqlx::query_scalar(
         "UPDATE refresh_schedule s SET refresh_at = now() FROM connected_accounts c
          WHERE c.id = s.account_id AND c.user_id = 'user_alice' RETURNING c.id",
     )
