@@ -350,12 +350,10 @@ impl Refresher {
     }
 
     /// Stores a refresh result, retrying while PostgreSQL fails and the lease lasts. The
-    /// provider has already rotated the refresh token: giving up would lose the only copy of
-    /// the new one, and the next attempt would present the old one, which a rotating
-    /// provider treats as theft and answers by revoking the grant (PostgreSQL cut, or its
-    /// pool timed out, between the answer and the write). Past the
-    /// lease another holder may refresh with the old token anyway, so the retries stop there;
-    /// the fencing check keeps a late write from overwriting theirs.
+    /// provider has already rotated the refresh token: giving up would lose the only copy
+    /// of the new one, and presenting the old one again makes a rotating provider revoke
+    /// the grant. Past the lease another holder may refresh anyway, so the retries stop
+    /// there; the fencing check keeps a late write from overwriting theirs.
     async fn store_while_leased(
         &self,
         leased: &Account,

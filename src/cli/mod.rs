@@ -70,17 +70,13 @@ pub enum Command {
     Webhooks(webhooks::WebhooksCommand),
 }
 
-/// Loads the configuration: the file first, then the environment.
+/// Loads the configuration: the file first, then the environment over it.
 pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let mut settings = Settings::from_env()?;
+    let mut settings = Settings::default();
     if let Some(path) = &cli.config {
-        let mut from_file = Settings::default();
-        from_file.merge_file(path)?;
-        // The environment wins over the file.
-        let env = Settings::from_env()?;
-        settings = from_file;
-        settings.merge(env);
+        settings.merge_file(path)?;
     }
+    settings.merge_env();
     Ok(Config::from_settings(&settings)?)
 }
 
@@ -106,10 +102,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Err(err) => return Err(err),
     };
-    crate::telemetry::init_logging(config.log_format);
+    let telemetry = crate::telemetry::init(config.log_format);
     let cancel = CancellationToken::new();
     crate::roles::cancel_on_signal(cancel.clone());
-    match cli.command {
+    let result = run_command(cli.command, config, cancel).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run_command(command: Command, config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    match command {
         Command::Serve => roles::run(config, RoleSet { serve: true, scheduler: false, worker: false }, cancel).await,
         Command::Scheduler => {
             roles::run(config, RoleSet { serve: false, scheduler: true, worker: false }, cancel).await

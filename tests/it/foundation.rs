@@ -48,6 +48,8 @@ fn key_ring_debug_and_errors_never_show_key_material() {
 fn configuration_names_the_bad_setting() {
     let mut s = test_settings("db", "u", "http://localhost:8080");
     assert!(Config::from_settings(&s).is_ok());
+    let shown = format!("{s:?}");
+    assert!(shown.contains("encryption_keys") && !shown.contains("AAECAwQF"), "settings show names only: {shown}");
     let mut missing = Settings::default();
     missing.set("PIPES_LISTEN", "127.0.0.1:1");
     let err = Config::from_settings(&missing).unwrap_err().to_string();

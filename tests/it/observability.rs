@@ -149,3 +149,74 @@ async fn metrics_and_status_tell_the_story_of_a_scripted_flow() {
     assert!(json["queues"]["depths"].as_array().is_some_and(|d| !d.is_empty()), "{json}");
     pipeline.stop().await;
 }
+
+/// A port nothing listens on right now.
+async fn free_port() -> u16 {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn with_an_otlp_endpoint_every_request_span_reaches_the_collector_with_its_request_id() {
+    use axum::body::Bytes;
+    use std::sync::{Arc, Mutex};
+    let app = TestApp::spawn().await;
+    // The collector: every body POSTed to /v1/traces, kept.
+    let received: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+    let collector = {
+        let received = received.clone();
+        axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: Bytes| {
+                let received = received.clone();
+                async move {
+                    received.lock().unwrap().push(body);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let port = free_port().await;
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_pipes"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("PIPES_") || k.starts_with("OTEL_")) {
+        serve.env_remove(key);
+    }
+    let mut serve = serve
+        .arg("serve")
+        .env("PIPES_DATABASE_URL", format!("postgres://postgres@127.0.0.1:5432/{}", app.db_name))
+        .env("PIPES_ENCRYPTION_KEYS", crate::support::app::TEST_KEY)
+        .env("PIPES_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PIPES_REDIS_PREFIX", format!("it_{}", app.unique))
+        .env("PIPES_QUEUE_PREFIX", format!("it_{}", app.unique))
+        .env("PIPES_LOG", "warn")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector_url)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start pipes serve");
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(
+        eventually(Duration::from_secs(20), || async { http.get(format!("{base}/health/live")).send().await.is_ok() })
+            .await,
+        "pipes serve answers"
+    );
+    let request_id = format!("req_otlp_{}", ulid::Ulid::new());
+    let answer = http.get(format!("{base}/health/live")).header("x-request-id", &request_id).send().await.unwrap();
+    assert_eq!(answer.headers()["x-request-id"], request_id.as_str());
+
+    // SIGTERM: the process exports what it buffered before it exits.
+    let pid = serve.id().expect("running").to_string();
+    let killed = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), serve.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "{status:?}");
+    let bodies = received.lock().unwrap().clone();
+    let exported = |needle: &[u8]| bodies.iter().any(|b| b.windows(needle.len()).any(|w| w == needle));
+    assert!(!bodies.is_empty(), "the collector received spans");
+    assert!(exported(request_id.as_bytes()), "the request's span carries its request id");
+    assert!(exported(b"pipes"), "under the service name");
+}

@@ -17,7 +17,9 @@ use crate::policy;
 use crate::secret::Secret;
 use crate::store::schedule::{self, REFRESH_AT_OF_C};
 
+mod listing;
 mod refresh;
+pub use listing::{fresh_page, summaries_for_owner, AccountSummary};
 pub use refresh::{
     record_transient_failure, release_lease, store_refreshed, try_lease, LeaseBatch, LeaseRequest, StoreBatch,
     StoreRequest,
@@ -181,80 +183,6 @@ pub async fn find_by_id(
     .fetch_optional(db)
     .await?;
     row.map(|r| Account::from_row(&r, ring)).transpose()
-}
-
-/// Up to `limit` connected accounts with an id after `after`, in id order, whose
-/// access token may be served at `now` ([`policy::servable`]): a page of what the
-/// token cache should hold.
-#[tracing::instrument(level = "debug", skip_all, fields(after = %after))]
-pub async fn fresh_page(
-    db: impl PgExecutor<'_>,
-    ring: &KeyRing,
-    after: &str,
-    now: DateTime<Utc>,
-    min_validity: Duration,
-    limit: i64,
-) -> Result<Vec<Account>, AccountError> {
-    // `servable` at `now` is `expires_at - floor > now`, i.e. `expires_at > now + floor`.
-    let threshold = now.checked_add_signed(policy::serve_floor(min_validity)).unwrap_or(DateTime::<Utc>::MAX_UTC);
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS}, {REFRESH_AT_OF_C} AS refresh_at FROM connected_accounts c
-         WHERE id > $1 AND state = 'connected' AND access_token_enc IS NOT NULL
-           AND (expires_at IS NULL OR expires_at > $2)
-         ORDER BY id LIMIT $3"
-    )))
-    .bind(after)
-    .bind(threshold)
-    .bind(limit)
-    .fetch_all(db)
-    .await?;
-    rows.iter().map(|r| Account::from_row(r, ring)).collect()
-}
-
-/// An account without its tokens: what a listing of an owner's accounts shows.
-#[derive(Debug, Clone)]
-pub struct AccountSummary {
-    pub id: AccountId,
-    pub integration_id: IntegrationId,
-    pub user_id: String,
-    pub organization_id: Option<String>,
-    pub state: AccountState,
-    pub scopes: Vec<String>,
-    pub reauthorization_reason: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// Every account of an owner, without a token read or decrypted.
-#[tracing::instrument(level = "debug", skip_all)]
-pub async fn summaries_for_owner(
-    db: impl PgExecutor<'_>,
-    user_id: &str,
-    organization_id: Option<&str>,
-) -> Result<Vec<AccountSummary>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, integration_id, user_id, organization_id, state, scopes, reauthorization_reason,
-                created_at, updated_at
-         FROM connected_accounts WHERE user_id = $1 AND organization_id IS NOT DISTINCT FROM $2",
-    )
-    .bind(user_id)
-    .bind(organization_id)
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|r| AccountSummary {
-            id: r.get("id"),
-            integration_id: r.get("integration_id"),
-            user_id: r.get("user_id"),
-            organization_id: r.get("organization_id"),
-            state: AccountState::parse(r.get("state")).unwrap_or(AccountState::Disconnected),
-            scopes: r.get("scopes"),
-            reauthorization_reason: r.get("reauthorization_reason"),
-            created_at: r.get("created_at"),
-            updated_at: r.get("updated_at"),
-        })
-        .collect())
 }
 
 /// What an account is being written for.

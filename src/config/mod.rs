@@ -2,14 +2,15 @@
 //! with the same keys. Every setting has a local default except the encryption
 //! keys; a bad value stops start-up with a message naming the setting.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use url::Url;
 
 use crate::crypto::KeyRing;
+
+mod settings;
+pub use settings::Settings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -143,76 +144,17 @@ pub struct Config {
     pub demo_client_secret: crate::secret::Secret,
 }
 
-/// Raw key/value settings, from a TOML file and then the environment.
-#[derive(Debug, Default, Clone)]
-pub struct Settings(BTreeMap<String, String>);
-
-impl Settings {
-    /// Reads `PIPES_*` from the environment over the file named by `PIPES_CONFIG`, if any.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let mut settings = Settings::default();
-        if let Ok(path) = std::env::var("PIPES_CONFIG") {
-            settings.merge_file(Path::new(&path))?;
-        }
-        for (key, value) in std::env::vars() {
-            if key.starts_with("PIPES_") && key != "PIPES_CONFIG" {
-                settings.0.insert(key, value);
-            }
-        }
-        Ok(settings)
-    }
-
-    /// Adds the keys of a TOML file (`PIPES_LISTEN = "…"` or `listen = "…"`).
-    pub fn merge_file(&mut self, path: &Path) -> Result<(), ConfigError> {
-        let file_error = |source: Box<dyn std::error::Error + Send + Sync>| ConfigError::File {
-            path: path.display().to_string(),
-            source,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| file_error(Box::new(e)))?;
-        let table: toml::Table = text.parse().map_err(|e| file_error(Box::new(e)))?;
-        for (key, value) in table {
-            let key = key.to_ascii_uppercase();
-            let key = if key.starts_with("PIPES_") { key } else { format!("PIPES_{key}") };
-            let value = match value {
-                toml::Value::String(s) => s,
-                toml::Value::Array(items) => items
-                    .iter()
-                    .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
-                    .collect::<Vec<_>>()
-                    .join(","),
-                other => other.to_string(),
-            };
-            self.0.insert(key, value);
-        }
-        Ok(())
-    }
-
-    /// Adds every setting of `other`, replacing equal keys.
-    pub fn merge(&mut self, other: Settings) {
-        self.0.extend(other.0);
-    }
-
-    pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
-        self.0.insert(key.to_owned(), value.into());
-        self
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str).filter(|v| !v.trim().is_empty())
-    }
-}
-
 fn invalid(key: &'static str, problem: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid { key, problem: problem.to_string() }
 }
 
 fn duration(s: &Settings, key: &'static str, default: &str) -> Result<Duration, ConfigError> {
-    let text = s.get(key).unwrap_or(default);
+    let text = s.get_or(key, default);
     humantime::parse_duration(text.trim()).map_err(|e| invalid(key, format!("{e} (write durations like 90s, 10m, 1h)")))
 }
 
 fn durations(s: &Settings, key: &'static str, default: &str) -> Result<Vec<Duration>, ConfigError> {
-    let text = s.get(key).unwrap_or(default);
+    let text = s.get_or(key, default);
     let steps = text
         .split(',')
         .map(|part| humantime::parse_duration(part.trim()))
@@ -225,7 +167,7 @@ fn durations(s: &Settings, key: &'static str, default: &str) -> Result<Vec<Durat
 }
 
 fn addr(s: &Settings, key: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
-    let text = s.get(key).unwrap_or(default);
+    let text = s.get_or(key, default);
     text.trim().parse().map_err(|e| invalid(key, format!("{e}: expected host:port like 127.0.0.1:8080")))
 }
 
@@ -239,7 +181,7 @@ fn boolean(s: &Settings, key: &'static str) -> Result<bool, ConfigError> {
 }
 
 fn prefix(s: &Settings, key: &'static str) -> Result<String, ConfigError> {
-    let value = s.get(key).unwrap_or("pipes").trim().to_owned();
+    let value = s.get_or(key, "pipes").trim().to_owned();
     if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
         return Err(invalid(key, "use letters, digits, '-', '_' or '.'"));
     }
@@ -269,7 +211,7 @@ impl Config {
             ));
         }
         let encryption_keys = match s.get("PIPES_ENCRYPTION_KEYS") {
-            Some(text) => KeyRing::parse(text).map_err(|e| invalid("PIPES_ENCRYPTION_KEYS", e))?,
+            Some(text) => KeyRing::parse(&text).map_err(|e| invalid("PIPES_ENCRYPTION_KEYS", e))?,
             None => {
                 return Err(ConfigError::Missing {
                     key: "PIPES_ENCRYPTION_KEYS",
@@ -277,17 +219,16 @@ impl Config {
                 })
             }
         };
-        let public_url_text = s.get("PIPES_PUBLIC_URL").unwrap_or("http://localhost:8080");
+        let public_url_text = s.get_or("PIPES_PUBLIC_URL", "http://localhost:8080");
         let public_url = Url::parse(public_url_text.trim())
             .map_err(|e| invalid("PIPES_PUBLIC_URL", format!("{e}: expected an absolute URL")))?;
         if !matches!(public_url.scheme(), "http" | "https") || public_url.host().is_none() {
             return Err(invalid("PIPES_PUBLIC_URL", "must be an http(s) URL with a host"));
         }
-        let cron_text = s.get("PIPES_SCHEDULER_CRON").unwrap_or("*/5 * * * * *").trim().to_owned();
+        let cron_text = s.get_or("PIPES_SCHEDULER_CRON", "*/5 * * * * *").trim().to_owned();
         let scheduler_cron = parse_cron("PIPES_SCHEDULER_CRON", &cron_text)?;
         let allowed_return_to = s
-            .get("PIPES_ALLOWED_RETURN_TO")
-            .unwrap_or("http://localhost:3000,http://127.0.0.1:3000")
+            .get_or("PIPES_ALLOWED_RETURN_TO", "http://localhost:3000,http://127.0.0.1:3000")
             .split(',')
             .map(str::trim)
             .filter(|o| !o.is_empty())
@@ -297,32 +238,28 @@ impl Config {
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
         let worker_concurrency = s
-            .get("PIPES_WORKER_CONCURRENCY")
-            .unwrap_or("16")
+            .get_or("PIPES_WORKER_CONCURRENCY", "16")
             .trim()
             .parse::<u16>()
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| invalid("PIPES_WORKER_CONCURRENCY", "expected a whole number from 1 to 65535"))?;
-        let log_format = match s.get("PIPES_LOG_FORMAT").unwrap_or("text").trim() {
+        let log_format = match s.get_or("PIPES_LOG_FORMAT", "text").trim() {
             "text" | "pretty" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => return Err(invalid("PIPES_LOG_FORMAT", format!("`{other}`: use text or json"))),
         };
         let config = Config {
-            database_url: ServiceUrl::new(
-                s.get("PIPES_DATABASE_URL").unwrap_or("postgres://postgres@127.0.0.1:5432/pipes"),
-            ),
+            database_url: ServiceUrl::new(s.get_or("PIPES_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pipes")),
             database_pool: s
-                .get("PIPES_DATABASE_POOL")
-                .unwrap_or("20")
+                .get_or("PIPES_DATABASE_POOL", "20")
                 .trim()
                 .parse::<u32>()
                 .ok()
                 .filter(|n| (1..=1000).contains(n))
                 .ok_or_else(|| invalid("PIPES_DATABASE_POOL", "expected a whole number from 1 to 1000"))?,
-            redis_url: ServiceUrl::new(s.get("PIPES_REDIS_URL").unwrap_or("redis://127.0.0.1:6379")),
-            amqp_url: ServiceUrl::new(s.get("PIPES_AMQP_URL").unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f")),
+            redis_url: ServiceUrl::new(s.get_or("PIPES_REDIS_URL", "redis://127.0.0.1:6379")),
+            amqp_url: ServiceUrl::new(s.get_or("PIPES_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")),
             listen: addr(s, "PIPES_LISTEN", "127.0.0.1:8080")?,
             public_url,
             encryption_keys,
@@ -337,7 +274,7 @@ impl Config {
                 Some(_) => Some(addr(s, "PIPES_INTERNAL_LISTEN", "")?),
                 None => None,
             },
-            rate_limits: crate::limits::RateLimits::parse(s.get("PIPES_RATE_LIMITS").unwrap_or(""))
+            rate_limits: crate::limits::RateLimits::parse(&s.get_or("PIPES_RATE_LIMITS", ""))
                 .map_err(|e| invalid("PIPES_RATE_LIMITS", e))?,
             allow_private_network: boolean(s, "PIPES_ALLOW_PRIVATE_NETWORK")?,
             queue_prefix: prefix(s, "PIPES_QUEUE_PREFIX")?,
@@ -352,16 +289,14 @@ impl Config {
             widget_token_ttl: duration(s, "PIPES_WIDGET_TOKEN_TTL", "30m")?,
             shutdown_timeout: duration(s, "PIPES_SHUTDOWN_TIMEOUT", "30s")?,
             demo_listen: addr(s, "PIPES_DEMO_LISTEN", "127.0.0.1:8090")?,
-            demo_public_url: s.get("PIPES_DEMO_PUBLIC_URL").unwrap_or("http://localhost:8090").trim().to_owned(),
+            demo_public_url: s.get_or("PIPES_DEMO_PUBLIC_URL", "http://localhost:8090").trim().to_owned(),
             demo_internal_url: s
                 .get("PIPES_DEMO_INTERNAL_URL")
                 .or_else(|| s.get("PIPES_DEMO_PUBLIC_URL"))
-                .unwrap_or("http://localhost:8090")
+                .unwrap_or_else(|| "http://localhost:8090".to_owned())
                 .trim()
                 .to_owned(),
-            demo_client_secret: crate::secret::Secret::new(
-                s.get("PIPES_DEMO_CLIENT_SECRET").unwrap_or("demo-client-secret"),
-            ),
+            demo_client_secret: crate::secret::Secret::new(s.get_or("PIPES_DEMO_CLIENT_SECRET", "demo-client-secret")),
         };
         if config.refresh_lease <= config.provider_timeout {
             return Err(invalid("PIPES_REFRESH_LEASE", "must be longer than PIPES_PROVIDER_TIMEOUT"));
