@@ -30,10 +30,17 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// A ConnectedAccount. Tokens never appear in it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConnectedAccountView {
     pub object: &'static str,
     pub id: String,
+    /// `compatibility`: the owner's one connection for the integration, which requests
+    /// without a `connected_account_id` select.
+    pub connection_role: &'static str,
+    /// The provider's id of the connected account, when one was given.
+    pub account_identifier: Option<String>,
+    /// A label for the account, when one was given.
+    pub account_display_name: Option<String>,
     pub user_id: String,
     pub organization_id: Option<String>,
     pub scopes: Vec<String>,
@@ -44,10 +51,13 @@ pub struct ConnectedAccountView {
     pub updated_at: String,
 }
 
-pub fn view(a: &Account) -> ConnectedAccountView {
+pub fn view(a: &AccountSummary) -> ConnectedAccountView {
     ConnectedAccountView {
         object: "connected_account",
         id: a.id.to_string(),
+        connection_role: "compatibility",
+        account_identifier: None,
+        account_display_name: None,
         user_id: a.user_id.clone(),
         organization_id: a.organization_id.clone(),
         scopes: a.scopes.clone(),
@@ -97,7 +107,7 @@ pub async fn show(
     let account = accounts::find_for_owner(&state.db, state.keyring(), &integration.id, &user_id, org.as_deref())
         .await?
         .ok_or_else(|| not_connected(&slug))?;
-    Ok(Json(view(&account)))
+    Ok(Json(view(&account.summary())))
 }
 
 /// Tokens from another system (POST) or after an out-of-band reauthorization (PUT).
@@ -193,7 +203,7 @@ pub async fn import(
     ApiJson(body): ApiJson<TokensBody>,
 ) -> ApiResult<Response> {
     let account = write(&state, &slug, &user_id, q, body, WriteMode::InsertOnly).await?;
-    Ok((StatusCode::CREATED, Json(view(&account))).into_response())
+    Ok((StatusCode::CREATED, Json(view(&account.summary()))).into_response())
 }
 
 #[utoipa::path(put, path = "/user_management/users/{user_id}/connected_accounts/{slug}", tag = "connected_accounts",
@@ -207,7 +217,7 @@ pub async fn replace(
     ApiJson(body): ApiJson<TokensBody>,
 ) -> ApiResult<Json<ConnectedAccountView>> {
     let account = write(&state, &slug, &user_id, q, body, WriteMode::UpdateOnly).await?;
-    Ok(Json(view(&account)))
+    Ok(Json(view(&account.summary())))
 }
 
 #[utoipa::path(delete, path = "/user_management/users/{user_id}/connected_accounts/{slug}", tag = "connected_accounts",
@@ -238,9 +248,21 @@ pub struct DataProviderView {
     pub connection_owner: &'static str,
     pub ownership: &'static str,
     pub scopes: Vec<String>,
-    pub connected_account: Option<ConnectedAccountView>,
+    /// The owner's account, if any.
+    pub connected_account: Option<ProviderAccountView>,
+    /// The owner's accounts: at most one here.
+    pub connected_accounts: Vec<ProviderAccountView>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// An account as a provider row lists it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ProviderAccountView {
+    #[serde(flatten)]
+    pub account: ConnectedAccountView,
+    /// `user_id` under its older name, which the SDKs still read.
+    pub userland_user_id: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -285,6 +307,7 @@ pub async fn owner_listing(
 
 /// An integration as `data_providers` lists it, with the owner's account.
 pub fn data_provider_view(i: &Integration, account: Option<&AccountSummary>) -> DataProviderView {
+    let listed = account.map(|a| ProviderAccountView { account: view(a), userland_user_id: a.user_id.clone() });
     DataProviderView {
         object: "data_provider",
         id: i.id.to_string(),
@@ -299,19 +322,11 @@ pub fn data_provider_view(i: &Integration, account: Option<&AccountSummary>) -> 
         credentials_type: "oauth2",
         auth_methods: vec!["oauth"],
         connection_owner: "user",
-        ownership: "user",
+        // The older name of `connection_owner`, in its older spelling.
+        ownership: "userland_user",
         scopes: i.scopes.clone(),
-        connected_account: account.map(|a| ConnectedAccountView {
-            object: "connected_account",
-            id: a.id.to_string(),
-            user_id: a.user_id.clone(),
-            organization_id: a.organization_id.clone(),
-            scopes: a.scopes.clone(),
-            auth_method: "oauth",
-            state: a.state.as_str(),
-            created_at: rfc3339(a.created_at),
-            updated_at: rfc3339(a.updated_at),
-        }),
+        connected_account: listed.clone(),
+        connected_accounts: listed.into_iter().collect(),
         created_at: rfc3339(i.created_at),
         updated_at: rfc3339(i.updated_at),
     }

@@ -74,6 +74,10 @@ pub struct DataIntegrationView {
     pub custom_provider: Option<CustomProviderView>,
     /// The catalog provider's config values.
     pub config: BTreeMap<String, String>,
+    /// The account an API key given at creation connected: always `null`, as OAuth
+    /// integrations connect accounts through `authorize`.
+    #[schema(value_type = Option<Object>)]
+    pub installation: Option<serde_json::Value>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -119,6 +123,7 @@ pub fn view(i: &Integration, config: &Config) -> DataIntegrationView {
             authenticate_via: wire_name(&c.authenticate_via),
         }),
         config: i.settings.clone(),
+        installation: None,
         created_at: rfc3339(i.created_at),
         updated_at: rfc3339(i.updated_at),
     }

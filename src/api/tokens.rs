@@ -96,7 +96,13 @@ impl TokenRequest {
                 "required",
                 "`organization_id` is required when `connection_owner` is `organization`.",
             )),
-            Some("organization") => {}
+            // Organization-owned (shared) connections are not served yet: refused, so a
+            // caller never gets the user's own token in their place.
+            Some("organization") => errors.push(FieldError::new(
+                "connection_owner",
+                "unsupported",
+                "Organization-owned connections are not supported yet; omit `connection_owner` or send `user`.",
+            )),
             Some(_) => errors.push(FieldError::new(
                 "connection_owner",
                 "invalid",

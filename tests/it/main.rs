@@ -21,6 +21,7 @@ mod queue;
 mod redis_cluster;
 mod refresh_core;
 mod sdk_node;
+mod sdk_python;
 mod soak;
 mod support;
 mod tokens;

@@ -1,7 +1,7 @@
 //! The official WorkOS Node SDK (`@workos-inc/node` 11, unmodified) against a
 //! running Pipes: `tests/sdk/node/pipes-sdk.mjs` creates an integration, connects
 //! an account through the demo provider, reads, lists, imports and deletes.
-//! `.ci/install-tools` installs the SDK; without `node_modules` the test says so and skips.
+//! `.ci/install-tools` installs the SDK.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,10 +14,11 @@ use crate::support::app::TestApp;
 #[tokio::test]
 async fn the_official_node_sdk_drives_integrations_connect_and_connected_accounts() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/node");
-    if !dir.join("node_modules/@workos-inc/node/package.json").exists() {
-        eprintln!("SKIPPED: {}/node_modules is missing; run `npm ci` there (as .ci/install-tools does)", dir.display());
-        return;
-    }
+    assert!(
+        dir.join("node_modules/@workos-inc/node/package.json").exists(),
+        "{}/node_modules is missing: run .ci/install-tools (npm ci there)",
+        dir.display()
+    );
     let app = TestApp::spawn().await;
     let slug = "sdk-demo";
     let (demo, _) = DemoProvider::spawn(DemoConfig { auto_consent: true, ..DemoConfig::default() }).await.unwrap();

@@ -135,6 +135,21 @@ impl Account {
         })
     }
 
+    /// The account without its tokens.
+    pub fn summary(&self) -> AccountSummary {
+        AccountSummary {
+            id: self.id.clone(),
+            integration_id: self.integration_id.clone(),
+            user_id: self.user_id.clone(),
+            organization_id: self.organization_id.clone(),
+            state: self.state,
+            scopes: self.scopes.clone(),
+            reauthorization_reason: self.reauthorization_reason.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+
     /// True when the account's access token may be served at `now` ([`policy::servable`]).
     pub fn is_fresh(&self, now: DateTime<Utc>, min_validity: Duration) -> bool {
         self.state == AccountState::Connected

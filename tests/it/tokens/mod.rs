@@ -288,6 +288,13 @@ async fn bad_requests_get_clear_4xx_answers() {
     assert_eq!((status, answer["errors"][0]["field"].as_str()), (422, Some("connection_owner")));
     let (status, answer) = send(key.clone(), r#"{"user_id": "u1", "connection_owner": "organization"}"#).await;
     assert_eq!((status, answer["errors"][0]["field"].as_str()), (422, Some("organization_id")));
+    let (status, answer) =
+        send(key.clone(), r#"{"user_id": "u1", "organization_id": "org_1", "connection_owner": "organization"}"#).await;
+    assert_eq!(
+        (status, answer["errors"][0]["field"].as_str(), answer["errors"][0]["code"].as_str()),
+        (422, Some("connection_owner"), Some("unsupported")),
+        "never the user's own token in place of the organization's"
+    );
     // An admin key may read tokens too.
     let (status, answer) = send(Some(app.admin_key.clone()), r#"{"user_id": "u1"}"#).await;
     assert_eq!((status, answer), (200, json!({"active": false, "error": "not_installed"})));

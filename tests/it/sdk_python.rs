@@ -1,0 +1,46 @@
+//! The official Python SDK (`workos` 10.8, unmodified, strict about every key it
+//! reads) against a running Pipes: `tests/sdk/python/pipes_admin.py` creates, lists,
+//! reads and updates an integration, imports, reads, replaces and deletes a connected
+//! account, lists the owner's providers and reads the token. `.ci/install-tools`
+//! installs the SDK into `target/sdk-venv`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pipes::demo_provider::{DemoConfig, DemoProvider};
+
+use crate::support::app::TestApp;
+
+#[tokio::test]
+async fn the_official_python_sdk_parses_integrations_connected_accounts_and_providers() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("PIPES_SDK_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target/sdk-venv/bin/python"));
+    assert!(python.exists(), "{} is missing: run .ci/install-tools", python.display());
+    let app = TestApp::spawn().await;
+    let (demo, _) = DemoProvider::spawn(DemoConfig::default()).await.unwrap();
+    let secret = format!("py-secret-{}", ulid::Ulid::new());
+    let run = tokio::process::Command::new(&python)
+        .arg(repo.join("tests/sdk/python/pipes_admin.py"))
+        .env("PIPES_URL", &app.base_url)
+        .env("PIPES_API_KEY", &app.admin_key)
+        .env("PIPES_SLUG", "sdk-python-admin")
+        .env("PIPES_DEMO_URL", demo.base_url())
+        .env("PIPES_CLIENT_ID", "py-client")
+        .env("PIPES_CLIENT_SECRET", &secret)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the SDK script finishes").unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "SDK script failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(stdout.lines().last(), Some(r#"{"ok": true}"#), "{stdout}");
+    // What the SDK did is what the store says: the account and the integration are gone.
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM connected_accounts").fetch_one(&app.db).await.unwrap();
+    let integrations: i64 = sqlx::query_scalar("SELECT count(*) FROM integrations WHERE slug = 'sdk-python-admin'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!((accounts, integrations), (0, 0));
+}
