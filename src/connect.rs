@@ -253,6 +253,7 @@ pub async fn complete(
                     AccountState::Connected,
                     WriteMode::Upsert,
                     Announce::Connected,
+                    None,
                 )
                 .await?
                 .ok_or_else(|| ConnectError::Misconfigured("the account could not be written".into()))?;

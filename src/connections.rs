@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use crate::cache::TokenCache;
 use crate::crypto::KeyRing;
 use crate::events::{self, EventKind};
+use crate::ids::AccountId;
 use crate::oauth::client;
 use crate::outbound::ProviderClient;
 use crate::refresh::Refresher;
@@ -39,8 +40,9 @@ impl Connections {
     }
 
     /// Stores `tokens` for the owner in `state` (scheduled for a refresh when connected),
-    /// with its event as `announce` says, then updates the token cache. `Ok(None)` only
-    /// for [`WriteMode::UpdateOnly`] without an account.
+    /// with its event as `announce` says, then updates the token cache. With `only`, the
+    /// owner's account must be that one. `Ok(None)`: no account to update
+    /// ([`WriteMode::UpdateOnly`]), or not the one `only` names.
     #[tracing::instrument(level = "debug", skip_all, fields(integration = %integration.slug))]
     #[allow(clippy::too_many_arguments)]
     pub async fn store(
@@ -52,6 +54,7 @@ impl Connections {
         state: AccountState,
         mode: WriteMode,
         announce: Announce,
+        only: Option<&AccountId>,
     ) -> Result<Option<Account>, AccountError> {
         let now = crate::time::now();
         let refresh_at = match state {
@@ -61,14 +64,16 @@ impl Connections {
             _ => None,
         };
         let mut tx = self.db.begin().await?;
-        let was_connected = match announce {
-            Announce::IfNewlyConnected => {
-                accounts::find_for_owner(&mut *tx, &self.ring, &integration.id, user_id, organization_id)
-                    .await?
-                    .is_some_and(|a| a.state == AccountState::Connected)
+        let existing = match (announce, only) {
+            (Announce::IfNewlyConnected, _) | (_, Some(_)) => {
+                accounts::find_for_owner(&mut *tx, &self.ring, &integration.id, user_id, organization_id).await?
             }
-            Announce::Connected | Announce::Quietly => false,
+            _ => None,
         };
+        if only.is_some_and(|id| existing.as_ref().is_none_or(|a| a.id != *id)) {
+            return Ok(None);
+        }
+        let was_connected = existing.is_some_and(|a| a.state == AccountState::Connected);
         let written = accounts::write_tokens(
             &mut tx,
             &self.ring,
@@ -99,13 +104,14 @@ impl Connections {
 
     /// Disconnects the owner's account of `integration`: deleted with its `disconnected`
     /// event, cache tombstoned, then revoked at the provider where possible. `Ok(None)`
-    /// when there is none.
+    /// when there is none (or it is not the one `only` names).
     #[tracing::instrument(level = "debug", skip_all, fields(integration = %integration.slug))]
     pub async fn disconnect(
         &self,
         integration: &Integration,
         user_id: &str,
         organization_id: Option<&str>,
+        only: Option<&AccountId>,
     ) -> Result<Option<Account>, AccountError> {
         let slug = integration.slug.as_str();
         let mut tx = self.db.begin().await?;
@@ -114,6 +120,9 @@ impl Connections {
         else {
             return Ok(None);
         };
+        if only.is_some_and(|id| existing.id != *id) {
+            return Ok(None);
+        }
         let Some(gone) = accounts::delete(&mut tx, &self.ring, &existing.id).await? else { return Ok(None) };
         let data = events::account_data(&gone, integration, AccountState::Disconnected.as_str());
         events::emit(&mut tx, EventKind::Disconnected, &data).await?;

@@ -87,6 +87,7 @@ pub async fn import_lines(state: &AppState, text: &str, mut progress: impl FnMut
                 AccountState::Connected,
                 WriteMode::Upsert,
                 Announce::Quietly,
+                None,
             )
             .await?;
         if stored.is_some() {

@@ -1,6 +1,5 @@
 //! Connected accounts (DESIGN §3.3):
-//! `GET|POST|PUT|DELETE /user_management/users/{user_id}/connected_accounts/{slug}?organization_id=…`
-//! and `GET /user_management/users/{user_id}/data_providers?organization_id=…`.
+//! `GET|POST|PUT|DELETE /user_management/users/{user_id}/connected_accounts/{slug}?organization_id=…`.
 //! Every write updates the token cache; tokens never appear in a response.
 
 use axum::extract::{Path, State};
@@ -19,14 +18,15 @@ use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::integrations::find;
 use crate::connections::Announce;
 use crate::error::{ApiError, ApiResult, FieldError};
+use crate::ids::{AccountId, IdKind};
 use crate::secret::Secret;
 use crate::state::AppState;
-use crate::store::accounts::{self, Account, AccountState, AccountSummary, TokenSet, WriteMode};
+use crate::store::accounts::{self, Account, AccountError, AccountState, AccountSummary, TokenSet, WriteMode};
 use crate::store::integrations::Integration;
 use crate::time::rfc3339;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(show, import, replace, disconnect)).routes(routes!(data_providers))
+    OpenApiRouter::new().routes(routes!(show, import, replace, disconnect))
 }
 
 /// A ConnectedAccount. Tokens never appear in it.
@@ -68,22 +68,64 @@ pub fn view(a: &AccountSummary) -> ConnectedAccountView {
     }
 }
 
+/// Which account a request is about. An unknown parameter is refused (400).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct OwnerQuery {
     /// Absent or empty: the user's account outside any organization.
     pub organization_id: Option<String>,
+    /// When given, the owner's account must be this one (else 404).
+    pub connected_account_id: Option<String>,
+    /// Accepted as the SDKs send it: an owner has one account per integration here, so
+    /// it changes no answer.
+    pub supports_multiple_connections: Option<bool>,
+    /// PUT only: `reauthorize`, with `connected_account_id`.
+    pub connection_intent: Option<String>,
 }
 
-/// The owner from the path and query, checked.
-fn owner(user_id: &str, q: OwnerQuery) -> ApiResult<Option<String>> {
+/// The owner and account a request names, checked.
+pub(super) struct Target {
+    pub organization_id: Option<String>,
+    pub only: Option<AccountId>,
+}
+
+/// The owner from the path and query, checked; `intent` is where `connection_intent`
+/// may be sent (`Some("reauthorize")` for PUT), or `None` where it may not.
+pub(super) fn target(user_id: &str, q: OwnerQuery, intent: Option<&str>) -> ApiResult<Target> {
     let mut errors = Vec::new();
     check_owner_id("user_id", user_id, &mut errors);
     let org = q.organization_id.filter(|o| !o.is_empty());
     if let Some(o) = &org {
         check_owner_id("organization_id", o, &mut errors);
     }
+    let only = q.connected_account_id.filter(|id| !id.is_empty());
+    if let Some(id) = &only {
+        if !IdKind::ConnectedAccount.matches(id) {
+            errors.push(FieldError::new("connected_account_id", "invalid", "Not a connected account id."));
+        }
+    }
+    match (q.connection_intent.as_deref(), intent) {
+        (None, _) => {}
+        (Some(sent), Some(allowed)) if sent == allowed => {
+            if only.is_none() {
+                errors.push(FieldError::new(
+                    "connected_account_id",
+                    "required",
+                    format!("`connected_account_id` is required with `connection_intent` `{allowed}`."),
+                ));
+            }
+        }
+        (Some(_), Some(allowed)) => errors.push(FieldError::new(
+            "connection_intent",
+            "invalid",
+            format!("`connection_intent` may only be `{allowed}` here."),
+        )),
+        (Some(_), None) => {
+            errors.push(FieldError::new("connection_intent", "unsupported", "`connection_intent` is not taken here."))
+        }
+    }
     if errors.is_empty() {
-        Ok(org)
+        Ok(Target { organization_id: org, only: only.map(AccountId::from) })
     } else {
         Err(ApiError::invalid(errors))
     }
@@ -102,10 +144,12 @@ pub async fn show(
     Path((user_id, slug)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<OwnerQuery>,
 ) -> ApiResult<Json<ConnectedAccountView>> {
-    let org = owner(&user_id, q)?;
+    let target = target(&user_id, q, None)?;
+    let org = target.organization_id.as_deref();
     let integration = find(&state, &slug).await?;
-    let account = accounts::find_for_owner(&state.db, state.keyring(), &integration.id, &user_id, org.as_deref())
+    let account = accounts::find_for_owner(&state.db, state.keyring(), &integration.id, &user_id, org)
         .await?
+        .filter(|a| target.only.as_ref().is_none_or(|id| a.id == *id))
         .ok_or_else(|| not_connected(&slug))?;
     Ok(Json(view(&account.summary())))
 }
@@ -123,6 +167,13 @@ pub struct TokensBody {
     pub scopes: Option<Vec<String>>,
     /// `connected` (default) or `needs_reauthorization`.
     pub state: Option<String>,
+    /// POST only: `add`. An owner holds one account per integration, so adding one
+    /// where one exists answers 404 `multiple_connections_unavailable`.
+    pub connection_intent: Option<String>,
+    /// Not stored yet: refused unless `null`.
+    pub account_display_name: Option<String>,
+    /// Not stored yet: refused unless `null`.
+    pub account_identifier: Option<String>,
 }
 
 fn parse_tokens(body: TokensBody, integration: &Integration) -> ApiResult<(TokenSet, AccountState)> {
@@ -182,14 +233,65 @@ async fn write(
     body: TokensBody,
     mode: WriteMode,
 ) -> ApiResult<Account> {
-    let org = owner(user_id, q)?;
+    let intent = match mode {
+        WriteMode::UpdateOnly => Some("reauthorize"),
+        WriteMode::InsertOnly | WriteMode::Upsert => None,
+    };
+    let target = target(user_id, q, intent)?;
+    let mut errors = Vec::new();
+    for (field, value) in
+        [("account_display_name", &body.account_display_name), ("account_identifier", &body.account_identifier)]
+    {
+        if value.is_some() {
+            errors.push(FieldError::new(
+                field,
+                "unsupported",
+                format!("`{field}` is not stored yet; send `null` or omit it."),
+            ));
+        }
+    }
+    let adding = match (body.connection_intent.as_deref(), mode) {
+        (None, _) => false,
+        (Some("add"), WriteMode::InsertOnly) => true,
+        (Some(_), WriteMode::InsertOnly) => {
+            errors.push(FieldError::new("connection_intent", "invalid", "`connection_intent` may only be `add` here."));
+            false
+        }
+        (Some(_), _) => {
+            errors.push(FieldError::new(
+                "connection_intent",
+                "unsupported",
+                "Send `connection_intent` in the query here.",
+            ));
+            false
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let org = target.organization_id.as_deref();
     let integration = find(state, slug).await?;
     let (tokens, account_state) = parse_tokens(body, &integration)?;
-    state
+    let stored = state
         .connections
-        .store(&integration, user_id, org.as_deref(), &tokens, account_state, mode, Announce::IfNewlyConnected)
-        .await?
-        .ok_or_else(|| not_connected(slug))
+        .store(
+            &integration,
+            user_id,
+            org,
+            &tokens,
+            account_state,
+            mode,
+            Announce::IfNewlyConnected,
+            target.only.as_ref(),
+        )
+        .await;
+    match stored {
+        Err(AccountError::Exists) if adding => Err(ApiError::not_found(
+            "multiple_connections_unavailable",
+            "This owner already has an account for this integration, and an owner holds one account per integration.",
+        )),
+        other => other?.ok_or_else(|| not_connected(slug)),
+    }
 }
 
 #[utoipa::path(post, path = "/user_management/users/{user_id}/connected_accounts/{slug}", tag = "connected_accounts",
@@ -229,105 +331,12 @@ pub async fn disconnect(
     Path((user_id, slug)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<OwnerQuery>,
 ) -> ApiResult<StatusCode> {
-    let org = owner(&user_id, q)?;
+    let target = target(&user_id, q, None)?;
     let integration = find(&state, &slug).await?;
-    state.connections.disconnect(&integration, &user_id, org.as_deref()).await?.ok_or_else(|| not_connected(&slug))?;
+    state
+        .connections
+        .disconnect(&integration, &user_id, target.organization_id.as_deref(), target.only.as_ref())
+        .await?
+        .ok_or_else(|| not_connected(&slug))?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct DataProviderView {
-    pub object: &'static str,
-    pub id: String,
-    pub name: String,
-    pub description: String,
-    pub slug: String,
-    pub integration_type: String,
-    pub credentials_type: &'static str,
-    pub auth_methods: Vec<&'static str>,
-    pub connection_owner: &'static str,
-    pub ownership: &'static str,
-    pub scopes: Vec<String>,
-    /// The owner's account, if any.
-    pub connected_account: Option<ProviderAccountView>,
-    /// The owner's accounts: at most one here.
-    pub connected_accounts: Vec<ProviderAccountView>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-/// An account as a provider row lists it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ProviderAccountView {
-    #[serde(flatten)]
-    pub account: ConnectedAccountView,
-    /// `user_id` under its older name, which the SDKs still read.
-    pub userland_user_id: String,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct DataProviderList {
-    pub object: &'static str,
-    pub data: Vec<DataProviderView>,
-}
-
-#[utoipa::path(get, path = "/user_management/users/{user_id}/data_providers", tag = "connected_accounts",
-    params(("user_id" = String, Path), OwnerQuery), security(("api_key" = [])),
-    responses((status = 200, body = DataProviderList, description = "Every enabled integration with this user's account for it")))]
-pub async fn data_providers(
-    _: AdminKey,
-    State(state): State<AppState>,
-    Path(user_id): Path<String>,
-    ApiQuery(q): ApiQuery<OwnerQuery>,
-) -> ApiResult<Json<DataProviderList>> {
-    let org = owner(&user_id, q)?;
-    let listed = owner_listing(&state, &user_id, org.as_deref()).await?;
-    let data = listed.iter().map(|(i, a)| data_provider_view(i, a.as_ref())).collect();
-    Ok(Json(DataProviderList { object: "list", data }))
-}
-
-/// Every enabled integration with the owner's account for it, if any (no token is
-/// read). Shared with the widget.
-pub async fn owner_listing(
-    state: &AppState,
-    user_id: &str,
-    org: Option<&str>,
-) -> ApiResult<Vec<(Integration, Option<AccountSummary>)>> {
-    let integrations = crate::store::integrations::all(&state.db, state.keyring()).await?;
-    let mut accounts = accounts::summaries_for_owner(&state.db, user_id, org).await?;
-    Ok(integrations
-        .into_iter()
-        .filter(|i| i.enabled)
-        .map(|i| {
-            let account = accounts.iter().position(|a| a.integration_id == i.id).map(|at| accounts.swap_remove(at));
-            (i, account)
-        })
-        .collect())
-}
-
-/// An integration as `data_providers` lists it, with the owner's account.
-pub fn data_provider_view(i: &Integration, account: Option<&AccountSummary>) -> DataProviderView {
-    let listed = account.map(|a| ProviderAccountView { account: view(a), userland_user_id: a.user_id.clone() });
-    DataProviderView {
-        object: "data_provider",
-        id: i.id.to_string(),
-        name: i.display_name(),
-        description: if i.description.is_empty() {
-            i.spec().map(|s| s.description.clone()).unwrap_or_default()
-        } else {
-            i.description.clone()
-        },
-        slug: i.slug.clone(),
-        integration_type: if i.custom_provider.is_some() { "custom".to_owned() } else { i.provider.clone() },
-        credentials_type: "oauth2",
-        auth_methods: vec!["oauth"],
-        connection_owner: "user",
-        // The older name of `connection_owner`, in its older spelling.
-        ownership: "userland_user",
-        scopes: i.scopes.clone(),
-        connected_account: listed.clone(),
-        connected_accounts: listed.into_iter().collect(),
-        created_at: rfc3339(i.created_at),
-        updated_at: rfc3339(i.updated_at),
-    }
 }

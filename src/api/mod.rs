@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod connected_accounts;
+pub mod data_providers;
 pub mod events;
 pub mod extract;
 pub mod fast_lane;
@@ -47,6 +48,7 @@ pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(integrations::routes())
         .merge(connect::routes())
         .merge(connected_accounts::routes())
+        .merge(data_providers::routes())
         .merge(tokens::routes(state))
         .merge(webhooks::routes())
         .merge(events::routes())

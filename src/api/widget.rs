@@ -22,7 +22,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::connect::check_owner_id;
-use crate::api::connected_accounts::{data_provider_view, not_connected, owner_listing, DataProviderView};
+use crate::api::connected_accounts::not_connected;
+use crate::api::data_providers::{data_provider_view, owner_listing, DataProviderView};
 use crate::api::extract::AdminKey;
 use crate::api::extract::ApiJson;
 use crate::api::integrations::find;
@@ -249,7 +250,7 @@ pub async fn disconnect(
     let integration = find(&state, &slug).await?;
     state
         .connections
-        .disconnect(&integration, &claims.user_id, claims.organization_id.as_deref())
+        .disconnect(&integration, &claims.user_id, claims.organization_id.as_deref(), None)
         .await?
         .ok_or_else(|| not_connected(&slug))?;
     Ok(StatusCode::NO_CONTENT)

@@ -201,3 +201,61 @@ async fn every_bad_input_is_a_422_and_changes_nothing() {
     assert_eq!(n, 0);
     assert!(events(&app).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_named_account_is_the_only_one_read_replaced_or_deleted_and_unsupported_fields_are_refused() {
+    let app = TestApp::spawn().await;
+    api_integration(&app, "acme", ClientAuthMethod::Basic, |_| {}).await;
+    let expires_at = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let tokens = |at: &str| json!({"access_token": at, "refresh_token": "rt", "expires_at": expires_at});
+    let (status, account) = app.admin(Method::POST, PATH, Some(tokens("at-1"))).await;
+    assert_eq!(status, 201, "{account}");
+    let id = account["id"].as_str().unwrap().to_owned();
+    let other = "data_installation_01JZ0000000000000000000000";
+    let version = || async {
+        sqlx::query_scalar::<_, i64>("SELECT token_version FROM connected_accounts").fetch_one(&app.db).await.unwrap()
+    };
+    let before = version().await;
+
+    // Naming the owner's account: that one; naming another: 404, nothing changed.
+    let (status, shown) = app.admin(Method::GET, &format!("{PATH}?connected_account_id={id}"), None).await;
+    assert_eq!((status, shown["id"].as_str()), (200, Some(id.as_str())));
+    let (status, err) = app.admin(Method::GET, &format!("{PATH}?connected_account_id={other}"), None).await;
+    assert_eq!((status, err["code"].as_str()), (404, Some("connected_account_not_found")));
+    let (status, _) =
+        app.admin(Method::PUT, &format!("{PATH}?connected_account_id={other}"), Some(tokens("at-2"))).await;
+    assert_eq!(status, 404);
+    let (status, _) = app.admin(Method::DELETE, &format!("{PATH}?connected_account_id={other}"), None).await;
+    assert_eq!(status, 404);
+    assert_eq!(version().await, before, "neither the replace nor the delete touched the account");
+
+    // Parameters that are not taken, or not yet stored, are refused and change nothing.
+    let (status, err) =
+        app.admin(Method::PUT, &format!("{PATH}?connection_intent=reauthorize"), Some(tokens("at-2"))).await;
+    assert_eq!((status, err["errors"][0]["field"].as_str()), (422, Some("connected_account_id")));
+    let (status, err) = app.admin(Method::GET, &format!("{PATH}?colour=blue"), None).await;
+    assert_eq!((status, err["code"].as_str()), (400, Some("invalid_query")), "{err}");
+    let mut labelled = tokens("at-2");
+    labelled["account_display_name"] = json!("Work");
+    let (status, err) = app.admin(Method::PUT, PATH, Some(labelled)).await;
+    assert_eq!((status, err["errors"][0]["field"].as_str()), (422, Some("account_display_name")));
+    let mut add = tokens("at-3");
+    add["connection_intent"] = json!("add");
+    let (status, err) = app.admin(Method::POST, PATH, Some(add)).await;
+    assert_eq!((status, err["code"].as_str()), (404, Some("multiple_connections_unavailable")), "{err}");
+    assert_eq!(version().await, before);
+
+    // Reauthorizing the named account replaces its tokens; deleting it by name removes it.
+    let (status, replaced) = app
+        .admin(
+            Method::PUT,
+            &format!("{PATH}?connection_intent=reauthorize&connected_account_id={id}"),
+            Some(tokens("at-4")),
+        )
+        .await;
+    assert_eq!((status, replaced["id"].as_str()), (200, Some(id.as_str())), "{replaced}");
+    let (status, _) = app.admin(Method::DELETE, &format!("{PATH}?connected_account_id={id}"), None).await;
+    assert_eq!(status, 204);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM connected_accounts").fetch_one(&app.db).await.unwrap();
+    assert_eq!(left, 0);
+}

@@ -94,6 +94,14 @@ async fn metrics_and_status_tell_the_story_of_a_scripted_flow() {
     tokio::spawn(pipes::api::serve(listener, pipes::roles::metrics_router(app.state.clone()), app.cancel.clone()));
     let webhook_delivered =
         |m: &HashMap<String, f64>| value(m, "pipes_webhook_deliveries_total", &[("outcome", "delivered")]);
+    // The receiver answers before the worker counts the delivery.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            webhook_delivered(&scrape(&app, &app.url("/metrics")).await) >= 2.0
+        })
+        .await,
+        "both deliveries counted"
+    );
     let mut roles = Vec::new();
     for url in [app.url("/metrics"), format!("http://{metrics_addr}/metrics")] {
         let m = scrape(&app, &url).await;

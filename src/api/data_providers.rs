@@ -1,0 +1,124 @@
+//! `GET /user_management/users/{user_id}/data_providers?organization_id=…`: every
+//! enabled integration with the owner's account for it. The widget lists the same.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::api::connected_accounts::{target, view, ConnectedAccountView, OwnerQuery};
+use crate::api::extract::{AdminKey, ApiQuery};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::store::accounts::{self, AccountSummary};
+use crate::store::integrations::Integration;
+use crate::time::rfc3339;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(data_providers))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DataProviderView {
+    pub object: &'static str,
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub slug: String,
+    pub integration_type: String,
+    pub credentials_type: &'static str,
+    pub auth_methods: Vec<&'static str>,
+    pub connection_owner: &'static str,
+    pub ownership: &'static str,
+    pub scopes: Vec<String>,
+    /// The owner's account, if any.
+    pub connected_account: Option<ProviderAccountView>,
+    /// The owner's accounts: at most one here.
+    pub connected_accounts: Vec<ProviderAccountView>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// An account as a provider row lists it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ProviderAccountView {
+    #[serde(flatten)]
+    pub account: ConnectedAccountView,
+    /// `user_id` under its older name, which the SDKs still read.
+    pub userland_user_id: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DataProviderList {
+    pub object: &'static str,
+    pub data: Vec<DataProviderView>,
+}
+
+#[utoipa::path(get, path = "/user_management/users/{user_id}/data_providers", tag = "connected_accounts",
+    params(("user_id" = String, Path), OwnerQuery), security(("api_key" = [])),
+    responses((status = 200, body = DataProviderList, description = "Every enabled integration with this user's account for it")))]
+pub async fn data_providers(
+    _: AdminKey,
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    ApiQuery(q): ApiQuery<OwnerQuery>,
+) -> ApiResult<Json<DataProviderList>> {
+    let target = target(&user_id, q, None)?;
+    if target.only.is_some() {
+        return Err(ApiError::invalid_field(
+            "connected_account_id",
+            "unsupported",
+            "Not taken when listing providers.",
+        ));
+    }
+    let listed = owner_listing(&state, &user_id, target.organization_id.as_deref()).await?;
+    let data = listed.iter().map(|(i, a)| data_provider_view(i, a.as_ref())).collect();
+    Ok(Json(DataProviderList { object: "list", data }))
+}
+
+/// Every enabled integration with the owner's account for it, if any (no token is
+/// read). Shared with the widget.
+pub async fn owner_listing(
+    state: &AppState,
+    user_id: &str,
+    org: Option<&str>,
+) -> ApiResult<Vec<(Integration, Option<AccountSummary>)>> {
+    let integrations = crate::store::integrations::all(&state.db, state.keyring()).await?;
+    let mut accounts = accounts::summaries_for_owner(&state.db, user_id, org).await?;
+    Ok(integrations
+        .into_iter()
+        .filter(|i| i.enabled)
+        .map(|i| {
+            let account = accounts.iter().position(|a| a.integration_id == i.id).map(|at| accounts.swap_remove(at));
+            (i, account)
+        })
+        .collect())
+}
+
+/// An integration as `data_providers` lists it, with the owner's account.
+pub fn data_provider_view(i: &Integration, account: Option<&AccountSummary>) -> DataProviderView {
+    let listed = account.map(|a| ProviderAccountView { account: view(a), userland_user_id: a.user_id.clone() });
+    DataProviderView {
+        object: "data_provider",
+        id: i.id.to_string(),
+        name: i.display_name(),
+        description: if i.description.is_empty() {
+            i.spec().map(|s| s.description.clone()).unwrap_or_default()
+        } else {
+            i.description.clone()
+        },
+        slug: i.slug.clone(),
+        integration_type: if i.custom_provider.is_some() { "custom".to_owned() } else { i.provider.clone() },
+        credentials_type: "oauth2",
+        auth_methods: vec!["oauth"],
+        connection_owner: "user",
+        // The older name of `connection_owner`, in its older spelling.
+        ownership: "userland_user",
+        scopes: i.scopes.clone(),
+        connected_account: listed.clone(),
+        connected_accounts: listed.into_iter().collect(),
+        created_at: rfc3339(i.created_at),
+        updated_at: rfc3339(i.updated_at),
+    }
+}
