@@ -62,11 +62,6 @@ impl Settings {
         Ok(())
     }
 
-    /// Adds every setting of `other`, replacing equal keys.
-    pub fn merge(&mut self, other: Settings) {
-        self.0 = std::mem::take(&mut self.0).merge(other.0);
-    }
-
     pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
         self.0 = std::mem::take(&mut self.0).merge((key_of(key), value.into()));
         self
