@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
             ring,
             WriteMode::Upsert,
             &integration_id.clone().into(),
-            &format!("user-{i}"),
+            &pipes::owner::Owner::user(format!("user-{i}"), None),
             None,
             &tokens,
             None,

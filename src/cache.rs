@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{aad, KeyRing};
 use crate::keys::columns;
+use crate::owner::Owner;
 use crate::read::local::{LocalCache, INTEGRATION_PREFIX};
 use crate::redis_conn::Redis;
 use crate::secret::Secret;
@@ -100,27 +101,61 @@ pub enum CacheError {
     Unverified,
 }
 
-/// The Redis key of an owner's entry, `{prefix}:tok:{slug}:{owner}`. User and
-/// organization ids are hashed so no separator inside them can make two
-/// owners collide. Built without intermediate strings: it runs on every read.
-pub fn entry_key(redis: &Redis, slug: &str, user_id: &str, organization_id: Option<&str>) -> String {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    hasher.update(user_id.as_bytes());
-    hasher.update([0u8]);
-    hasher.update(organization_id.unwrap_or("\u{0}").as_bytes());
-    let digest = hasher.finalize();
-    let mut owner = [0u8; 32];
-    // 16 bytes → 32 hex digits; the buffer is exactly that long, so this cannot fail.
-    let _ = hex::encode_to_slice(&digest[..16], &mut owner);
+/// The Redis key of an owner's entry: `{prefix}:tok:{slug}:{owner segment}`. Built
+/// without intermediate strings: it runs on every read.
+pub fn entry_key(redis: &Redis, slug: &str, owner: &Owner) -> String {
+    let mut key = key_start(redis, slug, 36);
+    push_owner_segment(&mut key, owner);
+    key
+}
+
+/// The key of the entry whose [`owner_segment`] was recorded (`crate::invalidations`).
+pub fn key_of(redis: &Redis, slug: &str, segment: &str) -> String {
+    let mut key = key_start(redis, slug, segment.len());
+    key.push_str(segment);
+    key
+}
+
+/// The part of an entry's key that names its owner: a hash of the user and
+/// organization ids for a user-owned account, `org:` and a hash of the organization
+/// id for an organization-owned one. Hashed, so no separator inside an id can make
+/// two owners collide; shaped differently, so a user and an organization never
+/// share an entry.
+pub fn owner_segment(owner: &Owner) -> String {
+    let mut segment = String::with_capacity(36);
+    push_owner_segment(&mut segment, owner);
+    segment
+}
+
+fn key_start(redis: &Redis, slug: &str, rest: usize) -> String {
     let prefix = redis.prefix();
-    let mut key = String::with_capacity(prefix.len() + slug.len() + 38);
+    let mut key = String::with_capacity(prefix.len() + slug.len() + 6 + rest);
     key.push_str(prefix);
     key.push_str(":tok:");
     key.push_str(slug);
     key.push(':');
-    key.push_str(std::str::from_utf8(&owner).unwrap_or_default());
     key
+}
+
+fn push_owner_segment(out: &mut String, owner: &Owner) {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    match owner {
+        Owner::User { user_id, organization_id } => {
+            hasher.update(user_id.as_bytes());
+            hasher.update([0u8]);
+            hasher.update(organization_id.as_deref().unwrap_or("\u{0}").as_bytes());
+        }
+        Owner::Organization { organization_id } => {
+            out.push_str("org:");
+            hasher.update(organization_id.as_bytes());
+        }
+    }
+    let digest = hasher.finalize();
+    let mut hash = [0u8; 32];
+    // 16 bytes → 32 hex digits; the buffer is exactly that long, so this cannot fail.
+    let _ = hex::encode_to_slice(&digest[..16], &mut hash);
+    out.push_str(std::str::from_utf8(&hash).unwrap_or_default());
 }
 
 #[derive(Clone)]
@@ -182,14 +217,8 @@ impl TokenCache {
     }
 
     /// Reads an owner's entry. Errors mean Redis failed: the caller reads PostgreSQL.
-    pub async fn get(
-        &self,
-        slug: &str,
-        user_id: &str,
-        organization_id: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<Lookup, CacheError> {
-        self.get_key(&entry_key(&self.redis, slug, user_id, organization_id), now).await
+    pub async fn get(&self, slug: &str, owner: &Owner, now: DateTime<Utc>) -> Result<Lookup, CacheError> {
+        self.get_key(&entry_key(&self.redis, slug, owner), now).await
     }
 
     /// `get` by the entry's key (see `entry_key`).
@@ -254,7 +283,7 @@ impl TokenCache {
     /// PostgreSQL stays the truth.
     #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account.id))]
     pub async fn put(&self, account: &Account, integration: &Integration, now: DateTime<Utc>) {
-        let key = entry_key(&self.redis, &integration.slug, &account.user_id, account.organization_id.as_deref());
+        let key = entry_key(&self.redis, &integration.slug, &account.owner);
         let Some((entry, ttl)) = self.entry_for(account, integration, now) else {
             // Not cacheable (e.g. expiring soon): make sure no older copy lingers.
             self.tombstone_key(&key, account.token_version).await;
@@ -271,7 +300,7 @@ impl TokenCache {
     /// million messages to every `serve`. No-op when the token is not fresh.
     #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account.id))]
     pub async fn restore(&self, account: &Account, integration: &Integration, now: DateTime<Utc>) {
-        let key = entry_key(&self.redis, &integration.slug, &account.user_id, account.organization_id.as_deref());
+        let key = entry_key(&self.redis, &integration.slug, &account.owner);
         let Some((entry, ttl)) = self.entry_for(account, integration, now) else { return };
         let Some(value) = self.seal_entry(&key, &entry) else { return };
         self.write(&key, value, entry.version, ttl, false).await;
@@ -287,8 +316,8 @@ impl TokenCache {
 
     /// Marks an owner's entry as gone as of `version` (reauthorization, disconnect).
     #[tracing::instrument(level = "debug", skip_all, fields(integration = %slug))]
-    pub async fn tombstone(&self, slug: &str, user_id: &str, organization_id: Option<&str>, version: i64) {
-        let key = entry_key(&self.redis, slug, user_id, organization_id);
+    pub async fn tombstone(&self, slug: &str, owner: &Owner, version: i64) {
+        let key = entry_key(&self.redis, slug, owner);
         self.tombstone_key(&key, version).await;
     }
 

@@ -11,9 +11,11 @@ use sqlx::Row;
 use crate::connections::Announce;
 use crate::crypto::{aad, random_token, sha256_hex, CryptoError};
 use crate::events::{self, ConnectionFailure, EventKind};
+use crate::ids::IntegrationId;
 use crate::keys::columns;
 use crate::oauth::client::{self, Grant};
 use crate::oauth::response::TokenError;
+use crate::owner::{Owner, Ownership};
 use crate::secret::Secret;
 use crate::state::AppState;
 use crate::store::accounts::{Account, AccountError, AccountState, TokenSet, WriteMode};
@@ -46,7 +48,8 @@ pub enum ConnectError {
 /// once: enough for a few tabs and retries, and a bound on the rows a caller can make.
 pub const MAX_OPEN_STATES: i64 = 20;
 
-/// Who is connecting, and where they go afterwards.
+/// Who is connecting, and where they go afterwards. For an organization-owned
+/// integration, `user_id` is the member connecting the organization's account.
 #[derive(Debug, Clone)]
 pub struct ConnectRequest {
     pub user_id: String,
@@ -113,6 +116,9 @@ pub async fn begin(
 /// A state that was presented and accepted (now consumed).
 #[derive(Debug)]
 pub struct Pending {
+    pub integration_id: IntegrationId,
+    /// Who started the flow: the owner of a user-owned account, or the member
+    /// connecting an organization's.
     pub user_id: String,
     pub organization_id: Option<String>,
     pub return_to: Option<String>,
@@ -129,6 +135,21 @@ pub enum StateRejection {
     OtherIntegration,
 }
 
+impl Pending {
+    /// The owner of the account this flow connects, for `integration` (its root).
+    pub fn owner(&self, integration: &Integration) -> Owner {
+        match (integration.ownership, &self.organization_id) {
+            (Ownership::Organization, Some(org)) => Owner::organization(org.clone()),
+            _ => Owner::user(self.user_id.clone(), self.organization_id.clone()),
+        }
+    }
+
+    /// Who established the account, for an organization-owned one.
+    pub fn established_by(&self, integration: &Integration) -> Option<&str> {
+        (integration.ownership == Ownership::Organization).then_some(self.user_id.as_str())
+    }
+}
+
 impl StateRejection {
     pub fn message(self) -> &'static str {
         match self {
@@ -142,11 +163,12 @@ impl StateRejection {
     }
 }
 
-/// Consumes `raw_state` for `integration` exactly once, before `now` plus its TTL.
+/// Consumes `raw_state` for an integration root of `slug` (the callback's path names
+/// the provider; the state names the root) exactly once, before `now` plus its TTL.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn consume_state(
     state: &AppState,
-    integration: &Integration,
+    slug: &str,
     raw_state: &str,
     now: DateTime<Utc>,
 ) -> Result<Result<Pending, StateRejection>, ConnectError> {
@@ -154,25 +176,29 @@ pub async fn consume_state(
     let row = sqlx::query(
         // The verifier is dropped as the state is consumed: it is never needed again.
         "UPDATE oauth_states s SET used_at = $3, pkce_verifier_enc = NULL
-         FROM (SELECT state_hash, pkce_verifier_enc FROM oauth_states WHERE state_hash = $1 FOR UPDATE) old
-         WHERE s.state_hash = old.state_hash AND s.integration_id = $2 AND s.used_at IS NULL AND s.expires_at > $3
-         RETURNING s.user_id, s.organization_id, s.return_to, s.scopes, old.pkce_verifier_enc",
+         FROM (SELECT state_hash, pkce_verifier_enc FROM oauth_states WHERE state_hash = $1 FOR UPDATE) old,
+              integrations i
+         WHERE s.state_hash = old.state_hash AND i.id = s.integration_id AND i.slug = $2
+           AND s.used_at IS NULL AND s.expires_at > $3
+         RETURNING s.integration_id, s.user_id, s.organization_id, s.return_to, s.scopes, old.pkce_verifier_enc",
     )
     .bind(&hash)
-    .bind(&integration.id)
+    .bind(slug)
     .bind(now)
     .fetch_optional(&state.db)
     .await?;
     let Some(row) = row else {
         // Say why, without consuming anything.
-        let seen =
-            sqlx::query("SELECT integration_id, used_at IS NOT NULL AS used FROM oauth_states WHERE state_hash = $1")
-                .bind(&hash)
-                .fetch_optional(&state.db)
-                .await?;
+        let seen = sqlx::query(
+            "SELECT i.slug, s.used_at IS NOT NULL AS used
+             FROM oauth_states s JOIN integrations i ON i.id = s.integration_id WHERE s.state_hash = $1",
+        )
+        .bind(&hash)
+        .fetch_optional(&state.db)
+        .await?;
         return Ok(Err(match seen {
             None => StateRejection::Unknown,
-            Some(r) if r.get::<String, _>("integration_id") != integration.id => StateRejection::OtherIntegration,
+            Some(r) if r.get::<String, _>("slug") != slug => StateRejection::OtherIntegration,
             Some(r) if r.get::<bool, _>("used") => StateRejection::Reused,
             Some(_) => StateRejection::Expired,
         }));
@@ -182,6 +208,7 @@ pub async fn consume_state(
         .map(|c| state.keyring().open_string(&c, aad(columns::PKCE_VERIFIER, &hash)).map(Secret::new))
         .transpose()?;
     Ok(Ok(Pending {
+        integration_id: row.get("integration_id"),
         user_id: row.get("user_id"),
         organization_id: row.get("organization_id"),
         return_to: row.get("return_to"),
@@ -242,13 +269,12 @@ pub async fn complete(
     let now = crate::time::now();
     match result {
         Ok(tokens) => {
-            let owner = (pending.user_id.as_str(), pending.organization_id.as_deref());
             let account = state
                 .connections
                 .store(
                     integration,
-                    owner.0,
-                    owner.1,
+                    &pending.owner(integration),
+                    pending.established_by(integration),
                     &tokens,
                     AccountState::Connected,
                     WriteMode::Upsert,
@@ -262,13 +288,7 @@ pub async fn complete(
         }
         Err(fail) => {
             let mut tx = state.db.begin().await?;
-            let data = events::connection_failed_data(
-                integration,
-                &pending.user_id,
-                pending.organization_id.as_deref(),
-                &fail,
-                now,
-            );
+            let data = events::connection_failed_data(integration, &pending.owner(integration), &fail, now);
             events::emit(&mut tx, EventKind::ConnectionFailed, &data).await?;
             tx.commit().await?;
             tracing::info!(integration = %integration.slug, error = %fail.error_code, "connection failed");

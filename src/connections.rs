@@ -10,6 +10,7 @@ use crate::events::{self, EventKind};
 use crate::ids::AccountId;
 use crate::oauth::client;
 use crate::outbound::ProviderClient;
+use crate::owner::Owner;
 use crate::refresh::Refresher;
 use crate::store::accounts::{self, Account, AccountError, AccountState, TokenSet, WriteMode};
 use crate::store::integrations::Integration;
@@ -39,17 +40,19 @@ impl Connections {
         Connections { db, ring, cache, refresher, http }
     }
 
-    /// Stores `tokens` for the owner in `state` (scheduled for a refresh when connected),
-    /// with its event as `announce` says, then updates the token cache. With `only`, the
-    /// owner's account must be that one. `Ok(None)`: no account to update
-    /// ([`WriteMode::UpdateOnly`]), or not the one `only` names.
+    /// Stores `tokens` for `owner` in `state` (scheduled for a refresh when connected),
+    /// with its event as `announce` says, then updates the token cache. `established_by`
+    /// is the member who authorized an organization's account. With `only`, the owner's
+    /// account must be that one. `Ok(None)`: no account to update
+    /// ([`WriteMode::UpdateOnly`]), or not the one `only` names. The integration root
+    /// must be owned the way `owner` is (the schema refuses anything else).
     #[tracing::instrument(level = "debug", skip_all, fields(integration = %integration.slug))]
     #[allow(clippy::too_many_arguments)]
     pub async fn store(
         &self,
         integration: &Integration,
-        user_id: &str,
-        organization_id: Option<&str>,
+        owner: &Owner,
+        established_by: Option<&str>,
         tokens: &TokenSet,
         state: AccountState,
         mode: WriteMode,
@@ -66,7 +69,7 @@ impl Connections {
         let mut tx = self.db.begin().await?;
         let existing = match (announce, only) {
             (Announce::IfNewlyConnected, _) | (_, Some(_)) => {
-                accounts::find_for_owner(&mut *tx, &self.ring, &integration.id, user_id, organization_id).await?
+                accounts::find_for_owner(&mut *tx, &self.ring, &integration.id, owner).await?
             }
             _ => None,
         };
@@ -79,8 +82,8 @@ impl Connections {
             &self.ring,
             mode,
             &integration.id,
-            user_id,
-            organization_id,
+            owner,
+            established_by,
             tokens,
             refresh_at,
             state,
@@ -102,22 +105,19 @@ impl Connections {
         Ok(Some(account))
     }
 
-    /// Disconnects the owner's account of `integration`: deleted with its `disconnected`
+    /// Disconnects `owner`'s account of `integration`: deleted with its `disconnected`
     /// event, cache tombstoned, then revoked at the provider where possible. `Ok(None)`
     /// when there is none (or it is not the one `only` names).
     #[tracing::instrument(level = "debug", skip_all, fields(integration = %integration.slug))]
     pub async fn disconnect(
         &self,
         integration: &Integration,
-        user_id: &str,
-        organization_id: Option<&str>,
+        owner: &Owner,
         only: Option<&AccountId>,
     ) -> Result<Option<Account>, AccountError> {
         let slug = integration.slug.as_str();
         let mut tx = self.db.begin().await?;
-        let Some(existing) =
-            accounts::find_for_owner(&mut *tx, &self.ring, &integration.id, user_id, organization_id).await?
-        else {
+        let Some(existing) = accounts::find_for_owner(&mut *tx, &self.ring, &integration.id, owner).await? else {
             return Ok(None);
         };
         if only.is_some_and(|id| existing.id != *id) {
@@ -127,7 +127,7 @@ impl Connections {
         let data = events::account_data(&gone, integration, AccountState::Disconnected.as_str());
         events::emit(&mut tx, EventKind::Disconnected, &data).await?;
         tx.commit().await?;
-        self.cache.tombstone(slug, &gone.user_id, gone.organization_id.as_deref(), gone.token_version).await;
+        self.cache.tombstone(slug, &gone.owner, gone.token_version).await;
         // Revoke after the delete, so no stored row ever holds a revoked token. Revoking the
         // refresh token ends the whole grant at most providers (RFC 7009 §2.1).
         let token = gone

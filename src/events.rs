@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::ids::IdKind;
+use crate::owner::Owner;
 use crate::store::accounts::Account;
 use crate::store::integrations::Integration;
 use crate::time::rfc3339;
@@ -48,10 +49,13 @@ pub fn account_data(account: &Account, integration: &Integration, state: &str) -
         "id": account.id,
         "data_integration_id": integration.id,
         "provider_slug": integration.slug,
-        "user_id": account.user_id,
-        "organization_id": account.organization_id,
+        "connection_role": "compatibility",
+        "user_id": account.owner.user_id(),
+        "organization_id": account.owner.organization_id(),
         "scopes": account.scopes,
+        "auth_method": "oauth",
         "state": state,
+        "established_by_user_id": account.established_by_user_id,
         "created_at": rfc3339(account.created_at),
         "updated_at": rfc3339(account.updated_at),
     })
@@ -69,8 +73,7 @@ pub struct ConnectionFailure {
 
 pub fn connection_failed_data(
     integration: &Integration,
-    user_id: &str,
-    organization_id: Option<&str>,
+    owner: &Owner,
     failure: &ConnectionFailure,
     now: DateTime<Utc>,
 ) -> Value {
@@ -78,8 +81,8 @@ pub fn connection_failed_data(
         "object": "connection_failed",
         "data_integration_id": integration.id,
         "provider_slug": integration.slug,
-        "user_id": user_id,
-        "organization_id": organization_id,
+        "user_id": owner.user_id(),
+        "organization_id": owner.organization_id(),
         "error_code": failure.error_code,
         "error_reason": failure.error_reason,
         "provider_error": failure.provider_error,

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::connections::Announce;
+use crate::owner::{Owner, Ownership};
 use crate::secret::Secret;
 use crate::state::AppState;
 use crate::store::accounts::{AccountState, TokenSet, WriteMode};
@@ -63,7 +64,7 @@ pub async fn import_lines(state: &AppState, text: &str, mut progress: impl FnMut
             continue;
         }
         if !integrations.contains_key(&parsed.integration) {
-            let found = integrations::by_slug(&state.db, state.keyring(), &parsed.integration).await?;
+            let found = integrations::by_slug(&state.db, state.keyring(), &parsed.integration, Ownership::User).await?;
             integrations.insert(parsed.integration.clone(), found);
         }
         let Some(Some(integration)) = integrations.get(&parsed.integration) else {
@@ -76,13 +77,13 @@ pub async fn import_lines(state: &AppState, text: &str, mut progress: impl FnMut
             expires_at: parsed.expires_at,
             scopes: parsed.scopes,
         };
-        let org = parsed.organization_id.as_deref().filter(|o| !o.is_empty());
+        let org = parsed.organization_id.filter(|o| !o.is_empty());
         let stored = state
             .connections
             .store(
                 integration,
-                &parsed.user_id,
-                org,
+                &Owner::user(parsed.user_id, org),
+                None,
                 &tokens,
                 AccountState::Connected,
                 WriteMode::Upsert,

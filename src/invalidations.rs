@@ -19,8 +19,9 @@ use std::time::Duration;
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{entry_key, TokenCache};
+use crate::cache::{key_of, owner_segment, TokenCache};
 use crate::metrics as m;
+use crate::owner::Owner;
 
 /// Rows written per pass at most; the rest wait for the next pass.
 const BATCH: i64 = 1000;
@@ -31,22 +32,19 @@ const EVERY_UNTRUSTED: Duration = Duration::from_millis(100);
 
 /// Records, inside the transaction that changes the account, that cached copies
 /// older than `version` must go.
+/// The entry is named by the integration and the account's owner ([`owner_segment`]).
 pub async fn record(
     tx: &mut sqlx::PgConnection,
     integration_id: &str,
-    user_id: &str,
-    organization_id: Option<&str>,
+    owner: &Owner,
     version: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO cache_invalidations (integration_id, user_id, organization_id, version) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(integration_id)
-    .bind(user_id)
-    .bind(organization_id)
-    .bind(version)
-    .execute(tx)
-    .await?;
+    sqlx::query("INSERT INTO cache_invalidations (integration_id, owner_segment, version) VALUES ($1, $2, $3)")
+        .bind(integration_id)
+        .bind(owner_segment(owner))
+        .bind(version)
+        .execute(tx)
+        .await?;
     Ok(())
 }
 
@@ -74,7 +72,7 @@ pub async fn run(db: PgPool, cache: TokenCache, cancel: CancellationToken) {
 /// deleted. True when nothing was left pending.
 pub async fn drain(db: &PgPool, cache: &TokenCache) -> Result<bool, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT c.id, i.slug, c.user_id, c.organization_id, c.version
+        "SELECT c.id, i.slug, c.owner_segment, c.version
          FROM cache_invalidations c JOIN integrations i ON i.id = c.integration_id
          ORDER BY c.id LIMIT $1",
     )
@@ -83,7 +81,7 @@ pub async fn drain(db: &PgPool, cache: &TokenCache) -> Result<bool, sqlx::Error>
     .await?;
     let mut done: Vec<i64> = Vec::with_capacity(rows.len());
     for row in &rows {
-        let key = entry_key(cache.redis(), row.get("slug"), row.get("user_id"), row.get("organization_id"));
+        let key = key_of(cache.redis(), row.get("slug"), row.get("owner_segment"));
         if !cache.tombstone_key(&key, row.get("version")).await {
             break;
         }

@@ -26,6 +26,7 @@ pub mod limits;
 pub mod metrics;
 pub mod oauth;
 pub mod outbound;
+pub mod owner;
 pub mod policy;
 pub mod provisioning;
 pub mod queues;

@@ -20,7 +20,9 @@ use crate::api::integrations::find;
 use crate::config::Config;
 use crate::connect::{self, ConnectRequest, Outcome, ProviderAnswer};
 use crate::error::{ApiError, ApiResult, FieldError};
+use crate::owner::Ownership;
 use crate::state::AppState;
+use crate::store::integrations;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(authorize)).routes(routes!(callback))
@@ -33,7 +35,8 @@ pub struct AuthorizeBody {
     pub organization_id: Option<String>,
     /// Where the browser goes afterwards; its origin must be in `PIPES_ALLOWED_RETURN_TO`.
     pub return_to: Option<String>,
-    /// Only `user`.
+    /// `user` (default): the account is the user's own; `organization`: the
+    /// organization's shared account, connected by `user_id` (needs `organization_id`).
     pub connection_owner: Option<String>,
     /// Per-connection config is not supported: config values are set on the integration.
     #[schema(value_type = Option<Object>)]
@@ -87,14 +90,32 @@ pub async fn authorize(
     if let Some(org) = &organization_id {
         check_owner_id("organization_id", org, &mut errors);
     }
-    if body.connection_owner.as_deref().is_some_and(|o| o != "user") {
-        errors.push(FieldError::new("connection_owner", "unsupported", "Only `user` connections are supported."));
+    let ownership = match body.connection_owner.as_deref() {
+        None => Ownership::User,
+        Some(sent) => Ownership::parse(sent).unwrap_or_else(|| {
+            errors.push(FieldError::new(
+                "connection_owner",
+                "invalid",
+                "`connection_owner` must be `user` or `organization`.",
+            ));
+            Ownership::User
+        }),
+    };
+    if ownership == Ownership::Organization && organization_id.is_none() {
+        errors.push(FieldError::new(
+            "organization_id",
+            "required",
+            "`organization_id` is required when `connection_owner` is `organization`.",
+        ));
     }
     let return_to = match body.return_to.as_deref().filter(|r| !r.is_empty()) {
         None => None,
         Some(r) => check_return_to(&state.config, r).map_err(|e| errors.push(e)).ok(),
     };
-    let integration = find(&state, &slug).await?;
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let integration = find(&state, &slug, ownership).await?;
     if !integration.enabled {
         return Err(ApiError::not_found("integration_not_found", format!("The integration `{slug}` is disabled.")));
     }
@@ -141,19 +162,16 @@ async fn run_callback(state: &AppState, slug: &str, mut params: HashMap<String, 
     let Some(raw_state) = params.remove("state").filter(|s| !s.is_empty()) else {
         return Ok(page(StatusCode::BAD_REQUEST, "Invalid sign-in link", "The provider's answer has no state."));
     };
-    let integration = match find(state, slug).await {
-        Ok(i) => i,
-        Err(ApiError::NotFound { .. }) => {
-            return Ok(page(StatusCode::NOT_FOUND, "Unknown integration", "This integration does not exist."))
-        }
-        Err(e) => return Err(e),
-    };
-    let pending = match connect::consume_state(state, &integration, &raw_state, crate::time::now()).await? {
+    let pending = match connect::consume_state(state, slug, &raw_state, crate::time::now()).await? {
         Ok(p) => p,
         Err(rejection) => {
             tracing::info!(integration = %slug, ?rejection, "callback state refused");
             return Ok(page(StatusCode::BAD_REQUEST, "Invalid sign-in link", rejection.message()));
         }
+    };
+    // The state names the integration root (user- or organization-owned) it was made for.
+    let Some(integration) = integrations::by_id(&state.db, state.keyring(), &pending.integration_id).await? else {
+        return Ok(page(StatusCode::NOT_FOUND, "Unknown integration", "This integration does not exist."));
     };
     let answer = ProviderAnswer {
         code: params.remove("code").filter(|c| !c.is_empty()),

@@ -1,5 +1,7 @@
-//! `GET /user_management/users/{user_id}/data_providers?organization_id=…`: every
-//! enabled integration with the owner's account for it. The widget lists the same.
+//! `GET /user_management/users/{user_id}/data_providers?organization_id=…` and
+//! `GET /organizations/{organization_id}/data_providers`: every enabled integration
+//! root owned that way (user-owned, or organization-owned) with the owner's account
+//! for it. The widget lists the same.
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -7,16 +9,18 @@ use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::api::connect::check_owner_id;
 use crate::api::connected_accounts::{target, view, ConnectedAccountView, OwnerQuery};
 use crate::api::extract::{AdminKey, ApiQuery};
 use crate::error::{ApiError, ApiResult};
+use crate::owner::{Owner, Ownership};
 use crate::state::AppState;
 use crate::store::accounts::{self, AccountSummary};
 use crate::store::integrations::Integration;
 use crate::time::rfc3339;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(data_providers))
+    OpenApiRouter::new().routes(routes!(data_providers)).routes(routes!(organization_data_providers))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -46,7 +50,7 @@ pub struct ProviderAccountView {
     #[serde(flatten)]
     pub account: ConnectedAccountView,
     /// `user_id` under its older name, which the SDKs still read.
-    pub userland_user_id: String,
+    pub userland_user_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -72,23 +76,48 @@ pub async fn data_providers(
             "Not taken when listing providers.",
         ));
     }
-    let listed = owner_listing(&state, &user_id, target.organization_id.as_deref()).await?;
+    let listed = owner_listing(&state, &target.owner).await?;
     let data = listed.iter().map(|(i, a)| data_provider_view(i, a.as_ref())).collect();
     Ok(Json(DataProviderList { object: "list", data }))
 }
 
-/// Every enabled integration with the owner's account for it, if any (no token is
-/// read). Shared with the widget.
-pub async fn owner_listing(
-    state: &AppState,
-    user_id: &str,
-    org: Option<&str>,
-) -> ApiResult<Vec<(Integration, Option<AccountSummary>)>> {
+/// The query of an organization's provider list. An unknown parameter is refused (400).
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct OrganizationListQuery {
+    /// Accepted as the SDKs send it: an owner has one account per integration here.
+    pub supports_multiple_connections: Option<bool>,
+}
+
+#[utoipa::path(get, path = "/organizations/{organization_id}/data_providers", tag = "connected_accounts",
+    params(("organization_id" = String, Path), OrganizationListQuery), security(("api_key" = [])),
+    responses((status = 200, body = DataProviderList,
+        description = "Every enabled organization-owned integration with this organization's shared account for it")))]
+pub async fn organization_data_providers(
+    _: AdminKey,
+    State(state): State<AppState>,
+    Path(organization_id): Path<String>,
+    ApiQuery(q): ApiQuery<OrganizationListQuery>,
+) -> ApiResult<Json<DataProviderList>> {
+    let OrganizationListQuery { supports_multiple_connections: _ } = q;
+    let mut errors = Vec::new();
+    check_owner_id("organization_id", &organization_id, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let listed = owner_listing(&state, &Owner::organization(organization_id)).await?;
+    let data = listed.iter().map(|(i, a)| data_provider_view(i, a.as_ref())).collect();
+    Ok(Json(DataProviderList { object: "list", data }))
+}
+
+/// Every enabled integration root owned the way `owner` is, with the owner's account
+/// for it, if any (no token is read). Shared with the widget.
+pub async fn owner_listing(state: &AppState, owner: &Owner) -> ApiResult<Vec<(Integration, Option<AccountSummary>)>> {
     let integrations = crate::store::integrations::all(&state.db, state.keyring()).await?;
-    let mut accounts = accounts::summaries_for_owner(&state.db, user_id, org).await?;
+    let mut accounts = accounts::summaries_for_owner(&state.db, owner).await?;
     Ok(integrations
         .into_iter()
-        .filter(|i| i.enabled)
+        .filter(|i| i.enabled && i.ownership == owner.ownership())
         .map(|i| {
             let account = accounts.iter().position(|a| a.integration_id == i.id).map(|at| accounts.swap_remove(at));
             (i, account)
@@ -98,7 +127,8 @@ pub async fn owner_listing(
 
 /// An integration as `data_providers` lists it, with the owner's account.
 pub fn data_provider_view(i: &Integration, account: Option<&AccountSummary>) -> DataProviderView {
-    let listed = account.map(|a| ProviderAccountView { account: view(a), userland_user_id: a.user_id.clone() });
+    let listed = account
+        .map(|a| ProviderAccountView { account: view(a), userland_user_id: a.owner.user_id().map(str::to_owned) });
     DataProviderView {
         object: "data_provider",
         id: i.id.to_string(),
@@ -112,9 +142,12 @@ pub fn data_provider_view(i: &Integration, account: Option<&AccountSummary>) -> 
         integration_type: if i.custom_provider.is_some() { "custom".to_owned() } else { i.provider.clone() },
         credentials_type: "oauth2",
         auth_methods: vec!["oauth"],
-        connection_owner: "user",
+        connection_owner: i.ownership.as_str(),
         // The older name of `connection_owner`, in its older spelling.
-        ownership: "userland_user",
+        ownership: match i.ownership {
+            Ownership::User => "userland_user",
+            Ownership::Organization => "organization",
+        },
         scopes: i.scopes.clone(),
         connected_account: listed.clone(),
         connected_accounts: listed.into_iter().collect(),

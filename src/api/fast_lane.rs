@@ -123,8 +123,8 @@ fn answer(state: &AppState, parts: &axum::http::request::Parts, body: &[u8], sha
     let key = crate::api::extract::bearer_key(&parts.headers).ok()?;
     // Either role may read tokens.
     state.keys.recently_verified(key)?;
-    let owner = super::tokens::parse_owner(body).ok()?;
-    let ready = state.reads.hit(slug, &owner)?;
+    let target = super::tokens::parse_target(body).ok()?;
+    let ready = state.reads.hit(slug, &target)?;
     let body = match shape {
         Shape::Token => ready.token_body.clone(),
         Shape::Credential => ready.credential_body.clone(),

@@ -1,6 +1,7 @@
 //! Integrations admin API (DESIGN §3.4): `GET|POST /data-integrations`,
-//! `GET|PUT|DELETE /data-integrations/{slug}`. Validation lives in
-//! `crate::provisioning`, shared with `pipes integrations`.
+//! `GET|PUT|DELETE /data-integrations/{slug}` (the user-owned root) and
+//! `/data-integrations/{slug}/organization` (the organization-owned root of the same
+//! provider). Validation lives in `crate::provisioning`, shared with `pipes integrations`.
 
 use std::collections::BTreeMap;
 
@@ -17,13 +18,18 @@ use crate::api::extract::AdminKey;
 use crate::api::extract::{ApiJson, ApiQuery};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
+use crate::owner::Ownership;
 use crate::provisioning::{self, CreateIntegration, UpdateIntegration};
 use crate::state::AppState;
 use crate::store::integrations::{self, Cursor, Integration, IntegrationState, Order};
 use crate::time::rfc3339;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(show, update, remove))
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(show, update, remove)).routes(routes!(
+        show_organization,
+        update_organization,
+        remove_organization
+    ))
 }
 
 /// `credentials` as shown: never the secret.
@@ -93,7 +99,7 @@ pub fn view(i: &Integration, config: &Config) -> DataIntegrationView {
         id: i.id.to_string(),
         slug: i.slug.clone(),
         integration_type: if i.custom_provider.is_some() { "custom".to_owned() } else { i.provider.clone() },
-        ownership: "user",
+        ownership: i.ownership.as_str(),
         description: i.description.clone(),
         enabled: i.enabled,
         state: match i.state {
@@ -129,11 +135,17 @@ pub fn view(i: &Integration, config: &Config) -> DataIntegrationView {
     }
 }
 
-/// Loads an integration by slug or answers 404 `integration_not_found`.
-pub async fn find(state: &AppState, slug: &str) -> ApiResult<Integration> {
-    integrations::by_slug(&state.db, state.keyring(), slug)
-        .await?
-        .ok_or_else(|| ApiError::not_found("integration_not_found", format!("No integration `{slug}`.")))
+/// Loads the integration root `slug` of `ownership` or answers 404 `integration_not_found`.
+pub async fn find(state: &AppState, slug: &str, ownership: Ownership) -> ApiResult<Integration> {
+    integrations::by_slug(&state.db, state.keyring(), slug, ownership).await?.ok_or_else(|| not_found(slug, ownership))
+}
+
+fn not_found(slug: &str, ownership: Ownership) -> ApiError {
+    let message = match ownership {
+        Ownership::User => format!("No integration `{slug}`."),
+        Ownership::Organization => format!("No organization-owned integration `{slug}`."),
+    };
+    ApiError::not_found("integration_not_found", message)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -144,8 +156,10 @@ pub struct ListQuery {
     pub before: Option<String>,
     /// An integration id: the page after it.
     pub after: Option<String>,
-    /// `desc` (default, newest first) or `asc`.
+    /// `desc` (default, newest first), `asc`, or `normal` (the same as `asc`).
     pub order: Option<String>,
+    /// Only the roots owned this way: `user` or `organization`.
+    pub ownership: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -176,8 +190,14 @@ pub async fn list(
     };
     let order = match q.order.as_deref().unwrap_or("desc") {
         "desc" | "" => Order::Desc,
-        "asc" => Order::Asc,
-        _ => return Err(ApiError::invalid_field("order", "invalid", "order must be asc or desc.")),
+        "asc" | "normal" => Order::Asc,
+        _ => return Err(ApiError::invalid_field("order", "invalid", "order must be asc, desc or normal.")),
+    };
+    let ownership = match q.ownership.as_deref().filter(|o| !o.is_empty()) {
+        None => None,
+        Some(sent) => Some(Ownership::parse(sent).ok_or_else(|| {
+            ApiError::invalid_field("ownership", "invalid", "ownership must be user or organization.")
+        })?),
     };
     let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
     let cursor = match (nonempty(q.before), nonempty(q.after)) {
@@ -188,7 +208,7 @@ pub async fn list(
         (None, Some(a)) => Cursor::After(a),
         (None, None) => Cursor::Start,
     };
-    let page = integrations::list_page(&state.db, state.keyring(), limit, &cursor, order).await?;
+    let page = integrations::list_page(&state.db, state.keyring(), limit, &cursor, order, ownership).await?;
     Ok(Json(DataIntegrationList {
         object: "list",
         data: page.data.iter().map(|i| view(i, &state.config)).collect(),
@@ -218,8 +238,7 @@ pub async fn show(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> ApiResult<Json<DataIntegrationView>> {
-    let integration = find(&state, &slug).await?;
-    Ok(Json(view(&integration, &state.config)))
+    show_root(&state, &slug, Ownership::User).await
 }
 
 #[utoipa::path(put, path = "/data-integrations/{slug}", tag = "integrations", request_body = UpdateIntegration, security(("api_key" = [])),
@@ -231,26 +250,76 @@ pub async fn update(
     Path(slug): Path<String>,
     ApiJson(body): ApiJson<UpdateIntegration>,
 ) -> ApiResult<Json<DataIntegrationView>> {
-    let existing = find(&state, &slug).await?;
-    let draft = provisioning::validate_update(&existing, body, state.config.allow_private_network)
-        .await
-        .map_err(ApiError::invalid)?;
-    let updated = integrations::update(&state.db, state.keyring(), &existing.id, &draft)
-        .await?
-        .ok_or_else(|| ApiError::not_found("integration_not_found", format!("No integration `{slug}`.")))?;
-    // Cached entries carry `missing_scopes` computed from the old scopes.
-    state.integration_changed(&slug).await;
-    Ok(Json(view(&updated, &state.config)))
+    update_root(&state, &slug, Ownership::User, body).await
 }
 
 #[utoipa::path(delete, path = "/data-integrations/{slug}", tag = "integrations", security(("api_key" = [])),
     params(("slug" = String, Path)), responses((status = 204, description = "Deleted with its connected accounts"), (status = 404, description = "No such integration")))]
 pub async fn remove(_: AdminKey, State(state): State<AppState>, Path(slug): Path<String>) -> ApiResult<StatusCode> {
-    let existing = find(&state, &slug).await?;
-    let removed = integrations::delete(&state.db, &existing)
+    remove_root(&state, &slug, Ownership::User).await
+}
+
+/// The organization-owned root of a provider (`ownership: organization`). The path
+/// names no organization: the root serves every organization's shared accounts.
+#[utoipa::path(get, path = "/data-integrations/{slug}/organization", tag = "integrations", security(("api_key" = [])),
+    params(("slug" = String, Path)), responses((status = 200, body = DataIntegrationView), (status = 404, description = "No such integration")))]
+pub async fn show_organization(
+    _: AdminKey,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<DataIntegrationView>> {
+    show_root(&state, &slug, Ownership::Organization).await
+}
+
+#[utoipa::path(put, path = "/data-integrations/{slug}/organization", tag = "integrations", request_body = UpdateIntegration,
+    security(("api_key" = [])), params(("slug" = String, Path)),
+    responses((status = 200, body = DataIntegrationView), (status = 404, description = "No such integration"), (status = 422, description = "Field errors")))]
+pub async fn update_organization(
+    _: AdminKey,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    ApiJson(body): ApiJson<UpdateIntegration>,
+) -> ApiResult<Json<DataIntegrationView>> {
+    update_root(&state, &slug, Ownership::Organization, body).await
+}
+
+#[utoipa::path(delete, path = "/data-integrations/{slug}/organization", tag = "integrations", security(("api_key" = [])),
+    params(("slug" = String, Path)), responses((status = 204, description = "Deleted with its connected accounts"), (status = 404, description = "No such integration")))]
+pub async fn remove_organization(
+    _: AdminKey,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> ApiResult<StatusCode> {
+    remove_root(&state, &slug, Ownership::Organization).await
+}
+
+async fn show_root(state: &AppState, slug: &str, ownership: Ownership) -> ApiResult<Json<DataIntegrationView>> {
+    let integration = find(state, slug, ownership).await?;
+    Ok(Json(view(&integration, &state.config)))
+}
+
+async fn update_root(
+    state: &AppState,
+    slug: &str,
+    ownership: Ownership,
+    body: UpdateIntegration,
+) -> ApiResult<Json<DataIntegrationView>> {
+    let existing = find(state, slug, ownership).await?;
+    let draft = provisioning::validate_update(&existing, body, state.config.allow_private_network)
+        .await
+        .map_err(ApiError::invalid)?;
+    let updated = integrations::update(&state.db, state.keyring(), &existing.id, &draft)
         .await?
-        .ok_or_else(|| ApiError::not_found("integration_not_found", format!("No integration `{slug}`.")))?;
-    state.integration_changed(&slug).await;
-    tracing::info!(integration = %slug, accounts = removed, "integration deleted");
+        .ok_or_else(|| not_found(slug, ownership))?;
+    // Cached entries carry `missing_scopes` computed from the old scopes.
+    state.integration_changed(slug).await;
+    Ok(Json(view(&updated, &state.config)))
+}
+
+async fn remove_root(state: &AppState, slug: &str, ownership: Ownership) -> ApiResult<StatusCode> {
+    let existing = find(state, slug, ownership).await?;
+    let removed = integrations::delete(&state.db, &existing).await?.ok_or_else(|| not_found(slug, ownership))?;
+    state.integration_changed(slug).await;
+    tracing::info!(integration = %slug, ownership = ownership.as_str(), accounts = removed, "integration deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -17,8 +17,9 @@ use utoipa_axum::routes;
 
 use crate::api::extract::AnyKey;
 use crate::error::{ApiError, FieldError};
+use crate::owner::{Owner, Ownership};
 use crate::read::answer::{CredentialAnswer, Shape, TokenAnswer};
-use crate::read::Owner;
+use crate::read::ReadTarget;
 use crate::state::AppState;
 
 /// Longest accepted user, organization or account id.
@@ -48,7 +49,8 @@ impl FromRequestParts<Shared> for TokenKey {
 /// The body both routes take. Unknown fields are ignored; `null` means absent.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TokenRequest {
-    /// The application's id of the user who connected the account.
+    /// The user who owns the account; for an organization's shared account, the member
+    /// it is read on behalf of.
     #[schema(examples("user_123"))]
     pub user_id: String,
     /// Scopes the connection to an organization.
@@ -57,7 +59,8 @@ pub struct TokenRequest {
     /// Answer only if the owner's connected account has this id.
     #[serde(default)]
     pub connected_account_id: Option<String>,
-    /// `user` (the default) or `organization`; the latter needs `organization_id`.
+    /// `user` (the default): the user's own account; `organization`: the organization's
+    /// shared account (needs `organization_id`).
     #[serde(default)]
     pub connection_owner: Option<String>,
     /// Accepted for SDK compatibility; an owner has one connection per integration here.
@@ -66,7 +69,7 @@ pub struct TokenRequest {
 }
 
 impl TokenRequest {
-    fn into_owner(self) -> Result<Owner, ApiError> {
+    fn into_target(self) -> Result<ReadTarget, ApiError> {
         let mut errors = Vec::new();
         let mut check = |field: &str, value: Option<&str>, required: bool| match value {
             None if required => errors.push(FieldError::new(field, "required", format!("`{field}` is required."))),
@@ -89,41 +92,40 @@ impl TokenRequest {
         check("user_id", Some(&self.user_id), true);
         check("organization_id", self.organization_id.as_deref(), false);
         check("connected_account_id", self.connected_account_id.as_deref(), false);
-        match self.connection_owner.as_deref() {
-            None | Some("user") => {}
-            Some("organization") if self.organization_id.is_none() => errors.push(FieldError::new(
-                "organization_id",
-                "required",
-                "`organization_id` is required when `connection_owner` is `organization`.",
-            )),
-            // Organization-owned (shared) connections are not served yet: refused, so a
-            // caller never gets the user's own token in their place.
-            Some("organization") => errors.push(FieldError::new(
-                "connection_owner",
-                "unsupported",
-                "Organization-owned connections are not supported yet; omit `connection_owner` or send `user`.",
-            )),
-            Some(_) => errors.push(FieldError::new(
-                "connection_owner",
-                "invalid",
-                "`connection_owner` must be `user` or `organization`.",
-            )),
-        }
+        let ownership = match self.connection_owner.as_deref() {
+            None => Ownership::User,
+            Some(sent) => Ownership::parse(sent).unwrap_or_else(|| {
+                errors.push(FieldError::new(
+                    "connection_owner",
+                    "invalid",
+                    "`connection_owner` must be `user` or `organization`.",
+                ));
+                Ownership::User
+            }),
+        };
+        let owner = match (ownership, self.organization_id) {
+            (Ownership::User, organization_id) => Owner::user(self.user_id, organization_id),
+            (Ownership::Organization, Some(organization_id)) => Owner::organization(organization_id),
+            (Ownership::Organization, None) => {
+                errors.push(FieldError::new(
+                    "organization_id",
+                    "required",
+                    "`organization_id` is required when `connection_owner` is `organization`.",
+                ));
+                Owner::user(self.user_id, None)
+            }
+        };
         if !errors.is_empty() {
             return Err(ApiError::invalid(errors));
         }
-        Ok(Owner {
-            user_id: self.user_id,
-            organization_id: self.organization_id,
-            connected_account_id: self.connected_account_id,
-        })
+        Ok(ReadTarget { owner, connected_account_id: self.connected_account_id })
     }
 }
 
-/// The validated body (see [`parse_owner`]).
-pub struct OwnerBody(pub Owner);
+/// The validated body (see [`parse_target`]).
+pub struct TargetBody(pub ReadTarget);
 
-impl<S: Send + Sync> FromRequest<S> for OwnerBody {
+impl<S: Send + Sync> FromRequest<S> for TargetBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
@@ -134,25 +136,25 @@ impl<S: Send + Sync> FromRequest<S> for OwnerBody {
                 ApiError::bad_request(format!("Could not read the request body: {e}"))
             }
         })?;
-        parse_owner(&bytes).map(OwnerBody)
+        parse_target(&bytes).map(TargetBody)
     }
 }
 
-/// The owner a token read asks about, from its JSON body. The common case is
+/// The account a token read asks about, from its JSON body. The common case is
 /// parsed straight into the struct; only a failure goes through the slower
 /// parser that names the bad field.
-pub fn parse_owner(bytes: &[u8]) -> Result<Owner, ApiError> {
+pub fn parse_target(bytes: &[u8]) -> Result<ReadTarget, ApiError> {
     // serde would also take a JSON array for a struct; only objects are valid.
     let is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     let parsed = match serde_json::from_slice::<TokenRequest>(bytes) {
         Ok(request) if is_object => request,
         _ => crate::api::extract::parse_json::<TokenRequest>(bytes)?,
     };
-    parsed.into_owner()
+    parsed.into_target()
 }
 
-async fn answer(state: &AppState, slug: &str, owner: &Owner, shape: Shape) -> Response {
-    match state.reads.read(slug, owner).await {
+async fn answer(state: &AppState, slug: &str, target: &ReadTarget, shape: Shape) -> Response {
+    match state.reads.read(slug, target).await {
         Ok(answer) => {
             let mut response = Response::new(Body::from(answer.body(shape)));
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -184,9 +186,9 @@ pub async fn token(
     State(state): State<Shared>,
     _key: TokenKey,
     Path(slug): Path<String>,
-    OwnerBody(owner): OwnerBody,
+    TargetBody(target): TargetBody,
 ) -> Response {
-    answer(&state.0, &slug, &owner, Shape::Token).await
+    answer(&state.0, &slug, &target, Shape::Token).await
 }
 
 /// The same as `/token`, shaped as a vended credential.
@@ -210,7 +212,7 @@ pub async fn credentials(
     State(state): State<Shared>,
     _key: TokenKey,
     Path(slug): Path<String>,
-    OwnerBody(owner): OwnerBody,
+    TargetBody(target): TargetBody,
 ) -> Response {
-    answer(&state.0, &slug, &owner, Shape::Credential).await
+    answer(&state.0, &slug, &target, Shape::Credential).await
 }

@@ -29,6 +29,7 @@ use crate::api::extract::ApiJson;
 use crate::api::integrations::find;
 use crate::connect::{self, ConnectRequest};
 use crate::error::{ApiError, ApiResult, FieldError};
+use crate::owner::{Owner, Ownership};
 use crate::state::AppState;
 use crate::store::accounts::AccountState;
 use crate::time::rfc3339;
@@ -160,8 +161,8 @@ pub async fn providers(
     WidgetSession(claims): WidgetSession,
     State(state): State<AppState>,
 ) -> ApiResult<Json<WidgetProviders>> {
-    let org = claims.organization_id.as_deref();
-    let listed = owner_listing(&state, &claims.user_id, org).await?;
+    let owner = Owner::user(claims.user_id.clone(), claims.organization_id.clone());
+    let listed = owner_listing(&state, &owner).await?;
     let data = listed
         .iter()
         .map(|(i, account)| WidgetProvider {
@@ -224,7 +225,7 @@ pub async fn authorize(
                 None
             }
         });
-    let integration = find(&state, &slug).await?;
+    let integration = find(&state, &slug, Ownership::User).await?;
     if !integration.enabled {
         return Err(ApiError::not_found("integration_not_found", format!("The integration `{slug}` is disabled.")));
     }
@@ -247,11 +248,8 @@ pub async fn disconnect(
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let integration = find(&state, &slug).await?;
-    state
-        .connections
-        .disconnect(&integration, &claims.user_id, claims.organization_id.as_deref(), None)
-        .await?
-        .ok_or_else(|| not_connected(&slug))?;
+    let integration = find(&state, &slug, Ownership::User).await?;
+    let owner = Owner::user(claims.user_id, claims.organization_id);
+    state.connections.disconnect(&integration, &owner, None).await?.ok_or_else(|| not_connected(&slug))?;
     Ok(StatusCode::NO_CONTENT)
 }

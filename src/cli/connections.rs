@@ -55,7 +55,8 @@ pub struct ConnectionRow {
     pub id: String,
     pub integration: String,
     pub integration_id: String,
-    pub user_id: String,
+    /// `None` for an organization's shared account.
+    pub user_id: Option<String>,
     pub organization_id: Option<String>,
     pub state: String,
     pub scopes: Vec<String>,
@@ -126,7 +127,8 @@ pub async fn run(config: &Config, cmd: ConnectionsCommand) -> anyhow::Result<()>
                 println!("{:<42} {:<16} {:<20} {:<22} {:<24}", "ID", "INTEGRATION", "USER", "STATE", "EXPIRES");
                 for r in rows {
                     let expires = r.expires_at.map(crate::time::rfc3339).unwrap_or_else(|| "never".into());
-                    println!("{:<42} {:<16} {:<20} {:<22} {:<24}", r.id, r.integration, r.user_id, r.state, expires);
+                    let owner = r.user_id.as_deref().unwrap_or("(organization)");
+                    println!("{:<42} {:<16} {:<20} {:<22} {:<24}", r.id, r.integration, owner, r.state, expires);
                 }
             }
         }
@@ -138,7 +140,11 @@ pub async fn run(config: &Config, cmd: ConnectionsCommand) -> anyhow::Result<()>
                 let t = |d: Option<DateTime<Utc>>| d.map(crate::time::rfc3339).unwrap_or_else(|| "-".into());
                 println!("id:                 {}", row.id);
                 println!("integration:        {} ({})", row.integration, row.integration_id);
-                println!("user / organization: {} / {}", row.user_id, row.organization_id.as_deref().unwrap_or("-"));
+                println!(
+                    "user / organization: {} / {}",
+                    row.user_id.as_deref().unwrap_or("- (shared)"),
+                    row.organization_id.as_deref().unwrap_or("-")
+                );
                 println!("state:              {}", row.state);
                 println!("scopes:             {}", row.scopes.join(" "));
                 println!("refresh token:      {}", if row.has_refresh_token { "stored" } else { "none" });

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::TokenCache;
 use crate::config::Config;
 use crate::oauth::catalog::Catalog;
+use crate::owner::Ownership;
 use crate::provisioning::{self, CreateIntegration, CredentialsInput, CustomProviderInput};
 use crate::redis_conn::Redis;
 use crate::secret::Secret;
@@ -26,10 +27,18 @@ pub enum IntegrationsCommand {
         json: bool,
     },
     /// Shows one integration as the API does, with its account counts.
-    Show { slug: String },
+    Show {
+        slug: String,
+        /// The provider's organization-owned integration (shared accounts).
+        #[arg(long)]
+        organization: bool,
+    },
     /// Removes an integration and every account connected to it.
     Remove {
         slug: String,
+        /// The provider's organization-owned integration (shared accounts).
+        #[arg(long)]
+        organization: bool,
         /// Required: this deletes every connected account of the integration.
         #[arg(long)]
         yes: bool,
@@ -54,6 +63,9 @@ pub struct AddArgs {
     /// Create it disabled.
     #[arg(long)]
     disabled: bool,
+    /// Organization-owned: each organization connects one shared account.
+    #[arg(long)]
+    organization: bool,
     /// A catalog config value, `key=value` (e.g. `subdomain=acme` for Zendesk); repeatable.
     #[arg(long = "provider-config", value_parser = parse_key_value)]
     provider_config: Vec<(String, String)>,
@@ -112,8 +124,16 @@ impl AddArgs {
             config: (!self.provider_config.is_empty())
                 .then(|| self.provider_config.into_iter().collect::<BTreeMap<_, _>>()),
             auth_methods: None,
-            ownership: None,
+            ownership: self.organization.then(|| Ownership::Organization.as_str().to_owned()),
         }
+    }
+}
+
+fn ownership(organization: bool) -> Ownership {
+    if organization {
+        Ownership::Organization
+    } else {
+        Ownership::User
     }
 }
 
@@ -170,8 +190,8 @@ pub async fn run(config: &Config, cmd: IntegrationsCommand) -> anyhow::Result<()
                 }
             }
         }
-        IntegrationsCommand::Show { slug } => {
-            let integration = integrations::by_slug(&db, ring, &slug)
+        IntegrationsCommand::Show { slug, organization } => {
+            let integration = integrations::by_slug(&db, ring, &slug, ownership(organization))
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
             let mut view = serde_json::to_value(crate::api::integrations::view(&integration, config))?;
@@ -183,9 +203,9 @@ pub async fn run(config: &Config, cmd: IntegrationsCommand) -> anyhow::Result<()
             view["connected_accounts"] = serde_json::Value::Object(counts);
             println!("{}", serde_json::to_string_pretty(&view)?);
         }
-        IntegrationsCommand::Remove { slug, yes } => {
+        IntegrationsCommand::Remove { slug, organization, yes } => {
             anyhow::ensure!(yes, "this deletes `{slug}` and every account connected to it; add --yes to confirm");
-            let integration = integrations::by_slug(&db, ring, &slug)
+            let integration = integrations::by_slug(&db, ring, &slug, ownership(organization))
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no integration `{slug}`"))?;
             let removed = integrations::delete(&db, &integration)

@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer};
 use crate::invalid::FieldError;
 use crate::oauth::catalog::{BodyContentType, Catalog, ClientAuth};
 use crate::outbound;
+use crate::owner::Ownership;
 use crate::secret::Secret;
 use crate::store::integrations::{CustomProvider, Integration};
 
@@ -73,7 +74,9 @@ pub struct CreateIntegration {
     pub config: Option<BTreeMap<String, String>>,
     /// Only `["oauth"]`.
     pub auth_methods: Option<Vec<String>>,
-    /// Only `user`.
+    /// `user` (default): each user connects their own account; `organization`: an
+    /// organization's shared accounts, connected by one of its members. A provider may
+    /// have one integration of each.
     pub ownership: Option<String>,
 }
 
@@ -101,6 +104,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 #[derive(Debug, Clone)]
 pub struct IntegrationDraft {
     pub slug: String,
+    pub ownership: Ownership,
     /// The catalog slug, or `slug` for a custom provider.
     pub provider: String,
     pub description: String,
@@ -144,11 +148,13 @@ fn check_create(input: CreateIntegration, allow_private: bool) -> Result<Integra
     let mut c = Checker::new(allow_private);
     let slug = c.slug("provider", input.provider.as_deref());
     c.only("auth_methods", input.auth_methods.as_deref(), "oauth");
-    if let Some(ownership) = input.ownership.as_deref() {
-        if ownership != "user" {
-            c.push("ownership", "unsupported", "Only `user` ownership is supported.");
-        }
-    }
+    let ownership = match input.ownership.as_deref() {
+        None => Ownership::User,
+        Some(sent) => Ownership::parse(sent).unwrap_or_else(|| {
+            c.push("ownership", "invalid", "`ownership` must be `user` or `organization`.");
+            Ownership::User
+        }),
+    };
     let catalog = slug.as_deref().and_then(|s| Catalog::builtin().get(s));
     let custom = match (&input.custom_provider, catalog, &slug) {
         (Some(_), Some(_), _) => {
@@ -180,6 +186,7 @@ fn check_create(input: CreateIntegration, allow_private: bool) -> Result<Integra
     let mut draft = IntegrationDraft {
         provider: catalog.map(|s| s.slug.clone()).or_else(|| slug.clone()).unwrap_or_default(),
         slug: slug.unwrap_or_default(),
+        ownership,
         description: input.description.unwrap_or_default(),
         enabled: input.enabled.unwrap_or(true),
         scopes: match input.scopes {
@@ -238,6 +245,7 @@ fn check_update(
     };
     let mut draft = IntegrationDraft {
         slug: existing.slug.clone(),
+        ownership: existing.ownership,
         provider: existing.provider.clone(),
         description: input.description.unwrap_or_else(|| existing.description.clone()),
         enabled: input.enabled.unwrap_or(existing.enabled),

@@ -1,4 +1,4 @@
-//! An in-memory view of integrations by slug, so a token read that hits the
+//! An in-memory view of integrations by slug and ownership, so a token read that hits the
 //! cache costs no PostgreSQL round trip. Entries are re-read after `TTL`
 //! (so enabling, disabling or editing an integration shows within seconds
 //! even when done straight in the database) and at once when the
@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use super::local::LocalCache;
 use crate::crypto::KeyRing;
 use crate::metrics as m;
+use crate::owner::Ownership;
 use crate::store::integrations::{self, Integration, IntegrationError};
 
 /// How long a loaded integration (or its absence) is trusted.
@@ -57,45 +58,56 @@ struct Slot {
     generation: u64,
 }
 
-/// Integrations by slug. Cheap to clone.
+/// Integrations by slug, one map per ownership (so a lookup by `&str` allocates
+/// nothing). Cheap to clone.
 #[derive(Clone)]
 pub struct IntegrationViews {
     db: PgPool,
     ring: KeyRing,
-    map: Arc<quick_cache::sync::Cache<String, Slot>>,
+    user: Arc<quick_cache::sync::Cache<String, Slot>>,
+    organization: Arc<quick_cache::sync::Cache<String, Slot>>,
     /// Says when some integration changed (`LocalCache::integration_changed`).
     local: LocalCache,
 }
 
 impl IntegrationViews {
     pub fn new(db: PgPool, ring: KeyRing, local: LocalCache) -> Self {
-        IntegrationViews { db, ring, map: Arc::new(quick_cache::sync::Cache::new(1_000)), local }
+        let map = || Arc::new(quick_cache::sync::Cache::new(1_000));
+        IntegrationViews { db, ring, user: map(), organization: map(), local }
     }
 
-    /// The loaded integration `slug` if it is enabled and its copy is current,
-    /// without waiting for anything; `None` means "ask [`Self::get`]".
-    pub fn peek(&self, slug: &str) -> Option<Arc<View>> {
-        let slot = self.map.get(slug)?;
+    fn map(&self, ownership: Ownership) -> &quick_cache::sync::Cache<String, Slot> {
+        match ownership {
+            Ownership::User => &self.user,
+            Ownership::Organization => &self.organization,
+        }
+    }
+
+    /// The loaded integration `slug` of `ownership` if it is enabled and its copy is
+    /// current, without waiting for anything; `None` means "ask [`Self::get`]".
+    pub fn peek(&self, slug: &str, ownership: Ownership) -> Option<Arc<View>> {
+        let slot = self.map(ownership).get(slug)?;
         let current = slot.generation == self.local.integrations_generation() && slot.loaded.elapsed() < TTL;
         slot.view.filter(|view| current && view.integration.enabled)
     }
 
-    /// The integration `slug`, enabled or not; `None` if there is none.
-    pub async fn get(&self, slug: &str) -> Result<Option<Arc<View>>, IntegrationError> {
+    /// The integration `slug` of `ownership`, enabled or not; `None` if there is none.
+    pub async fn get(&self, slug: &str, ownership: Ownership) -> Result<Option<Arc<View>>, IntegrationError> {
+        let map = self.map(ownership);
         if slug.is_empty() || slug.len() > MAX_SLUG_LEN {
             return Ok(None);
         }
         let generation = self.local.integrations_generation();
-        let cached = self.map.get(slug);
+        let cached = map.get(slug);
         if let Some(slot) = &cached {
             if slot.generation == generation && slot.loaded.elapsed() < TTL {
                 return Ok(slot.view.clone());
             }
         }
-        match integrations::by_slug(&self.db, &self.ring, slug).await {
+        match integrations::by_slug(&self.db, &self.ring, slug, ownership).await {
             Ok(found) => {
                 let view = found.map(|i| Arc::new(View::new(i)));
-                self.map.insert(slug.to_owned(), Slot { view: view.clone(), loaded: Instant::now(), generation });
+                map.insert(slug.to_owned(), Slot { view: view.clone(), loaded: Instant::now(), generation });
                 Ok(view)
             }
             Err(err) => match cached {
@@ -105,7 +117,7 @@ impl IntegrationViews {
                     slot.loaded = Instant::now().checked_sub(TTL - RETRY_AFTER_FAILURE).unwrap_or_else(Instant::now);
                     slot.generation = generation;
                     let view = slot.view.clone();
-                    self.map.insert(slug.to_owned(), slot);
+                    map.insert(slug.to_owned(), slot);
                     Ok(view)
                 }
                 None => Err(err),

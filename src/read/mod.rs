@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{entry_key, Lookup, TokenCache};
 use crate::crypto::KeyRing;
 use crate::metrics as m;
+use crate::owner::Owner;
 use crate::refresh::{Reason, RefreshError, RefreshOutcome, Refresher};
 use crate::store::accounts::{self, Account, AccountError, AccountState};
 use crate::store::integrations::IntegrationError;
@@ -33,11 +34,10 @@ use crate::tasks::Tasks;
 use answer::Answer;
 use integrations::{IntegrationViews, View};
 
-/// Who is asking: the owner of the connected account.
+/// What a read asks for: the owner's account of the integration.
 #[derive(Debug, Clone)]
-pub struct Owner {
-    pub user_id: String,
-    pub organization_id: Option<String>,
+pub struct ReadTarget {
+    pub owner: Owner,
     /// When given, only this connected account is answered.
     pub connected_account_id: Option<String>,
 }
@@ -104,18 +104,17 @@ impl Reader {
     /// The answer for `owner` from the in-process answer cache alone, if the
     /// integration is loaded and the answer is there: no I/O, no waiting. `None`
     /// means "ask [`Self::read`]", which tries this first anyway.
-    pub fn hit(&self, slug: &str, owner: &Owner) -> Option<Arc<local::Ready>> {
+    pub fn hit(&self, slug: &str, target: &ReadTarget) -> Option<Arc<local::Ready>> {
         let started = Instant::now();
-        let view = self.0.views.peek(slug)?;
-        self.local_hit(&view, owner, started)
+        let view = self.0.views.peek(slug, target.owner.ownership())?;
+        self.local_hit(&view, target, started)
     }
 
-    fn local_hit(&self, view: &View, owner: &Owner, started: Instant) -> Option<Arc<local::Ready>> {
+    fn local_hit(&self, view: &View, target: &ReadTarget, started: Instant) -> Option<Arc<local::Ready>> {
         let inner = &self.0;
-        let key =
-            entry_key(inner.cache.redis(), &view.integration.slug, &owner.user_id, owner.organization_id.as_deref());
+        let key = entry_key(inner.cache.redis(), &view.integration.slug, &target.owner);
         let ready = inner.cache.local().get(&key, crate::time::now())?;
-        if owner.connected_account_id.as_ref().is_some_and(|id| *id != ready.account_id) {
+        if target.connected_account_id.as_ref().is_some_and(|id| *id != ready.account_id) {
             return None;
         }
         view.hits.increment(1);
@@ -124,20 +123,20 @@ impl Reader {
         Some(ready)
     }
 
-    /// Answers a read of `slug` for `owner`.
-    pub async fn read(&self, slug: &str, owner: &Owner) -> Result<Answer, ReadError> {
+    /// Answers a read of `slug` for `target`.
+    pub async fn read(&self, slug: &str, target: &ReadTarget) -> Result<Answer, ReadError> {
         let started = Instant::now();
         let inner = &self.0;
-        let view = match inner.views.get(slug).await {
+        let view = match inner.views.get(slug, target.owner.ownership()).await {
             Ok(Some(view)) if view.integration.enabled => view,
             Ok(_) => return Err(ReadError::NoIntegration(slug.to_owned())),
             Err(err) => return Err(err.into()),
         };
-        if let Some(ready) = self.local_hit(&view, owner, started) {
+        if let Some(ready) = self.local_hit(&view, target, started) {
             return Ok(Answer::Active(ready));
         }
-        let key = entry_key(inner.cache.redis(), slug, &owner.user_id, owner.organization_id.as_deref());
-        let (result, label) = match self.read_through(&view, &key, owner).await {
+        let key = entry_key(inner.cache.redis(), slug, &target.owner);
+        let (result, label) = match self.read_through(&view, &key, target).await {
             Ok((answer, label)) => (Ok(answer), label),
             Err(err) => (Err(err), "error"),
         };
@@ -161,7 +160,12 @@ impl Reader {
     }
 
     /// Redis, then PostgreSQL; returns the answer and its metric label.
-    async fn read_through(&self, view: &View, key: &str, owner: &Owner) -> Result<(Answer, &'static str), ReadError> {
+    async fn read_through(
+        &self,
+        view: &View,
+        key: &str,
+        target: &ReadTarget,
+    ) -> Result<(Answer, &'static str), ReadError> {
         let inner = &self.0;
         let local = inner.cache.local();
         let min_validity = inner.cache.min_validity();
@@ -170,7 +174,7 @@ impl Reader {
             Ok(Lookup::Hit(entry)) => {
                 let ready = Arc::new(answer::ready(&entry, min_validity, &view.integration.settings));
                 local.fill(key, epoch, ready.clone());
-                if owner.connected_account_id.as_ref().is_none_or(|id| *id == ready.account_id) {
+                if target.connected_account_id.as_ref().is_none_or(|id| *id == ready.account_id) {
                     return Ok((Answer::Active(ready), "hit"));
                 }
             }
@@ -182,16 +186,9 @@ impl Reader {
             }
         }
         let integration = &view.integration;
-        let found = accounts::find_for_owner(
-            &inner.db,
-            &inner.ring,
-            &integration.id,
-            &owner.user_id,
-            owner.organization_id.as_deref(),
-        )
-        .await?;
+        let found = accounts::find_for_owner(&inner.db, &inner.ring, &integration.id, &target.owner).await?;
         let account = match found {
-            Some(a) if owner.connected_account_id.as_ref().is_none_or(|id| *id == a.id) => a,
+            Some(a) if target.connected_account_id.as_ref().is_none_or(|id| *id == a.id) => a,
             _ => return Ok((Answer::NotInstalled, "not_installed")),
         };
         match account.state {

@@ -101,7 +101,11 @@ async fn integrations_are_added_listed_shown_and_removed_from_the_cli() {
     )
     .await;
     run.ok();
-    let github = pipes::store::integrations::by_slug(&app.db, app.state.keyring(), "github").await.unwrap().unwrap();
+    let github =
+        pipes::store::integrations::by_slug(&app.db, app.state.keyring(), "github", pipes::owner::Ownership::User)
+            .await
+            .unwrap()
+            .unwrap();
     assert!(run.stdout.contains(&format!("created integration `github` ({})", github.id)), "{}", run.stdout);
     let redirect = format!("{}/data-integrations/github/callback", app.base_url);
     assert!(run.stdout.contains(&redirect), "prints the redirect URI to register: {}", run.stdout);
@@ -194,7 +198,11 @@ async fn integrations_are_added_listed_shown_and_removed_from_the_cli() {
     pipes(&app, &["integrations", "show", "no-such"], &[]).await.fails_with(1, "no integration `no-such`");
     assert_eq!(count(&app, "integrations").await, before);
     assert_eq!(
-        pipes::store::integrations::by_slug(&app.db, app.state.keyring(), "github").await.unwrap().unwrap().client_id,
+        pipes::store::integrations::by_slug(&app.db, app.state.keyring(), "github", pipes::owner::Ownership::User)
+            .await
+            .unwrap()
+            .unwrap()
+            .client_id,
         "gh-client",
         "a refused add leaves the existing integration alone"
     );
@@ -234,7 +242,7 @@ async fn connections_are_listed_shown_and_refreshed_from_the_cli() {
     for (account, state) in [(&first, "connected"), (&second, "needs_reauthorization")] {
         let line = list.stdout.lines().find(|l| l.starts_with(account.id.as_str())).expect("listed");
         let columns: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(columns[1..4], ["cli-demo", account.user_id.as_str(), state], "{line}");
+        assert_eq!(columns[1..4], ["cli-demo", account.owner.user_id().unwrap(), state], "{line}");
     }
     let filtered =
         pipes(&app, &["connections", "list", "--integration", "cli-demo", "--user", "u1", "--json"], &[]).await;

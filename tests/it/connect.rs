@@ -120,7 +120,9 @@ async fn connecting_stores_the_account_emits_connected_and_caches_a_fresh_token(
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].0, "pipes.connected_account.connected");
     assert_eq!(events[0].1["id"], account["id"]);
-    let Lookup::Hit(cached) = app.state.cache.get("happy", "user_1", Some("org_1"), Utc::now()).await.unwrap() else {
+    let Lookup::Hit(cached) =
+        app.state.cache.get("happy", &crate::support::owner("user_1", Some("org_1")), Utc::now()).await.unwrap()
+    else {
         panic!("the fresh token is cached")
     };
     assert!(p.demo.access_token_valid(cached.access_token.expose()));
@@ -263,7 +265,9 @@ async fn string_expires_in_and_non_expiring_tokens_are_stored_as_such() {
     .await
     .unwrap();
     assert_eq!((expires_at, refresh_at, refresh), (None, None, None), "served as-is, never scheduled");
-    let Lookup::Hit(cached) = app.state.cache.get("quirky", "user_2", None, Utc::now()).await.unwrap() else {
+    let Lookup::Hit(cached) =
+        app.state.cache.get("quirky", &crate::support::owner("user_2", None), Utc::now()).await.unwrap()
+    else {
         panic!("cached")
     };
     assert_eq!(cached.expires_at, None);
@@ -277,7 +281,10 @@ async fn slack_shaped_code_exchanges_read_the_user_token_under_authed_user() {
     let p = api_integration(&app, "slackish", ClientAuthMethod::Body, |_| {}).await;
     p.demo.set_shape(Shape::Slack);
     let integration =
-        pipes::store::integrations::by_slug(&app.db, app.state.keyring(), "slackish").await.unwrap().unwrap();
+        pipes::store::integrations::by_slug(&app.db, app.state.keyring(), "slackish", pipes::owner::Ownership::User)
+            .await
+            .unwrap()
+            .unwrap();
     let slack = pipes::oauth::catalog::Catalog::builtin().get("slack").unwrap().clone();
     let url = pipes::oauth::client::authorization_url(
         &integration,
@@ -321,7 +328,9 @@ async fn reconnecting_replaces_the_tokens_and_returns_the_account_to_connected()
         sqlx::query_as("SELECT id, state, token_version FROM connected_accounts").fetch_one(&app.db).await.unwrap();
     assert_eq!((id2, state.as_str()), (id, "connected"));
     assert!(new > old);
-    let Lookup::Hit(cached) = app.state.cache.get("again", "user_1", None, Utc::now()).await.unwrap() else {
+    let Lookup::Hit(cached) =
+        app.state.cache.get("again", &crate::support::owner("user_1", None), Utc::now()).await.unwrap()
+    else {
         panic!("cached")
     };
     assert_eq!(cached.version, new);
@@ -357,7 +366,8 @@ async fn authorize_validates_its_input() {
         (json!({"user_id": ""}), "user_id"),
         (json!({"user_id": "u", "return_to": "https://evil.test/steal"}), "return_to"),
         (json!({"user_id": "u", "return_to": "not a url"}), "return_to"),
-        (json!({"user_id": "u", "connection_owner": "organization"}), "connection_owner"),
+        (json!({"user_id": "u", "connection_owner": "organization"}), "organization_id"),
+        (json!({"user_id": "u", "organization_id": "org_1", "connection_owner": "robot"}), "connection_owner"),
         (json!({"user_id": "u", "config": {"subdomain": "acme"}}), "config"),
     ];
     for (body, field) in cases {
@@ -368,6 +378,10 @@ async fn authorize_validates_its_input() {
     let (status, answer) =
         app.admin(Method::POST, "/data-integrations/nope/authorize", Some(json!({"user_id": "u"}))).await;
     assert_eq!((status, answer["code"].as_str()), (404, Some("integration_not_found")));
+    // The provider has no organization-owned integration: never the user-owned one instead.
+    let shared = json!({"user_id": "u", "organization_id": "org_1", "connection_owner": "organization"});
+    let (status, answer) = app.admin(Method::POST, path, Some(shared)).await;
+    assert_eq!((status, answer["code"].as_str()), (404, Some("integration_not_found")), "{answer}");
     app.admin(Method::PUT, "/data-integrations/checked", Some(json!({"enabled": false}))).await;
     let (status, _) = app.admin(Method::POST, path, Some(json!({"user_id": "u"}))).await;
     assert_eq!(status, 404, "a disabled integration cannot be connected");

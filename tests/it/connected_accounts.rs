@@ -28,7 +28,9 @@ async fn import_answers_201_then_409_and_caches_the_token() {
         account.get("access_token").is_none() && !account.to_string().contains("imported-at"),
         "no tokens in responses"
     );
-    let Lookup::Hit(cached) = app.state.cache.get("acme", "user_1", None, Utc::now()).await.unwrap() else {
+    let Lookup::Hit(cached) =
+        app.state.cache.get("acme", &crate::support::owner("user_1", None), Utc::now()).await.unwrap()
+    else {
         panic!("cached")
     };
     assert_eq!(cached.access_token.expose(), "imported-at");
@@ -53,7 +55,10 @@ async fn update_replaces_the_tokens_of_an_existing_account_only() {
         app.admin(Method::POST, PATH, Some(json!({"access_token": "at-1", "state": "needs_reauthorization"}))).await;
     assert_eq!(status, 201);
     assert_eq!(created["state"], "needs_reauthorization");
-    assert!(matches!(app.state.cache.get("acme", "user_1", None, Utc::now()).await.unwrap(), Lookup::Miss));
+    assert!(matches!(
+        app.state.cache.get("acme", &crate::support::owner("user_1", None), Utc::now()).await.unwrap(),
+        Lookup::Miss
+    ));
     assert!(events(&app).await.is_empty(), "an account imported as needing reauthorization is not connected");
     let (status, updated) =
         app.admin(Method::PUT, PATH, Some(json!({"access_token": "at-2", "scopes": ["read", "write"]}))).await;
@@ -61,7 +66,9 @@ async fn update_replaces_the_tokens_of_an_existing_account_only() {
     assert_eq!(updated["id"], created["id"]);
     assert_eq!(updated["state"], "connected");
     assert_eq!(updated["scopes"], json!(["read", "write"]));
-    let Lookup::Hit(cached) = app.state.cache.get("acme", "user_1", None, Utc::now()).await.unwrap() else {
+    let Lookup::Hit(cached) =
+        app.state.cache.get("acme", &crate::support::owner("user_1", None), Utc::now()).await.unwrap()
+    else {
         panic!("cached")
     };
     assert_eq!(cached.access_token.expose(), "at-2");
@@ -74,7 +81,9 @@ async fn disconnect_revokes_at_the_provider_removes_the_tokens_and_drops_the_cac
     let app = TestApp::spawn().await;
     let p = api_integration(&app, "acme", ClientAuthMethod::Basic, |_| {}).await;
     connect(&app, "acme", "user_1", Some("org_1"), None).await;
-    let Lookup::Hit(cached) = app.state.cache.get("acme", "user_1", Some("org_1"), Utc::now()).await.unwrap() else {
+    let Lookup::Hit(cached) =
+        app.state.cache.get("acme", &crate::support::owner("user_1", Some("org_1")), Utc::now()).await.unwrap()
+    else {
         panic!("cached")
     };
     let path = format!("{PATH}?organization_id=org_1");
@@ -82,7 +91,10 @@ async fn disconnect_revokes_at_the_provider_removes_the_tokens_and_drops_the_cac
     assert_eq!(status, 204);
     assert_eq!(p.demo.stats().revocations, 1);
     assert!(!p.demo.access_token_valid(cached.access_token.expose()), "the grant is revoked");
-    assert!(matches!(app.state.cache.get("acme", "user_1", Some("org_1"), Utc::now()).await.unwrap(), Lookup::Miss));
+    assert!(matches!(
+        app.state.cache.get("acme", &crate::support::owner("user_1", Some("org_1")), Utc::now()).await.unwrap(),
+        Lookup::Miss
+    ));
     let (status, _) = app.admin(Method::GET, &path, None).await;
     assert_eq!(status, 404);
     let (event, data) = events(&app).await.pop().unwrap();
@@ -126,7 +138,9 @@ async fn the_same_user_in_two_organizations_has_two_accounts() {
     ids.dedup();
     assert_eq!(ids.len(), 3);
     for (org, token) in [(Some("org_a"), "at-a"), (Some("org_b"), "at-b"), (None, "at-none")] {
-        let Lookup::Hit(cached) = app.state.cache.get("acme", "user_1", org, Utc::now()).await.unwrap() else {
+        let Lookup::Hit(cached) =
+            app.state.cache.get("acme", &crate::support::owner("user_1", org), Utc::now()).await.unwrap()
+        else {
             panic!("cached")
         };
         assert_eq!(cached.access_token.expose(), token);

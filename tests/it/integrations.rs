@@ -152,7 +152,7 @@ async fn every_invalid_create_is_a_422_naming_the_field_and_stores_nothing() {
         (with(json!({"scopes": ["has space"]})), "scopes[0]"),
         (with(json!({"config": {"subdomain": "acme"}})), "config"),
         (with(json!({"auth_methods": ["api_key"]})), "auth_methods"),
-        (with(json!({"ownership": "organization"})), "ownership"),
+        (with(json!({"ownership": "team"})), "ownership"),
         (with(json!({"enabled": "yes"})), "enabled"),
         (json!({"provider": "zendesk", "credentials": creds}), "config.subdomain"),
         (
@@ -230,7 +230,10 @@ async fn update_changes_fields_rotates_credentials_and_evicts_cached_tokens() {
     api_integration(&app, "acme", ClientAuthMethod::Basic, |_| {}).await;
     let path = "/user_management/users/user_1/connected_accounts/acme";
     app.admin(Method::POST, path, Some(json!({"access_token": "at", "scopes": ["read"]}))).await;
-    assert!(matches!(app.state.cache.get("acme", "user_1", None, Utc::now()).await.unwrap(), Lookup::Hit(_)));
+    assert!(matches!(
+        app.state.cache.get("acme", &crate::support::owner("user_1", None), Utc::now()).await.unwrap(),
+        Lookup::Hit(_)
+    ));
     sqlx::query("UPDATE integrations SET state = 'invalid', state_reason = 'refused'").execute(&app.db).await.unwrap();
     let body = json!({"description": "New", "scopes": ["read"], "credentials": {"client_secret": "rotated-secret-xyz9"},
         "custom_provider": {"request_scope_separator": ","}});
@@ -243,7 +246,10 @@ async fn update_changes_fields_rotates_credentials_and_evicts_cached_tokens() {
     assert_eq!(updated["credentials"]["client_id"], "client-acme", "unchanged fields stay");
     assert_eq!(updated["custom_provider"]["request_scope_separator"], ",");
     assert!(updated["custom_provider"]["token_url"].as_str().unwrap().ends_with("/token"));
-    assert!(matches!(app.state.cache.get("acme", "user_1", None, Utc::now()).await.unwrap(), Lookup::Miss));
+    assert!(matches!(
+        app.state.cache.get("acme", &crate::support::owner("user_1", None), Utc::now()).await.unwrap(),
+        Lookup::Miss
+    ));
     // Where the secret goes changes only with the secret in the same request.
     let (status, answer) = app
         .admin(
@@ -277,7 +283,10 @@ async fn delete_removes_the_integration_with_its_accounts_and_says_so_in_events(
     let (status, _) = app.admin(Method::DELETE, "/data-integrations/acme", None).await;
     assert_eq!(status, 204);
     assert_eq!(integration_count(&app).await, 0);
-    assert!(matches!(app.state.cache.get("acme", "user_1", None, Utc::now()).await.unwrap(), Lookup::Miss));
+    assert!(matches!(
+        app.state.cache.get("acme", &crate::support::owner("user_1", None), Utc::now()).await.unwrap(),
+        Lookup::Miss
+    ));
     let disconnected =
         events(&app).await.into_iter().filter(|(e, _)| e == "pipes.connected_account.disconnected").count();
     assert_eq!(disconnected, 2);

@@ -22,6 +22,7 @@ mod redis_cluster;
 mod refresh_core;
 mod sdk_node;
 mod sdk_python;
+mod sharing;
 mod soak;
 mod support;
 mod tokens;

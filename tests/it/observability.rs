@@ -71,7 +71,11 @@ async fn metrics_and_status_tell_the_story_of_a_scripted_flow() {
     assert_eq!(answer["error"], "not_installed");
 
     // Two more accounts that come due at once: one refreshes, one's grant is revoked.
-    let integration = pipes::store::integrations::by_slug(&app.db, app.state.keyring(), slug).await.unwrap().unwrap();
+    let integration =
+        pipes::store::integrations::by_slug(&app.db, app.state.keyring(), slug, pipes::owner::Ownership::User)
+            .await
+            .unwrap()
+            .unwrap();
     let fixture = crate::support::fixtures::Provider { demo: provider.demo.clone(), integration };
     let (due, _) = seed_account(&app, &fixture, "carol", None, Duration::from_secs(4)).await;
     let (doomed, doomed_token) = seed_account(&app, &fixture, "dave", None, Duration::from_secs(4)).await;

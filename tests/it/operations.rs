@@ -66,15 +66,24 @@ async fn import_stores_and_caches_accounts_and_reports_bad_lines_without_their_t
         assert!(!problem.contains("imported-at"), "no token in {problem}");
     }
     let a =
-        accounts::find_for_owner(&app.db, app.state.keyring(), &p.integration.id, "u1", None).await.unwrap().unwrap();
+        accounts::find_for_owner(&app.db, app.state.keyring(), &p.integration.id, &crate::support::owner("u1", None))
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(a.access_token.unwrap().expose(), "imported-at-1");
     assert!(a.refresh_at.is_some());
-    let b = accounts::find_for_owner(&app.db, app.state.keyring(), &p.integration.id, "u2", Some("org_9"))
-        .await
-        .unwrap()
-        .unwrap();
+    let b = accounts::find_for_owner(
+        &app.db,
+        app.state.keyring(),
+        &p.integration.id,
+        &crate::support::owner("u2", Some("org_9")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert!(b.refresh_at.is_none(), "no expiry: never scheduled");
-    let cached = app.state.cache.get("ops-import", "u1", None, chrono::Utc::now()).await.unwrap();
+    let cached =
+        app.state.cache.get("ops-import", &crate::support::owner("u1", None), chrono::Utc::now()).await.unwrap();
     assert!(
         matches!(cached, pipes::cache::Lookup::Hit(ref t) if t.access_token.expose() == "imported-at-1"),
         "{cached:?}"

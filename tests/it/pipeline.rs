@@ -164,7 +164,7 @@ async fn a_due_account_is_refreshed_before_expiry_without_any_read_and_the_rotat
     assert!(p.demo.is_grant_alive_for_refresh(new_refresh));
     assert!(stored.refresh_at.unwrap() > now && stored.refresh_at < stored.expires_at);
     // The Redis entry is the new token, so the next read is a hit.
-    match app.state.cache.get("pl-due", "u1", None, Utc::now()).await.unwrap() {
+    match app.state.cache.get("pl-due", &crate::support::owner("u1", None), Utc::now()).await.unwrap() {
         Lookup::Hit(hit) => assert_eq!(hit.version, stored.token_version),
         Lookup::Miss => panic!("the cache holds the new token"),
     }
@@ -214,7 +214,10 @@ async fn a_revoked_grant_marks_reauthorization_with_exactly_one_event() {
     assert_eq!(events, vec!["pipes.connected_account.reauthorization_needed".to_owned()]);
     assert_eq!(p.demo.stats().token_requests, 1);
     assert!(
-        matches!(app.state.cache.get("pl-revoked", "u1", None, Utc::now()).await.unwrap(), Lookup::Miss),
+        matches!(
+            app.state.cache.get("pl-revoked", &crate::support::owner("u1", None), Utc::now()).await.unwrap(),
+            Lookup::Miss
+        ),
         "cache entry dropped"
     );
 }

@@ -99,7 +99,13 @@ async fn token_reads_are_cached_across_the_slots_of_every_cluster_node() {
     assert!(per_node.iter().all(|keys| !keys.is_empty()), "entries spread over every node: {per_node:?}");
     // Each entry is read back from the node owning its slot.
     for (i, token) in tokens.iter().enumerate() {
-        match app.state.cache.get("rcl-spread", &format!("u{i}"), None, Utc::now()).await.expect("cluster GET") {
+        match app
+            .state
+            .cache
+            .get("rcl-spread", &crate::support::owner(&format!("u{i}"), None), Utc::now())
+            .await
+            .expect("cluster GET")
+        {
             Lookup::Hit(entry) => assert_eq!(entry.access_token.expose(), token),
             Lookup::Miss => panic!("u{i} not cached"),
         }
@@ -124,7 +130,7 @@ async fn disconnects_and_reauthorizations_reach_every_replica_through_the_cluste
         assert_eq!(token_of(&read_at(&app, &replica_url, "rcl-inval", revoked.clone()).await.1), reauth_token);
     }
     for (user, org) in [("leaver", Some("org_1")), ("revoked", None)] {
-        let key = entry_key(replica.cache.redis(), "rcl-inval", user, org);
+        let key = entry_key(replica.cache.redis(), "rcl-inval", &crate::support::owner(user, org));
         assert!(
             replica.cache.local().get(&key, Utc::now()).is_some(),
             "the replica answers {user} from its local cache"
@@ -225,7 +231,10 @@ async fn reads_fall_back_to_postgres_while_the_cluster_is_down_and_use_it_again_
     );
     let cached = eventually(Duration::from_secs(10), async || {
         read_at(&app, &app.base_url, "rcl-down", json!({"user_id": "u1"})).await;
-        matches!(app.state.cache.get("rcl-down", "u1", None, Utc::now()).await, Ok(Lookup::Hit(_)))
+        matches!(
+            app.state.cache.get("rcl-down", &crate::support::owner("u1", None), Utc::now()).await,
+            Ok(Lookup::Hit(_))
+        )
     })
     .await;
     assert!(cached.is_some(), "reads fill the cluster again");

@@ -127,7 +127,7 @@ async fn concurrent_refreshes_of_many_accounts_share_statements_and_each_keeps_i
     for (task, account) in tasks.into_iter().zip(&seeded) {
         let RefreshOutcome::Refreshed(stored) = task.await.unwrap() else { panic!("every account is refreshed") };
         assert_eq!(stored.id, account.id, "each caller gets its own row back");
-        assert_eq!(stored.user_id, account.user_id);
+        assert_eq!(stored.owner, account.owner);
         let access = stored.access_token.as_ref().unwrap().expose().to_owned();
         assert!(p.demo.access_token_valid(&access));
         // What the caller got is what PostgreSQL holds, sealed for this row.

@@ -75,7 +75,9 @@ async fn cache_writes_while_redis_is_down_do_not_each_wait_for_a_timeout() {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         cache.put(&account, &p.integration, Utc::now()).await;
-        if let Ok(pipes::cache::Lookup::Hit(_)) = cache.get(&p.integration.slug, "u1", None, Utc::now()).await {
+        if let Ok(pipes::cache::Lookup::Hit(_)) =
+            cache.get(&p.integration.slug, &crate::support::owner("u1", None), Utc::now()).await
+        {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the cache was not used again after Redis came back");
@@ -221,7 +223,7 @@ async fn a_token_cache_that_redis_lost_is_refilled_from_postgres() {
     let cancel = tokio_util::sync::CancellationToken::new();
     let get = |user: &'static str, org: Option<&'static str>| {
         let cache = app.state.cache.clone();
-        async move { cache.get("soak-refill", user, org, Utc::now()).await.unwrap() }
+        async move { cache.get("soak-refill", &crate::support::owner(user, org), Utc::now()).await.unwrap() }
     };
     lose_redis(&app).await;
     assert!(matches!(get("u1", None).await, Lookup::Miss));
@@ -240,7 +242,7 @@ async fn a_token_cache_that_redis_lost_is_refilled_from_postgres() {
         announced.push(message.get_payload::<String>().unwrap());
     }
     drop(messages);
-    let u3_key = pipes::cache::entry_key(app.state.cache.redis(), "soak-refill", "u3", None);
+    let u3_key = pipes::cache::entry_key(app.state.cache.redis(), "soak-refill", &crate::support::owner("u3", None));
     assert!(!announced.is_empty() && announced.iter().all(|m| m.starts_with(&u3_key)), "{announced:?}");
     for (org, token) in [(None, &personal), (Some("org_1"), &in_org)] {
         let Lookup::Hit(entry) = get("u1", org).await else { panic!("{org:?} was not refilled") };

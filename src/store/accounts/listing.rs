@@ -9,6 +9,7 @@ use sqlx::{PgExecutor, Row};
 use super::{Account, AccountError, AccountState, COLUMNS};
 use crate::crypto::KeyRing;
 use crate::ids::{AccountId, IntegrationId};
+use crate::owner::Owner;
 use crate::policy;
 use crate::store::schedule::REFRESH_AT_OF_C;
 
@@ -45,8 +46,8 @@ pub async fn fresh_page(
 pub struct AccountSummary {
     pub id: AccountId,
     pub integration_id: IntegrationId,
-    pub user_id: String,
-    pub organization_id: Option<String>,
+    pub owner: Owner,
+    pub established_by_user_id: Option<String>,
     pub state: AccountState,
     pub scopes: Vec<String>,
     pub reauthorization_reason: Option<String>,
@@ -56,18 +57,15 @@ pub struct AccountSummary {
 
 /// Every account of an owner, without a token read or decrypted.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn summaries_for_owner(
-    db: impl PgExecutor<'_>,
-    user_id: &str,
-    organization_id: Option<&str>,
-) -> Result<Vec<AccountSummary>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, integration_id, user_id, organization_id, state, scopes, reauthorization_reason,
-                created_at, updated_at
-         FROM connected_accounts WHERE user_id = $1 AND organization_id IS NOT DISTINCT FROM $2",
-    )
-    .bind(user_id)
-    .bind(organization_id)
+pub async fn summaries_for_owner(db: impl PgExecutor<'_>, owner: &Owner) -> Result<Vec<AccountSummary>, sqlx::Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT c.id, c.integration_id, c.established_by_user_id, c.state, c.scopes, c.reauthorization_reason,
+                c.created_at, c.updated_at
+         FROM connected_accounts c WHERE {}",
+        super::owner_filter(owner, 1)
+    )))
+    .bind(owner.user_id())
+    .bind(owner.organization_id())
     .fetch_all(db)
     .await?;
     Ok(rows
@@ -75,8 +73,8 @@ pub async fn summaries_for_owner(
         .map(|r| AccountSummary {
             id: r.get("id"),
             integration_id: r.get("integration_id"),
-            user_id: r.get("user_id"),
-            organization_id: r.get("organization_id"),
+            owner: owner.clone(),
+            established_by_user_id: r.get("established_by_user_id"),
             state: AccountState::parse(r.get("state")).unwrap_or(AccountState::Disconnected),
             scopes: r.get("scopes"),
             reauthorization_reason: r.get("reauthorization_reason"),

@@ -1,4 +1,4 @@
-//! Connected accounts: one per (integration, user, organization), with its
+//! Connected accounts: one per integration and owner ([`Owner`]), with its
 //! encrypted tokens, state and the single-flight lease. Every write that stores or
 //! drops a token keeps the account's place on the refresh schedule in the same
 //! transaction ([`schedule`]).
@@ -13,6 +13,7 @@ use sqlx::{PgExecutor, Row};
 use crate::crypto::{aad, CryptoError, KeyRing};
 use crate::ids::{AccountId, IntegrationId};
 use crate::keys::columns;
+use crate::owner::Owner;
 use crate::policy;
 use crate::secret::Secret;
 use crate::store::schedule::{self, REFRESH_AT_OF_C};
@@ -56,8 +57,9 @@ impl AccountState {
 pub struct Account {
     pub id: AccountId,
     pub integration_id: IntegrationId,
-    pub user_id: String,
-    pub organization_id: Option<String>,
+    pub owner: Owner,
+    /// The member whose authorization established an organization-owned account.
+    pub established_by_user_id: Option<String>,
     pub state: AccountState,
     pub access_token: Option<Secret>,
     pub refresh_token: Option<Secret>,
@@ -91,13 +93,16 @@ pub enum AccountError {
         #[source]
         source: CryptoError,
     },
-    #[error("a connected account already exists for this user and integration")]
+    #[error("a connected account already exists for this owner and integration")]
     Exists,
+    #[error("account {0}: stored without an owner")]
+    NoOwner(String),
 }
 
 /// The account's columns, of the row `c`; every statement adds `refresh_at` (the
 /// schedule's, or what it writes there).
-const COLUMNS: &str = "c.id, c.integration_id, c.user_id, c.organization_id, c.state, c.access_token_enc,
+const COLUMNS: &str =
+    "c.id, c.integration_id, c.user_id, c.organization_id, c.established_by_user_id, c.state, c.access_token_enc,
     c.refresh_token_enc, c.expires_at, c.scopes, c.token_version, c.last_refresh_error, c.reauthorization_reason,
     c.created_at, c.updated_at";
 
@@ -116,12 +121,14 @@ impl Account {
                 .transpose()
                 .map_err(|source| AccountError::Crypto { id: id.clone(), source })
         };
+        let owner = Owner::from_columns(row.get("user_id"), row.get("organization_id"))
+            .ok_or_else(|| AccountError::NoOwner(id.clone()))?;
         Ok(Account {
+            owner,
+            established_by_user_id: row.get("established_by_user_id"),
             access_token: open(columns::ACCESS_TOKEN, row.get("access_token_enc"))?,
             refresh_token: open(columns::REFRESH_TOKEN, row.get("refresh_token_enc"))?,
             integration_id: row.get("integration_id"),
-            user_id: row.get("user_id"),
-            organization_id: row.get("organization_id"),
             state: AccountState::parse(row.get("state")).unwrap_or(AccountState::Disconnected),
             expires_at: row.get("expires_at"),
             refresh_at: row.get("refresh_at"),
@@ -140,8 +147,8 @@ impl Account {
         AccountSummary {
             id: self.id.clone(),
             integration_id: self.integration_id.clone(),
-            user_id: self.user_id.clone(),
-            organization_id: self.organization_id.clone(),
+            owner: self.owner.clone(),
+            established_by_user_id: self.established_by_user_id.clone(),
             state: self.state,
             scopes: self.scopes.clone(),
             reauthorization_reason: self.reauthorization_reason.clone(),
@@ -165,21 +172,34 @@ fn seal(ring: &KeyRing, column: &str, id: &str, value: Option<&Secret>) -> Resul
         .map_err(|source| AccountError::Crypto { id: id.to_owned(), source })
 }
 
+/// The `WHERE` condition selecting `owner`'s accounts of the row `c`, with `$n` bound
+/// to [`Owner::user_id`] and `$n+1` to [`Owner::organization_id`]. Each form can use an
+/// index, where one `IS NOT DISTINCT FROM` for both kinds could not.
+pub(crate) fn owner_filter(owner: &Owner, n: usize) -> String {
+    let org = n + 1;
+    match owner {
+        Owner::User { .. } => format!("c.user_id = ${n} AND c.organization_id IS NOT DISTINCT FROM ${org}"),
+        Owner::Organization { .. } => {
+            format!("c.user_id IS NULL AND ${n}::text IS NULL AND c.organization_id = ${org}")
+        }
+    }
+}
+
 #[tracing::instrument(level = "debug", skip_all, fields(integration_id = %integration_id))]
 pub async fn find_for_owner(
     db: impl PgExecutor<'_>,
     ring: &KeyRing,
     integration_id: &IntegrationId,
-    user_id: &str,
-    organization_id: Option<&str>,
+    owner: &Owner,
 ) -> Result<Option<Account>, AccountError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS}, {REFRESH_AT_OF_C} AS refresh_at FROM connected_accounts c
-         WHERE integration_id = $1 AND user_id = $2 AND organization_id IS NOT DISTINCT FROM $3"
+         WHERE c.integration_id = $1 AND {}",
+        owner_filter(owner, 2)
     )))
     .bind(integration_id)
-    .bind(user_id)
-    .bind(organization_id)
+    .bind(owner.user_id())
+    .bind(owner.organization_id())
     .fetch_optional(db)
     .await?;
     row.map(|r| Account::from_row(&r, ring)).transpose()
@@ -220,20 +240,20 @@ pub async fn write_tokens(
     ring: &KeyRing,
     mode: WriteMode,
     integration_id: &IntegrationId,
-    user_id: &str,
-    organization_id: Option<&str>,
+    owner: &Owner,
+    established_by: Option<&str>,
     tokens: &TokenSet,
     refresh_at: Option<DateTime<Utc>>,
     state: AccountState,
 ) -> Result<Option<Account>, AccountError> {
     // The ciphertexts are bound to the row id, so the id must be known first.
-    let existing: Option<AccountId> = sqlx::query_scalar(
-        "SELECT id FROM connected_accounts
-         WHERE integration_id = $1 AND user_id = $2 AND organization_id IS NOT DISTINCT FROM $3 FOR UPDATE",
-    )
+    let existing: Option<AccountId> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM connected_accounts c WHERE c.integration_id = $1 AND {} FOR UPDATE",
+        owner_filter(owner, 2)
+    )))
     .bind(integration_id)
-    .bind(user_id)
-    .bind(organization_id)
+    .bind(owner.user_id())
+    .bind(owner.organization_id())
     .fetch_optional(&mut *tx)
     .await?;
     let (id, insert) = match (existing, mode) {
@@ -249,23 +269,25 @@ pub async fn write_tokens(
     let row = if insert {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO connected_accounts AS c
-               (id, integration_id, user_id, organization_id, state, access_token_enc, refresh_token_enc,
-                expires_at, scopes, token_version, last_refreshed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, nextval('token_versions'), now())
+               (id, integration_id, ownership, user_id, organization_id, established_by_user_id, state,
+                access_token_enc, refresh_token_enc, expires_at, scopes, token_version, last_refreshed_at)
+             VALUES ($1, $2, $11, $3, $4, $12, $5, $6, $7, $8, $9, nextval('token_versions'), now())
              ON CONFLICT ON CONSTRAINT connected_accounts_owner_unique DO NOTHING
              RETURNING {COLUMNS}, {scheduled}",
             scheduled = stored_refresh_at("$10::timestamptz")
         )))
         .bind(&id)
         .bind(integration_id)
-        .bind(user_id)
-        .bind(organization_id)
+        .bind(owner.user_id())
+        .bind(owner.organization_id())
         .bind(state.as_str())
         .bind(access)
         .bind(refresh)
         .bind(tokens.expires_at)
         .bind(&tokens.scopes)
         .bind(scheduled)
+        .bind(owner.ownership().as_str())
+        .bind(established_by)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(AccountError::Exists)?
@@ -274,7 +296,8 @@ pub async fn write_tokens(
             "UPDATE connected_accounts c SET
                state = $2, access_token_enc = $3, refresh_token_enc = $4, expires_at = $5,
                scopes = $7, token_version = nextval('token_versions'), lease_id = NULL, lease_until = NULL,
-               refresh_failures = 0, last_refresh_error = NULL, reauthorization_reason = NULL, last_refreshed_at = now(), updated_at = now()
+               refresh_failures = 0, last_refresh_error = NULL, reauthorization_reason = NULL, last_refreshed_at = now(), updated_at = now(),
+               established_by_user_id = COALESCE($8, c.established_by_user_id)
              WHERE id = $1
              RETURNING {COLUMNS}, {scheduled}",
             scheduled = stored_refresh_at("$6::timestamptz")
@@ -286,6 +309,7 @@ pub async fn write_tokens(
         .bind(tokens.expires_at)
         .bind(scheduled)
         .bind(&tokens.scopes)
+        .bind(established_by)
         .fetch_one(&mut *tx)
         .await?
     };
@@ -293,7 +317,7 @@ pub async fn write_tokens(
     schedule::sync(&mut *tx, &id, integration_id, account.refresh_at).await?;
     if !insert {
         // The replaced token must not stay servable from a cache.
-        crate::invalidations::record(tx, integration_id, user_id, organization_id, account.token_version).await?;
+        crate::invalidations::record(tx, integration_id, owner, account.token_version).await?;
     }
     Ok(Some(account))
 }
@@ -322,8 +346,7 @@ pub async fn mark_needs_reauthorization(
     let Some(row) = row else { return Ok(None) };
     let account = Account::from_row(&row, ring)?;
     schedule::sync(&mut *tx, id, &account.integration_id, None).await?;
-    let org = account.organization_id.as_deref();
-    crate::invalidations::record(tx, &account.integration_id, &account.user_id, org, account.token_version).await?;
+    crate::invalidations::record(tx, &account.integration_id, &account.owner, account.token_version).await?;
     Ok(Some(account))
 }
 
@@ -346,7 +369,6 @@ pub async fn delete(
     let mut account = Account::from_row(&row, ring)?;
     account.token_version = row.get("tombstone");
     schedule::clear(&mut *tx, std::slice::from_ref(&account.id)).await?;
-    let org = account.organization_id.as_deref();
-    crate::invalidations::record(tx, &account.integration_id, &account.user_id, org, account.token_version).await?;
+    crate::invalidations::record(tx, &account.integration_id, &account.owner, account.token_version).await?;
     Ok(Some(account))
 }

@@ -263,8 +263,8 @@ impl Account {
         Account {
             id: leased.id.clone(),
             integration_id: leased.integration_id.clone(),
-            user_id: leased.user_id.clone(),
-            organization_id: leased.organization_id.clone(),
+            owner: leased.owner.clone(),
+            established_by_user_id: leased.established_by_user_id.clone(),
             state: AccountState::Connected,
             access_token: Some(tokens.access_token.clone()),
             refresh_token: tokens.refresh_token.clone().or_else(|| leased.refresh_token.clone()),

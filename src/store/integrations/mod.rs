@@ -15,6 +15,7 @@ use crate::crypto::{aad, KeyRing};
 use crate::ids::IntegrationId;
 use crate::keys::columns;
 use crate::oauth::catalog::{BodyContentType, Catalog, ClientAuth, ProviderSpec, ResolvedUrls, TokenResponseShape};
+use crate::owner::Ownership;
 
 mod write;
 pub use write::{account_counts, all, delete, insert, list_page, update, Cursor, Order, ProvisionError};
@@ -76,6 +77,9 @@ pub struct Integration {
     pub slug: String,
     /// The catalog slug, or the integration's own slug for a custom provider.
     pub provider: String,
+    /// Who owns its accounts: users, or organizations (shared accounts). A provider may
+    /// have one root of each kind under the same slug.
+    pub ownership: Ownership,
     pub description: String,
     pub enabled: bool,
     pub state: IntegrationState,
@@ -118,7 +122,8 @@ pub enum IntegrationError {
     Urls { slug: String, message: String },
 }
 
-pub const SELECT: &str = "SELECT id, slug, provider, description, enabled, state, state_reason, scopes, client_id,
+pub const SELECT: &str =
+    "SELECT id, slug, provider, ownership, description, enabled, state, state_reason, scopes, client_id,
     client_secret_enc, redacted_secret, custom_provider, settings, created_at, updated_at FROM integrations";
 
 impl Integration {
@@ -135,6 +140,7 @@ impl Integration {
         Ok(Integration {
             slug: row.get("slug"),
             provider: row.get("provider"),
+            ownership: Ownership::parse(row.get("ownership")).unwrap_or(Ownership::User),
             description: row.get("description"),
             enabled: row.get("enabled"),
             state: if row.get::<&str, _>("state") == "invalid" {
@@ -236,14 +242,19 @@ pub fn custom_spec(slug: &str, c: &CustomProvider) -> ProviderSpec {
     }
 }
 
+/// The integration root `slug` whose accounts are owned as `ownership` says.
 #[tracing::instrument(level = "debug", skip_all, fields(slug = %slug))]
 pub async fn by_slug(
     db: impl PgExecutor<'_>,
     ring: &KeyRing,
     slug: &str,
+    ownership: Ownership,
 ) -> Result<Option<Integration>, IntegrationError> {
-    let row =
-        sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE slug = $1"))).bind(slug).fetch_optional(db).await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE slug = $1 AND ownership = $2")))
+        .bind(slug)
+        .bind(ownership.as_str())
+        .fetch_optional(db)
+        .await?;
     row.map(|r| Integration::from_row(&r, ring)).transpose()
 }
 

@@ -9,6 +9,7 @@ use crate::crypto::{aad, CryptoError, KeyRing};
 use crate::events::{self, EventKind};
 use crate::ids::{AccountId, IdKind};
 use crate::keys::columns;
+use crate::owner::{Owner, Ownership};
 use crate::provisioning::IntegrationDraft;
 use crate::store::accounts::{Account, AccountState};
 
@@ -20,7 +21,7 @@ pub enum ProvisionError {
     Integration(#[from] IntegrationError),
     #[error("the client secret could not be encrypted: {0}")]
     Crypto(#[from] CryptoError),
-    #[error("an integration with this slug already exists")]
+    #[error("an integration with this slug and ownership already exists")]
     SlugTaken,
 }
 
@@ -44,9 +45,9 @@ pub async fn insert(db: &PgPool, ring: &KeyRing, draft: &IntegrationDraft) -> Re
     let redacted = crate::provisioning::redact(draft.client_secret.as_ref().map(|s| s.expose()));
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO integrations (id, slug, provider, description, enabled, scopes, client_id, client_secret_enc,
-            redacted_secret, custom_provider, settings)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (slug) DO NOTHING
+            redacted_secret, custom_provider, settings, ownership)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (slug, ownership) DO NOTHING
          RETURNING {}",
         select_columns()
     )))
@@ -61,6 +62,7 @@ pub async fn insert(db: &PgPool, ring: &KeyRing, draft: &IntegrationDraft) -> Re
     .bind(redacted)
     .bind(custom_json(draft))
     .bind(settings_json(draft))
+    .bind(draft.ownership.as_str())
     .fetch_optional(db)
     .await?
     .ok_or(ProvisionError::SlugTaken)?;
@@ -109,7 +111,7 @@ pub async fn delete(db: &PgPool, integration: &Integration) -> Result<Option<u64
     let mut tx = db.begin().await?;
     let rows = sqlx::query(
         "DELETE FROM connected_accounts WHERE integration_id = $1
-         RETURNING id, user_id, organization_id, scopes, created_at, updated_at",
+         RETURNING id, user_id, organization_id, established_by_user_id, scopes, created_at, updated_at",
     )
     .bind(&integration.id)
     .fetch_all(&mut *tx)
@@ -120,8 +122,9 @@ pub async fn delete(db: &PgPool, integration: &Integration) -> Result<Option<u64
         let account = Account {
             id: row.get("id"),
             integration_id: integration.id.clone(),
-            user_id: row.get("user_id"),
-            organization_id: row.get("organization_id"),
+            owner: Owner::from_columns(row.get("user_id"), row.get("organization_id"))
+                .ok_or_else(|| sqlx::Error::Protocol("a connected account without an owner".into()))?,
+            established_by_user_id: row.get("established_by_user_id"),
             state: AccountState::Disconnected,
             access_token: None,
             refresh_token: None,
@@ -177,21 +180,27 @@ pub async fn list_page(
     limit: i64,
     cursor: &Cursor,
     order: Order,
+    ownership: Option<Ownership>,
 ) -> Result<Page, ProvisionError> {
     // Paging backwards reads in the opposite direction, then flips the page.
     let backwards = matches!(cursor, Cursor::Before(_));
     let sql = match (order, backwards) {
-        (Order::Desc, false) => "WHERE ($1::text IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
-        (Order::Asc, false) => "WHERE ($1::text IS NULL OR id > $1) ORDER BY id ASC LIMIT $2",
-        (Order::Desc, true) => "WHERE id > $1 ORDER BY id ASC LIMIT $2",
-        (Order::Asc, true) => "WHERE id < $1 ORDER BY id DESC LIMIT $2",
+        (Order::Desc, false) => "($1::text IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+        (Order::Asc, false) => "($1::text IS NULL OR id > $1) ORDER BY id ASC LIMIT $2",
+        (Order::Desc, true) => "id > $1 ORDER BY id ASC LIMIT $2",
+        (Order::Asc, true) => "id < $1 ORDER BY id DESC LIMIT $2",
     };
     let key = match cursor {
         Cursor::Start => None,
         Cursor::After(id) | Cursor::Before(id) => Some(id.as_str()),
     };
     let rows =
-        sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} {sql}"))).bind(key).bind(limit + 1).fetch_all(db).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("{SELECT} WHERE ($3::text IS NULL OR ownership = $3) AND {sql}")))
+            .bind(key)
+            .bind(limit + 1)
+            .bind(ownership.map(Ownership::as_str))
+            .fetch_all(db)
+            .await?;
     let more = rows.len() as i64 > limit;
     let mut data =
         rows.iter().take(limit as usize).map(|r| Integration::from_row(r, ring)).collect::<Result<Vec<_>, _>>()?;

@@ -61,7 +61,7 @@ async fn replace_in_postgres_only(app: &TestApp, integration_id: &str, user: &st
         app.state.keyring(),
         WriteMode::UpdateOnly,
         &integration_id.into(),
-        user,
+        &crate::support::owner(user, None),
         None,
         &tokens,
         None,
@@ -114,7 +114,7 @@ async fn a_lost_subscription_clears_the_local_cache() {
     for _ in 0..2 {
         assert_eq!(token_of(&read(&app, "tc-lost", json!({"user_id": "u1"})).await.1), old);
     }
-    let key = entry_key(app.state.cache.redis(), "tc-lost", "u1", None);
+    let key = entry_key(app.state.cache.redis(), "tc-lost", &crate::support::owner("u1", None));
     assert!(app.state.cache.local().get(&key, Utc::now()).is_some(), "answered from the local cache");
     replace_in_postgres_only(&app, &p.integration.id, "u1", "new-token").await;
     proxy.cut();
@@ -152,13 +152,13 @@ async fn a_disconnect_stops_being_served_by_another_replica_within_a_second() {
         resp.json().await.unwrap()
     };
     assert_eq!(token_of(&read_replica().await), token);
-    let key = entry_key(replica.cache.redis(), "tc-replicas", "u1", Some("org_1"));
+    let key = entry_key(replica.cache.redis(), "tc-replicas", &crate::support::owner("u1", Some("org_1")));
     assert!(local.get(&key, Utc::now()).is_some(), "the replica answers from its local cache");
     // The disconnect's writes, made by the first process.
     let mut tx = app.db.begin().await.unwrap();
     let gone = accounts::delete(&mut tx, app.state.keyring(), &account.id).await.unwrap().unwrap();
     tx.commit().await.unwrap();
-    app.state.cache.tombstone("tc-replicas", "u1", Some("org_1"), gone.token_version).await;
+    app.state.cache.tombstone("tc-replicas", &crate::support::owner("u1", Some("org_1")), gone.token_version).await;
     let took = eventually(Duration::from_secs(1), async || {
         read_replica().await == json!({"active": false, "error": "not_installed"})
     })
@@ -302,7 +302,7 @@ async fn a_disconnect_whose_tombstone_was_lost_is_served_by_no_replica_after_red
     }
     assert_eq!(pending().await, 0, "the outbox was drained once Redis answered");
     assert!(app.state.cache.trusted() && replica.cache.trusted(), "and Redis is trusted again");
-    let key = entry_key(app.state.cache.redis(), "tc-outbox", "u1", None);
+    let key = entry_key(app.state.cache.redis(), "tc-outbox", &crate::support::owner("u1", None));
     let mut redis =
         redis::Client::open("redis://127.0.0.1:6379").unwrap().get_multiplexed_async_connection().await.unwrap();
     let value: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut redis).await.unwrap();

@@ -30,7 +30,12 @@ async fn a_delivery_verifies_with_the_node_sdk_and_standard_webhooks() {
         provider_error: Some("access_denied".into()),
         provider_error_description: Some("denied".into()),
     };
-    let data = events::connection_failed_data(&p.integration, "u1", Some("org_1"), &failure, Utc::now());
+    let data = events::connection_failed_data(
+        &p.integration,
+        &crate::support::owner("u1", Some("org_1")),
+        &failure,
+        Utc::now(),
+    );
     let event_id = emit(&app, EventKind::ConnectionFailed, &data).await;
 
     let delivery = receiver.wait_for(1).await.remove(0);

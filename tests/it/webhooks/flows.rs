@@ -13,15 +13,18 @@ use super::harness::{create_endpoint, verify_with_node_sdk, Receiver, Workers};
 use crate::connect::{api_integration, connect};
 use crate::support::app::TestApp;
 
-const ACCOUNT_FIELDS: [&str; 10] = [
+const ACCOUNT_FIELDS: [&str; 13] = [
     "object",
     "id",
+    "connection_role",
     "data_integration_id",
     "provider_slug",
     "user_id",
     "organization_id",
     "scopes",
+    "auth_method",
     "state",
+    "established_by_user_id",
     "created_at",
     "updated_at",
 ];
@@ -71,12 +74,20 @@ async fn the_real_flows_deliver_all_four_event_types() {
     provider.demo.deny_next_consent();
     connect(&app, slug, "u2", None, None).await;
     // reauthorization_needed: the grant is revoked at the provider, then a refresh runs
-    let integration = pipes::store::integrations::by_slug(&app.db, app.state.keyring(), slug).await.unwrap().unwrap();
-    let account =
-        pipes::store::accounts::find_for_owner(&app.db, app.state.keyring(), &integration.id, "u1", Some("org_1"))
+    let integration =
+        pipes::store::integrations::by_slug(&app.db, app.state.keyring(), slug, pipes::owner::Ownership::User)
             .await
             .unwrap()
-            .expect("u1 connected");
+            .unwrap();
+    let account = pipes::store::accounts::find_for_owner(
+        &app.db,
+        app.state.keyring(),
+        &integration.id,
+        &crate::support::owner("u1", Some("org_1")),
+    )
+    .await
+    .unwrap()
+    .expect("u1 connected");
     let token = account.access_token.clone().unwrap();
     assert!(provider.demo.revoke_grant_of(token.expose()));
     sqlx::query("UPDATE refresh_schedule SET refresh_at = now() - interval '1 second' WHERE account_id = $1")

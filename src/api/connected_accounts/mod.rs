@@ -1,12 +1,15 @@
-//! Connected accounts (DESIGN §3.3):
-//! `GET|POST|PUT|DELETE /user_management/users/{user_id}/connected_accounts/{slug}?organization_id=…`.
+//! Connected accounts (DESIGN §3.3), of a user or of an organization:
+//! `GET|POST|PUT|DELETE /user_management/users/{user_id}/connected_accounts/{slug}?organization_id=…`
+//! and `/organizations/{organization_id}/connected_accounts/{slug}` (`organization`).
 //! Every write updates the token cache; tokens never appear in a response.
+
+mod organization;
+mod tokens;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use utoipa_axum::router::OpenApiRouter;
@@ -19,14 +22,14 @@ use crate::api::integrations::find;
 use crate::connections::Announce;
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::ids::{AccountId, IdKind};
-use crate::secret::Secret;
+use crate::owner::Owner;
 use crate::state::AppState;
-use crate::store::accounts::{self, Account, AccountError, AccountState, AccountSummary, TokenSet, WriteMode};
-use crate::store::integrations::Integration;
+use crate::store::accounts::{self, Account, AccountError, AccountSummary, WriteMode};
 use crate::time::rfc3339;
+pub use tokens::TokensBody;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(show, import, replace, disconnect))
+    OpenApiRouter::new().routes(routes!(show, import, replace, disconnect)).merge(organization::routes())
 }
 
 /// A ConnectedAccount. Tokens never appear in it.
@@ -41,12 +44,16 @@ pub struct ConnectedAccountView {
     pub account_identifier: Option<String>,
     /// A label for the account, when one was given.
     pub account_display_name: Option<String>,
-    pub user_id: String,
+    /// The owning user; `null` for an organization's shared account.
+    pub user_id: Option<String>,
     pub organization_id: Option<String>,
     pub scopes: Vec<String>,
     pub auth_method: &'static str,
     /// `connected`, `needs_reauthorization` or `disconnected`.
     pub state: &'static str,
+    /// The member whose authorization established an organization's shared account.
+    pub established_by_user_id: Option<String>,
+    pub state_reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -58,17 +65,19 @@ pub fn view(a: &AccountSummary) -> ConnectedAccountView {
         connection_role: "compatibility",
         account_identifier: None,
         account_display_name: None,
-        user_id: a.user_id.clone(),
-        organization_id: a.organization_id.clone(),
+        user_id: a.owner.user_id().map(str::to_owned),
+        organization_id: a.owner.organization_id().map(str::to_owned),
         scopes: a.scopes.clone(),
         auth_method: "oauth",
         state: a.state.as_str(),
+        established_by_user_id: a.established_by_user_id.clone(),
+        state_reason: None,
         created_at: rfc3339(a.created_at),
         updated_at: rfc3339(a.updated_at),
     }
 }
 
-/// Which account a request is about. An unknown parameter is refused (400).
+/// Which of a user's accounts a request is about. An unknown parameter is refused (400).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct OwnerQuery {
@@ -83,14 +92,21 @@ pub struct OwnerQuery {
     pub connection_intent: Option<String>,
 }
 
+/// Which of an owner's accounts a request is about (the query less the owner).
+pub(super) struct Selection {
+    pub connected_account_id: Option<String>,
+    pub connection_intent: Option<String>,
+}
+
 /// The owner and account a request names, checked.
 pub(super) struct Target {
-    pub organization_id: Option<String>,
+    pub owner: Owner,
     pub only: Option<AccountId>,
 }
 
-/// The owner from the path and query, checked; `intent` is where `connection_intent`
-/// may be sent (`Some("reauthorize")` for PUT), or `None` where it may not.
+/// A user's account from the path and query, checked; `intent` is where
+/// `connection_intent` may be sent (`Some("reauthorize")` for PUT), or `None` where it
+/// may not.
 pub(super) fn target(user_id: &str, q: OwnerQuery, intent: Option<&str>) -> ApiResult<Target> {
     let mut errors = Vec::new();
     check_owner_id("user_id", user_id, &mut errors);
@@ -98,13 +114,24 @@ pub(super) fn target(user_id: &str, q: OwnerQuery, intent: Option<&str>) -> ApiR
     if let Some(o) = &org {
         check_owner_id("organization_id", o, &mut errors);
     }
-    let only = q.connected_account_id.filter(|id| !id.is_empty());
+    let selection = Selection { connected_account_id: q.connected_account_id, connection_intent: q.connection_intent };
+    let only = selected(selection, intent, &mut errors);
+    if errors.is_empty() {
+        Ok(Target { owner: Owner::user(user_id, org), only })
+    } else {
+        Err(ApiError::invalid(errors))
+    }
+}
+
+/// The account `selection` names, checked into `errors`.
+fn selected(selection: Selection, intent: Option<&str>, errors: &mut Vec<FieldError>) -> Option<AccountId> {
+    let only = selection.connected_account_id.filter(|id| !id.is_empty());
     if let Some(id) = &only {
         if !IdKind::ConnectedAccount.matches(id) {
             errors.push(FieldError::new("connected_account_id", "invalid", "Not a connected account id."));
         }
     }
-    match (q.connection_intent.as_deref(), intent) {
+    match (selection.connection_intent.as_deref(), intent) {
         (None, _) => {}
         (Some(sent), Some(allowed)) if sent == allowed => {
             if only.is_none() {
@@ -124,120 +151,34 @@ pub(super) fn target(user_id: &str, q: OwnerQuery, intent: Option<&str>) -> ApiR
             errors.push(FieldError::new("connection_intent", "unsupported", "`connection_intent` is not taken here."))
         }
     }
-    if errors.is_empty() {
-        Ok(Target { organization_id: org, only: only.map(AccountId::from) })
-    } else {
-        Err(ApiError::invalid(errors))
-    }
+    only.map(AccountId::from)
 }
 
 pub fn not_connected(slug: &str) -> ApiError {
-    ApiError::not_found("connected_account_not_found", format!("This user has no connected account for `{slug}`."))
+    ApiError::not_found("connected_account_not_found", format!("There is no connected account for `{slug}` here."))
 }
 
-#[utoipa::path(get, path = "/user_management/users/{user_id}/connected_accounts/{slug}", tag = "connected_accounts",
-    params(("user_id" = String, Path), ("slug" = String, Path), OwnerQuery), security(("api_key" = [])),
-    responses((status = 200, body = ConnectedAccountView), (status = 404, description = "No integration or no account")))]
-pub async fn show(
-    _: AdminKey,
-    State(state): State<AppState>,
-    Path((user_id, slug)): Path<(String, String)>,
-    ApiQuery(q): ApiQuery<OwnerQuery>,
-) -> ApiResult<Json<ConnectedAccountView>> {
-    let target = target(&user_id, q, None)?;
-    let org = target.organization_id.as_deref();
-    let integration = find(&state, &slug).await?;
-    let account = accounts::find_for_owner(&state.db, state.keyring(), &integration.id, &user_id, org)
+/// The account `target` names.
+async fn show_account(state: &AppState, slug: &str, target: Target) -> ApiResult<Json<ConnectedAccountView>> {
+    let integration = find(state, slug, target.owner.ownership()).await?;
+    let account = accounts::find_for_owner(&state.db, state.keyring(), &integration.id, &target.owner)
         .await?
         .filter(|a| target.only.as_ref().is_none_or(|id| a.id == *id))
-        .ok_or_else(|| not_connected(&slug))?;
+        .ok_or_else(|| not_connected(slug))?;
     Ok(Json(view(&account.summary())))
 }
 
-/// Tokens from another system (POST) or after an out-of-band reauthorization (PUT).
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct TokensBody {
-    #[schema(value_type = String)]
-    pub access_token: Option<Secret>,
-    #[schema(value_type = Option<String>)]
-    pub refresh_token: Option<Secret>,
-    /// RFC 3339; absent for a token that does not expire.
-    pub expires_at: Option<String>,
-    /// Granted scopes; default: the integration's.
-    pub scopes: Option<Vec<String>>,
-    /// `connected` (default) or `needs_reauthorization`.
-    pub state: Option<String>,
-    /// POST only: `add`. An owner holds one account per integration, so adding one
-    /// where one exists answers 404 `multiple_connections_unavailable`.
-    pub connection_intent: Option<String>,
-    /// Not stored yet: refused unless `null`.
-    pub account_display_name: Option<String>,
-    /// Not stored yet: refused unless `null`.
-    pub account_identifier: Option<String>,
-}
-
-fn parse_tokens(body: TokensBody, integration: &Integration) -> ApiResult<(TokenSet, AccountState)> {
-    let mut errors = Vec::new();
-    let access = match body.access_token {
-        Some(t) if !t.expose().is_empty() && t.expose().len() <= 16_384 => Some(t),
-        Some(_) => {
-            errors.push(FieldError::new("access_token", "invalid", "The access token must be 1-16384 characters."));
-            None
-        }
-        None => {
-            errors.push(FieldError::new("access_token", "required", "access_token is required."));
-            None
-        }
-    };
-    let refresh = body.refresh_token.filter(|t| !t.expose().is_empty());
-    if refresh.as_ref().is_some_and(|t| t.expose().len() > 16_384) {
-        errors.push(FieldError::new("refresh_token", "invalid", "The refresh token must be at most 16384 characters."));
-    }
-    let expires_at = match body.expires_at.as_deref().filter(|e| !e.is_empty()) {
-        None => None,
-        Some(e) => match DateTime::parse_from_rfc3339(e) {
-            Ok(t) => Some(t.with_timezone(&Utc)),
-            Err(_) => {
-                errors.push(FieldError::new("expires_at", "invalid", "expires_at must be an RFC 3339 timestamp."));
-                None
-            }
-        },
-    };
-    let scopes = body.scopes.unwrap_or_else(|| integration.scopes.clone());
-    if scopes.len() > 100 || scopes.iter().any(|s| s.is_empty() || s.len() > 200 || s.chars().any(char::is_whitespace))
-    {
-        errors.push(FieldError::new("scopes", "invalid", "At most 100 scopes of 1-200 characters without spaces."));
-    }
-    let account_state = match body.state.as_deref() {
-        None | Some("connected") => AccountState::Connected,
-        Some("needs_reauthorization") => AccountState::NeedsReauthorization,
-        Some(_) => {
-            errors.push(FieldError::new("state", "invalid", "state must be connected or needs_reauthorization."));
-            AccountState::Connected
-        }
-    };
-    match access {
-        Some(access_token) if errors.is_empty() => {
-            Ok((TokenSet { access_token, refresh_token: refresh, expires_at, scopes }, account_state))
-        }
-        _ => Err(ApiError::invalid(errors)),
-    }
-}
-
-/// Writes tokens for an owner, with a `connected` event when the account became connected.
+/// Writes tokens for `target`'s owner, with a `connected` event when the account became
+/// connected. `member` is the organization member an organization's account is written
+/// on behalf of (`None` on a user's routes, where the body must not name one).
 async fn write(
     state: &AppState,
     slug: &str,
-    user_id: &str,
-    q: OwnerQuery,
+    target: Target,
+    member: Option<String>,
     body: TokensBody,
     mode: WriteMode,
 ) -> ApiResult<Account> {
-    let intent = match mode {
-        WriteMode::UpdateOnly => Some("reauthorize"),
-        WriteMode::InsertOnly | WriteMode::Upsert => None,
-    };
-    let target = target(user_id, q, intent)?;
     let mut errors = Vec::new();
     for (field, value) in
         [("account_display_name", &body.account_display_name), ("account_identifier", &body.account_identifier)]
@@ -249,6 +190,9 @@ async fn write(
                 format!("`{field}` is not stored yet; send `null` or omit it."),
             ));
         }
+    }
+    if member.is_none() && body.user_id.is_some() {
+        errors.push(FieldError::new("user_id", "unsupported", "The user is named in the path here."));
     }
     let adding = match (body.connection_intent.as_deref(), mode) {
         (None, _) => false,
@@ -269,15 +213,14 @@ async fn write(
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
-    let org = target.organization_id.as_deref();
-    let integration = find(state, slug).await?;
-    let (tokens, account_state) = parse_tokens(body, &integration)?;
+    let integration = find(state, slug, target.owner.ownership()).await?;
+    let (tokens, account_state) = tokens::parse_tokens(body, &integration)?;
     let stored = state
         .connections
         .store(
             &integration,
-            user_id,
-            org,
+            &target.owner,
+            member.as_deref(),
             &tokens,
             account_state,
             mode,
@@ -294,6 +237,36 @@ async fn write(
     }
 }
 
+async fn disconnect_account(state: &AppState, slug: &str, target: Target) -> ApiResult<StatusCode> {
+    let integration = find(state, slug, target.owner.ownership()).await?;
+    state
+        .connections
+        .disconnect(&integration, &target.owner, target.only.as_ref())
+        .await?
+        .ok_or_else(|| not_connected(slug))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `connection_intent` a write takes in its query: `reauthorize` on PUT, none on POST.
+fn query_intent(mode: WriteMode) -> Option<&'static str> {
+    match mode {
+        WriteMode::UpdateOnly => Some("reauthorize"),
+        WriteMode::InsertOnly | WriteMode::Upsert => None,
+    }
+}
+
+#[utoipa::path(get, path = "/user_management/users/{user_id}/connected_accounts/{slug}", tag = "connected_accounts",
+    params(("user_id" = String, Path), ("slug" = String, Path), OwnerQuery), security(("api_key" = [])),
+    responses((status = 200, body = ConnectedAccountView), (status = 404, description = "No integration or no account")))]
+pub async fn show(
+    _: AdminKey,
+    State(state): State<AppState>,
+    Path((user_id, slug)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<OwnerQuery>,
+) -> ApiResult<Json<ConnectedAccountView>> {
+    show_account(&state, &slug, target(&user_id, q, None)?).await
+}
+
 #[utoipa::path(post, path = "/user_management/users/{user_id}/connected_accounts/{slug}", tag = "connected_accounts",
     params(("user_id" = String, Path), ("slug" = String, Path), OwnerQuery), request_body = TokensBody, security(("api_key" = [])),
     responses((status = 201, body = ConnectedAccountView), (status = 409, description = "An account exists"), (status = 422, description = "Field errors")))]
@@ -304,7 +277,8 @@ pub async fn import(
     ApiQuery(q): ApiQuery<OwnerQuery>,
     ApiJson(body): ApiJson<TokensBody>,
 ) -> ApiResult<Response> {
-    let account = write(&state, &slug, &user_id, q, body, WriteMode::InsertOnly).await?;
+    let mode = WriteMode::InsertOnly;
+    let account = write(&state, &slug, target(&user_id, q, query_intent(mode))?, None, body, mode).await?;
     Ok((StatusCode::CREATED, Json(view(&account.summary()))).into_response())
 }
 
@@ -318,7 +292,8 @@ pub async fn replace(
     ApiQuery(q): ApiQuery<OwnerQuery>,
     ApiJson(body): ApiJson<TokensBody>,
 ) -> ApiResult<Json<ConnectedAccountView>> {
-    let account = write(&state, &slug, &user_id, q, body, WriteMode::UpdateOnly).await?;
+    let mode = WriteMode::UpdateOnly;
+    let account = write(&state, &slug, target(&user_id, q, query_intent(mode))?, None, body, mode).await?;
     Ok(Json(view(&account.summary())))
 }
 
@@ -331,12 +306,5 @@ pub async fn disconnect(
     Path((user_id, slug)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<OwnerQuery>,
 ) -> ApiResult<StatusCode> {
-    let target = target(&user_id, q, None)?;
-    let integration = find(&state, &slug).await?;
-    state
-        .connections
-        .disconnect(&integration, &user_id, target.organization_id.as_deref(), target.only.as_ref())
-        .await?
-        .ok_or_else(|| not_connected(&slug))?;
-    Ok(StatusCode::NO_CONTENT)
+    disconnect_account(&state, &slug, target(&user_id, q, None)?).await
 }
