@@ -57,10 +57,11 @@ async fn main() -> anyhow::Result<()> {
         write_tokens(
             &mut tx,
             ring,
-            WriteMode::Upsert,
+            &WriteMode::Upsert,
             &integration_id.clone().into(),
             &pipes::owner::Owner::user(format!("user-{i}"), None),
             None,
+            &Default::default(),
             &tokens,
             None,
             AccountState::Connected,

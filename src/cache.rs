@@ -33,7 +33,7 @@ use crate::owner::Owner;
 use crate::read::local::{LocalCache, INTEGRATION_PREFIX};
 use crate::redis_conn::Redis;
 use crate::secret::Secret;
-use crate::store::accounts::Account;
+use crate::store::accounts::{Account, ConnectionRole};
 use crate::store::integrations::Integration;
 
 /// How long a tombstone blocks stale writes.
@@ -101,12 +101,41 @@ pub enum CacheError {
     Unverified,
 }
 
-/// The Redis key of an owner's entry: `{prefix}:tok:{slug}:{owner segment}`. Built
-/// without intermediate strings: it runs on every read.
+/// The Redis key of an owner's compatibility account's entry (what a read naming no
+/// account answers): `{prefix}:tok:{slug}:{owner segment}`. Built without
+/// intermediate strings: it runs on every read.
 pub fn entry_key(redis: &Redis, slug: &str, owner: &Owner) -> String {
     let mut key = key_start(redis, slug, 36);
     push_owner_segment(&mut key, owner);
     key
+}
+
+/// The key of a standard account's entry: the owner's key and `:{account id}`. The
+/// owner is part of it, so a read naming another owner's account never finds it.
+pub fn standard_key(redis: &Redis, slug: &str, owner: &Owner, account_id: &str) -> String {
+    let mut key = key_start(redis, slug, 37 + account_id.len());
+    push_owner_segment(&mut key, owner);
+    key.push(':');
+    key.push_str(account_id);
+    key
+}
+
+/// The key of `account`'s own entry, by its role.
+pub fn key_for(redis: &Redis, slug: &str, account: &Account) -> String {
+    match account.role {
+        ConnectionRole::Compatibility => entry_key(redis, slug, &account.owner),
+        ConnectionRole::Standard => standard_key(redis, slug, &account.owner, &account.id),
+    }
+}
+
+/// What [`key_for`] puts after the slug, as the invalidation outbox records it.
+pub fn segment_for(account: &Account) -> String {
+    let mut segment = owner_segment(&account.owner);
+    if account.role == ConnectionRole::Standard {
+        segment.push(':');
+        segment.push_str(&account.id);
+    }
+    segment
 }
 
 /// The key of the entry whose [`owner_segment`] was recorded (`crate::invalidations`).
@@ -283,7 +312,7 @@ impl TokenCache {
     /// PostgreSQL stays the truth.
     #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account.id))]
     pub async fn put(&self, account: &Account, integration: &Integration, now: DateTime<Utc>) {
-        let key = entry_key(&self.redis, &integration.slug, &account.owner);
+        let key = key_for(&self.redis, &integration.slug, account);
         let Some((entry, ttl)) = self.entry_for(account, integration, now) else {
             // Not cacheable (e.g. expiring soon): make sure no older copy lingers.
             self.tombstone_key(&key, account.token_version).await;
@@ -300,7 +329,7 @@ impl TokenCache {
     /// million messages to every `serve`. No-op when the token is not fresh.
     #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account.id))]
     pub async fn restore(&self, account: &Account, integration: &Integration, now: DateTime<Utc>) {
-        let key = entry_key(&self.redis, &integration.slug, &account.owner);
+        let key = key_for(&self.redis, &integration.slug, account);
         let Some((entry, ttl)) = self.entry_for(account, integration, now) else { return };
         let Some(value) = self.seal_entry(&key, &entry) else { return };
         self.write(&key, value, entry.version, ttl, false).await;
@@ -314,11 +343,11 @@ impl TokenCache {
         Some(value)
     }
 
-    /// Marks an owner's entry as gone as of `version` (reauthorization, disconnect).
+    /// Marks `account`'s entry as gone as of its token version (reauthorization, disconnect).
     #[tracing::instrument(level = "debug", skip_all, fields(integration = %slug))]
-    pub async fn tombstone(&self, slug: &str, owner: &Owner, version: i64) {
-        let key = entry_key(&self.redis, slug, owner);
-        self.tombstone_key(&key, version).await;
+    pub async fn tombstone(&self, slug: &str, account: &Account) {
+        let key = key_for(&self.redis, slug, account);
+        self.tombstone_key(&key, account.token_version).await;
     }
 
     /// [`Self::tombstone`] by the entry's key; true once Redis has it (or something newer).

@@ -8,17 +8,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use crate::connections::Announce;
+use crate::connections::{Announce, TokenWrite};
 use crate::crypto::{aad, random_token, sha256_hex, CryptoError};
 use crate::events::{self, ConnectionFailure, EventKind};
-use crate::ids::IntegrationId;
+use crate::ids::{AccountId, IntegrationId};
 use crate::keys::columns;
 use crate::oauth::client::{self, Grant};
 use crate::oauth::response::TokenError;
 use crate::owner::{Owner, Ownership};
 use crate::secret::Secret;
 use crate::state::AppState;
-use crate::store::accounts::{Account, AccountError, AccountState, TokenSet, WriteMode};
+use crate::store::accounts::{Account, AccountError, AccountState, Labels, TokenSet, WriteMode};
 use crate::store::integrations::{self, Integration, IntegrationError};
 
 /// How long a user has to come back from the provider.
@@ -55,6 +55,48 @@ pub struct ConnectRequest {
     pub user_id: String,
     pub organization_id: Option<String>,
     pub return_to: Option<String>,
+    pub intent: Intent,
+    /// The label to give the account: `None` keeps it, `Some(None)` clears it.
+    pub account_display_name: Option<Option<String>>,
+}
+
+/// What a connect flow is for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Intent {
+    /// The owner's compatibility account: connected, or reconnected.
+    #[default]
+    Connect,
+    /// Another account beside the owner's (`connection_intent: add`).
+    Add,
+    /// The owner's account with this id, reauthorized.
+    Reauthorize(AccountId),
+}
+
+impl Intent {
+    fn column(&self) -> (Option<&'static str>, Option<&str>) {
+        match self {
+            Intent::Connect => (None, None),
+            Intent::Add => (Some("add"), None),
+            Intent::Reauthorize(id) => (Some("reauthorize"), Some(id.as_str())),
+        }
+    }
+
+    fn from_columns(intent: Option<&str>, account: Option<String>) -> Self {
+        match (intent, account) {
+            (Some("add"), _) => Intent::Add,
+            (Some("reauthorize"), Some(id)) => Intent::Reauthorize(id.into()),
+            _ => Intent::Connect,
+        }
+    }
+
+    /// Where the flow's tokens are written, for `integration`.
+    fn write_mode(&self, integration: &Integration) -> WriteMode {
+        match self {
+            Intent::Connect => WriteMode::Upsert,
+            Intent::Add => WriteMode::Add { several: integration.multiple_connections },
+            Intent::Reauthorize(id) => WriteMode::Account(id.clone()),
+        }
+    }
 }
 
 /// The scopes a connect attempt asks for: the integration's, else the provider's defaults.
@@ -72,7 +114,7 @@ pub async fn begin(
     integration: &Integration,
     req: &ConnectRequest,
     now: DateTime<Utc>,
-) -> Result<url::Url, ConnectError> {
+) -> Result<Begun, ConnectError> {
     let spec = integration.spec()?;
     let raw_state = random_token(32);
     let state_hash = sha256_hex(&raw_state);
@@ -86,9 +128,11 @@ pub async fn begin(
     let url = client::authorization_url(integration, &spec, &redirect_uri, &raw_state, &scopes, pkce.as_ref())
         .map_err(|e| ConnectError::Misconfigured(e.to_string()))?;
     let expires_at = now + chrono::Duration::from_std(STATE_TTL).unwrap_or_default();
+    let (intent, account) = req.intent.column();
     let inserted = sqlx::query(
-        "INSERT INTO oauth_states (state_hash, integration_id, user_id, organization_id, return_to, scopes, pkce_verifier_enc, expires_at, created_at)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
+        "INSERT INTO oauth_states (state_hash, integration_id, user_id, organization_id, return_to, scopes, pkce_verifier_enc, expires_at, created_at,
+                                   connection_intent, connected_account_id, set_display_name, account_display_name)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $11, $12, $13, $14
          WHERE (SELECT count(*) FROM oauth_states
                 WHERE user_id = $3 AND organization_id IS NOT DISTINCT FROM $4 AND used_at IS NULL AND expires_at > $9) < $10",
     )
@@ -102,6 +146,10 @@ pub async fn begin(
     .bind(expires_at)
     .bind(now)
     .bind(MAX_OPEN_STATES)
+    .bind(intent)
+    .bind(account)
+    .bind(req.account_display_name.is_some())
+    .bind(req.account_display_name.clone().flatten())
     .execute(&state.db)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -110,7 +158,15 @@ pub async fn begin(
     // Old states are only useful for telling a replay from a forgery for a while.
     let horizon = now - chrono::Duration::from_std(STATE_RETENTION).unwrap_or_default();
     sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1").bind(horizon).execute(&state.db).await?;
-    Ok(url)
+    Ok(Begun { url, state: raw_state })
+}
+
+/// A connect flow begun: where to send the browser, and the flow's `state` (also in the
+/// URL, and on the redirect to `return_to`, for the application to match the two).
+#[derive(Debug)]
+pub struct Begun {
+    pub url: url::Url,
+    pub state: String,
 }
 
 /// A state that was presented and accepted (now consumed).
@@ -124,6 +180,8 @@ pub struct Pending {
     pub return_to: Option<String>,
     pub scopes: Vec<String>,
     pub pkce_verifier: Option<Secret>,
+    pub intent: Intent,
+    pub account_display_name: Option<Option<String>>,
 }
 
 /// Why a presented state was refused.
@@ -180,7 +238,8 @@ pub async fn consume_state(
               integrations i
          WHERE s.state_hash = old.state_hash AND i.id = s.integration_id AND i.slug = $2
            AND s.used_at IS NULL AND s.expires_at > $3
-         RETURNING s.integration_id, s.user_id, s.organization_id, s.return_to, s.scopes, old.pkce_verifier_enc",
+         RETURNING s.integration_id, s.user_id, s.organization_id, s.return_to, s.scopes, old.pkce_verifier_enc,
+                   s.connection_intent, s.connected_account_id, s.set_display_name, s.account_display_name",
     )
     .bind(&hash)
     .bind(slug)
@@ -214,6 +273,8 @@ pub async fn consume_state(
         return_to: row.get("return_to"),
         scopes: row.get("scopes"),
         pkce_verifier,
+        intent: Intent::from_columns(row.get("connection_intent"), row.get("connected_account_id")),
+        account_display_name: row.get::<bool, _>("set_display_name").then(|| row.get("account_display_name")),
     }))
 }
 
@@ -227,7 +288,7 @@ pub struct ProviderAnswer {
 
 #[derive(Debug)]
 pub enum Outcome {
-    Connected(Account),
+    Connected(Box<Account>),
     Failed(ConnectionFailure),
 }
 
@@ -269,32 +330,64 @@ pub async fn complete(
     let now = crate::time::now();
     match result {
         Ok(tokens) => {
-            let account = state
-                .connections
-                .store(
-                    integration,
-                    &pending.owner(integration),
-                    pending.established_by(integration),
-                    &tokens,
-                    AccountState::Connected,
-                    WriteMode::Upsert,
-                    Announce::Connected,
+            let owner = pending.owner(integration);
+            let write = TokenWrite {
+                owner: &owner,
+                established_by: pending.established_by(integration),
+                labels: Labels { account_identifier: None, account_display_name: pending.account_display_name.clone() },
+                tokens: &tokens,
+                state: AccountState::Connected,
+                mode: pending.intent.write_mode(integration),
+                announce: Announce::Connected,
+            };
+            let stored = match state.connections.store(integration, write).await {
+                Ok(Some(account)) => Ok(account),
+                Ok(None) => Err(failure(
+                    "connected_account_not_found",
+                    "The account to reauthorize is no longer connected.",
                     None,
-                )
-                .await?
-                .ok_or_else(|| ConnectError::Misconfigured("the account could not be written".into()))?;
-            tracing::info!(account_id = %account.id, integration = %integration.slug, "account connected");
-            Ok(Outcome::Connected(account))
+                    None,
+                )),
+                Err(AccountError::MultipleUnavailable) => Err(failure(
+                    "multiple_connections_unavailable",
+                    "This integration allows one account per owner, and one is connected.",
+                    None,
+                    None,
+                )),
+                Err(AccountError::LimitReached) => Err(failure(
+                    "connected_account_limit_reached",
+                    "The owner has as many accounts for this integration as allowed.",
+                    None,
+                    None,
+                )),
+                Err(other) => return Err(other.into()),
+            };
+            match stored {
+                Ok(account) => {
+                    tracing::info!(account_id = %account.id, integration = %integration.slug, "account connected");
+                    Ok(Outcome::Connected(Box::new(account)))
+                }
+                Err(fail) => failed(state, integration, pending, fail, now).await,
+            }
         }
-        Err(fail) => {
-            let mut tx = state.db.begin().await?;
-            let data = events::connection_failed_data(integration, &pending.owner(integration), &fail, now);
-            events::emit(&mut tx, EventKind::ConnectionFailed, &data).await?;
-            tx.commit().await?;
-            tracing::info!(integration = %integration.slug, error = %fail.error_code, "connection failed");
-            Ok(Outcome::Failed(fail))
-        }
+        Err(fail) => failed(state, integration, pending, fail, now).await,
     }
+}
+
+/// Records a failed attempt (`connection_failed`) and stores nothing.
+async fn failed(
+    state: &AppState,
+    integration: &Integration,
+    pending: &Pending,
+    fail: ConnectionFailure,
+    now: DateTime<Utc>,
+) -> Result<Outcome, ConnectError> {
+    let mut tx = state.db.begin().await?;
+    let data = events::connection_failed_data(integration, &pending.owner(integration), &fail, now);
+    events::emit(&mut tx, EventKind::ConnectionFailed, &data).await?;
+    tx.commit().await?;
+    tracing::info!(integration = %integration.slug, error = %fail.error_code, "connection failed");
+    Ok(Outcome::Failed(fail))
 }
 
 /// The code exchange (RFC 6749 §4.1.3), classified.

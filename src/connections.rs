@@ -7,12 +7,13 @@ use sqlx::PgPool;
 use crate::cache::TokenCache;
 use crate::crypto::KeyRing;
 use crate::events::{self, EventKind};
-use crate::ids::AccountId;
 use crate::oauth::client;
 use crate::outbound::ProviderClient;
 use crate::owner::Owner;
 use crate::refresh::Refresher;
-use crate::store::accounts::{self, Account, AccountError, AccountState, TokenSet, WriteMode};
+use crate::store::accounts::{
+    self, Account, AccountError, AccountState, Labels, Selector, Stored, TokenSet, WriteMode,
+};
 use crate::store::integrations::Integration;
 
 /// Whether storing tokens emits `connected`.
@@ -24,6 +25,19 @@ pub enum Announce {
     IfNewlyConnected,
     /// Never: a bulk import from another system.
     Quietly,
+}
+
+/// One write of tokens for an owner ([`Connections::store`]).
+#[derive(Debug)]
+pub struct TokenWrite<'a> {
+    pub owner: &'a Owner,
+    /// The member who authorized an organization's account.
+    pub established_by: Option<&'a str>,
+    pub labels: Labels,
+    pub tokens: &'a TokenSet,
+    pub state: AccountState,
+    pub mode: WriteMode,
+    pub announce: Announce,
 }
 
 #[derive(Clone)]
@@ -40,25 +54,17 @@ impl Connections {
         Connections { db, ring, cache, refresher, http }
     }
 
-    /// Stores `tokens` for `owner` in `state` (scheduled for a refresh when connected),
-    /// with its event as `announce` says, then updates the token cache. `established_by`
-    /// is the member who authorized an organization's account. With `only`, the owner's
-    /// account must be that one. `Ok(None)`: no account to update
-    /// ([`WriteMode::UpdateOnly`]), or not the one `only` names. The integration root
-    /// must be owned the way `owner` is (the schema refuses anything else).
+    /// Stores the tokens of `write` (scheduled for a refresh when connected), with the
+    /// event its `announce` says, then updates the token cache. `Ok(None)`: no account
+    /// to update ([`WriteMode::UpdateOnly`], [`WriteMode::Account`]). The integration
+    /// root must be owned the way the write's owner is (the schema refuses anything else).
     #[tracing::instrument(level = "debug", skip_all, fields(integration = %integration.slug))]
-    #[allow(clippy::too_many_arguments)]
     pub async fn store(
         &self,
         integration: &Integration,
-        owner: &Owner,
-        established_by: Option<&str>,
-        tokens: &TokenSet,
-        state: AccountState,
-        mode: WriteMode,
-        announce: Announce,
-        only: Option<&AccountId>,
+        write: TokenWrite<'_>,
     ) -> Result<Option<Account>, AccountError> {
+        let TokenWrite { owner, established_by, labels, tokens, state, mode, announce } = write;
         let now = crate::time::now();
         let refresh_at = match state {
             AccountState::Connected => {
@@ -67,32 +73,23 @@ impl Connections {
             _ => None,
         };
         let mut tx = self.db.begin().await?;
-        let existing = match (announce, only) {
-            (Announce::IfNewlyConnected, _) | (_, Some(_)) => {
-                accounts::find_for_owner(&mut *tx, &self.ring, &integration.id, owner).await?
-            }
-            _ => None,
-        };
-        if only.is_some_and(|id| existing.as_ref().is_none_or(|a| a.id != *id)) {
-            return Ok(None);
-        }
-        let was_connected = existing.is_some_and(|a| a.state == AccountState::Connected);
         let written = accounts::write_tokens(
             &mut tx,
             &self.ring,
-            mode,
+            &mode,
             &integration.id,
             owner,
             established_by,
+            &labels,
             tokens,
             refresh_at,
             state,
         )
         .await?;
-        let Some(account) = written else { return Ok(None) };
+        let Some(Stored { account, previous }) = written else { return Ok(None) };
         let announced = match announce {
             Announce::Connected => true,
-            Announce::IfNewlyConnected => !was_connected,
+            Announce::IfNewlyConnected => previous != Some(AccountState::Connected),
             Announce::Quietly => false,
         };
         if announced && account.state == AccountState::Connected {
@@ -105,29 +102,26 @@ impl Connections {
         Ok(Some(account))
     }
 
-    /// Disconnects `owner`'s account of `integration`: deleted with its `disconnected`
-    /// event, cache tombstoned, then revoked at the provider where possible. `Ok(None)`
-    /// when there is none (or it is not the one `only` names).
+    /// Disconnects `owner`'s account of `integration` that `selector` names: deleted with
+    /// its `disconnected` event, cache tombstoned, then revoked at the provider where
+    /// possible. `Ok(None)` when there is none.
     #[tracing::instrument(level = "debug", skip_all, fields(integration = %integration.slug))]
     pub async fn disconnect(
         &self,
         integration: &Integration,
         owner: &Owner,
-        only: Option<&AccountId>,
+        selector: &Selector,
     ) -> Result<Option<Account>, AccountError> {
         let slug = integration.slug.as_str();
         let mut tx = self.db.begin().await?;
-        let Some(existing) = accounts::find_for_owner(&mut *tx, &self.ring, &integration.id, owner).await? else {
+        let Some(existing) = accounts::select(&mut *tx, &self.ring, &integration.id, owner, selector).await? else {
             return Ok(None);
         };
-        if only.is_some_and(|id| existing.id != *id) {
-            return Ok(None);
-        }
         let Some(gone) = accounts::delete(&mut tx, &self.ring, &existing.id).await? else { return Ok(None) };
         let data = events::account_data(&gone, integration, AccountState::Disconnected.as_str());
         events::emit(&mut tx, EventKind::Disconnected, &data).await?;
         tx.commit().await?;
-        self.cache.tombstone(slug, &gone.owner, gone.token_version).await;
+        self.cache.tombstone(slug, &gone).await;
         // Revoke after the delete, so no stored row ever holds a revoked token. Revoking the
         // refresh token ends the whole grant at most providers (RFC 7009 §2.1).
         let token = gone

@@ -105,12 +105,32 @@ impl From<sqlx::Error> for ApiError {
 impl From<AccountError> for ApiError {
     fn from(err: AccountError) -> Self {
         match err {
-            AccountError::Exists => {
-                ApiError::conflict("A connected account already exists for this user and integration.")
-            }
+            AccountError::Exists => ApiError::conflict(
+                "A connected account already exists for this owner and integration (or with this account_identifier).",
+            ),
+            AccountError::MultipleUnavailable => ApiError::not_found(
+                "multiple_connections_unavailable",
+                "This owner already has an account for this integration, which allows one account per owner.",
+            ),
+            AccountError::LimitReached => ApiError::Conflict {
+                code: "connected_account_limit_reached",
+                message: format!(
+                    "This owner has {} accounts for this integration, the most allowed; disconnect one first.",
+                    crate::store::accounts::MAX_ACCOUNTS_PER_OWNER
+                ),
+            },
+            AccountError::SelectionRequired => selection_required(),
             AccountError::Db(e) => e.into(),
             other => ApiError::internal(other),
         }
+    }
+}
+
+/// 409 `account_selection_required`, as both SDKs read it.
+fn selection_required() -> ApiError {
+    ApiError::Conflict {
+        code: "account_selection_required",
+        message: "Several connected accounts match; name one with connected_account_id.".into(),
     }
 }
 
@@ -160,6 +180,11 @@ impl From<ReadError> for ApiError {
                     "The provider refused the client credentials of integration `{slug}`; update them, then retry."
                 ),
             },
+            ReadError::AccountNotFound => ApiError::not_found(
+                "connected_account_not_found",
+                "There is no connected account with this connected_account_id for this owner and integration.",
+            ),
+            ReadError::SelectionRequired => selection_required(),
             ReadError::Integration(e) => e.into(),
             ReadError::Account(e) => e.into(),
             ReadError::Refresh(e) => e.into(),

@@ -6,11 +6,11 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::connections::Announce;
+use crate::connections::{Announce, TokenWrite};
 use crate::owner::{Owner, Ownership};
 use crate::secret::Secret;
 use crate::state::AppState;
-use crate::store::accounts::{AccountState, TokenSet, WriteMode};
+use crate::store::accounts::{AccountState, Labels, TokenSet, WriteMode};
 use crate::store::integrations::{self, Integration};
 
 /// One line of the import file.
@@ -78,19 +78,17 @@ pub async fn import_lines(state: &AppState, text: &str, mut progress: impl FnMut
             scopes: parsed.scopes,
         };
         let org = parsed.organization_id.filter(|o| !o.is_empty());
-        let stored = state
-            .connections
-            .store(
-                integration,
-                &Owner::user(parsed.user_id, org),
-                None,
-                &tokens,
-                AccountState::Connected,
-                WriteMode::Upsert,
-                Announce::Quietly,
-                None,
-            )
-            .await?;
+        let owner = Owner::user(parsed.user_id, org);
+        let write = TokenWrite {
+            owner: &owner,
+            established_by: None,
+            labels: Labels::default(),
+            tokens: &tokens,
+            state: AccountState::Connected,
+            mode: WriteMode::Upsert,
+            announce: Announce::Quietly,
+        };
+        let stored = state.connections.store(integration, write).await?;
         if stored.is_some() {
             report.imported += 1;
         }

@@ -19,9 +19,9 @@ use std::time::Duration;
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{key_of, owner_segment, TokenCache};
+use crate::cache::{key_of, segment_for, TokenCache};
 use crate::metrics as m;
-use crate::owner::Owner;
+use crate::store::accounts::Account;
 
 /// Rows written per pass at most; the rest wait for the next pass.
 const BATCH: i64 = 1000;
@@ -30,19 +30,14 @@ const EVERY: Duration = Duration::from_secs(1);
 /// How often while it is not: reads go to PostgreSQL until a drain succeeds.
 const EVERY_UNTRUSTED: Duration = Duration::from_millis(100);
 
-/// Records, inside the transaction that changes the account, that cached copies
-/// older than `version` must go.
-/// The entry is named by the integration and the account's owner ([`owner_segment`]).
-pub async fn record(
-    tx: &mut sqlx::PgConnection,
-    integration_id: &str,
-    owner: &Owner,
-    version: i64,
-) -> Result<(), sqlx::Error> {
+/// Records, inside the transaction that changes `account`, that cached copies older
+/// than its token version must go. The entry is named by the integration and what
+/// follows the slug in its key ([`segment_for`]).
+pub async fn record(tx: &mut sqlx::PgConnection, account: &Account) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO cache_invalidations (integration_id, owner_segment, version) VALUES ($1, $2, $3)")
-        .bind(integration_id)
-        .bind(owner_segment(owner))
-        .bind(version)
+        .bind(&account.integration_id)
+        .bind(segment_for(account))
+        .bind(account.token_version)
         .execute(tx)
         .await?;
     Ok(())

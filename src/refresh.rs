@@ -391,7 +391,7 @@ impl Refresher {
         tx.commit().await?;
         if let Some(marked) = marked {
             tracing::info!(account_id = %marked.id, integration = %integration.slug, reason, "account needs reauthorization");
-            self.cache.tombstone(&integration.slug, &marked.owner, marked.token_version).await;
+            self.cache.tombstone(&integration.slug, &marked).await;
         }
         Ok(())
     }

@@ -18,11 +18,13 @@ use crate::api::extract::AdminKey;
 use crate::api::extract::ApiJson;
 use crate::api::integrations::find;
 use crate::config::Config;
-use crate::connect::{self, ConnectRequest, Outcome, ProviderAnswer};
+use crate::connect::{self, ConnectRequest, Intent, Outcome, ProviderAnswer};
 use crate::error::{ApiError, ApiResult, FieldError};
-use crate::owner::Ownership;
+use crate::ids::IdKind;
+use crate::owner::{Owner, Ownership};
 use crate::state::AppState;
-use crate::store::integrations;
+use crate::store::accounts::{self, AccountError, Selector};
+use crate::store::integrations::{self, Integration};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(authorize)).routes(routes!(callback))
@@ -41,12 +43,32 @@ pub struct AuthorizeBody {
     /// Per-connection config is not supported: config values are set on the integration.
     #[schema(value_type = Option<Object>)]
     pub config: Option<HashMap<String, String>>,
+    /// `add`: connect another account beside the owner's; `reauthorize`: the account
+    /// named by `connected_account_id`. Absent: the owner's (compatibility) account.
+    pub connection_intent: Option<String>,
+    /// With `connection_intent: reauthorize` only.
+    pub connected_account_id: Option<String>,
+    /// A label for the account. Omitted: kept; `null`: cleared.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub account_display_name: Option<Option<String>>,
+    /// Not supported yet: refused.
+    pub code_challenge: Option<String>,
+    /// Not supported yet: refused.
+    pub code_challenge_method: Option<String>,
+}
+
+/// Tells an explicit `null` (`Some(None)`) from an absent field (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuthorizeResponse {
     /// Send the user's browser here.
     pub url: String,
+    /// The flow's state: also on the redirect to `return_to`, to match the two.
+    pub state: String,
 }
 
 /// A user or organization id: 1-256 characters, no control characters.
@@ -86,7 +108,7 @@ pub async fn authorize(
         Some(u) => check_owner_id("user_id", u, &mut errors),
         None => errors.push(FieldError::new("user_id", "required", "user_id is required.")),
     }
-    let organization_id = body.organization_id.filter(|o| !o.is_empty());
+    let organization_id = body.organization_id.clone().filter(|o| !o.is_empty());
     if let Some(org) = &organization_id {
         check_owner_id("organization_id", org, &mut errors);
     }
@@ -112,6 +134,23 @@ pub async fn authorize(
         None => None,
         Some(r) => check_return_to(&state.config, r).map_err(|e| errors.push(e)).ok(),
     };
+    let intent = intent(&body, &mut errors);
+    if let Some(Some(label)) = &body.account_display_name {
+        if label.is_empty() || label.chars().count() > 256 || label.chars().any(char::is_control) {
+            errors.push(FieldError::new(
+                "account_display_name",
+                "invalid",
+                "Must be 1-256 characters without control characters.",
+            ));
+        }
+    }
+    for (field, value) in
+        [("code_challenge", &body.code_challenge), ("code_challenge_method", &body.code_challenge_method)]
+    {
+        if value.is_some() {
+            errors.push(FieldError::new(field, "unsupported", format!("`{field}` is not supported yet; omit it.")));
+        }
+    }
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
@@ -131,9 +170,79 @@ pub async fn authorize(
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
-    let req = ConnectRequest { user_id: body.user_id.unwrap_or_default(), organization_id, return_to };
-    let url = connect::begin(&state, &integration, &req, crate::time::now()).await?;
-    Ok(Json(AuthorizeResponse { url: url.to_string() }))
+    let user_id = body.user_id.unwrap_or_default();
+    let owner = match (ownership, &organization_id) {
+        (Ownership::Organization, Some(org)) => Owner::organization(org.clone()),
+        _ => Owner::user(user_id.clone(), organization_id.clone()),
+    };
+    check_intent(&state, &integration, &owner, &intent).await?;
+    let req =
+        ConnectRequest { user_id, organization_id, return_to, intent, account_display_name: body.account_display_name };
+    let begun = connect::begin(&state, &integration, &req, crate::time::now()).await?;
+    Ok(Json(AuthorizeResponse { url: begun.url.to_string(), state: begun.state }))
+}
+
+/// The flow's intent from `connection_intent` and `connected_account_id`, checked into `errors`.
+fn intent(body: &AuthorizeBody, errors: &mut Vec<FieldError>) -> Intent {
+    let account = body.connected_account_id.as_deref().filter(|id| !id.is_empty());
+    if account.is_some_and(|id| !IdKind::ConnectedAccount.matches(id)) {
+        errors.push(FieldError::new("connected_account_id", "invalid", "Not a connected account id."));
+    }
+    match (body.connection_intent.as_deref(), account) {
+        (None, None) => Intent::Connect,
+        (Some("add"), None) => Intent::Add,
+        (Some("reauthorize"), Some(id)) => Intent::Reauthorize(id.into()),
+        (Some("reauthorize"), None) => {
+            errors.push(FieldError::new(
+                "connected_account_id",
+                "required",
+                "`connected_account_id` is required with `connection_intent` `reauthorize`.",
+            ));
+            Intent::Connect
+        }
+        (None | Some("add"), Some(_)) => {
+            errors.push(FieldError::new(
+                "connected_account_id",
+                "unsupported",
+                "`connected_account_id` is taken with `connection_intent` `reauthorize` only.",
+            ));
+            Intent::Connect
+        }
+        (Some(_), _) => {
+            errors.push(FieldError::new(
+                "connection_intent",
+                "invalid",
+                "`connection_intent` must be `add` or `reauthorize`.",
+            ));
+            Intent::Connect
+        }
+    }
+}
+
+/// Refuses at once a flow whose result is known already: an add where the integration
+/// allows one account and the owner has it, a reauthorization of another's account.
+async fn check_intent(state: &AppState, integration: &Integration, owner: &Owner, intent: &Intent) -> ApiResult<()> {
+    match intent {
+        Intent::Connect => Ok(()),
+        Intent::Add if integration.multiple_connections => Ok(()),
+        Intent::Add => {
+            let held = accounts::summaries_for_owner(&state.db, owner).await?;
+            if held.iter().any(|a| a.integration_id == integration.id) {
+                return Err(AccountError::MultipleUnavailable.into());
+            }
+            Ok(())
+        }
+        Intent::Reauthorize(id) => {
+            let selector = Selector::Only(id.clone());
+            match accounts::select(&state.db, state.keyring(), &integration.id, owner, &selector).await? {
+                Some(_) => Ok(()),
+                None => Err(ApiError::not_found(
+                    "connected_account_not_found",
+                    "There is no connected account with this connected_account_id for this owner and integration.",
+                )),
+            }
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/data-integrations/{slug}/callback", tag = "connect",
@@ -181,9 +290,11 @@ async fn run_callback(state: &AppState, slug: &str, mut params: HashMap<String, 
     let outcome = connect::complete(state, &integration, &pending, answer).await?;
     let name = integration.display_name();
     Ok(match (outcome, pending.return_to) {
-        (Outcome::Connected(_), Some(to)) => redirect(&to, &[("provider", slug), ("status", "connected")]),
+        (Outcome::Connected(_), Some(to)) => {
+            redirect(&to, &[("provider", slug), ("status", "connected"), ("state", &raw_state)])
+        }
         (Outcome::Failed(f), Some(to)) => {
-            redirect(&to, &[("provider", slug), ("status", "error"), ("error", &f.error_code)])
+            redirect(&to, &[("provider", slug), ("status", "error"), ("error", &f.error_code), ("state", &raw_state)])
         }
         (Outcome::Connected(_), None) => {
             page(StatusCode::OK, "Connected", &format!("Your {name} account is connected. You can close this window."))

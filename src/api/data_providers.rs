@@ -15,7 +15,7 @@ use crate::api::extract::{AdminKey, ApiQuery};
 use crate::error::{ApiError, ApiResult};
 use crate::owner::{Owner, Ownership};
 use crate::state::AppState;
-use crate::store::accounts::{self, AccountSummary};
+use crate::store::accounts::{self, AccountSummary, ConnectionRole};
 use crate::store::integrations::Integration;
 use crate::time::rfc3339;
 
@@ -36,9 +36,10 @@ pub struct DataProviderView {
     pub connection_owner: &'static str,
     pub ownership: &'static str,
     pub scopes: Vec<String>,
-    /// The owner's account, if any.
+    /// The owner's compatibility account, if any (never a standard one).
     pub connected_account: Option<ProviderAccountView>,
-    /// The owner's accounts: at most one here.
+    /// Every account of the owner with `supports_multiple_connections=true`; else only
+    /// the compatibility one.
     pub connected_accounts: Vec<ProviderAccountView>,
     pub created_at: String,
     pub updated_at: String,
@@ -68,6 +69,7 @@ pub async fn data_providers(
     Path(user_id): Path<String>,
     ApiQuery(q): ApiQuery<OwnerQuery>,
 ) -> ApiResult<Json<DataProviderList>> {
+    let several = q.supports_multiple_connections == Some(true);
     let target = target(&user_id, q, None)?;
     if target.only.is_some() {
         return Err(ApiError::invalid_field(
@@ -77,7 +79,7 @@ pub async fn data_providers(
         ));
     }
     let listed = owner_listing(&state, &target.owner).await?;
-    let data = listed.iter().map(|(i, a)| data_provider_view(i, a.as_ref())).collect();
+    let data = listed.iter().map(|(i, a)| data_provider_view(i, a, several)).collect();
     Ok(Json(DataProviderList { object: "list", data }))
 }
 
@@ -85,7 +87,7 @@ pub async fn data_providers(
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct OrganizationListQuery {
-    /// Accepted as the SDKs send it: an owner has one account per integration here.
+    /// `true`: `connected_accounts` lists every account, not only the compatibility one.
     pub supports_multiple_connections: Option<bool>,
 }
 
@@ -99,36 +101,43 @@ pub async fn organization_data_providers(
     Path(organization_id): Path<String>,
     ApiQuery(q): ApiQuery<OrganizationListQuery>,
 ) -> ApiResult<Json<DataProviderList>> {
-    let OrganizationListQuery { supports_multiple_connections: _ } = q;
+    let several = q.supports_multiple_connections == Some(true);
     let mut errors = Vec::new();
     check_owner_id("organization_id", &organization_id, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
     let listed = owner_listing(&state, &Owner::organization(organization_id)).await?;
-    let data = listed.iter().map(|(i, a)| data_provider_view(i, a.as_ref())).collect();
+    let data = listed.iter().map(|(i, a)| data_provider_view(i, a, several)).collect();
     Ok(Json(DataProviderList { object: "list", data }))
 }
 
-/// Every enabled integration root owned the way `owner` is, with the owner's account
-/// for it, if any (no token is read). Shared with the widget.
-pub async fn owner_listing(state: &AppState, owner: &Owner) -> ApiResult<Vec<(Integration, Option<AccountSummary>)>> {
+/// Every enabled integration root owned the way `owner` is, with the owner's accounts
+/// of it, oldest first (no token is read). Shared with the widget.
+pub async fn owner_listing(state: &AppState, owner: &Owner) -> ApiResult<Vec<(Integration, Vec<AccountSummary>)>> {
     let integrations = crate::store::integrations::all(&state.db, state.keyring()).await?;
     let mut accounts = accounts::summaries_for_owner(&state.db, owner).await?;
     Ok(integrations
         .into_iter()
         .filter(|i| i.enabled && i.ownership == owner.ownership())
         .map(|i| {
-            let account = accounts.iter().position(|a| a.integration_id == i.id).map(|at| accounts.swap_remove(at));
-            (i, account)
+            let (of, rest) = accounts.drain(..).partition(|a| a.integration_id == i.id);
+            accounts = rest;
+            (i, of)
         })
         .collect())
 }
 
-/// An integration as `data_providers` lists it, with the owner's account.
-pub fn data_provider_view(i: &Integration, account: Option<&AccountSummary>) -> DataProviderView {
-    let listed = account
-        .map(|a| ProviderAccountView { account: view(a), userland_user_id: a.owner.user_id().map(str::to_owned) });
+/// An integration as `data_providers` lists it, with the owner's accounts (all of them
+/// when `several`, else the compatibility one).
+pub fn data_provider_view(i: &Integration, accounts: &[AccountSummary], several: bool) -> DataProviderView {
+    let listed = |a: &AccountSummary| ProviderAccountView {
+        account: view(a),
+        userland_user_id: a.owner.user_id().map(str::to_owned),
+    };
+    let compatibility = accounts.iter().find(|a| a.role == ConnectionRole::Compatibility);
+    let shown: Vec<ProviderAccountView> =
+        if several { accounts.iter().map(listed).collect() } else { compatibility.into_iter().map(listed).collect() };
     DataProviderView {
         object: "data_provider",
         id: i.id.to_string(),
@@ -149,8 +158,8 @@ pub fn data_provider_view(i: &Integration, account: Option<&AccountSummary>) -> 
             Ownership::Organization => "organization",
         },
         scopes: i.scopes.clone(),
-        connected_account: listed.clone(),
-        connected_accounts: listed.into_iter().collect(),
+        connected_account: compatibility.map(listed),
+        connected_accounts: shown,
         created_at: rfc3339(i.created_at),
         updated_at: rfc3339(i.updated_at),
     }

@@ -70,6 +70,8 @@ pub struct DataIntegrationView {
     pub ownership: &'static str,
     pub description: String,
     pub enabled: bool,
+    /// Pipes' own: whether an owner may connect several accounts (`connection_intent: add`).
+    pub multiple_connections: bool,
     /// `valid`, or `invalid` after the provider refused the client credentials.
     pub state: &'static str,
     pub scopes: Vec<String>,
@@ -102,6 +104,7 @@ pub fn view(i: &Integration, config: &Config) -> DataIntegrationView {
         ownership: i.ownership.as_str(),
         description: i.description.clone(),
         enabled: i.enabled,
+        multiple_connections: i.multiple_connections,
         state: match i.state {
             IntegrationState::Valid => "valid",
             IntegrationState::Invalid => "invalid",

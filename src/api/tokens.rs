@@ -21,6 +21,7 @@ use crate::owner::{Owner, Ownership};
 use crate::read::answer::{CredentialAnswer, Shape, TokenAnswer};
 use crate::read::ReadTarget;
 use crate::state::AppState;
+use crate::store::accounts::Selector;
 
 /// Longest accepted user, organization or account id.
 const MAX_ID_LEN: usize = 256;
@@ -56,14 +57,17 @@ pub struct TokenRequest {
     /// Scopes the connection to an organization.
     #[serde(default)]
     pub organization_id: Option<String>,
-    /// Answer only if the owner's connected account has this id.
+    /// The owner's account to answer for (404 `connected_account_not_found` when it is
+    /// not one of the owner's).
     #[serde(default)]
     pub connected_account_id: Option<String>,
     /// `user` (the default): the user's own account; `organization`: the organization's
     /// shared account (needs `organization_id`).
     #[serde(default)]
     pub connection_owner: Option<String>,
-    /// Accepted for SDK compatibility; an owner has one connection per integration here.
+    /// `true`: without `connected_account_id`, the owner's one account whatever its role,
+    /// and 409 `account_selection_required` when there are several. Otherwise only the
+    /// owner's compatibility account is considered.
     #[serde(default)]
     pub supports_multiple_connections: Option<bool>,
 }
@@ -118,7 +122,12 @@ impl TokenRequest {
         if !errors.is_empty() {
             return Err(ApiError::invalid(errors));
         }
-        Ok(ReadTarget { owner, connected_account_id: self.connected_account_id })
+        let selector = match (self.connected_account_id, self.supports_multiple_connections) {
+            (Some(id), _) => Selector::Only(id.into()),
+            (None, Some(true)) => Selector::Sole,
+            (None, _) => Selector::Compatibility,
+        };
+        Ok(ReadTarget { owner, selector })
     }
 }
 
@@ -175,8 +184,8 @@ async fn answer(state: &AppState, slug: &str, target: &ReadTarget, shape: Shape)
         (status = 200, description = "`active: true` with the token, valid for at least `min_validity`; or `active: false` with why there is none (`not_installed`, `needs_reauthorization`)", body = TokenAnswer),
         (status = 400, description = "Malformed JSON"),
         (status = 401, description = "Missing or unknown API key"),
-        (status = 404, description = "Unknown or disabled integration (`integration_not_found`)"),
-        (status = 409, description = "The provider refused the integration's client credentials (`integration_invalid`)"),
+        (status = 404, description = "Unknown or disabled integration (`integration_not_found`), or a `connected_account_id` that is not the owner's (`connected_account_not_found`)"),
+        (status = 409, description = "The provider refused the integration's client credentials (`integration_invalid`), or several accounts match (`account_selection_required`)"),
         (status = 422, description = "A missing or invalid field"),
         (status = 503, description = "The token expired and the provider is down; see `Retry-After`"),
     ),
@@ -202,7 +211,8 @@ pub async fn token(
         (status = 200, description = "`active: true` with the credential, valid for at least `min_validity`; or `active: false` with why there is none (`not_installed`, `needs_reauthorization`)", body = CredentialAnswer),
         (status = 400, description = "Malformed JSON"),
         (status = 401, description = "Missing or unknown API key"),
-        (status = 404, description = "Unknown or disabled integration (`integration_not_found`)"),
+        (status = 404, description = "Unknown or disabled integration (`integration_not_found`), or a `connected_account_id` that is not the owner's (`connected_account_not_found`)"),
+        (status = 409, description = "Several accounts match (`account_selection_required`), or the client credentials were refused (`integration_invalid`)"),
         (status = 422, description = "A missing or invalid field"),
         (status = 503, description = "The token expired and the provider is down; see `Retry-After`"),
     ),

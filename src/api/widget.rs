@@ -27,11 +27,11 @@ use crate::api::data_providers::{data_provider_view, owner_listing, DataProvider
 use crate::api::extract::AdminKey;
 use crate::api::extract::ApiJson;
 use crate::api::integrations::find;
-use crate::connect::{self, ConnectRequest};
+use crate::connect::{self, ConnectRequest, Intent};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::owner::{Owner, Ownership};
 use crate::state::AppState;
-use crate::store::accounts::AccountState;
+use crate::store::accounts::{AccountState, ConnectionRole, Selector};
 use crate::time::rfc3339;
 use crate::widget::{self, WidgetClaims, WidgetTokenError};
 
@@ -165,11 +165,11 @@ pub async fn providers(
     let listed = owner_listing(&state, &owner).await?;
     let data = listed
         .iter()
-        .map(|(i, account)| WidgetProvider {
-            provider: data_provider_view(i, account.as_ref()),
-            reauthorization_reason: account
-                .as_ref()
-                .filter(|a| a.state == AccountState::NeedsReauthorization)
+        .map(|(i, accounts)| WidgetProvider {
+            provider: data_provider_view(i, accounts, true),
+            reauthorization_reason: accounts
+                .iter()
+                .find(|a| a.role == ConnectionRole::Compatibility && a.state == AccountState::NeedsReauthorization)
                 .and_then(|a| a.reauthorization_reason.clone()),
         })
         .collect();
@@ -234,10 +234,15 @@ pub async fn authorize(
     }
     // The callback comes back to the completion page, which tells the opener (or goes back).
     let return_to = widget::pages::done_url(&state.config, opener.as_deref(), back.as_deref());
-    let req =
-        ConnectRequest { user_id: claims.user_id, organization_id: claims.organization_id, return_to: Some(return_to) };
-    let url = connect::begin(&state, &integration, &req, crate::time::now()).await?;
-    Ok(Json(crate::api::connect::AuthorizeResponse { url: url.to_string() }))
+    let req = ConnectRequest {
+        user_id: claims.user_id,
+        organization_id: claims.organization_id,
+        return_to: Some(return_to),
+        intent: Intent::Connect,
+        account_display_name: None,
+    };
+    let begun = connect::begin(&state, &integration, &req, crate::time::now()).await?;
+    Ok(Json(crate::api::connect::AuthorizeResponse { url: begun.url.to_string(), state: begun.state }))
 }
 
 #[utoipa::path(delete, path = "/widget/api/{slug}", tag = "widget", params(("slug" = String, Path)), security(("widget_token" = [])),
@@ -250,6 +255,10 @@ pub async fn disconnect(
 ) -> ApiResult<StatusCode> {
     let integration = find(&state, &slug, Ownership::User).await?;
     let owner = Owner::user(claims.user_id, claims.organization_id);
-    state.connections.disconnect(&integration, &owner, None).await?.ok_or_else(|| not_connected(&slug))?;
+    state
+        .connections
+        .disconnect(&integration, &owner, &Selector::Compatibility)
+        .await?
+        .ok_or_else(|| not_connected(&slug))?;
     Ok(StatusCode::NO_CONTENT)
 }

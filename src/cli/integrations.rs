@@ -66,6 +66,9 @@ pub struct AddArgs {
     /// Organization-owned: each organization connects one shared account.
     #[arg(long)]
     organization: bool,
+    /// Let an owner connect several accounts (`connection_intent: add`).
+    #[arg(long)]
+    multiple_connections: bool,
     /// A catalog config value, `key=value` (e.g. `subdomain=acme` for Zendesk); repeatable.
     #[arg(long = "provider-config", value_parser = parse_key_value)]
     provider_config: Vec<(String, String)>,
@@ -124,6 +127,7 @@ impl AddArgs {
             config: (!self.provider_config.is_empty())
                 .then(|| self.provider_config.into_iter().collect::<BTreeMap<_, _>>()),
             auth_methods: None,
+            multiple_connections: Some(self.multiple_connections),
             ownership: self.organization.then(|| Ownership::Organization.as_str().to_owned()),
         }
     }

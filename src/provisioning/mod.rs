@@ -74,6 +74,9 @@ pub struct CreateIntegration {
     pub config: Option<BTreeMap<String, String>>,
     /// Only `["oauth"]`.
     pub auth_methods: Option<Vec<String>>,
+    /// Pipes' own: whether an owner may connect several accounts (`connection_intent:
+    /// add`). Default `false`.
+    pub multiple_connections: Option<bool>,
     /// `user` (default): each user connects their own account; `organization`: an
     /// organization's shared accounts, connected by one of its members. A provider may
     /// have one integration of each.
@@ -93,6 +96,8 @@ pub struct UpdateIntegration {
     pub credentials: Option<CredentialsInput>,
     pub custom_provider: Option<CustomProviderInput>,
     pub config: Option<BTreeMap<String, String>>,
+    /// Pipes' own: whether an owner may connect several accounts.
+    pub multiple_connections: Option<bool>,
 }
 
 /// Tells an explicit `null` (Some(None)) from an absent field (None).
@@ -109,6 +114,7 @@ pub struct IntegrationDraft {
     pub provider: String,
     pub description: String,
     pub enabled: bool,
+    pub multiple_connections: bool,
     pub scopes: Vec<String>,
     pub client_id: String,
     pub client_secret: Option<Secret>,
@@ -189,6 +195,7 @@ fn check_create(input: CreateIntegration, allow_private: bool) -> Result<Integra
         ownership,
         description: input.description.unwrap_or_default(),
         enabled: input.enabled.unwrap_or(true),
+        multiple_connections: input.multiple_connections.unwrap_or(false),
         scopes: match input.scopes {
             Some(scopes) => scopes,
             None => catalog.map(|s| s.default_scopes.clone()).unwrap_or_default(),
@@ -249,6 +256,7 @@ fn check_update(
         provider: existing.provider.clone(),
         description: input.description.unwrap_or_else(|| existing.description.clone()),
         enabled: input.enabled.unwrap_or(existing.enabled),
+        multiple_connections: input.multiple_connections.unwrap_or(existing.multiple_connections),
         scopes: match input.scopes {
             None => existing.scopes.clone(),
             Some(Some(scopes)) => scopes,

@@ -23,23 +23,45 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{entry_key, Lookup, TokenCache};
+use crate::cache::{entry_key, key_for, standard_key, Lookup, TokenCache};
 use crate::crypto::KeyRing;
 use crate::metrics as m;
 use crate::owner::Owner;
 use crate::refresh::{Reason, RefreshError, RefreshOutcome, Refresher};
-use crate::store::accounts::{self, Account, AccountError, AccountState};
+use crate::store::accounts::{self, Account, AccountError, AccountState, Selector};
 use crate::store::integrations::IntegrationError;
 use crate::tasks::Tasks;
 use answer::Answer;
 use integrations::{IntegrationViews, View};
 
-/// What a read asks for: the owner's account of the integration.
+/// What a read asks for: which of the owner's accounts of the integration.
 #[derive(Debug, Clone)]
 pub struct ReadTarget {
     pub owner: Owner,
-    /// When given, only this connected account is answered.
-    pub connected_account_id: Option<String>,
+    pub selector: Selector,
+}
+
+impl ReadTarget {
+    /// The cache entries the answer may be in, most likely first: the owner's
+    /// compatibility entry, and a named account's own. None for [`Selector::Sole`],
+    /// whose answer depends on how many accounts the owner has (PostgreSQL knows).
+    fn keys(&self, redis: &crate::redis_conn::Redis, slug: &str) -> [Option<String>; 2] {
+        match &self.selector {
+            Selector::Compatibility => [Some(entry_key(redis, slug, &self.owner)), None],
+            Selector::Only(id) => {
+                [Some(entry_key(redis, slug, &self.owner)), Some(standard_key(redis, slug, &self.owner, id))]
+            }
+            Selector::Sole => [None, None],
+        }
+    }
+
+    /// True when a cached answer of `account_id` answers this read.
+    fn accepts(&self, account_id: &str) -> bool {
+        match &self.selector {
+            Selector::Only(id) => id == account_id,
+            Selector::Compatibility | Selector::Sole => true,
+        }
+    }
 }
 
 struct Inner {
@@ -112,11 +134,12 @@ impl Reader {
 
     fn local_hit(&self, view: &View, target: &ReadTarget, started: Instant) -> Option<Arc<local::Ready>> {
         let inner = &self.0;
-        let key = entry_key(inner.cache.redis(), &view.integration.slug, &target.owner);
-        let ready = inner.cache.local().get(&key, crate::time::now())?;
-        if target.connected_account_id.as_ref().is_some_and(|id| *id != ready.account_id) {
-            return None;
-        }
+        let now = crate::time::now();
+        let ready = target
+            .keys(inner.cache.redis(), &view.integration.slug)
+            .into_iter()
+            .flatten()
+            .find_map(|key| inner.cache.local().get(&key, now).filter(|ready| target.accepts(&ready.account_id)))?;
         view.hits.increment(1);
         self.check_served(view, &ready);
         inner.hit_duration.record(started.elapsed().as_secs_f64());
@@ -135,8 +158,7 @@ impl Reader {
         if let Some(ready) = self.local_hit(&view, target, started) {
             return Ok(Answer::Active(ready));
         }
-        let key = entry_key(inner.cache.redis(), slug, &target.owner);
-        let (result, label) = match self.read_through(&view, &key, target).await {
+        let (result, label) = match self.read_through(&view, target).await {
             Ok((answer, label)) => (Ok(answer), label),
             Err(err) => (Err(err), "error"),
         };
@@ -160,49 +182,53 @@ impl Reader {
     }
 
     /// Redis, then PostgreSQL; returns the answer and its metric label.
-    async fn read_through(
-        &self,
-        view: &View,
-        key: &str,
-        target: &ReadTarget,
-    ) -> Result<(Answer, &'static str), ReadError> {
+    async fn read_through(&self, view: &View, target: &ReadTarget) -> Result<(Answer, &'static str), ReadError> {
         let inner = &self.0;
         let local = inner.cache.local();
         let min_validity = inner.cache.min_validity();
         let epoch = local.epoch();
-        match inner.cache.get_key(key, crate::time::now()).await {
-            Ok(Lookup::Hit(entry)) => {
-                let ready = Arc::new(answer::ready(&entry, min_validity, &view.integration.settings));
-                local.fill(key, epoch, ready.clone());
-                if target.connected_account_id.as_ref().is_none_or(|id| *id == ready.account_id) {
-                    return Ok((Answer::Active(ready), "hit"));
+        for key in target.keys(inner.cache.redis(), &view.integration.slug).into_iter().flatten() {
+            match inner.cache.get_key(&key, crate::time::now()).await {
+                Ok(Lookup::Hit(entry)) => {
+                    let ready = Arc::new(answer::ready(&entry, min_validity, &view.integration.settings));
+                    local.fill(&key, epoch, ready.clone());
+                    if target.accepts(&ready.account_id) {
+                        return Ok((Answer::Active(ready), "hit"));
+                    }
                 }
-            }
-            Ok(Lookup::Miss) => {}
-            Err(err) => {
-                // PostgreSQL stays the truth: answer from it, and count it.
-                metrics::counter!(m::CACHE_DEGRADED).increment(1);
-                tracing::debug!(error = %err, "token cache unavailable; reading PostgreSQL");
+                Ok(Lookup::Miss) => {}
+                Err(err) => {
+                    // PostgreSQL stays the truth: answer from it, and count it.
+                    metrics::counter!(m::CACHE_DEGRADED).increment(1);
+                    tracing::debug!(error = %err, "token cache unavailable; reading PostgreSQL");
+                    break;
+                }
             }
         }
         let integration = &view.integration;
-        let found = accounts::find_for_owner(&inner.db, &inner.ring, &integration.id, &target.owner).await?;
+        let found = accounts::select(&inner.db, &inner.ring, &integration.id, &target.owner, &target.selector).await;
         let account = match found {
-            Some(a) if target.connected_account_id.as_ref().is_none_or(|id| *id == a.id) => a,
-            _ => return Ok((Answer::NotInstalled, "not_installed")),
+            Ok(Some(account)) => account,
+            Ok(None) => match target.selector {
+                // An id that is not one of the owner's accounts names nothing: never another's.
+                Selector::Only(_) => return Err(ReadError::AccountNotFound),
+                Selector::Compatibility | Selector::Sole => return Ok((Answer::NotInstalled, "not_installed")),
+            },
+            Err(AccountError::SelectionRequired) => return Err(ReadError::SelectionRequired),
+            Err(err) => return Err(err.into()),
         };
         match account.state {
             AccountState::Disconnected => return Ok((Answer::NotInstalled, "not_installed")),
             AccountState::NeedsReauthorization => return Ok((Answer::NeedsReauthorization, "needs_reauthorization")),
             AccountState::Connected => {}
         }
-        if let Some(answer) = self.serve_fresh(view, key, epoch, &account).await {
+        if let Some(answer) = self.serve_fresh(view, epoch, &account).await {
             return Ok((answer, "miss"));
         }
         let outcome = inner.refresher.refresh(integration, &account.id, Reason::OnDemand).await?;
         match outcome {
             RefreshOutcome::Refreshed(a) | RefreshOutcome::AlreadyFresh(a) => {
-                match self.serve_fresh(view, key, epoch, &a).await {
+                match self.serve_fresh(view, epoch, &a).await {
                     Some(answer) => Ok((answer, "refreshed")),
                     // Someone else's token that is already too old again: never serve it.
                     None => Err(ReadError::ProviderDown { retry_after: None }),
@@ -220,8 +246,9 @@ impl Reader {
         }
     }
 
-    /// The answer for `account` if its token is fresh, after caching it.
-    async fn serve_fresh(&self, view: &View, key: &str, epoch: u64, account: &Account) -> Option<Answer> {
+    /// The answer for `account` if its token is fresh, after caching it (under the
+    /// account's own entry, whatever entry the read looked in).
+    async fn serve_fresh(&self, view: &View, epoch: u64, account: &Account) -> Option<Answer> {
         let inner = &self.0;
         let now = crate::time::now();
         let (entry, _) = inner.cache.entry_for(account, &view.integration, now)?;
@@ -232,7 +259,8 @@ impl Reader {
             // stale token must never leave (`pipes_stale_tokens_served_total` stays 0).
             return None;
         }
-        inner.cache.local().fill(key, epoch, ready.clone());
+        let key = key_for(inner.cache.redis(), &view.integration.slug, account);
+        inner.cache.local().fill(&key, epoch, ready.clone());
         Some(Answer::Active(ready))
     }
 }
@@ -242,6 +270,12 @@ impl Reader {
 pub enum ReadError {
     #[error("there is no enabled integration `{0}`")]
     NoIntegration(String),
+    /// The read named an account that is not one of the owner's.
+    #[error("the owner has no connected account with this id")]
+    AccountNotFound,
+    /// The owner has several accounts and the read named none.
+    #[error("several connected accounts match; name one with connected_account_id")]
+    SelectionRequired,
     /// The token is not fresh and the provider does not answer a refresh right now.
     #[error("the provider is not answering a refresh")]
     ProviderDown { retry_after: Option<Duration> },

@@ -72,8 +72,31 @@ pub async fn connect(
     app.http.get(callback).send().await.expect("callback")
 }
 
+/// The redirect's `Location`, without the flow's `state` (see `the_redirect_carries_the_flows_state`).
 pub fn location(resp: &reqwest::Response) -> String {
-    resp.headers().get("location").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+    let raw = resp.headers().get("location").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let Ok(mut url) = url::Url::parse(&raw) else { return raw };
+    let kept: Vec<(String, String)> = url.query_pairs().into_owned().filter(|(k, _)| k != "state").collect();
+    url.query_pairs_mut().clear().extend_pairs(kept);
+    url.to_string()
+}
+
+#[tokio::test]
+async fn the_redirect_carries_the_flows_state() {
+    let app = TestApp::spawn().await;
+    let p = api_integration(&app, "stated", ClientAuthMethod::Basic, |_| {}).await;
+    let body = json!({"user_id": "u1", "return_to": "http://app.test/done"});
+    let (status, answer) = app.admin(Method::POST, "/data-integrations/stated/authorize", Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    let state = answer["state"].as_str().expect("the answer names the state").to_owned();
+    let url = url::Url::parse(answer["url"].as_str().unwrap()).unwrap();
+    assert!(url.query_pairs().any(|(k, v)| k == "state" && v == state.as_str()));
+    let callback = provider_redirect(&app, &url).await;
+    let resp = app.http.get(callback).send().await.unwrap();
+    let back = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let query: std::collections::HashMap<String, String> = back.query_pairs().into_owned().collect();
+    assert_eq!((query["status"].as_str(), query["state"].as_str()), ("connected", state.as_str()));
+    drop(p);
 }
 
 pub async fn events(app: &TestApp) -> Vec<(String, Value)> {

@@ -250,7 +250,7 @@ async fn a_named_account_is_the_only_one_read_replaced_or_deleted_and_unsupporte
     let (status, err) = app.admin(Method::GET, &format!("{PATH}?colour=blue"), None).await;
     assert_eq!((status, err["code"].as_str()), (400, Some("invalid_query")), "{err}");
     let mut labelled = tokens("at-2");
-    labelled["account_display_name"] = json!("Work");
+    labelled["account_display_name"] = json!("Work\u{7}");
     let (status, err) = app.admin(Method::PUT, PATH, Some(labelled)).await;
     assert_eq!((status, err["errors"][0]["field"].as_str()), (422, Some("account_display_name")));
     let mut add = tokens("at-3");

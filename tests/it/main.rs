@@ -13,6 +13,7 @@ mod foundation;
 mod hardening;
 mod input_guard;
 mod integrations;
+mod multiple;
 mod observability;
 mod operations;
 mod pipeline;

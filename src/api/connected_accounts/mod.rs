@@ -19,12 +19,12 @@ use crate::api::connect::check_owner_id;
 use crate::api::extract::AdminKey;
 use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::integrations::find;
-use crate::connections::Announce;
+use crate::connections::{Announce, TokenWrite};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::ids::{AccountId, IdKind};
 use crate::owner::Owner;
 use crate::state::AppState;
-use crate::store::accounts::{self, Account, AccountError, AccountSummary, WriteMode};
+use crate::store::accounts::{self, Account, AccountSummary, Selector, WriteMode};
 use crate::time::rfc3339;
 pub use tokens::TokensBody;
 
@@ -37,8 +37,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 pub struct ConnectedAccountView {
     pub object: &'static str,
     pub id: String,
-    /// `compatibility`: the owner's one connection for the integration, which requests
-    /// without a `connected_account_id` select.
+    /// `compatibility`: the owner's account that requests naming no account select;
+    /// `standard`: another account of the owner, selected by its id.
     pub connection_role: &'static str,
     /// The provider's id of the connected account, when one was given.
     pub account_identifier: Option<String>,
@@ -56,15 +56,26 @@ pub struct ConnectedAccountView {
     pub state_reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// Writes only: what the caller may want to know, nothing that stopped the write.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<Warning>>,
+}
+
+/// A non-blocking remark on a write.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Warning {
+    /// `duplicate_account_display_name`: another account of the owner has this label.
+    pub code: &'static str,
+    pub message: String,
 }
 
 pub fn view(a: &AccountSummary) -> ConnectedAccountView {
     ConnectedAccountView {
         object: "connected_account",
         id: a.id.to_string(),
-        connection_role: "compatibility",
-        account_identifier: None,
-        account_display_name: None,
+        connection_role: a.role.as_str(),
+        account_identifier: a.account_identifier.clone(),
+        account_display_name: a.account_display_name.clone(),
         user_id: a.owner.user_id().map(str::to_owned),
         organization_id: a.owner.organization_id().map(str::to_owned),
         scopes: a.scopes.clone(),
@@ -74,6 +85,7 @@ pub fn view(a: &AccountSummary) -> ConnectedAccountView {
         state_reason: None,
         created_at: rfc3339(a.created_at),
         updated_at: rfc3339(a.updated_at),
+        warnings: None,
     }
 }
 
@@ -83,10 +95,11 @@ pub fn view(a: &AccountSummary) -> ConnectedAccountView {
 pub struct OwnerQuery {
     /// Absent or empty: the user's account outside any organization.
     pub organization_id: Option<String>,
-    /// When given, the owner's account must be this one (else 404).
+    /// The owner's account the request is about (404 when it is not one of the owner's).
     pub connected_account_id: Option<String>,
-    /// Accepted as the SDKs send it: an owner has one account per integration here, so
-    /// it changes no answer.
+    /// `true`: without `connected_account_id`, the owner's one account whatever its role
+    /// (409 `account_selection_required` when there are several). It does not change
+    /// which account a PUT updates.
     pub supports_multiple_connections: Option<bool>,
     /// PUT only: `reauthorize`, with `connected_account_id`.
     pub connection_intent: Option<String>,
@@ -95,12 +108,16 @@ pub struct OwnerQuery {
 /// Which of an owner's accounts a request is about (the query less the owner).
 pub(super) struct Selection {
     pub connected_account_id: Option<String>,
+    pub supports_multiple_connections: Option<bool>,
     pub connection_intent: Option<String>,
 }
 
 /// The owner and account a request names, checked.
 pub(super) struct Target {
     pub owner: Owner,
+    /// The account a read or delete is about.
+    pub selector: Selector,
+    /// The account named by id, if any: what a PUT updates.
     pub only: Option<AccountId>,
 }
 
@@ -114,12 +131,33 @@ pub(super) fn target(user_id: &str, q: OwnerQuery, intent: Option<&str>) -> ApiR
     if let Some(o) = &org {
         check_owner_id("organization_id", o, &mut errors);
     }
-    let selection = Selection { connected_account_id: q.connected_account_id, connection_intent: q.connection_intent };
-    let only = selected(selection, intent, &mut errors);
-    if errors.is_empty() {
-        Ok(Target { owner: Owner::user(user_id, org), only })
-    } else {
-        Err(ApiError::invalid(errors))
+    let selection = Selection {
+        connected_account_id: q.connected_account_id,
+        supports_multiple_connections: q.supports_multiple_connections,
+        connection_intent: q.connection_intent,
+    };
+    Target::checked(Owner::user(user_id, org), selection, intent, errors)
+}
+
+impl Target {
+    /// The target of `selection` for `owner`, or the field errors found so far and in it.
+    fn checked(
+        owner: Owner,
+        selection: Selection,
+        intent: Option<&str>,
+        mut errors: Vec<FieldError>,
+    ) -> ApiResult<Target> {
+        let several = selection.supports_multiple_connections == Some(true);
+        let only = selected(selection, intent, &mut errors);
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(errors));
+        }
+        let selector = match (&only, several) {
+            (Some(id), _) => Selector::Only(id.clone()),
+            (None, true) => Selector::Sole,
+            (None, false) => Selector::Compatibility,
+        };
+        Ok(Target { owner, selector, only })
     }
 }
 
@@ -161,11 +199,27 @@ pub fn not_connected(slug: &str) -> ApiError {
 /// The account `target` names.
 async fn show_account(state: &AppState, slug: &str, target: Target) -> ApiResult<Json<ConnectedAccountView>> {
     let integration = find(state, slug, target.owner.ownership()).await?;
-    let account = accounts::find_for_owner(&state.db, state.keyring(), &integration.id, &target.owner)
+    let account = accounts::select(&state.db, state.keyring(), &integration.id, &target.owner, &target.selector)
         .await?
-        .filter(|a| target.only.as_ref().is_none_or(|id| a.id == *id))
         .ok_or_else(|| not_connected(slug))?;
     Ok(Json(view(&account.summary())))
+}
+
+/// What a write does: create an account (POST) or replace one's tokens (PUT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verb {
+    Create,
+    Replace,
+}
+
+impl Verb {
+    /// The `connection_intent` the query may carry: `reauthorize` on PUT, none on POST.
+    fn query_intent(self) -> Option<&'static str> {
+        match self {
+            Verb::Create => None,
+            Verb::Replace => Some("reauthorize"),
+        }
+    }
 }
 
 /// Writes tokens for `target`'s owner, with a `connected` event when the account became
@@ -177,31 +231,28 @@ async fn write(
     target: Target,
     member: Option<String>,
     body: TokensBody,
-    mode: WriteMode,
-) -> ApiResult<Account> {
+    verb: Verb,
+) -> ApiResult<ConnectedAccountView> {
     let mut errors = Vec::new();
-    for (field, value) in
-        [("account_display_name", &body.account_display_name), ("account_identifier", &body.account_identifier)]
-    {
-        if value.is_some() {
-            errors.push(FieldError::new(
-                field,
-                "unsupported",
-                format!("`{field}` is not stored yet; send `null` or omit it."),
-            ));
-        }
-    }
+    let labels = tokens::labels(&body, &mut errors);
     if member.is_none() && body.user_id.is_some() {
         errors.push(FieldError::new("user_id", "unsupported", "The user is named in the path here."));
     }
-    let adding = match (body.connection_intent.as_deref(), mode) {
+    if verb == Verb::Create && target.only.is_some() {
+        errors.push(FieldError::new(
+            "connected_account_id",
+            "unsupported",
+            "A create makes a new account; name an account on PUT instead.",
+        ));
+    }
+    let adding = match (body.connection_intent.as_deref(), verb) {
         (None, _) => false,
-        (Some("add"), WriteMode::InsertOnly) => true,
-        (Some(_), WriteMode::InsertOnly) => {
+        (Some("add"), Verb::Create) => true,
+        (Some(_), Verb::Create) => {
             errors.push(FieldError::new("connection_intent", "invalid", "`connection_intent` may only be `add` here."));
             false
         }
-        (Some(_), _) => {
+        (Some(_), Verb::Replace) => {
             errors.push(FieldError::new(
                 "connection_intent",
                 "unsupported",
@@ -214,45 +265,55 @@ async fn write(
         return Err(ApiError::invalid(errors));
     }
     let integration = find(state, slug, target.owner.ownership()).await?;
+    let mode = match (verb, target.only) {
+        (Verb::Create, _) if adding => WriteMode::Add { several: integration.multiple_connections },
+        (Verb::Create, _) => WriteMode::InsertOnly,
+        (Verb::Replace, Some(id)) => WriteMode::Account(id),
+        (Verb::Replace, None) => WriteMode::UpdateOnly,
+    };
     let (tokens, account_state) = tokens::parse_tokens(body, &integration)?;
-    let stored = state
-        .connections
-        .store(
-            &integration,
-            &target.owner,
-            member.as_deref(),
-            &tokens,
-            account_state,
-            mode,
-            Announce::IfNewlyConnected,
-            target.only.as_ref(),
-        )
-        .await;
-    match stored {
-        Err(AccountError::Exists) if adding => Err(ApiError::not_found(
-            "multiple_connections_unavailable",
-            "This owner already has an account for this integration, and an owner holds one account per integration.",
-        )),
-        other => other?.ok_or_else(|| not_connected(slug)),
-    }
+    let write = TokenWrite {
+        owner: &target.owner,
+        established_by: member.as_deref(),
+        labels,
+        tokens: &tokens,
+        state: account_state,
+        mode,
+        announce: Announce::IfNewlyConnected,
+    };
+    let account = state.connections.store(&integration, write).await?.ok_or_else(|| not_connected(slug))?;
+    let mut shown = view(&account.summary());
+    shown.warnings = duplicate_label(state, &account).await?;
+    Ok(shown)
+}
+
+/// `duplicate_account_display_name` when another of the owner's accounts of the
+/// integration has the account's label: labels need not be unique, but a person
+/// choosing between accounts by label would be misled.
+async fn duplicate_label(state: &AppState, account: &Account) -> ApiResult<Option<Vec<Warning>>> {
+    let Some(label) = &account.account_display_name else { return Ok(None) };
+    let others = accounts::summaries_for_owner(&state.db, &account.owner).await?;
+    let shared = others.iter().any(|other| {
+        other.integration_id == account.integration_id
+            && other.id != account.id
+            && other.account_display_name.as_ref() == Some(label)
+    });
+    Ok(shared.then(|| {
+        vec![Warning {
+            code: "duplicate_account_display_name",
+            message: "Another connected account of this owner for this integration has this display name.".into(),
+        }]
+    }))
 }
 
 async fn disconnect_account(state: &AppState, slug: &str, target: Target) -> ApiResult<StatusCode> {
     let integration = find(state, slug, target.owner.ownership()).await?;
     state
         .connections
-        .disconnect(&integration, &target.owner, target.only.as_ref())
+        .disconnect(&integration, &target.owner, &target.selector)
         .await?
         .ok_or_else(|| not_connected(slug))?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The `connection_intent` a write takes in its query: `reauthorize` on PUT, none on POST.
-fn query_intent(mode: WriteMode) -> Option<&'static str> {
-    match mode {
-        WriteMode::UpdateOnly => Some("reauthorize"),
-        WriteMode::InsertOnly | WriteMode::Upsert => None,
-    }
 }
 
 #[utoipa::path(get, path = "/user_management/users/{user_id}/connected_accounts/{slug}", tag = "connected_accounts",
@@ -277,9 +338,9 @@ pub async fn import(
     ApiQuery(q): ApiQuery<OwnerQuery>,
     ApiJson(body): ApiJson<TokensBody>,
 ) -> ApiResult<Response> {
-    let mode = WriteMode::InsertOnly;
-    let account = write(&state, &slug, target(&user_id, q, query_intent(mode))?, None, body, mode).await?;
-    Ok((StatusCode::CREATED, Json(view(&account.summary()))).into_response())
+    let verb = Verb::Create;
+    let account = write(&state, &slug, target(&user_id, q, verb.query_intent())?, None, body, verb).await?;
+    Ok((StatusCode::CREATED, Json(account)).into_response())
 }
 
 #[utoipa::path(put, path = "/user_management/users/{user_id}/connected_accounts/{slug}", tag = "connected_accounts",
@@ -292,9 +353,8 @@ pub async fn replace(
     ApiQuery(q): ApiQuery<OwnerQuery>,
     ApiJson(body): ApiJson<TokensBody>,
 ) -> ApiResult<Json<ConnectedAccountView>> {
-    let mode = WriteMode::UpdateOnly;
-    let account = write(&state, &slug, target(&user_id, q, query_intent(mode))?, None, body, mode).await?;
-    Ok(Json(view(&account.summary())))
+    let verb = Verb::Replace;
+    Ok(Json(write(&state, &slug, target(&user_id, q, verb.query_intent())?, None, body, verb).await?))
 }
 
 #[utoipa::path(delete, path = "/user_management/users/{user_id}/connected_accounts/{slug}", tag = "connected_accounts",

@@ -12,13 +12,12 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{query_intent, selected, show_account, view, write, ConnectedAccountView, Selection, Target, TokensBody};
+use super::{show_account, write, ConnectedAccountView, Selection, Target, TokensBody, Verb};
 use crate::api::connect::check_owner_id;
 use crate::api::extract::{AdminKey, ApiJson, ApiQuery};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::owner::Owner;
 use crate::state::AppState;
-use crate::store::accounts::WriteMode;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(show, import, replace, disconnect))
@@ -29,11 +28,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct OrganizationQuery {
-    /// When given, the organization's account must be this one (else 404).
+    /// The organization's account the request is about (404 when it is not one of its).
     pub connected_account_id: Option<String>,
-    /// Accepted as the SDKs send it: an owner has one account per integration here, so
-    /// it changes no answer.
-    #[allow(dead_code)]
+    /// `true`: without `connected_account_id`, the organization's one account whatever
+    /// its role (409 `account_selection_required` when there are several).
     pub supports_multiple_connections: Option<bool>,
     /// PUT only: `reauthorize`, with `connected_account_id`.
     pub connection_intent: Option<String>,
@@ -43,13 +41,12 @@ pub struct OrganizationQuery {
 fn target(organization_id: &str, q: OrganizationQuery, intent: Option<&str>) -> ApiResult<Target> {
     let mut errors = Vec::new();
     check_owner_id("organization_id", organization_id, &mut errors);
-    let selection = Selection { connected_account_id: q.connected_account_id, connection_intent: q.connection_intent };
-    let only = selected(selection, intent, &mut errors);
-    if errors.is_empty() {
-        Ok(Target { owner: Owner::organization(organization_id), only })
-    } else {
-        Err(ApiError::invalid(errors))
-    }
+    let selection = Selection {
+        connected_account_id: q.connected_account_id,
+        supports_multiple_connections: q.supports_multiple_connections,
+        connection_intent: q.connection_intent,
+    };
+    Target::checked(Owner::organization(organization_id), selection, intent, errors)
 }
 
 /// The member a write is made on behalf of: the body's `user_id`, required.
@@ -92,11 +89,11 @@ pub async fn import(
     ApiQuery(NoQuery {}): ApiQuery<NoQuery>,
     ApiJson(body): ApiJson<TokensBody>,
 ) -> ApiResult<Response> {
-    let mode = WriteMode::InsertOnly;
-    let target = target(&organization_id, OrganizationQuery::default(), query_intent(mode))?;
+    let verb = Verb::Create;
+    let target = target(&organization_id, OrganizationQuery::default(), verb.query_intent())?;
     let member = member(&body)?;
-    let account = write(&state, &slug, target, Some(member), body, mode).await?;
-    Ok((StatusCode::CREATED, Json(view(&account.summary()))).into_response())
+    let account = write(&state, &slug, target, Some(member), body, verb).await?;
+    Ok((StatusCode::CREATED, Json(account)).into_response())
 }
 
 /// A query that takes no parameter at all.
@@ -115,11 +112,10 @@ pub async fn replace(
     ApiQuery(q): ApiQuery<OrganizationQuery>,
     ApiJson(body): ApiJson<TokensBody>,
 ) -> ApiResult<Json<ConnectedAccountView>> {
-    let mode = WriteMode::UpdateOnly;
-    let target = target(&organization_id, q, query_intent(mode))?;
+    let verb = Verb::Replace;
+    let target = target(&organization_id, q, verb.query_intent())?;
     let member = member(&body)?;
-    let account = write(&state, &slug, target, Some(member), body, mode).await?;
-    Ok(Json(view(&account.summary())))
+    Ok(Json(write(&state, &slug, target, Some(member), body, verb).await?))
 }
 
 #[utoipa::path(delete, path = "/organizations/{organization_id}/connected_accounts/{slug}", tag = "connected_accounts",

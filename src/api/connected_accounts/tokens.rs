@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::secret::Secret;
-use crate::store::accounts::{AccountState, TokenSet};
+use crate::store::accounts::{AccountState, Labels, TokenSet};
 use crate::store::integrations::Integration;
 
 /// Tokens from another system (POST) or after an out-of-band reauthorization (PUT).
@@ -25,13 +25,42 @@ pub struct TokensBody {
     pub scopes: Option<Vec<String>>,
     /// `connected` (default) or `needs_reauthorization`.
     pub state: Option<String>,
-    /// POST only: `add`. An owner holds one account per integration, so adding one
-    /// where one exists answers 404 `multiple_connections_unavailable`.
+    /// POST only: `add` makes another account beside the owner's (or updates the one
+    /// with the same `account_identifier`). Where the integration allows one account
+    /// per owner, adding one where one exists answers 404 `multiple_connections_unavailable`.
     pub connection_intent: Option<String>,
-    /// Not stored yet: refused unless `null`.
-    pub account_display_name: Option<String>,
-    /// Not stored yet: refused unless `null`.
-    pub account_identifier: Option<String>,
+    /// A label for the account. Omitted: kept; `null`: cleared.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub account_display_name: Option<Option<String>>,
+    /// The provider's id of the account (one account per identifier and owner).
+    /// Omitted: kept; `null`: cleared.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub account_identifier: Option<Option<String>>,
+}
+
+/// Tells an explicit `null` (`Some(None)`) from an absent field (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// The labels of `body`, checked into `errors`: each 1-256 characters without control
+/// characters.
+pub(super) fn labels(body: &TokensBody, errors: &mut Vec<FieldError>) -> Labels {
+    for (field, value) in
+        [("account_display_name", &body.account_display_name), ("account_identifier", &body.account_identifier)]
+    {
+        if let Some(Some(v)) = value {
+            if v.is_empty() || v.chars().count() > 256 || v.chars().any(char::is_control) {
+                errors.push(FieldError::new(field, "invalid", "Must be 1-256 characters without control characters."));
+            }
+        }
+    }
+    Labels {
+        account_identifier: body.account_identifier.clone(),
+        account_display_name: body.account_display_name.clone(),
+    }
 }
 
 pub(super) fn parse_tokens(body: TokensBody, integration: &Integration) -> ApiResult<(TokenSet, AccountState)> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, Row};
 
-use super::{Account, AccountError, AccountState, COLUMNS};
+use super::{Account, AccountError, AccountState, ConnectionRole, COLUMNS};
 use crate::crypto::KeyRing;
 use crate::ids::{AccountId, IntegrationId};
 use crate::owner::Owner;
@@ -47,6 +47,9 @@ pub struct AccountSummary {
     pub id: AccountId,
     pub integration_id: IntegrationId,
     pub owner: Owner,
+    pub role: ConnectionRole,
+    pub account_identifier: Option<String>,
+    pub account_display_name: Option<String>,
     pub established_by_user_id: Option<String>,
     pub state: AccountState,
     pub scopes: Vec<String>,
@@ -59,9 +62,9 @@ pub struct AccountSummary {
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn summaries_for_owner(db: impl PgExecutor<'_>, owner: &Owner) -> Result<Vec<AccountSummary>, sqlx::Error> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT c.id, c.integration_id, c.established_by_user_id, c.state, c.scopes, c.reauthorization_reason,
-                c.created_at, c.updated_at
-         FROM connected_accounts c WHERE {}",
+        "SELECT c.id, c.integration_id, c.connection_role, c.account_identifier, c.account_display_name,
+                c.established_by_user_id, c.state, c.scopes, c.reauthorization_reason, c.created_at, c.updated_at
+         FROM connected_accounts c WHERE {} ORDER BY c.id",
         super::owner_filter(owner, 1)
     )))
     .bind(owner.user_id())
@@ -74,6 +77,9 @@ pub async fn summaries_for_owner(db: impl PgExecutor<'_>, owner: &Owner) -> Resu
             id: r.get("id"),
             integration_id: r.get("integration_id"),
             owner: owner.clone(),
+            role: ConnectionRole::parse(r.get("connection_role")),
+            account_identifier: r.get("account_identifier"),
+            account_display_name: r.get("account_display_name"),
             established_by_user_id: r.get("established_by_user_id"),
             state: AccountState::parse(r.get("state")).unwrap_or(AccountState::Disconnected),
             scopes: r.get("scopes"),

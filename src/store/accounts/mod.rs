@@ -1,4 +1,5 @@
-//! Connected accounts: one per integration and owner ([`Owner`]), with its
+//! Connected accounts of an integration's owners ([`Owner`]): each owner's
+//! `compatibility` account and any `standard` ones beside it, with their
 //! encrypted tokens, state and the single-flight lease. Every write that stores or
 //! drops a token keeps the account's place on the refresh schedule in the same
 //! transaction ([`schedule`]).
@@ -20,11 +21,13 @@ use crate::store::schedule::{self, REFRESH_AT_OF_C};
 
 mod listing;
 mod refresh;
+mod write;
 pub use listing::{fresh_page, summaries_for_owner, AccountSummary};
 pub use refresh::{
     record_transient_failure, release_lease, store_refreshed, try_lease, LeaseBatch, LeaseRequest, StoreBatch,
     StoreRequest,
 };
+pub use write::{write_tokens, Labels, Stored, WriteMode, MAX_ACCOUNTS_PER_OWNER};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -52,12 +55,43 @@ impl AccountState {
     }
 }
 
+/// An account's place among its owner's accounts of an integration, fixed for its
+/// lifetime: the `compatibility` account (at most one per owner) is the one every
+/// request that names no account selects; `standard` accounts are selected by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionRole {
+    Compatibility,
+    Standard,
+}
+
+impl ConnectionRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionRole::Compatibility => "compatibility",
+            ConnectionRole::Standard => "standard",
+        }
+    }
+    pub(crate) fn parse(s: &str) -> Self {
+        if s == "standard" {
+            ConnectionRole::Standard
+        } else {
+            ConnectionRole::Compatibility
+        }
+    }
+}
+
 /// A connected account with its tokens decrypted. `Debug` shows `***` for tokens.
 #[derive(Debug, Clone)]
 pub struct Account {
     pub id: AccountId,
     pub integration_id: IntegrationId,
     pub owner: Owner,
+    pub role: ConnectionRole,
+    /// The provider's subject of the account, when known.
+    pub account_identifier: Option<String>,
+    /// A label, when one was given.
+    pub account_display_name: Option<String>,
     /// The member whose authorization established an organization-owned account.
     pub established_by_user_id: Option<String>,
     pub state: AccountState,
@@ -95,14 +129,20 @@ pub enum AccountError {
     },
     #[error("a connected account already exists for this owner and integration")]
     Exists,
+    #[error("the owner already has an account for this integration, which allows only one")]
+    MultipleUnavailable,
+    #[error("the owner has as many accounts for this integration as allowed")]
+    LimitReached,
+    #[error("several accounts of the owner match; the request must name one")]
+    SelectionRequired,
     #[error("account {0}: stored without an owner")]
     NoOwner(String),
 }
 
 /// The account's columns, of the row `c`; every statement adds `refresh_at` (the
 /// schedule's, or what it writes there).
-const COLUMNS: &str =
-    "c.id, c.integration_id, c.user_id, c.organization_id, c.established_by_user_id, c.state, c.access_token_enc,
+const COLUMNS: &str = "c.id, c.integration_id, c.user_id, c.organization_id, c.connection_role, c.account_identifier,
+    c.account_display_name, c.established_by_user_id, c.state, c.access_token_enc,
     c.refresh_token_enc, c.expires_at, c.scopes, c.token_version, c.last_refresh_error, c.reauthorization_reason,
     c.created_at, c.updated_at";
 
@@ -125,6 +165,9 @@ impl Account {
             .ok_or_else(|| AccountError::NoOwner(id.clone()))?;
         Ok(Account {
             owner,
+            role: ConnectionRole::parse(row.get("connection_role")),
+            account_identifier: row.get("account_identifier"),
+            account_display_name: row.get("account_display_name"),
             established_by_user_id: row.get("established_by_user_id"),
             access_token: open(columns::ACCESS_TOKEN, row.get("access_token_enc"))?,
             refresh_token: open(columns::REFRESH_TOKEN, row.get("refresh_token_enc"))?,
@@ -148,6 +191,9 @@ impl Account {
             id: self.id.clone(),
             integration_id: self.integration_id.clone(),
             owner: self.owner.clone(),
+            role: self.role,
+            account_identifier: self.account_identifier.clone(),
+            account_display_name: self.account_display_name.clone(),
             established_by_user_id: self.established_by_user_id.clone(),
             state: self.state,
             scopes: self.scopes.clone(),
@@ -185,24 +231,64 @@ pub(crate) fn owner_filter(owner: &Owner, n: usize) -> String {
     }
 }
 
+/// Which of an owner's accounts of an integration a request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// The compatibility account: what a request that names no account (and does not
+    /// declare it knows of several) selects.
+    Compatibility,
+    /// The owner's account with this id.
+    Only(AccountId),
+    /// The owner's one account, whatever its role; several is
+    /// [`AccountError::SelectionRequired`].
+    Sole,
+}
+
+/// The owner's account `selector` names; `None` when there is none.
 #[tracing::instrument(level = "debug", skip_all, fields(integration_id = %integration_id))]
+pub async fn select(
+    db: impl PgExecutor<'_>,
+    ring: &KeyRing,
+    integration_id: &IntegrationId,
+    owner: &Owner,
+    selector: &Selector,
+) -> Result<Option<Account>, AccountError> {
+    let which = match selector {
+        Selector::Compatibility => "AND c.connection_role = 'compatibility' AND $4::text IS NULL",
+        Selector::Only(_) => "AND c.id = $4",
+        // Two rows are enough to tell one from several.
+        Selector::Sole => "AND $4::text IS NULL ORDER BY c.id LIMIT 2",
+    };
+    let only = match selector {
+        Selector::Only(id) => Some(id.as_str()),
+        _ => None,
+    };
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, {REFRESH_AT_OF_C} AS refresh_at FROM connected_accounts c
+         WHERE c.integration_id = $1 AND {} {which}",
+        owner_filter(owner, 2)
+    )))
+    .bind(integration_id)
+    .bind(owner.user_id())
+    .bind(owner.organization_id())
+    .bind(only)
+    .fetch_all(db)
+    .await?;
+    match rows.as_slice() {
+        [] => Ok(None),
+        [row] => Account::from_row(row, ring).map(Some),
+        _ => Err(AccountError::SelectionRequired),
+    }
+}
+
+/// The owner's compatibility account ([`Selector::Compatibility`]).
 pub async fn find_for_owner(
     db: impl PgExecutor<'_>,
     ring: &KeyRing,
     integration_id: &IntegrationId,
     owner: &Owner,
 ) -> Result<Option<Account>, AccountError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS}, {REFRESH_AT_OF_C} AS refresh_at FROM connected_accounts c
-         WHERE c.integration_id = $1 AND {}",
-        owner_filter(owner, 2)
-    )))
-    .bind(integration_id)
-    .bind(owner.user_id())
-    .bind(owner.organization_id())
-    .fetch_optional(db)
-    .await?;
-    row.map(|r| Account::from_row(&r, ring)).transpose()
+    select(db, ring, integration_id, owner, &Selector::Compatibility).await
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %id))]
@@ -218,108 +304,6 @@ pub async fn find_by_id(
     .fetch_optional(db)
     .await?;
     row.map(|r| Account::from_row(&r, ring)).transpose()
-}
-
-/// What an account is being written for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteMode {
-    /// Connect or reconnect: insert, or replace the tokens of the existing account.
-    Upsert,
-    /// Import (POST): insert only; an existing account is a conflict.
-    InsertOnly,
-    /// PUT: the account must exist.
-    UpdateOnly,
-}
-
-/// Stores tokens for an owner and returns the account, `connected`, with a
-/// bumped token version. `Ok(None)` only for `UpdateOnly` without an account.
-#[tracing::instrument(level = "debug", skip_all, fields(integration_id = %integration_id))]
-#[allow(clippy::too_many_arguments)]
-pub async fn write_tokens(
-    tx: &mut sqlx::PgConnection,
-    ring: &KeyRing,
-    mode: WriteMode,
-    integration_id: &IntegrationId,
-    owner: &Owner,
-    established_by: Option<&str>,
-    tokens: &TokenSet,
-    refresh_at: Option<DateTime<Utc>>,
-    state: AccountState,
-) -> Result<Option<Account>, AccountError> {
-    // The ciphertexts are bound to the row id, so the id must be known first.
-    let existing: Option<AccountId> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM connected_accounts c WHERE c.integration_id = $1 AND {} FOR UPDATE",
-        owner_filter(owner, 2)
-    )))
-    .bind(integration_id)
-    .bind(owner.user_id())
-    .bind(owner.organization_id())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let (id, insert) = match (existing, mode) {
-        (Some(_), WriteMode::InsertOnly) => return Err(AccountError::Exists),
-        (None, WriteMode::UpdateOnly) => return Ok(None),
-        (Some(id), _) => (id, false),
-        (None, _) => (AccountId::generate(), true),
-    };
-    let access = seal(ring, columns::ACCESS_TOKEN, &id, Some(&tokens.access_token))?;
-    let refresh = seal(ring, columns::REFRESH_TOKEN, &id, tokens.refresh_token.as_ref())?;
-    // Only a connected account is refreshed.
-    let scheduled = refresh_at.filter(|_| state == AccountState::Connected);
-    let row = if insert {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO connected_accounts AS c
-               (id, integration_id, ownership, user_id, organization_id, established_by_user_id, state,
-                access_token_enc, refresh_token_enc, expires_at, scopes, token_version, last_refreshed_at)
-             VALUES ($1, $2, $11, $3, $4, $12, $5, $6, $7, $8, $9, nextval('token_versions'), now())
-             ON CONFLICT ON CONSTRAINT connected_accounts_owner_unique DO NOTHING
-             RETURNING {COLUMNS}, {scheduled}",
-            scheduled = stored_refresh_at("$10::timestamptz")
-        )))
-        .bind(&id)
-        .bind(integration_id)
-        .bind(owner.user_id())
-        .bind(owner.organization_id())
-        .bind(state.as_str())
-        .bind(access)
-        .bind(refresh)
-        .bind(tokens.expires_at)
-        .bind(&tokens.scopes)
-        .bind(scheduled)
-        .bind(owner.ownership().as_str())
-        .bind(established_by)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(AccountError::Exists)?
-    } else {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE connected_accounts c SET
-               state = $2, access_token_enc = $3, refresh_token_enc = $4, expires_at = $5,
-               scopes = $7, token_version = nextval('token_versions'), lease_id = NULL, lease_until = NULL,
-               refresh_failures = 0, last_refresh_error = NULL, reauthorization_reason = NULL, last_refreshed_at = now(), updated_at = now(),
-               established_by_user_id = COALESCE($8, c.established_by_user_id)
-             WHERE id = $1
-             RETURNING {COLUMNS}, {scheduled}",
-            scheduled = stored_refresh_at("$6::timestamptz")
-        )))
-        .bind(&id)
-        .bind(state.as_str())
-        .bind(access)
-        .bind(refresh)
-        .bind(tokens.expires_at)
-        .bind(scheduled)
-        .bind(&tokens.scopes)
-        .bind(established_by)
-        .fetch_one(&mut *tx)
-        .await?
-    };
-    let account = Account::from_row(&row, ring)?;
-    schedule::sync(&mut *tx, &id, integration_id, account.refresh_at).await?;
-    if !insert {
-        // The replaced token must not stay servable from a cache.
-        crate::invalidations::record(tx, integration_id, owner, account.token_version).await?;
-    }
-    Ok(Some(account))
 }
 
 /// The grant is dead: the user must reauthorize. Tokens are dropped.
@@ -346,7 +330,7 @@ pub async fn mark_needs_reauthorization(
     let Some(row) = row else { return Ok(None) };
     let account = Account::from_row(&row, ring)?;
     schedule::sync(&mut *tx, id, &account.integration_id, None).await?;
-    crate::invalidations::record(tx, &account.integration_id, &account.owner, account.token_version).await?;
+    crate::invalidations::record(tx, &account).await?;
     Ok(Some(account))
 }
 
@@ -369,6 +353,6 @@ pub async fn delete(
     let mut account = Account::from_row(&row, ring)?;
     account.token_version = row.get("tombstone");
     schedule::clear(&mut *tx, std::slice::from_ref(&account.id)).await?;
-    crate::invalidations::record(tx, &account.integration_id, &account.owner, account.token_version).await?;
+    crate::invalidations::record(tx, &account).await?;
     Ok(Some(account))
 }

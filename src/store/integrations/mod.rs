@@ -82,6 +82,8 @@ pub struct Integration {
     pub ownership: Ownership,
     pub description: String,
     pub enabled: bool,
+    /// Whether an owner may connect accounts beside the first (`connection_intent: add`).
+    pub multiple_connections: bool,
     pub state: IntegrationState,
     pub state_reason: Option<String>,
     pub scopes: Vec<String>,
@@ -123,7 +125,7 @@ pub enum IntegrationError {
 }
 
 pub const SELECT: &str =
-    "SELECT id, slug, provider, ownership, description, enabled, state, state_reason, scopes, client_id,
+    "SELECT id, slug, provider, ownership, description, enabled, multiple_connections, state, state_reason, scopes, client_id,
     client_secret_enc, redacted_secret, custom_provider, settings, created_at, updated_at FROM integrations";
 
 impl Integration {
@@ -143,6 +145,7 @@ impl Integration {
             ownership: Ownership::parse(row.get("ownership")).unwrap_or(Ownership::User),
             description: row.get("description"),
             enabled: row.get("enabled"),
+            multiple_connections: row.get("multiple_connections"),
             state: if row.get::<&str, _>("state") == "invalid" {
                 IntegrationState::Invalid
             } else {

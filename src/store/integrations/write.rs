@@ -11,7 +11,7 @@ use crate::ids::{AccountId, IdKind};
 use crate::keys::columns;
 use crate::owner::{Owner, Ownership};
 use crate::provisioning::IntegrationDraft;
-use crate::store::accounts::{Account, AccountState};
+use crate::store::accounts::{Account, AccountState, ConnectionRole};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -45,8 +45,8 @@ pub async fn insert(db: &PgPool, ring: &KeyRing, draft: &IntegrationDraft) -> Re
     let redacted = crate::provisioning::redact(draft.client_secret.as_ref().map(|s| s.expose()));
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO integrations (id, slug, provider, description, enabled, scopes, client_id, client_secret_enc,
-            redacted_secret, custom_provider, settings, ownership)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            redacted_secret, custom_provider, settings, ownership, multiple_connections)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (slug, ownership) DO NOTHING
          RETURNING {}",
         select_columns()
@@ -63,6 +63,7 @@ pub async fn insert(db: &PgPool, ring: &KeyRing, draft: &IntegrationDraft) -> Re
     .bind(custom_json(draft))
     .bind(settings_json(draft))
     .bind(draft.ownership.as_str())
+    .bind(draft.multiple_connections)
     .fetch_optional(db)
     .await?
     .ok_or(ProvisionError::SlugTaken)?;
@@ -84,7 +85,7 @@ pub async fn update(
             client_secret_enc = $6, redacted_secret = $7, custom_provider = $8, settings = $9,
             state = CASE WHEN $10 THEN 'valid' ELSE state END,
             state_reason = CASE WHEN $10 THEN NULL ELSE state_reason END,
-            updated_at = now()
+            multiple_connections = $11, updated_at = now()
          WHERE id = $1
          RETURNING {}",
         select_columns()
@@ -99,6 +100,7 @@ pub async fn update(
     .bind(custom_json(draft))
     .bind(settings_json(draft))
     .bind(draft.credentials_changed)
+    .bind(draft.multiple_connections)
     .fetch_optional(db)
     .await?;
     Ok(row.map(|r| Integration::from_row(&r, ring)).transpose()?)
@@ -111,7 +113,8 @@ pub async fn delete(db: &PgPool, integration: &Integration) -> Result<Option<u64
     let mut tx = db.begin().await?;
     let rows = sqlx::query(
         "DELETE FROM connected_accounts WHERE integration_id = $1
-         RETURNING id, user_id, organization_id, established_by_user_id, scopes, created_at, updated_at",
+         RETURNING id, user_id, organization_id, connection_role, account_identifier, account_display_name,
+                   established_by_user_id, scopes, created_at, updated_at",
     )
     .bind(&integration.id)
     .fetch_all(&mut *tx)
@@ -124,6 +127,9 @@ pub async fn delete(db: &PgPool, integration: &Integration) -> Result<Option<u64
             integration_id: integration.id.clone(),
             owner: Owner::from_columns(row.get("user_id"), row.get("organization_id"))
                 .ok_or_else(|| sqlx::Error::Protocol("a connected account without an owner".into()))?,
+            role: ConnectionRole::parse(row.get("connection_role")),
+            account_identifier: row.get("account_identifier"),
+            account_display_name: row.get("account_display_name"),
             established_by_user_id: row.get("established_by_user_id"),
             state: AccountState::Disconnected,
             access_token: None,

@@ -104,17 +104,19 @@ pub async fn store_tokens(
     let account = accounts::write_tokens(
         &mut tx,
         app.state.keyring(),
-        WriteMode::Upsert,
+        &WriteMode::Upsert,
         &integration_id.into(),
         &crate::support::owner(user, org),
         None,
+        &Default::default(),
         tokens,
         refresh_at,
         AccountState::Connected,
     )
     .await
     .unwrap()
-    .unwrap();
+    .unwrap()
+    .account;
     tx.commit().await.unwrap();
     account
 }

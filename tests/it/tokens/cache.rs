@@ -59,10 +59,11 @@ async fn replace_in_postgres_only(app: &TestApp, integration_id: &str, user: &st
     accounts::write_tokens(
         &mut tx,
         app.state.keyring(),
-        WriteMode::UpdateOnly,
+        &WriteMode::UpdateOnly,
         &integration_id.into(),
         &crate::support::owner(user, None),
         None,
+        &Default::default(),
         &tokens,
         None,
         AccountState::Connected,
@@ -158,7 +159,7 @@ async fn a_disconnect_stops_being_served_by_another_replica_within_a_second() {
     let mut tx = app.db.begin().await.unwrap();
     let gone = accounts::delete(&mut tx, app.state.keyring(), &account.id).await.unwrap().unwrap();
     tx.commit().await.unwrap();
-    app.state.cache.tombstone("tc-replicas", &crate::support::owner("u1", Some("org_1")), gone.token_version).await;
+    app.state.cache.tombstone("tc-replicas", &gone).await;
     let took = eventually(Duration::from_secs(1), async || {
         read_replica().await == json!({"active": false, "error": "not_installed"})
     })

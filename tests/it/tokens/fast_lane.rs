@@ -101,7 +101,7 @@ async fn requests_the_lane_cannot_vouch_for_get_the_routers_answer() {
     assert_eq!(answer["errors"][0]["field"], "connection_owner");
     // Another account id than the cached one: not this owner's account.
     let (status, answer) = read(&app, "lane-err", json!({"user_id": "u1", "connected_account_id": "nope"})).await;
-    assert_eq!((status, answer["error"].as_str()), (200, Some("not_installed")));
+    assert_eq!((status, answer["code"].as_str()), (404, Some("connected_account_not_found")));
     let (status, answer) = read(&app, "lane-err", json!({"user_id": "u1", "connected_account_id": account.id})).await;
     assert_eq!((status, answer["active"].as_bool()), (200, Some(true)));
     // The wrong method on the route.

@@ -115,7 +115,11 @@ async fn unknown_owners_are_not_installed_and_unknown_or_disabled_integrations_a
     assert_eq!((status, answer), (200, json!({"active": false, "error": "not_installed"})));
     let (status, answer) =
         read(&app, "tk-404", json!({"user_id": "u1", "connected_account_id": "data_installation_other"})).await;
-    assert_eq!((status, &answer), (200, &json!({"active": false, "error": "not_installed"})), "another account id");
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (404, Some("connected_account_not_found")),
+        "another account id names nothing: {answer}"
+    );
     let (_, answer) = read(&app, "tk-404", json!({"user_id": "u1", "connected_account_id": account.id})).await;
     token_of(&answer);
     let (status, answer) = read(&app, "no-such-integration", json!({"user_id": "u1"})).await;
