@@ -12,6 +12,7 @@ pub mod health;
 pub mod integrations;
 pub mod openapi;
 pub mod openapi_common;
+pub mod other_auth_methods;
 pub mod rate_limit;
 pub mod tokens;
 pub mod webhooks;
@@ -47,6 +48,7 @@ pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(operations)
         .merge(integrations::routes())
         .merge(connect::routes())
+        .merge(other_auth_methods::routes())
         .merge(connected_accounts::routes())
         .merge(data_providers::routes())
         .merge(tokens::routes(state))

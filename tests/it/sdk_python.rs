@@ -1,8 +1,11 @@
 //! The official Python SDK (`workos` 10.8, unmodified, strict about every key it
 //! reads) against a running Pipes: `tests/sdk/python/pipes_admin.py` creates, lists,
 //! reads and updates an integration, imports, reads, replaces and deletes a connected
-//! account, lists the owner's providers and reads the token. `.ci/install-tools`
-//! installs the SDK into `target/sdk-venv`.
+//! account, lists the owner's providers and reads the token; `pipes_sharing.py`
+//! calls the rest of its 26 Pipes methods: both integration roots, an organization's
+//! shared account, several accounts of one user, account selection, authorize with
+//! every intent, the auth methods Pipes refuses. `.ci/install-tools` installs the SDK
+//! into `target/sdk-venv`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,4 +46,32 @@ async fn the_official_python_sdk_parses_integrations_connected_accounts_and_prov
         .await
         .unwrap();
     assert_eq!((accounts, integrations), (0, 0));
+}
+
+#[tokio::test]
+async fn the_official_python_sdk_drives_shared_and_multiple_connections() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("PIPES_SDK_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target/sdk-venv/bin/python"));
+    assert!(python.exists(), "{} is missing: run .ci/install-tools", python.display());
+    let app = TestApp::spawn().await;
+    let (demo, _) = DemoProvider::spawn(DemoConfig::default()).await.unwrap();
+    let run = tokio::process::Command::new(&python)
+        .arg(repo.join("tests/sdk/python/pipes_sharing.py"))
+        .env("PIPES_URL", &app.base_url)
+        .env("PIPES_API_KEY", &app.admin_key)
+        .env("PIPES_SLUG", "sdk-python-shared")
+        .env("PIPES_DEMO_URL", demo.base_url())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the SDK script finishes").unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "SDK script failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("{stdout}");
+    assert_eq!(summary["ok"], true);
+    assert_eq!(summary["methods"].as_array().unwrap().len(), 26, "every Pipes method of the SDK: {summary}");
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM connected_accounts").fetch_one(&app.db).await.unwrap();
+    assert_eq!(accounts, 0, "deleting both roots took every account");
 }

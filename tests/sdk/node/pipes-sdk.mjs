@@ -1,10 +1,11 @@
 // Drives a running Pipes server with the official, unmodified WorkOS Node SDK
-// (@workos-inc/node 11), pointed at it with apiHostname/port/https:false.
+// (@workos-inc/node 11.0.0, installed as workos-node-11: a smoke test of the older
+// release; pipes-sdk-12.mjs drives 12.3.0), pointed at it with apiHostname/port/https:false.
 // Inputs come from the environment (set by tests/it/sdk_node.rs); any failed
 // check throws, so the exit code tells the Rust test the outcome.
 
 import assert from 'node:assert/strict';
-import { WorkOS, NotFoundException, ConflictException } from '@workos-inc/node';
+import { WorkOS, NotFoundException, ConflictException } from 'workos-node-11';
 
 const env = (name) => {
   const value = process.env[name];

@@ -1,0 +1,161 @@
+"""Drives a running Pipes server through the official, unmodified Python SDK
+(`workos` 10.8): both integration roots of a provider, an organization's shared
+account, several accounts for one user, account selection, the token and
+credential reads with every selector, authorize with every intent, and the auth
+methods Pipes refuses. Every answer must parse (the SDK's models are strict). Any
+failed check raises; the last line printed is {"ok": true, "methods": [...]}.
+
+Environment: PIPES_URL, PIPES_API_KEY (admin), PIPES_SLUG, PIPES_DEMO_URL.
+"""
+
+import json
+import os
+import urllib.request
+
+from workos import WorkOSClient
+from workos.pipes.models import CustomProviderDefinition, DataIntegrationCredentialsInput
+
+env = os.environ
+client = WorkOSClient(api_key=env["PIPES_API_KEY"], base_url=env["PIPES_URL"], max_retries=0)
+pipes = client.pipes
+slug = env["PIPES_SLUG"]
+demo = env["PIPES_DEMO_URL"]
+org = "org_py_shared"
+called = set()
+
+
+def call(name, *args, **kwargs):
+    called.add(name)
+    return getattr(pipes, name)(*args, **kwargs)
+
+
+def refused(kind, code, name, *args, **kwargs):
+    """The call raises the SDK's `kind` error with `code` (when given)."""
+    try:
+        call(name, *args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - checked below
+        assert type(err).__name__ == kind, f"{name}: {type(err).__name__}: {err}"
+        if code is not None:
+            assert err.code == code, f"{name}: {err.code}"
+        return err
+    raise AssertionError(f"{name} should have raised {kind}")
+
+
+def value(enum_or_str):
+    return getattr(enum_or_str, "value", enum_or_str)
+
+
+creds = DataIntegrationCredentialsInput(type="custom", client_id="py-client", client_secret="py-secret-shared")
+provider = CustomProviderDefinition(name="Demo", authorization_url=f"{demo}/authorize", token_url=f"{demo}/token")
+user_root = call("create_data_integration", provider=slug, enabled=True, credentials=creds, custom_provider=provider)
+org_root = call(
+    "create_data_integration",
+    provider=slug,
+    ownership="organization",
+    enabled=True,
+    credentials=creds,
+    custom_provider=provider,
+)
+assert value(org_root.ownership) == "organization" and value(user_root.ownership) == "user"
+only_org = call("list_data_integrations", ownership="organization")
+assert [i.id for i in only_org.data] == [org_root.id], only_org
+in_order = call("list_data_integrations", order="normal")
+assert [i.id for i in in_order.data] == [user_root.id, org_root.id], in_order
+assert call("list_data_integration_organization", slug).id == org_root.id
+edited = call("update_data_integration_organization", slug, description="Shared")
+assert edited.description == "Shared"
+assert call("get_data_integration", slug).description != "Shared"
+assert call("update_data_integration", slug, description="User-owned").description == "User-owned"
+
+# Several accounts per owner are a Pipes setting (the SDK has no field for it).
+request = urllib.request.Request(
+    f"{env['PIPES_URL']}/data-integrations/{slug}",
+    data=json.dumps({"multiple_connections": True}).encode(),
+    method="PUT",
+    headers={"Authorization": f"Bearer {env['PIPES_API_KEY']}", "Content-Type": "application/json"},
+)
+assert urllib.request.urlopen(request).status == 200
+
+# Authorize: every intent answers a URL and the flow's state (the model requires it).
+plain = call("authorize_data_integration", slug, user_id="user_py2")
+assert plain.url.startswith(demo) and plain.state, plain
+shared_flow = call(
+    "authorize_data_integration", slug, user_id="admin_py", organization_id=org, connection_owner="organization"
+)
+assert shared_flow.state != plain.state
+call("authorize_data_integration", slug, user_id="user_py2", connection_intent="add", account_display_name="Second")
+refused("UnprocessableEntityError", None, "authorize_data_integration", slug, user_id="u", code_challenge="x" * 43,
+        code_challenge_method="S256")
+
+# The organization's shared account.
+shared = call("create_organization_connected_account", org, slug, user_id="admin_py", access_token="org-token")
+assert shared.user_id is None and shared.organization_id == org and shared.established_by_user_id == "admin_py"
+got = call("get_organization_connected_account", org, slug)
+assert got.id == shared.id
+replaced = call("update_organization_connected_account", org, slug, user_id="admin2_py", access_token="org-token-2")
+assert replaced.id == shared.id and replaced.established_by_user_id == "admin2_py"
+listed = call("list_organization_data_providers", org, supports_multiple_connections=True)
+assert [p.connected_account.id for p in listed.data] == [shared.id], listed
+assert value(listed.data[0].connection_owner) == "organization"
+token = call("get_access_token", slug, user_id="member_py", organization_id=org, connection_owner="organization")
+assert token.active is True and token.access_token.access_token == "org-token-2", token
+own = call("get_access_token", slug, user_id="member_py", organization_id=org)
+assert own.active is False and value(own.error) == "not_installed", "a member's own read never gets the shared token"
+
+# Several accounts for one user, selected by id.
+work = call(
+    "create_user_connected_account", "user_py", slug, access_token="t-work", account_identifier="alice", account_display_name="Work"
+)
+personal = call(
+    "create_user_connected_account",
+    "user_py",
+    slug,
+    access_token="t-personal",
+    connection_intent="add",
+    account_identifier="bob",
+    account_display_name="Work",
+)
+assert value(work.connection_role) == "compatibility" and value(personal.connection_role) == "standard"
+assert personal.warnings and value(personal.warnings[0].code) == "duplicate_account_display_name", personal
+refused("ConflictError", "account_selection_required", "get_access_token", slug, user_id="user_py",
+        supports_multiple_connections=True)
+refused("ConflictError", "account_selection_required", "get_user_connected_account", "user_py", slug,
+        supports_multiple_connections=True)
+named = call("get_access_token", slug, user_id="user_py", connected_account_id=personal.id)
+assert named.access_token.access_token == "t-personal"
+credential = call("create_data_integration_credential", slug, user_id="user_py", connected_account_id=personal.id)
+assert credential.active is True and credential.credential.value == "t-personal", credential
+refused("NotFoundError", "connected_account_not_found", "get_access_token", slug, user_id="someone",
+        connected_account_id=personal.id)
+renewed = call(
+    "update_user_connected_account",
+    "user_py",
+    slug,
+    access_token="t-personal-2",
+    connected_account_id=personal.id,
+    connection_intent="reauthorize",
+    account_display_name=None,
+)
+assert renewed.id == personal.id and renewed.account_display_name is None, "null clears the label"
+rows = call("list_user_data_providers", "user_py", supports_multiple_connections=True)
+row = next(p for p in rows.data if p.slug == slug)
+assert row.connected_account.id == work.id and len(row.connected_accounts) == 2, row
+call("delete_user_connected_account", "user_py", slug, connected_account_id=personal.id)
+assert call("get_user_connected_account", "user_py", slug).id == work.id
+
+# Auth methods these integrations do not take: a 422 naming the mismatch.
+refused("UnprocessableEntityError", None, "create_data_integration_api_key", slug, user_id="u", secret="sk",
+        connection_intent="add")
+refused("UnprocessableEntityError", None, "update_data_integration_api_key", slug, user_id="u", secret="sk")
+refused("UnprocessableEntityError", None, "create_data_integration_client_credential", slug, user_id="u",
+        client_id="c", client_secret="s", connection_intent="add")
+refused("UnprocessableEntityError", None, "update_data_integration_client_credentials", slug, user_id="u",
+        client_id="c", client_secret="s")
+refused("APIError", None, "finish_connection", connect_code="x", code_verifier="y" * 43)
+
+call("delete_organization_connected_account", org, slug)
+refused("NotFoundError", None, "get_organization_connected_account", org, slug)
+call("delete_data_integration_organization", slug)
+refused("NotFoundError", "integration_not_found", "list_data_integration_organization", slug)
+call("delete_data_integration", slug)
+print(json.dumps({"ok": True, "methods": sorted(called)}))
