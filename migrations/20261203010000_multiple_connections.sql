@@ -31,3 +31,7 @@ ALTER TABLE oauth_states
     ADD COLUMN connected_account_id text,
     ADD COLUMN set_display_name boolean NOT NULL DEFAULT false,
     ADD COLUMN account_display_name text;
+
+-- The name an endpoint receives an event under: the one it subscribed to, of either
+-- spelling (`crate::events::Family`). NULL: the event's own.
+ALTER TABLE webhook_deliveries ADD COLUMN event_name text;

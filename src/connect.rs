@@ -384,7 +384,8 @@ async fn failed(
 ) -> Result<Outcome, ConnectError> {
     let mut tx = state.db.begin().await?;
     let data = events::connection_failed_data(integration, &pending.owner(integration), &fail, now);
-    events::emit(&mut tx, EventKind::ConnectionFailed, &data).await?;
+    let kind = if pending.intent == Intent::Add { EventKind::AddFailed } else { EventKind::ConnectionFailed };
+    events::emit(&mut tx, kind, &data).await?;
     tx.commit().await?;
     tracing::info!(integration = %integration.slug, error = %fail.error_code, "connection failed");
     Ok(Outcome::Failed(fail))

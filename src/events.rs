@@ -11,33 +11,107 @@ use crate::store::accounts::Account;
 use crate::store::integrations::Integration;
 use crate::time::rfc3339;
 
+/// The two spellings of the event names: `pipes.connected_account.*`, the first, and
+/// `pipes.account_connection.*`, the SDKs' newer one. An event is stored once, under its
+/// kind's [`EventKind::as_str`]; each webhook endpoint receives it under the name it
+/// subscribed to (`crate::webhooks::relay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    ConnectedAccount,
+    AccountConnection,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum EventKind {
-    #[serde(rename = "pipes.connected_account.connected")]
     Connected,
-    #[serde(rename = "pipes.connected_account.disconnected")]
     Disconnected,
-    #[serde(rename = "pipes.connected_account.reauthorization_needed")]
     ReauthorizationNeeded,
-    #[serde(rename = "pipes.connected_account.connection_failed")]
     ConnectionFailed,
+    /// A connect flow adding another account (`connection_intent: add`) failed. Only the
+    /// newer family names it; the first calls it `connection_failed`.
+    AddFailed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] =
-        [EventKind::Connected, EventKind::Disconnected, EventKind::ReauthorizationNeeded, EventKind::ConnectionFailed];
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Connected,
+        EventKind::Disconnected,
+        EventKind::ReauthorizationNeeded,
+        EventKind::ConnectionFailed,
+        EventKind::AddFailed,
+    ];
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Connected => "pipes.connected_account.connected",
-            EventKind::Disconnected => "pipes.connected_account.disconnected",
-            EventKind::ReauthorizationNeeded => "pipes.connected_account.reauthorization_needed",
-            EventKind::ConnectionFailed => "pipes.connected_account.connection_failed",
+    /// Every name an endpoint may subscribe to, or list events by.
+    pub const NAMES: [&'static str; 9] = [
+        "pipes.connected_account.connected",
+        "pipes.connected_account.disconnected",
+        "pipes.connected_account.reauthorization_needed",
+        "pipes.connected_account.connection_failed",
+        "pipes.account_connection.connected",
+        "pipes.account_connection.disconnected",
+        "pipes.account_connection.reauthorization_needed",
+        "pipes.account_connection.connection_failed",
+        "pipes.account_connection.add_failed",
+    ];
+
+    /// The kind's name in `family`.
+    pub fn name(self, family: Family) -> &'static str {
+        match (self, family) {
+            (EventKind::Connected, Family::ConnectedAccount) => "pipes.connected_account.connected",
+            (EventKind::Disconnected, Family::ConnectedAccount) => "pipes.connected_account.disconnected",
+            (EventKind::ReauthorizationNeeded, Family::ConnectedAccount) => {
+                "pipes.connected_account.reauthorization_needed"
+            }
+            (EventKind::ConnectionFailed | EventKind::AddFailed, Family::ConnectedAccount) => {
+                "pipes.connected_account.connection_failed"
+            }
+            (EventKind::Connected, Family::AccountConnection) => "pipes.account_connection.connected",
+            (EventKind::Disconnected, Family::AccountConnection) => "pipes.account_connection.disconnected",
+            (EventKind::ReauthorizationNeeded, Family::AccountConnection) => {
+                "pipes.account_connection.reauthorization_needed"
+            }
+            (EventKind::ConnectionFailed, Family::AccountConnection) => "pipes.account_connection.connection_failed",
+            (EventKind::AddFailed, Family::AccountConnection) => "pipes.account_connection.add_failed",
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    /// The name the event is stored under: the first family's, except for `add_failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::AddFailed => self.name(Family::AccountConnection),
+            kind => kind.name(Family::ConnectedAccount),
+        }
+    }
+
+    /// The kind stored as `stored` ([`Self::as_str`]).
+    pub fn parse(stored: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == stored)
+    }
+
+    /// True when `name` is one of [`Self::NAMES`].
+    pub fn known(name: &str) -> bool {
+        Self::NAMES.contains(&name)
+    }
+
+    /// The name an event of this kind is shown under to someone who asked for `names`
+    /// (a subscription, or a list filter): the newer family's when they asked for it,
+    /// else the first's; with no names at all, the stored one.
+    pub fn shown_as<S: AsRef<str>>(self, names: &[S]) -> &'static str {
+        let asked = |family| names.iter().any(|n| n.as_ref() == self.name(family));
+        if names.is_empty() {
+            self.as_str()
+        } else if asked(Family::AccountConnection) {
+            self.name(Family::AccountConnection)
+        } else {
+            self.name(Family::ConnectedAccount)
+        }
+    }
+
+    /// The kinds whose events a subscription to `name` receives.
+    pub fn received_by(name: &str) -> impl Iterator<Item = EventKind> + '_ {
+        Self::ALL
+            .into_iter()
+            .filter(move |k| k.name(Family::ConnectedAccount) == name || k.name(Family::AccountConnection) == name)
     }
 }
 
@@ -49,7 +123,9 @@ pub fn account_data(account: &Account, integration: &Integration, state: &str) -
         "id": account.id,
         "data_integration_id": integration.id,
         "provider_slug": integration.slug,
-        "connection_role": "compatibility",
+        "connection_role": account.role.as_str(),
+        "account_identifier": account.account_identifier,
+        "account_display_name": account.account_display_name,
         "user_id": account.owner.user_id(),
         "organization_id": account.owner.organization_id(),
         "scopes": account.scopes,
@@ -111,7 +187,7 @@ pub async fn seq_of(db: &sqlx::PgPool, id: &str) -> Result<Option<i64>, sqlx::Er
 
 /// Which stored events a list asks for.
 pub struct Filter<'a> {
-    /// Event types; empty: every type.
+    /// Event names ([`EventKind::NAMES`]); empty: every event.
     pub kinds: &'a [String],
     /// Events after (ascending) or before (descending) this place in the outbox.
     pub cursor: Option<i64>,
@@ -143,8 +219,10 @@ pub async fn page(db: &sqlx::PgPool, filter: &Filter<'_>, limit: i64) -> Result<
            AND ($5::text IS NULL OR data->>'organization_id' = $5)
          ORDER BY seq {dir} LIMIT $6"
     );
+    let stored: Vec<&str> =
+        filter.kinds.iter().flat_map(|name| EventKind::received_by(name)).map(EventKind::as_str).collect();
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(filter.kinds)
+        .bind(&stored)
         .bind(filter.cursor)
         .bind(filter.range_start)
         .bind(filter.range_end)

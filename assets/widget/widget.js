@@ -1,7 +1,9 @@
 /*! <pipes-widget token="…">: the Pipes connect widget.
  *
  * Lists the enabled integrations with this user's state (Connect, Connected,
- * Needs reauthorization) and runs the OAuth flow in a popup, falling back to a
+ * Needs reauthorization), every account of a provider by its label, "Add another
+ * account" where the integration allows several, and the organization's shared
+ * accounts (read-only), and runs the OAuth flow in a popup, falling back to a
  * full-page redirect. It talks only to the widget API of the Pipes server it
  * was loaded from, with the widget token in the Authorization header.
  *
@@ -213,7 +215,8 @@
       this.load();
     }
 
-    connect(slug) {
+    /* `intent`: {connection_intent: 'add'} for another account, or 'reauthorize' with its id. */
+    connect(slug, intent) {
       var name = this.nameOf(slug);
       this.notices[slug] = null;
       // Opened at once, inside the click, or the browser blocks it; the URL follows.
@@ -221,6 +224,7 @@
       var back = new URL(location.href);
       back.searchParams.delete('token');
       var body = popup ? { opener_origin: location.origin } : { redirect_to: back.toString() };
+      Object.keys(intent || {}).forEach(function (k) { body[k] = intent[k]; });
       var self = this;
       this.busy = slug;
       this.render();
@@ -242,13 +246,15 @@
       });
     }
 
-    disconnect(slug) {
+    /* `accountId`: one of several accounts; absent: the provider's one account. */
+    disconnect(slug, accountId) {
       var name = this.nameOf(slug);
       var self = this;
       this.confirming = null;
       this.busy = slug;
       this.render();
-      this.api('DELETE', '/' + encodeURIComponent(slug)).then(function () {
+      var query = accountId ? '?connected_account_id=' + encodeURIComponent(accountId) : '';
+      this.api('DELETE', '/' + encodeURIComponent(slug) + query).then(function () {
         self.busy = null;
         self.announce(name + ' is disconnected.');
         self.focusAfter = slug;
@@ -278,9 +284,75 @@
       }
     }
 
+    /* An account's label: its display name, else its identifier, else its place. */
+    label(account, i) { return account.account_display_name || account.account_identifier || ('Account ' + (i + 1)); }
+
+    badge(state) {
+      if (state === 'connected') return h('span', { class: 'badge ok' }, ['Connected']);
+      if (state === 'needs_reauthorization') return h('span', { class: 'badge warn' }, ['Needs reauthorization']);
+      return h('span', { class: 'badge' }, ['Not connected']);
+    }
+
+    /* The organization's shared account: its state, and nothing to change here. */
+    sharedCard(p) {
+      var account = p.connected_account;
+      var state = account ? account.state : 'not_connected';
+      var id = 'pw-org-' + p.slug.replace(/[^a-zA-Z0-9_-]/g, '_');
+      return h('li', { class: 'card', 'data-slug': p.slug, 'data-owner': 'organization', 'data-state': state, 'aria-labelledby': id + '-name' }, [
+        h('div', { class: 'logo', 'aria-hidden': 'true' }, [(p.name || p.slug).charAt(0).toUpperCase()]),
+        h('div', { class: 'body' }, [
+          h('h2', { id: id + '-name' }, [p.name]),
+          h('p', { class: 'state' }, [this.badge(state), ' ', h('span', { class: 'muted' }, ['Shared by your organization'])]),
+          h('p', { class: 'muted' }, [account ? 'Your organization manages this connection.' : 'Your organization has not connected ' + p.name + ' yet.'])
+        ]),
+        h('div', { class: 'actions' }, [])
+      ]);
+    }
+
+    /* A provider with several accounts: one row each, with its own actions. */
+    accountsCard(p, accounts) {
+      var self = this;
+      var id = 'pw-' + p.slug.replace(/[^a-zA-Z0-9_-]/g, '_');
+      var busy = this.busy === p.slug;
+      var notice = this.notices[p.slug];
+      var rows = accounts.map(function (a, i) {
+        var label = self.label(a, i);
+        var key = p.slug + ':' + a.id;
+        var actions = [];
+        if (self.confirming === key) {
+          actions.push(h('button', { type: 'button', class: 'danger', 'aria-label': 'Yes, disconnect ' + label, onclick: function () { self.disconnect(p.slug, a.id); } }, ['Yes, disconnect']));
+          actions.push(h('button', { type: 'button', 'data-cancel': true, onclick: function () { self.confirming = null; self.render(); } }, ['Cancel']));
+        } else {
+          if (a.state === 'needs_reauthorization') {
+            actions.push(h('button', { type: 'button', disabled: busy, 'aria-label': 'Reauthorize ' + label,
+              onclick: function () { self.connect(p.slug, { connection_intent: 'reauthorize', connected_account_id: a.id }); } }, ['Reauthorize']));
+          }
+          actions.push(h('button', { type: 'button', class: 'secondary', disabled: busy, 'aria-label': 'Disconnect ' + label,
+            onclick: function () { self.confirming = key; self.render(); var c = self.root.querySelector('[data-cancel]'); if (c) c.focus(); } }, ['Disconnect']));
+        }
+        return h('li', { class: 'account', 'data-account': a.id, 'data-state': a.state }, [
+          h('span', { class: 'label' }, [label]), ' ', self.badge(a.state), h('span', { class: 'account-actions' }, actions)
+        ]);
+      });
+      var add = h('button', { type: 'button', 'data-focus': true, disabled: busy, 'aria-label': 'Add another ' + p.name + ' account',
+        onclick: function () { self.connect(p.slug, { connection_intent: 'add' }); } }, [busy ? 'Waiting…' : 'Add another account']);
+      return h('li', { class: 'card', 'data-slug': p.slug, 'data-state': 'accounts', 'aria-labelledby': id + '-name' }, [
+        h('div', { class: 'logo', 'aria-hidden': 'true' }, [(p.name || p.slug).charAt(0).toUpperCase()]),
+        h('div', { class: 'body' }, [
+          h('h2', { id: id + '-name' }, [p.name]),
+          h('ul', { class: 'accounts', 'aria-label': p.name + ' accounts' }, rows),
+          notice ? h('p', { class: 'notice ' + notice.kind, role: 'alert' }, [notice.text]) : null
+        ]),
+        h('div', { class: 'actions' }, p.multiple_connections ? [add] : [])
+      ]);
+    }
+
     card(p) {
       var self = this;
-      var account = p.connected_account;
+      var accounts = p.connected_accounts || [];
+      if (p.read_only) return this.sharedCard(p);
+      if (accounts.length > 1) return this.accountsCard(p, accounts);
+      var account = p.connected_account || accounts[0];
       var state = account ? account.state : 'not_connected';
       var id = 'pw-' + p.slug.replace(/[^a-zA-Z0-9_-]/g, '_');
       var busy = this.busy === p.slug;
@@ -297,17 +369,21 @@
         }
         if (this.confirming === p.slug) {
           actions.push(h('p', { class: 'confirm', id: id + '-confirm' }, ['Disconnect ' + p.name + '? The application will lose access.']));
-          actions.push(h('button', { type: 'button', class: 'danger', 'aria-describedby': id + '-confirm', onclick: function () { self.disconnect(p.slug); } }, ['Yes, disconnect']));
+          actions.push(h('button', { type: 'button', class: 'danger', 'aria-describedby': id + '-confirm', onclick: function () { self.disconnect(p.slug, account.id); } }, ['Yes, disconnect']));
           actions.push(h('button', { type: 'button', 'data-cancel': true, onclick: function () { self.confirming = null; self.focusAfter = p.slug; self.render(); } }, ['Cancel']));
         } else {
           actions.push(h('button', { type: 'button', class: 'secondary', 'data-focus': true, disabled: busy, 'aria-label': 'Disconnect ' + p.name,
             onclick: function () { self.confirming = p.slug; self.render(); var c = self.root.querySelector('[data-cancel]'); if (c) c.focus(); } }, [busy ? 'Disconnecting…' : 'Disconnect']));
+          if (p.multiple_connections) {
+            actions.push(h('button', { type: 'button', disabled: busy, 'aria-label': 'Add another ' + p.name + ' account',
+              onclick: function () { self.connect(p.slug, { connection_intent: 'add' }); } }, ['Add another account']));
+          }
         }
       } else if (state === 'needs_reauthorization') {
         details.push(h('p', { class: 'state' }, [h('span', { class: 'badge warn' }, ['Needs reauthorization'])]));
         details.push(h('p', { class: 'reason' }, [fill(REASONS[p.reauthorization_reason] || '{name} no longer accepts this connection.', p.name) + ' Reauthorize to keep it working.']));
         actions.push(h('button', { type: 'button', 'data-focus': true, disabled: busy, 'aria-label': 'Reauthorize ' + p.name,
-          onclick: function () { self.connect(p.slug); } }, [busy ? 'Waiting…' : 'Reauthorize']));
+          onclick: function () { self.connect(p.slug, { connection_intent: 'reauthorize', connected_account_id: account.id }); } }, [busy ? 'Waiting…' : 'Reauthorize']));
       } else {
         actions.push(h('button', { type: 'button', 'data-focus': true, disabled: busy, 'aria-label': 'Connect ' + p.name,
           onclick: function () { self.connect(p.slug); } }, [busy ? 'Waiting…' : 'Connect']));

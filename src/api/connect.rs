@@ -134,7 +134,7 @@ pub async fn authorize(
         None => None,
         Some(r) => check_return_to(&state.config, r).map_err(|e| errors.push(e)).ok(),
     };
-    let intent = intent(&body, &mut errors);
+    let intent = intent(body.connection_intent.as_deref(), body.connected_account_id.as_deref(), &mut errors);
     if let Some(Some(label)) = &body.account_display_name {
         if label.is_empty() || label.chars().count() > 256 || label.chars().any(char::is_control) {
             errors.push(FieldError::new(
@@ -183,12 +183,16 @@ pub async fn authorize(
 }
 
 /// The flow's intent from `connection_intent` and `connected_account_id`, checked into `errors`.
-fn intent(body: &AuthorizeBody, errors: &mut Vec<FieldError>) -> Intent {
-    let account = body.connected_account_id.as_deref().filter(|id| !id.is_empty());
+pub(crate) fn intent(
+    connection_intent: Option<&str>,
+    connected_account_id: Option<&str>,
+    errors: &mut Vec<FieldError>,
+) -> Intent {
+    let account = connected_account_id.filter(|id| !id.is_empty());
     if account.is_some_and(|id| !IdKind::ConnectedAccount.matches(id)) {
         errors.push(FieldError::new("connected_account_id", "invalid", "Not a connected account id."));
     }
-    match (body.connection_intent.as_deref(), account) {
+    match (connection_intent, account) {
         (None, None) => Intent::Connect,
         (Some("add"), None) => Intent::Add,
         (Some("reauthorize"), Some(id)) => Intent::Reauthorize(id.into()),
@@ -221,7 +225,12 @@ fn intent(body: &AuthorizeBody, errors: &mut Vec<FieldError>) -> Intent {
 
 /// Refuses at once a flow whose result is known already: an add where the integration
 /// allows one account and the owner has it, a reauthorization of another's account.
-async fn check_intent(state: &AppState, integration: &Integration, owner: &Owner, intent: &Intent) -> ApiResult<()> {
+pub(crate) async fn check_intent(
+    state: &AppState,
+    integration: &Integration,
+    owner: &Owner,
+    intent: &Intent,
+) -> ApiResult<()> {
     match intent {
         Intent::Connect => Ok(()),
         Intent::Add if integration.multiple_connections => Ok(()),

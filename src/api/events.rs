@@ -99,7 +99,7 @@ pub async fn list_events(_: AdminKey, State(state): State<AppState>, uri: Uri) -
     };
     let (limit, descending) = page_request(limit, q.order.as_deref(), false)?;
     for (i, event) in q.events.iter().enumerate() {
-        if EventKind::parse(event).is_none() {
+        if !EventKind::known(event) {
             return Err(ApiError::invalid_field(
                 &format!("events[{i}]"),
                 "unknown_event",
@@ -133,7 +133,7 @@ pub async fn list_events(_: AdminKey, State(state): State<AppState>, uri: Uri) -
             json!({
                 "object": "event",
                 "id": e.id,
-                "event": e.event,
+                "event": EventKind::parse(&e.event).map_or(e.event.as_str(), |k| k.shown_as(&q.events)),
                 "data": e.data,
                 "created_at": rfc3339(e.created_at),
             })

@@ -81,14 +81,15 @@ fn checked_events(events: &[String], errors: &mut Vec<FieldError>) -> Vec<String
     }
     let mut out: Vec<String> = Vec::new();
     for (i, event) in events.iter().enumerate() {
-        match EventKind::parse(event.trim()) {
-            Some(kind) if !out.iter().any(|e| e == kind.as_str()) => out.push(kind.as_str().to_owned()),
-            Some(_) => {}
-            None => errors.push(FieldError::new(
+        let event = event.trim();
+        if !EventKind::known(event) {
+            errors.push(FieldError::new(
                 format!("events[{i}]"),
                 "unknown_event",
-                format!("unknown event type; known: {}", EventKind::ALL.map(EventKind::as_str).join(", ")),
-            )),
+                format!("unknown event type; known: {}", EventKind::NAMES.join(", ")),
+            ));
+        } else if !out.iter().any(|e| e == event) {
+            out.push(event.to_owned());
         }
     }
     out

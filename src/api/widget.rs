@@ -22,12 +22,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::connect::check_owner_id;
+use crate::api::connect::{check_intent, intent};
 use crate::api::connected_accounts::not_connected;
 use crate::api::data_providers::{data_provider_view, owner_listing, DataProviderView};
 use crate::api::extract::AdminKey;
-use crate::api::extract::ApiJson;
+use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::integrations::find;
-use crate::connect::{self, ConnectRequest, Intent};
+use crate::connect::{self, ConnectRequest};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::owner::{Owner, Ownership};
 use crate::state::AppState;
@@ -137,13 +138,17 @@ impl FromRequestParts<AppState> for WidgetSession {
     }
 }
 
-/// One integration as the widget shows it.
+/// One integration as the widget shows it, with every account of the owner.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WidgetProvider {
     #[serde(flatten)]
     pub provider: DataProviderView,
-    /// Why the account needs reauthorization, in the provider's words (short).
+    /// Why the compatibility account needs reauthorization, in the provider's words (short).
     pub reauthorization_reason: Option<String>,
+    /// The user may add another account ("Add another account").
+    pub multiple_connections: bool,
+    /// The organization's shared account: shown to its members, changed by the application only.
+    pub read_only: bool,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -161,16 +166,22 @@ pub async fn providers(
     WidgetSession(claims): WidgetSession,
     State(state): State<AppState>,
 ) -> ApiResult<Json<WidgetProviders>> {
-    let owner = Owner::user(claims.user_id.clone(), claims.organization_id.clone());
-    let listed = owner_listing(&state, &owner).await?;
+    let own = Owner::user(claims.user_id.clone(), claims.organization_id.clone());
+    let mut listed: Vec<_> = owner_listing(&state, &own).await?.into_iter().map(|row| (row, false)).collect();
+    if let Some(org) = &claims.organization_id {
+        let shared = owner_listing(&state, &Owner::organization(org.clone())).await?;
+        listed.extend(shared.into_iter().map(|row| (row, true)));
+    }
     let data = listed
         .iter()
-        .map(|(i, accounts)| WidgetProvider {
+        .map(|((i, accounts), read_only)| WidgetProvider {
             provider: data_provider_view(i, accounts, true),
             reauthorization_reason: accounts
                 .iter()
                 .find(|a| a.role == ConnectionRole::Compatibility && a.state == AccountState::NeedsReauthorization)
                 .and_then(|a| a.reauthorization_reason.clone()),
+            multiple_connections: i.multiple_connections && !read_only,
+            read_only: *read_only,
         })
         .collect();
     Ok(Json(WidgetProviders {
@@ -187,6 +198,9 @@ pub struct WidgetAuthorizeBody {
     pub opener_origin: Option<String>,
     /// Without a popup: the page to come back to (Pipes' own origin or one in `PIPES_ALLOWED_RETURN_TO`).
     pub redirect_to: Option<String>,
+    /// `add`: another account; `reauthorize`: the account named by `connected_account_id`.
+    pub connection_intent: Option<String>,
+    pub connected_account_id: Option<String>,
 }
 
 #[utoipa::path(post, path = "/widget/api/{slug}/authorize", tag = "widget", request_body = WidgetAuthorizeBody,
@@ -225,6 +239,7 @@ pub async fn authorize(
                 None
             }
         });
+    let intent = intent(body.connection_intent.as_deref(), body.connected_account_id.as_deref(), &mut errors);
     let integration = find(&state, &slug, Ownership::User).await?;
     if !integration.enabled {
         return Err(ApiError::not_found("integration_not_found", format!("The integration `{slug}` is disabled.")));
@@ -232,33 +247,45 @@ pub async fn authorize(
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
+    let owner = Owner::user(claims.user_id.clone(), claims.organization_id.clone());
+    check_intent(&state, &integration, &owner, &intent).await?;
     // The callback comes back to the completion page, which tells the opener (or goes back).
     let return_to = widget::pages::done_url(&state.config, opener.as_deref(), back.as_deref());
     let req = ConnectRequest {
         user_id: claims.user_id,
         organization_id: claims.organization_id,
         return_to: Some(return_to),
-        intent: Intent::Connect,
+        intent,
         account_display_name: None,
     };
     let begun = connect::begin(&state, &integration, &req, crate::time::now()).await?;
     Ok(Json(crate::api::connect::AuthorizeResponse { url: begun.url.to_string(), state: begun.state }))
 }
 
-#[utoipa::path(delete, path = "/widget/api/{slug}", tag = "widget", params(("slug" = String, Path)), security(("widget_token" = [])),
+/// Which of the user's accounts a widget disconnect is for. An unknown parameter is refused (400).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WidgetAccountQuery {
+    /// The account; absent: the compatibility account.
+    pub connected_account_id: Option<String>,
+}
+
+#[utoipa::path(delete, path = "/widget/api/{slug}", tag = "widget", params(("slug" = String, Path), WidgetAccountQuery), security(("widget_token" = [])),
     responses((status = 204, description = "Disconnected"), (status = 401, description = "Widget token missing, invalid or expired"),
         (status = 404, description = "No integration, or no account of this user")))]
 pub async fn disconnect(
     WidgetSession(claims): WidgetSession,
     State(state): State<AppState>,
     Path(slug): Path<String>,
+    ApiQuery(q): ApiQuery<WidgetAccountQuery>,
 ) -> ApiResult<StatusCode> {
+    let selector = match q.connected_account_id.filter(|id| !id.is_empty()) {
+        Some(id) => Selector::Only(id.into()),
+        None => Selector::Compatibility,
+    };
+    // The user's own accounts only: an organization's shared account is read-only here.
     let integration = find(&state, &slug, Ownership::User).await?;
     let owner = Owner::user(claims.user_id, claims.organization_id);
-    state
-        .connections
-        .disconnect(&integration, &owner, &Selector::Compatibility)
-        .await?
-        .ok_or_else(|| not_connected(&slug))?;
+    state.connections.disconnect(&integration, &owner, &selector).await?.ok_or_else(|| not_connected(&slug))?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use crate::config::Config;
-use crate::events::EventKind;
+use crate::events::{EventKind, Family};
 use crate::outbound as target;
 use crate::webhooks::endpoints;
 use crate::webhooks::relay::Relay;
@@ -48,13 +48,17 @@ pub async fn run(config: &Config, cmd: WebhooksCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|problem| anyhow::anyhow!("the URL {problem}"))?;
             let events = if events.is_empty() {
-                EventKind::ALL.map(|k| k.as_str().to_owned()).to_vec()
+                // Every event, under the first family's names.
+                let mut all: Vec<String> = EventKind::ALL.map(|k| k.name(Family::ConnectedAccount).to_owned()).to_vec();
+                all.dedup();
+                all
             } else {
                 events
                     .iter()
                     .map(|e| {
-                        EventKind::parse(e.trim())
-                            .map(|k| k.as_str().to_owned())
+                        let e = e.trim();
+                        EventKind::known(e)
+                            .then(|| e.to_owned())
                             .ok_or_else(|| anyhow::anyhow!("unknown event type `{e}`"))
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?

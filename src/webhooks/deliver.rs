@@ -97,7 +97,7 @@ impl DeliveryHandler {
 
     async fn load(&self, delivery_id: &str) -> Result<Option<Loaded>, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT d.status, ev.id AS event_id, ev.event, ev.data, ev.created_at AS event_created_at,
+            "SELECT d.status, ev.id AS event_id, COALESCE(d.event_name, ev.event) AS event, ev.data, ev.created_at AS event_created_at,
                     e.id AS endpoint_id, e.endpoint_url, e.status AS endpoint_status, e.secret_enc
              FROM webhook_deliveries d
              JOIN events ev ON ev.id = d.event_id

@@ -22,6 +22,7 @@ use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::events::{EventKind, Family};
 use crate::ids::IdKind;
 use crate::queues::{self, DeliveryJob};
 
@@ -138,12 +139,13 @@ impl Relay {
             .await?;
         let Some(event) = event else { return Ok(None) };
         create_deliveries(&self.db, event_id, &event).await?;
+        let names = subscription_names(&event);
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
-             WHERE d.event_id = $1 AND e.status = 'enabled' AND $2 = ANY(e.events) ORDER BY d.id",
+             WHERE d.event_id = $1 AND e.status = 'enabled' AND e.events && $2 ORDER BY d.id",
         )
         .bind(event_id)
-        .bind(&event)
+        .bind(&names)
         .fetch_all(&self.db)
         .await?;
         self.publish_all(&ids, true).await?;
@@ -187,23 +189,35 @@ impl Relay {
     }
 }
 
-/// Creates the missing deliveries of one event; returns the new delivery ids.
+/// The names a subscription to an event stored as `event` may use (both families').
+fn subscription_names(event: &str) -> Vec<&str> {
+    match EventKind::parse(event) {
+        Some(kind) => vec![kind.name(Family::ConnectedAccount), kind.name(Family::AccountConnection)],
+        None => vec![event],
+    }
+}
+
+/// Creates the missing deliveries of one event, each named as its endpoint subscribed
+/// to it ([`EventKind::shown_as`]); returns the new delivery ids.
 async fn create_deliveries(db: &PgPool, event_id: &str, event: &str) -> Result<Vec<String>, sqlx::Error> {
-    let endpoints: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM webhook_endpoints WHERE status = 'enabled' AND $1 = ANY(events) ORDER BY id",
+    let endpoints: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT id, events FROM webhook_endpoints WHERE status = 'enabled' AND events && $1 ORDER BY id",
     )
-    .bind(event)
+    .bind(subscription_names(event))
     .fetch_all(db)
     .await?;
+    let kind = EventKind::parse(event);
     let mut created = Vec::with_capacity(endpoints.len());
-    for endpoint_id in endpoints {
+    for (endpoint_id, subscribed) in endpoints {
+        let name = kind.map_or(event, |k| k.shown_as(&subscribed));
         let id: Option<String> = sqlx::query_scalar(
-            "INSERT INTO webhook_deliveries (id, event_id, endpoint_id) VALUES ($1, $2, $3)
+            "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, event_name) VALUES ($1, $2, $3, $4)
              ON CONFLICT (event_id, endpoint_id) DO NOTHING RETURNING id",
         )
         .bind(IdKind::WebhookDelivery.new_id())
         .bind(event_id)
         .bind(&endpoint_id)
+        .bind(name)
         .fetch_optional(db)
         .await?;
         created.extend(id);

@@ -1,6 +1,7 @@
 //! All four event types, produced by the real flows (connect, failed connect,
 //! reauthorization needed, disconnect), arrive signed at a receiver with the
-//! data fields of DESIGN §3.5.
+//! data fields of DESIGN §3.5; each endpoint receives them under the spelling it
+//! subscribed to (`pipes.connected_account.*` or `pipes.account_connection.*`).
 
 use std::time::Duration;
 
@@ -9,14 +10,16 @@ use pipes::refresh::{Reason, RefreshOutcome};
 use reqwest::Method;
 use serde_json::Value;
 
-use super::harness::{create_endpoint, verify_with_node_sdk, Receiver, Workers};
+use super::harness::{create_endpoint, verify_with_node_sdk, verify_with_python_sdk, Receiver, Workers};
 use crate::connect::{api_integration, connect};
 use crate::support::app::TestApp;
 
-const ACCOUNT_FIELDS: [&str; 13] = [
+const ACCOUNT_FIELDS: [&str; 15] = [
     "object",
     "id",
     "connection_role",
+    "account_identifier",
+    "account_display_name",
     "data_integration_id",
     "provider_slug",
     "user_id",
@@ -152,4 +155,97 @@ async fn the_real_flows_deliver_all_four_event_types() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn each_endpoint_receives_an_event_under_the_name_it_subscribed_to() {
+    let app = TestApp::spawn().await;
+    let newer = Receiver::start([]).await;
+    let first = Receiver::start([]).await;
+    let (_, newer_secret) = create_endpoint(
+        &app,
+        &newer.url(),
+        &[
+            "pipes.account_connection.connected",
+            "pipes.account_connection.add_failed",
+            "pipes.account_connection.connection_failed",
+        ],
+    )
+    .await;
+    let (_, first_secret) = create_endpoint(
+        &app,
+        &first.url(),
+        &["pipes.connected_account.connected", "pipes.connected_account.connection_failed"],
+    )
+    .await;
+    let _workers = Workers::start(&app).await;
+    let slug = "wh-names";
+    let provider =
+        api_integration(&app, slug, ClientAuthMethod::Basic, |b| b["multiple_connections"] = serde_json::json!(true))
+            .await;
+
+    connect(&app, slug, "u1", None, None).await;
+    // A failed add, then a failed plain connect.
+    provider.demo.deny_next_consent();
+    let body = serde_json::json!({"user_id": "u1", "connection_intent": "add"});
+    let (status, answer) = app.admin(Method::POST, &format!("/data-integrations/{slug}/authorize"), Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    let url = url::Url::parse(answer["url"].as_str().unwrap()).unwrap();
+    let callback = crate::connect::provider_redirect(&app, &url).await;
+    app.http.get(callback).send().await.unwrap();
+    provider.demo.deny_next_consent();
+    connect(&app, slug, "u2", None, None).await;
+
+    let names = |deliveries: &[super::harness::Captured]| {
+        let mut names: Vec<String> =
+            deliveries.iter().map(|d| d.json()["event"].as_str().unwrap().to_owned()).collect();
+        names.sort();
+        names
+    };
+    let got = newer.wait_for(3).await;
+    assert_eq!(
+        names(&got),
+        [
+            "pipes.account_connection.add_failed",
+            "pipes.account_connection.connected",
+            "pipes.account_connection.connection_failed"
+        ]
+    );
+    let got_first = first.wait_for(3).await;
+    assert_eq!(
+        names(&got_first),
+        [
+            "pipes.connected_account.connected",
+            "pipes.connected_account.connection_failed",
+            "pipes.connected_account.connection_failed"
+        ],
+        "the first spelling has no add_failed: a failed add is a connection_failed"
+    );
+    for (deliveries, secret) in [(&got, &newer_secret), (&got_first, &first_secret)] {
+        for d in deliveries {
+            let node = verify_with_node_sdk(d, secret).expect("verifies with the Node SDK");
+            assert_eq!(node["event"], d.json()["event"]);
+            let python = verify_with_python_sdk(d, secret).expect("verifies with the Python SDK");
+            assert_eq!((&python["event"], &python["id"]), (&d.json()["event"], &d.json()["id"]));
+        }
+    }
+    // The same event, once in the outbox: the two endpoints got the same id.
+    let id_of = |deliveries: &[super::harness::Captured], name: &str| {
+        deliveries.iter().find(|d| d.json()["event"] == name).map(|d| d.json()["id"].clone()).unwrap()
+    };
+    assert_eq!(
+        id_of(&got, "pipes.account_connection.connected"),
+        id_of(&got_first, "pipes.connected_account.connected")
+    );
+    // The event list answers by either spelling, under the spelling asked for.
+    let (_, listed) = app.admin(Method::GET, "/events?events=pipes.account_connection.add_failed", None).await;
+    let listed: Vec<&str> = listed["data"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(listed, ["pipes.account_connection.add_failed"]);
+    let (_, listed) = app.admin(Method::GET, "/events?events=pipes.connected_account.connection_failed", None).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2, "{listed}");
+    assert!(listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["event"] == "pipes.connected_account.connection_failed"));
 }

@@ -229,6 +229,14 @@ pub fn verify_with_node_sdk(delivery: &Captured, secret: &str) -> Result<Value, 
     run_script("node", "node/verify_webhook.mjs", &input)
 }
 
+/// Verifies a delivery with the official Python SDK's `webhooks.verify_event` (the SDK
+/// in `target/sdk-venv`, installed by `.ci/install-tools`).
+pub fn verify_with_python_sdk(delivery: &Captured, secret: &str) -> Result<Value, String> {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/target/sdk-venv/bin/python");
+    let input = json!({"payload": delivery.body, "sigHeader": delivery.header("workos-signature"), "secret": secret});
+    run_script(python, "python/verify_webhook_sdk.py", &input)
+}
+
 /// Verifies a delivery with the Standard Webhooks reference library (PyPI `standardwebhooks`).
 pub fn verify_with_standard_webhooks(delivery: &Captured, secret: &str) -> Result<Value, String> {
     let headers: serde_json::Map<String, Value> = ["webhook-id", "webhook-timestamp", "webhook-signature"]

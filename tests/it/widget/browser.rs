@@ -137,6 +137,71 @@ async fn a_user_connects_reauthorizes_and_disconnects_in_a_real_browser() {
     }
 }
 
+#[tokio::test]
+async fn a_user_adds_and_removes_accounts_and_sees_the_organizations_read_only() {
+    if let Some(missing) = missing_tools() {
+        let message = format!("the browser test needs {missing}; run .ci/install-tools");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+        eprintln!("SKIPPED: {message}");
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let multi = demo_integration(&app, "multi", ClientAuthMethod::Basic).await;
+    let shared = demo_integration(&app, "shared", ClientAuthMethod::Basic).await;
+    sqlx::query("UPDATE integrations SET multiple_connections = true WHERE id = $1")
+        .bind(&multi.integration.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE integrations SET ownership = 'organization' WHERE id = $1")
+        .bind(&shared.integration.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let own = json!({ "access_token": "bob-work", "account_display_name": "Work" });
+    let path = "/user_management/users/user_bob/connected_accounts/multi?organization_id=org_1";
+    assert_eq!(app.admin(Method::POST, path, Some(own)).await.0, 201);
+    let org = json!({ "user_id": "admin", "access_token": "org-token" });
+    assert_eq!(app.admin(Method::POST, "/organizations/org_1/connected_accounts/shared", Some(org)).await.0, 201);
+
+    let (status, body) = app
+        .admin(Method::POST, "/widgets/token", Some(json!({ "user_id": "user_bob", "organization_id": "org_1" })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let widget_url = app.url(&format!("/widget?token={}", body["token"].as_str().unwrap()));
+    let shots = root().join("artifacts/screenshots");
+    let run = tokio::process::Command::new("node")
+        .arg(root().join("tests/browser/widget-accounts.mjs"))
+        .args([widget_url.as_str(), shots.to_str().unwrap()])
+        .current_dir(root().join("tests/browser"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(SCENARIO_TIMEOUT, run).await.expect("the scenario finishes").expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("\"done\":true"),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Bob kept his first account; the organization's was not touched.
+    let (_, listed) = app
+        .admin(
+            Method::GET,
+            "/user_management/users/user_bob/data_providers?organization_id=org_1&supports_multiple_connections=true",
+            None,
+        )
+        .await;
+    let accounts = listed["data"][0]["connected_accounts"].as_array().unwrap();
+    assert_eq!(accounts.len(), 1, "{listed}");
+    assert_eq!(accounts[0]["account_display_name"], "Work");
+    let (status, _) = app.admin(Method::GET, "/organizations/org_1/connected_accounts/shared", None).await;
+    assert_eq!(status, 200);
+    for name in ["10-accounts-one", "11-accounts-two", "12-accounts-back-to-one"] {
+        assert!(shots.join(format!("{name}.png")).is_file(), "screenshot {name}");
+    }
+}
+
 /// The refresh a scheduler would run next: it finds the grant revoked.
 async fn force_refresh(app: &TestApp, integration: &pipes::store::integrations::Integration) {
     let id: pipes::ids::AccountId = sqlx::query_scalar(
