@@ -63,7 +63,7 @@ pub struct CreateIntegration {
     /// A catalog slug (`github`), or the slug of a new custom provider (then `custom_provider` is required).
     pub provider: Option<String>,
     pub description: Option<String>,
-    /// Default `true`.
+    /// Default `false`: an integration serves nothing until it is enabled.
     pub enabled: Option<bool>,
     /// Default: the catalog provider's default scopes (none for a custom provider).
     pub scopes: Option<Vec<String>>,
@@ -194,7 +194,8 @@ fn check_create(input: CreateIntegration, allow_private: bool) -> Result<Integra
         slug: slug.unwrap_or_default(),
         ownership,
         description: input.description.unwrap_or_default(),
-        enabled: input.enabled.unwrap_or(true),
+        // Off until enabled, as the hosted product creates integrations.
+        enabled: input.enabled.unwrap_or(false),
         multiple_connections: input.multiple_connections.unwrap_or(false),
         scopes: match input.scopes {
             Some(scopes) => scopes,

@@ -27,6 +27,7 @@ pub async fn api_integration(
     let base = demo.base_url();
     let mut body = json!({
         "provider": slug,
+        "enabled": true,
         "description": "Demo provider",
         "scopes": ["read", "write"],
         "credentials": {"type": "custom", "client_id": client_id, "client_secret": client_secret},

@@ -127,7 +127,7 @@ async fn hostile_provider(answer: fn() -> Response) -> String {
 
 /// An integration on `base` with one account whose token has expired.
 async fn expired_account_at(app: &TestApp, slug: &str, base: &str) {
-    let body = json!({"provider": slug, "scopes": ["read"],
+    let body = json!({"provider": slug, "scopes": ["read"], "enabled": true,
         "credentials": {"client_id": "id", "client_secret": "secret"},
         "custom_provider": {"name": "Hostile", "authorization_url": format!("{base}/authorize"),
             "token_url": format!("{base}/token")}});

@@ -21,6 +21,7 @@ async fn both_roots(app: &TestApp, slug: &str) -> DemoProvider {
         let body = json!({
             "provider": slug,
             "ownership": ownership,
+            "enabled": true,
             "scopes": ["read", "write"],
             "credentials": {"type": "custom", "client_id": client_id, "client_secret": client_secret},
             "custom_provider": {

@@ -66,7 +66,7 @@ async fn a_user_connects_reauthorizes_and_disconnects_in_a_real_browser() {
     .await
     .unwrap();
     // A catalog provider next to it, as an application would have (never connected here).
-    let github = json!({ "provider": "github", "credentials": { "type": "custom", "client_id": "gh-client", "client_secret": "gh-secret" } });
+    let github = json!({ "provider": "github", "enabled": true, "credentials": { "type": "custom", "client_id": "gh-client", "client_secret": "gh-secret" } });
     assert_eq!(app.admin(Method::POST, "/data-integrations", Some(github)).await.0, 201);
 
     let (status, body) = app.admin(Method::POST, "/widgets/token", Some(json!({ "user_id": "user_alice" }))).await;
