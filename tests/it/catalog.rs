@@ -38,6 +38,7 @@ fn builtin_catalog_holds_the_promised_providers() {
         "zendesk",
         "intercom",
         "linear",
+        "atlassian",
         "jira",
         "confluence",
         "asana",
@@ -125,7 +126,7 @@ fn every_provider_treats_invalid_grant_as_a_dead_grant() {
 
 #[test]
 fn atlassian_products_ask_for_the_api_audience_and_consent() {
-    for slug in ["jira", "confluence"] {
+    for slug in ["atlassian", "jira", "confluence"] {
         let spec = provider(slug);
         assert_eq!(spec.authorization_params.get("audience").map(String::as_str), Some("api.atlassian.com"));
         assert_eq!(spec.authorization_params.get("prompt").map(String::as_str), Some("consent"));
