@@ -111,6 +111,11 @@ pub struct ProviderSpec {
     /// Placeholders the integration must supply, e.g. `["subdomain"]`.
     #[serde(default)]
     pub config_params: Vec<String>,
+    /// Where a code exchange's answer names the provider's account (its subject), as a
+    /// dotted path into the JSON (`authed_user.id`): stored as the account's
+    /// `account_identifier`, so connecting the same account again updates it.
+    #[serde(default)]
+    pub account_identifier: Option<String>,
 }
 
 fn default_scope_param() -> String {

@@ -27,6 +27,8 @@ pub struct TokenGrant {
     pub expires_in: Option<Duration>,
     /// Granted scopes, when the provider says (`scope`); else the requested ones apply.
     pub scopes: Option<Vec<String>>,
+    /// The provider's account, where the catalog says the answer names it.
+    pub subject: Option<String>,
 }
 
 /// Why a token request failed, by what must happen next.
@@ -190,5 +192,16 @@ pub fn classify(spec: &ProviderSpec, raw: &RawResponse) -> Result<TokenGrant, To
         refresh_token: text(body, "refresh_token").map(Secret::new),
         expires_in: seconds(body, "expires_in"),
         scopes: scopes(body, &spec.scope_separator),
+        subject: spec.account_identifier.as_deref().and_then(|path| subject(&json, path)),
     })
+}
+
+/// The text at a dotted `path` of the answer (`owner.user.id`), at most 256 characters.
+fn subject(json: &Value, path: &str) -> Option<String> {
+    let (parents, last) = path.rsplit_once('.').map_or(("", path), |(p, l)| (p, l));
+    let mut at = json;
+    for key in parents.split('.').filter(|k| !k.is_empty()) {
+        at = at.get(key)?;
+    }
+    text(at, last).filter(|s| s.chars().count() <= 256 && !s.chars().any(char::is_control))
 }

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::json;
+
 use pipes::oauth::catalog::{BodyContentType, Catalog, CatalogError, ClientAuth, TokenResponseShape};
 
 fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -294,4 +296,24 @@ tokens_expires = true
     let ok = typo.replace("tokens_expires = true\n", "");
     let catalog = Catalog::from_toml_str(&ok).expect("the corrected entry parses");
     assert!(catalog.validate().is_empty(), "{:?}", catalog.validate());
+}
+
+#[test]
+fn the_catalog_says_where_a_code_exchange_names_the_providers_account() {
+    use pipes::oauth::response::{classify, RawResponse};
+    let answer = |slug: &str, body: serde_json::Value| {
+        let raw =
+            RawResponse { status: 200, retry_after: None, content_type: None, body: body.to_string().into_bytes() };
+        classify(provider(slug), &raw).expect("a token").subject
+    };
+    let slack = json!({"ok": true, "authed_user": {"id": "U123", "access_token": "xoxp-1", "token_type": "user"}});
+    assert_eq!(answer("slack", slack).as_deref(), Some("U123"));
+    let salesforce = json!({"access_token": "00D", "id": "https://login.salesforce.com/id/00Dx/005x"});
+    assert_eq!(answer("salesforce", salesforce).as_deref(), Some("https://login.salesforce.com/id/00Dx/005x"));
+    let notion = json!({"access_token": "secret_1", "owner": {"type": "user", "user": {"id": "u-42"}}});
+    assert_eq!(answer("notion", notion).as_deref(), Some("u-42"));
+    assert_eq!(answer("dropbox", json!({"access_token": "sl.1", "account_id": "dbid:AA"})).as_deref(), Some("dbid:AA"));
+    // Where the catalog names nothing, or the answer lacks it, there is no subject.
+    assert_eq!(answer("github", json!({"access_token": "gho_1", "id": "7"})), None);
+    assert_eq!(answer("notion", json!({"access_token": "secret_1", "owner": {"type": "workspace"}})), None);
 }

@@ -326,6 +326,7 @@ async fn slack_shaped_code_exchanges_read_the_user_token_under_authed_user() {
     let tokens = pipes::oauth::client::request_token(&app.state.http, &integration, &slack, grant).await.unwrap();
     assert!(p.demo.access_token_valid(tokens.access_token.expose()));
     assert!(tokens.refresh_token.is_some());
+    assert_eq!(tokens.subject.as_deref(), Some("demo-user"), "the catalog reads the member from authed_user.id");
     // Slack asks for user scopes as `user_scope`, which the demo does not read, so it grants
     // its default scope; the answer's comma-separated `scope` is read all the same.
     assert_eq!(tokens.scopes, Some(vec!["profile".to_owned()]));

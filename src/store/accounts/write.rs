@@ -22,7 +22,8 @@ pub const MAX_ACCOUNTS_PER_OWNER: usize = 20;
 /// Which of the owner's accounts a write is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteMode {
-    /// Connect or reconnect: insert the compatibility account, or replace its tokens.
+    /// Connect or reconnect: insert the compatibility account, or replace its tokens (or
+    /// those of the owner's account with the same `account_identifier`).
     Upsert,
     /// Import (POST): insert the compatibility account; an existing one is a conflict.
     InsertOnly,
@@ -95,8 +96,14 @@ pub async fn write_tokens(
         })
     };
     let compatibility = || existing(&|r| r.get::<&str, _>("connection_role") == "compatibility");
+    // The owner's account of the same provider subject, when the write names one.
+    let subject = labels.account_identifier.clone().flatten();
+    let same_subject =
+        || subject.as_deref().and_then(|s| existing(&|r| r.get::<Option<&str>, _>("account_identifier") == Some(s)));
     let landing = match mode {
-        WriteMode::Upsert => compatibility().unwrap_or(Landing::Insert(ConnectionRole::Compatibility)),
+        WriteMode::Upsert => {
+            same_subject().or_else(compatibility).unwrap_or(Landing::Insert(ConnectionRole::Compatibility))
+        }
         WriteMode::InsertOnly => match compatibility() {
             Some(_) => return Err(AccountError::Exists),
             None => Landing::Insert(ConnectionRole::Compatibility),
@@ -110,11 +117,7 @@ pub async fn write_tokens(
             None => return Ok(None),
         },
         WriteMode::Add { several } => {
-            let subject = labels.account_identifier.clone().flatten();
-            let same_subject = subject
-                .as_deref()
-                .and_then(|s| existing(&|r| r.get::<Option<&str>, _>("account_identifier") == Some(s)));
-            match same_subject {
+            match same_subject() {
                 // Reconnecting the same provider account updates it.
                 Some(update) => update,
                 None if rows.is_empty() => Landing::Insert(ConnectionRole::Compatibility),

@@ -242,6 +242,7 @@ pub fn custom_spec(slug: &str, c: &CustomProvider) -> ProviderSpec {
         invalid_client_errors: Vec::new(),
         tokens_expire: true,
         config_params: Vec::new(),
+        account_identifier: None,
     }
 }
 
