@@ -52,15 +52,18 @@ pub async fn ensure_integration(db: &PgPool, config: &Config) -> anyhow::Result<
         "authenticate_via": "basic_auth_header",
     });
     let existing: Option<String> =
-        sqlx::query_scalar("SELECT id FROM integrations WHERE slug = $1").bind(DEMO_SLUG).fetch_optional(db).await?;
+        sqlx::query_scalar("SELECT id FROM integrations WHERE slug = $1 AND ownership = 'user'")
+            .bind(DEMO_SLUG)
+            .fetch_optional(db)
+            .await?;
     let id = existing.unwrap_or_else(|| IdKind::Integration.new_id());
     let sealed =
         config.encryption_keys.seal_str(config.demo_client_secret.expose(), aad(columns::CLIENT_SECRET, &id))?;
     sqlx::query(
-        "INSERT INTO integrations (id, slug, provider, description, scopes, client_id, client_secret_enc, redacted_secret, custom_provider)
+        "INSERT INTO integrations (id, slug, provider, description, scopes, client_id, client_secret_enc, redacted_secret, custom_provider, enabled)
          VALUES ($1, $2, $2, 'A built-in demo provider: tokens live 2 minutes and refresh tokens rotate.',
-                 ARRAY['profile','files.read'], $3, $4, '***', $5)
-         ON CONFLICT (slug) DO UPDATE SET client_id = EXCLUDED.client_id, client_secret_enc = EXCLUDED.client_secret_enc,
+                 ARRAY['profile','files.read'], $3, $4, '***', $5, true)
+         ON CONFLICT (slug, ownership) DO UPDATE SET client_id = EXCLUDED.client_id, client_secret_enc = EXCLUDED.client_secret_enc,
            custom_provider = EXCLUDED.custom_provider, state = 'valid', state_reason = NULL, updated_at = now()",
     )
     .bind(&id)

@@ -5,6 +5,8 @@
 
 use serde::Serialize;
 
+use crate::invalid::FieldError;
+
 /// The kind of owner an integration root, and each of its accounts, has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -35,6 +37,41 @@ impl Ownership {
 pub enum Owner {
     User { user_id: String, organization_id: Option<String> },
     Organization { organization_id: String },
+}
+
+/// The owner a request names with `connection_owner` (`user`, the default, or
+/// `organization`) and its `user_id` and `organization_id`. For an organization the user
+/// is the member acting for it, and `organization_id` is required. Problems go into
+/// `errors` (with the user standing in as the owner).
+pub fn requested(
+    connection_owner: Option<&str>,
+    user_id: String,
+    organization_id: Option<String>,
+    errors: &mut Vec<FieldError>,
+) -> Owner {
+    let ownership = match connection_owner {
+        None => Ownership::User,
+        Some(sent) => Ownership::parse(sent).unwrap_or_else(|| {
+            errors.push(FieldError::new(
+                "connection_owner",
+                "invalid",
+                "`connection_owner` must be `user` or `organization`.",
+            ));
+            Ownership::User
+        }),
+    };
+    match (ownership, organization_id) {
+        (Ownership::User, organization_id) => Owner::user(user_id, organization_id),
+        (Ownership::Organization, Some(organization_id)) => Owner::organization(organization_id),
+        (Ownership::Organization, None) => {
+            errors.push(FieldError::new(
+                "organization_id",
+                "required",
+                "`organization_id` is required when `connection_owner` is `organization`.",
+            ));
+            Owner::user(user_id, None)
+        }
+    }
 }
 
 impl Owner {

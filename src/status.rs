@@ -37,6 +37,8 @@ pub struct StateCounts {
 #[derive(Debug, Serialize)]
 pub struct IntegrationStatus {
     pub slug: String,
+    /// `user` or `organization`: a provider may have one integration of each.
+    pub ownership: String,
     pub provider: String,
     pub enabled: bool,
     pub state: String,
@@ -102,10 +104,10 @@ fn add(counts: &mut StateCounts, state: &str, n: i64) {
 /// cannot be reached only blanks the queue section.
 pub async fn gather(db: &PgPool, config: &Config, now: DateTime<Utc>) -> Result<Status, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT i.slug, i.provider, i.enabled, i.state, a.state AS account_state, count(a.id) AS n,
+        "SELECT i.slug, i.ownership, i.provider, i.enabled, i.state, a.state AS account_state, count(a.id) AS n,
                 count(a.id) FILTER (WHERE a.refresh_failures > 0 AND a.state = 'connected') AS failing
          FROM integrations i LEFT JOIN connected_accounts a ON a.integration_id = i.id
-         GROUP BY i.slug, i.provider, i.enabled, i.state, a.state ORDER BY i.slug",
+         GROUP BY i.slug, i.ownership, i.provider, i.enabled, i.state, a.state ORDER BY i.slug, i.ownership DESC",
     )
     .fetch_all(db)
     .await?;
@@ -113,9 +115,11 @@ pub async fn gather(db: &PgPool, config: &Config, now: DateTime<Utc>) -> Result<
     let mut accounts = StateCounts::default();
     for row in rows {
         let slug: String = row.get("slug");
-        if integrations.last().map(|i| i.slug != slug).unwrap_or(true) {
+        let ownership: String = row.get("ownership");
+        if integrations.last().map(|i| i.slug != slug || i.ownership != ownership).unwrap_or(true) {
             integrations.push(IntegrationStatus {
                 slug: slug.clone(),
+                ownership,
                 provider: row.get("provider"),
                 enabled: row.get("enabled"),
                 state: row.get("state"),

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::connect::{self, ConnectRequest, Intent, Outcome, ProviderAnswer};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::ids::IdKind;
-use crate::owner::{Owner, Ownership};
+use crate::owner::Owner;
 use crate::state::AppState;
 use crate::store::accounts::{self, AccountError, Selector};
 use crate::store::integrations::{self, Integration};
@@ -112,24 +112,13 @@ pub async fn authorize(
     if let Some(org) = &organization_id {
         check_owner_id("organization_id", org, &mut errors);
     }
-    let ownership = match body.connection_owner.as_deref() {
-        None => Ownership::User,
-        Some(sent) => Ownership::parse(sent).unwrap_or_else(|| {
-            errors.push(FieldError::new(
-                "connection_owner",
-                "invalid",
-                "`connection_owner` must be `user` or `organization`.",
-            ));
-            Ownership::User
-        }),
-    };
-    if ownership == Ownership::Organization && organization_id.is_none() {
-        errors.push(FieldError::new(
-            "organization_id",
-            "required",
-            "`organization_id` is required when `connection_owner` is `organization`.",
-        ));
-    }
+    let user_id = body.user_id.clone().unwrap_or_default();
+    let owner = crate::owner::requested(
+        body.connection_owner.as_deref(),
+        user_id.clone(),
+        organization_id.clone(),
+        &mut errors,
+    );
     let return_to = match body.return_to.as_deref().filter(|r| !r.is_empty()) {
         None => None,
         Some(r) => check_return_to(&state.config, r).map_err(|e| errors.push(e)).ok(),
@@ -154,7 +143,7 @@ pub async fn authorize(
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
-    let integration = find(&state, &slug, ownership).await?;
+    let integration = find(&state, &slug, owner.ownership()).await?;
     if !integration.enabled {
         return Err(ApiError::not_found("integration_not_found", format!("The integration `{slug}` is disabled.")));
     }
@@ -170,11 +159,6 @@ pub async fn authorize(
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
-    let user_id = body.user_id.unwrap_or_default();
-    let owner = match (ownership, &organization_id) {
-        (Ownership::Organization, Some(org)) => Owner::organization(org.clone()),
-        _ => Owner::user(user_id.clone(), organization_id.clone()),
-    };
     check_intent(&state, &integration, &owner, &intent).await?;
     let req =
         ConnectRequest { user_id, organization_id, return_to, intent, account_display_name: body.account_display_name };

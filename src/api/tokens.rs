@@ -17,7 +17,6 @@ use utoipa_axum::routes;
 
 use crate::api::extract::AnyKey;
 use crate::error::{ApiError, FieldError};
-use crate::owner::{Owner, Ownership};
 use crate::read::answer::{CredentialAnswer, Shape, TokenAnswer};
 use crate::read::ReadTarget;
 use crate::state::AppState;
@@ -96,29 +95,8 @@ impl TokenRequest {
         check("user_id", Some(&self.user_id), true);
         check("organization_id", self.organization_id.as_deref(), false);
         check("connected_account_id", self.connected_account_id.as_deref(), false);
-        let ownership = match self.connection_owner.as_deref() {
-            None => Ownership::User,
-            Some(sent) => Ownership::parse(sent).unwrap_or_else(|| {
-                errors.push(FieldError::new(
-                    "connection_owner",
-                    "invalid",
-                    "`connection_owner` must be `user` or `organization`.",
-                ));
-                Ownership::User
-            }),
-        };
-        let owner = match (ownership, self.organization_id) {
-            (Ownership::User, organization_id) => Owner::user(self.user_id, organization_id),
-            (Ownership::Organization, Some(organization_id)) => Owner::organization(organization_id),
-            (Ownership::Organization, None) => {
-                errors.push(FieldError::new(
-                    "organization_id",
-                    "required",
-                    "`organization_id` is required when `connection_owner` is `organization`.",
-                ));
-                Owner::user(self.user_id, None)
-            }
-        };
+        let owner =
+            crate::owner::requested(self.connection_owner.as_deref(), self.user_id, self.organization_id, &mut errors);
         if !errors.is_empty() {
             return Err(ApiError::invalid(errors));
         }

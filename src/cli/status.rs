@@ -27,10 +27,12 @@ pub fn render(s: &Status) -> String {
     );
     for i in &s.integrations {
         let state = if !i.enabled { "disabled" } else { i.state.as_str() };
+        // An organization-owned integration shares its provider's slug.
+        let name = if i.ownership == "organization" { format!("{} (org)", i.slug) } else { i.slug.clone() };
         let _ = writeln!(
             out,
             "{:<24} {:<16} {:<8} {:>10} {:>10} {:>9}",
-            i.slug,
+            name,
             i.provider,
             state,
             i.accounts.connected,

@@ -313,6 +313,12 @@ fn the_catalog_says_where_a_code_exchange_names_the_providers_account() {
     let notion = json!({"access_token": "secret_1", "owner": {"type": "user", "user": {"id": "u-42"}}});
     assert_eq!(answer("notion", notion).as_deref(), Some("u-42"));
     assert_eq!(answer("dropbox", json!({"access_token": "sl.1", "account_id": "dbid:AA"})).as_deref(), Some("dbid:AA"));
+    // An OpenID Connect ID token: its `sub` claim.
+    use base64::Engine;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"1098","email":"a@example.com"}"#);
+    let google = json!({"access_token": "ya29", "id_token": format!("eyJhbGciOiJSUzI1NiJ9.{claims}.c2ln")});
+    assert_eq!(answer("google", google).as_deref(), Some("1098"));
+    assert_eq!(answer("microsoft", json!({"access_token": "eyJ0", "id_token": "not-a-jwt"})), None);
     // Where the catalog names nothing, or the answer lacks it, there is no subject.
     assert_eq!(answer("github", json!({"access_token": "gho_1", "id": "7"})), None);
     assert_eq!(answer("notion", json!({"access_token": "secret_1", "owner": {"type": "workspace"}})), None);

@@ -108,3 +108,23 @@ async fn a_database_from_before_the_schema_baseline_is_refused_with_what_to_do()
     let err = pipes::db::migrate(&app.db).await.unwrap_err().to_string();
     assert!(err.contains("migration 20261127000001") && err.contains("drop it"), "{err}");
 }
+
+#[tokio::test]
+async fn pipes_dev_sets_up_its_demo_integration_again_and_again_beside_an_organization_root() {
+    let app = TestApp::spawn().await;
+    pipes::demo_setup::ensure_integration(&app.db, app.config()).await.expect("first start");
+    // An organization-owned root of the same slug is another integration, left alone.
+    sqlx::query(
+        "INSERT INTO integrations (id, slug, provider, ownership, client_id, enabled) VALUES ('data_integration_org_demo', 'demo', 'demo', 'organization', 'c', false)",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    pipes::demo_setup::ensure_integration(&app.db, app.config()).await.expect("second start");
+    let roots: Vec<(String, bool)> =
+        sqlx::query_as("SELECT ownership, enabled FROM integrations WHERE slug = 'demo' ORDER BY ownership")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(roots, [("organization".to_owned(), false), ("user".to_owned(), true)]);
+}

@@ -14,30 +14,37 @@ use pipes::demo_provider::{DemoConfig, DemoProvider};
 
 use crate::support::app::TestApp;
 
-#[tokio::test]
-async fn the_official_python_sdk_parses_integrations_connected_accounts_and_providers() {
+/// Runs `script` (in tests/sdk/python) with the SDK's venv against `app`, a demo
+/// provider's URL and `env`; returns its stdout once it succeeded.
+async fn run_script(app: &TestApp, script: &str, slug: &str, env: &[(&str, &str)]) -> String {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = std::env::var_os("PIPES_SDK_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("target/sdk-venv/bin/python"));
     assert!(python.exists(), "{} is missing: run .ci/install-tools", python.display());
-    let app = TestApp::spawn().await;
     let (demo, _) = DemoProvider::spawn(DemoConfig::default()).await.unwrap();
-    let secret = format!("py-secret-{}", ulid::Ulid::new());
     let run = tokio::process::Command::new(&python)
-        .arg(repo.join("tests/sdk/python/pipes_admin.py"))
+        .arg(repo.join("tests/sdk/python").join(script))
         .env("PIPES_URL", &app.base_url)
         .env("PIPES_API_KEY", &app.admin_key)
-        .env("PIPES_SLUG", "sdk-python-admin")
+        .env("PIPES_SLUG", slug)
         .env("PIPES_DEMO_URL", demo.base_url())
-        .env("PIPES_CLIENT_ID", "py-client")
-        .env("PIPES_CLIENT_SECRET", &secret)
+        .envs(env.iter().copied())
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the SDK script finishes").unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "SDK script failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(output.status.success(), "{script} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}
+
+#[tokio::test]
+async fn the_official_python_sdk_parses_integrations_connected_accounts_and_providers() {
+    let app = TestApp::spawn().await;
+    let secret = format!("py-secret-{}", ulid::Ulid::new());
+    let env = [("PIPES_CLIENT_ID", "py-client"), ("PIPES_CLIENT_SECRET", secret.as_str())];
+    let stdout = run_script(&app, "pipes_admin.py", "sdk-python-admin", &env).await;
     assert_eq!(stdout.lines().last(), Some(r#"{"ok": true}"#), "{stdout}");
     // What the SDK did is what the store says: the account and the integration are gone.
     let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM connected_accounts").fetch_one(&app.db).await.unwrap();
@@ -50,25 +57,8 @@ async fn the_official_python_sdk_parses_integrations_connected_accounts_and_prov
 
 #[tokio::test]
 async fn the_official_python_sdk_drives_shared_and_multiple_connections() {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var_os("PIPES_SDK_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target/sdk-venv/bin/python"));
-    assert!(python.exists(), "{} is missing: run .ci/install-tools", python.display());
     let app = TestApp::spawn().await;
-    let (demo, _) = DemoProvider::spawn(DemoConfig::default()).await.unwrap();
-    let run = tokio::process::Command::new(&python)
-        .arg(repo.join("tests/sdk/python/pipes_sharing.py"))
-        .env("PIPES_URL", &app.base_url)
-        .env("PIPES_API_KEY", &app.admin_key)
-        .env("PIPES_SLUG", "sdk-python-shared")
-        .env("PIPES_DEMO_URL", demo.base_url())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), run).await.expect("the SDK script finishes").unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "SDK script failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let stdout = run_script(&app, "pipes_sharing.py", "sdk-python-shared", &[]).await;
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("{stdout}");
     assert_eq!(summary["ok"], true);
     assert_eq!(summary["methods"].as_array().unwrap().len(), 26, "every Pipes method of the SDK: {summary}");

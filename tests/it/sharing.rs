@@ -100,6 +100,10 @@ async fn an_organizations_shared_account_serves_its_members_and_never_stands_in_
     assert_ne!(own_token, shared_token);
     let (_, again) = token(&app, "shared", shared_read("member_2")).await;
     assert_eq!(access_token(&again), shared_token, "the shared account is unchanged");
+    let (_, other_member) = token(&app, "shared", own_read("member_3")).await;
+    assert_eq!(other_member, json!({"active": false, "error": "not_installed"}), "never another member's own");
+    let (_, shared_for_3) = token(&app, "shared", shared_read("member_3")).await;
+    assert_eq!(access_token(&shared_for_3), shared_token);
     let (_, member_account) = app
         .admin(Method::GET, "/user_management/users/member_2/connected_accounts/shared?organization_id=org_1", None)
         .await;

@@ -44,12 +44,18 @@ fn missing_tools() -> Option<String> {
     None
 }
 
+/// True when a browser can run here; under `CI=true` a missing tool fails the test.
+fn tools_present() -> bool {
+    let Some(missing) = missing_tools() else { return true };
+    let message = format!("the browser test needs {missing}; run .ci/install-tools");
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
+    eprintln!("SKIPPED: {message}");
+    false
+}
+
 #[tokio::test]
 async fn a_user_connects_reauthorizes_and_disconnects_in_a_real_browser() {
-    if let Some(missing) = missing_tools() {
-        let message = format!("the browser test needs {missing}; run .ci/install-tools");
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
-        eprintln!("SKIPPED: {message}");
+    if !tools_present() {
         return;
     }
     let app = TestApp::spawn().await;
@@ -139,10 +145,7 @@ async fn a_user_connects_reauthorizes_and_disconnects_in_a_real_browser() {
 
 #[tokio::test]
 async fn a_user_adds_and_removes_accounts_and_sees_the_organizations_read_only() {
-    if let Some(missing) = missing_tools() {
-        let message = format!("the browser test needs {missing}; run .ci/install-tools");
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
-        eprintln!("SKIPPED: {message}");
+    if !tools_present() {
         return;
     }
     let app = TestApp::spawn().await;
