@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::connections::{Announce, TokenWrite};
-use crate::owner::{Owner, Ownership};
+use crate::owner::Ownership;
 use crate::secret::Secret;
 use crate::state::AppState;
 use crate::store::accounts::{AccountState, Labels, TokenSet, WriteMode};
@@ -19,9 +19,14 @@ use crate::store::integrations::{self, Integration};
 pub struct ImportLine {
     /// The integration's slug.
     pub integration: String,
+    /// The owning user; for an organization's account, the member it is imported on behalf of.
     pub user_id: String,
     #[serde(default)]
     pub organization_id: Option<String>,
+    /// `user` (default) or `organization`: the organization's shared account, of the
+    /// provider's organization-owned integration (needs `organization_id`).
+    #[serde(default)]
+    pub connection_owner: Option<String>,
     pub access_token: Secret,
     #[serde(default)]
     pub refresh_token: Option<Secret>,
@@ -41,7 +46,7 @@ pub struct ImportReport {
 /// Imports every line; `progress` is called once per line.
 pub async fn import_lines(state: &AppState, text: &str, mut progress: impl FnMut()) -> anyhow::Result<ImportReport> {
     let mut report = ImportReport::default();
-    let mut integrations: std::collections::HashMap<String, Option<Integration>> = Default::default();
+    let mut integrations: std::collections::HashMap<(String, Ownership), Option<Integration>> = Default::default();
     for (index, line) in text.lines().enumerate() {
         progress();
         let number = index + 1;
@@ -63,12 +68,22 @@ pub async fn import_lines(state: &AppState, text: &str, mut progress: impl FnMut
             report.rejected.push((number, "user_id and access_token must not be empty".into()));
             continue;
         }
-        if !integrations.contains_key(&parsed.integration) {
-            let found = integrations::by_slug(&state.db, state.keyring(), &parsed.integration, Ownership::User).await?;
-            integrations.insert(parsed.integration.clone(), found);
+        let org = parsed.organization_id.clone().filter(|o| !o.is_empty());
+        let mut problems = Vec::new();
+        let member = parsed.user_id.clone();
+        let owner = crate::owner::requested(parsed.connection_owner.as_deref(), member.clone(), org, &mut problems);
+        if let Some(problem) = problems.first() {
+            report.rejected.push((number, problem.message.clone().unwrap_or_else(|| problem.field.clone())));
+            continue;
         }
-        let Some(Some(integration)) = integrations.get(&parsed.integration) else {
-            report.rejected.push((number, format!("no integration `{}`", parsed.integration)));
+        let key = (parsed.integration.clone(), owner.ownership());
+        if !integrations.contains_key(&key) {
+            let found = integrations::by_slug(&state.db, state.keyring(), &key.0, key.1).await?;
+            integrations.insert(key.clone(), found);
+        }
+        let Some(Some(integration)) = integrations.get(&key) else {
+            let kind = if key.1 == Ownership::Organization { "organization-owned " } else { "" };
+            report.rejected.push((number, format!("no {kind}integration `{}`", parsed.integration)));
             continue;
         };
         let tokens = TokenSet {
@@ -77,11 +92,9 @@ pub async fn import_lines(state: &AppState, text: &str, mut progress: impl FnMut
             expires_at: parsed.expires_at,
             scopes: parsed.scopes,
         };
-        let org = parsed.organization_id.filter(|o| !o.is_empty());
-        let owner = Owner::user(parsed.user_id, org);
         let write = TokenWrite {
             owner: &owner,
-            established_by: None,
+            established_by: (owner.ownership() == Ownership::Organization).then_some(member.as_str()),
             labels: Labels::default(),
             tokens: &tokens,
             state: AccountState::Connected,

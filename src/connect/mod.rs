@@ -166,15 +166,21 @@ async fn exchange(
     // `expires_in` counts from the provider's answer, no earlier than the request was sent.
     let requested_at = crate::time::now();
     match client::request_token(&state.http, integration, &spec, grant).await {
-        Ok(grant) => Ok(Ok((
-            TokenSet {
-                expires_at: grant.expires_at(requested_at),
-                access_token: grant.access_token,
-                refresh_token: grant.refresh_token,
-                scopes: grant.scopes.filter(|s| !s.is_empty()).unwrap_or_else(|| pending.scopes.clone()),
-            },
-            grant.subject,
-        ))),
+        Ok(grant) => {
+            let subject = match integration.urls() {
+                Ok(urls) => client::account_subject(&state.http, &spec, urls, &grant).await,
+                Err(_) => None,
+            };
+            Ok(Ok((
+                TokenSet {
+                    expires_at: grant.expires_at(requested_at),
+                    access_token: grant.access_token,
+                    refresh_token: grant.refresh_token,
+                    scopes: grant.scopes.filter(|s| !s.is_empty()).unwrap_or_else(|| pending.scopes.clone()),
+                },
+                subject,
+            )))
+        }
         Err(err) => {
             tracing::warn!(integration = %integration.slug, error = %err.label(), "code exchange failed");
             let (provider_error, description) = match &err {

@@ -112,10 +112,14 @@ pub struct ProviderSpec {
     #[serde(default)]
     pub config_params: Vec<String>,
     /// Where a code exchange's answer names the provider's account (its subject), as a
-    /// dotted path into the JSON (`authed_user.id`): stored as the account's
-    /// `account_identifier`, so connecting the same account again updates it.
+    /// dotted path into the JSON (`authed_user.id`), a claim of its ID token
+    /// (`id_token.sub`), or a field of the `userinfo_url` answer (`userinfo.id`): stored as
+    /// the account's `account_identifier`, so connecting the same account again updates it.
     #[serde(default)]
     pub account_identifier: Option<String>,
+    /// A GET, made with the new access token, that answers the account's profile.
+    #[serde(default)]
+    pub userinfo_url: Option<String>,
 }
 
 fn default_scope_param() -> String {
@@ -130,6 +134,7 @@ pub struct ResolvedUrls {
     /// The refresh endpoint, which is the token endpoint unless the provider has its own.
     pub refresh_token_url: Url,
     pub revocation_url: Option<Url>,
+    pub userinfo_url: Option<Url>,
 }
 
 impl ProviderSpec {
@@ -142,6 +147,9 @@ impl ProviderSpec {
         }
         if let Some(url) = &self.revocation_url {
             urls.push(("revocation_url", url));
+        }
+        if let Some(url) = &self.userinfo_url {
+            urls.push(("userinfo_url", url));
         }
         urls
     }
@@ -177,6 +185,7 @@ impl ProviderSpec {
             },
             token_url,
             revocation_url: self.revocation_url.as_deref().map(resolve).transpose()?,
+            userinfo_url: self.userinfo_url.as_deref().map(resolve).transpose()?,
         })
     }
 

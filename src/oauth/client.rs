@@ -14,7 +14,7 @@ use oauth2::{
 use url::Url;
 
 use super::response::{classify, RawResponse, TokenError, TokenGrant};
-use crate::oauth::catalog::{BodyContentType, ClientAuth, ProviderSpec};
+use crate::oauth::catalog::{BodyContentType, ClientAuth, ProviderSpec, ResolvedUrls};
 use crate::outbound::{ProviderClient, TargetError};
 use crate::secret::Secret;
 use crate::store::integrations::Integration;
@@ -263,4 +263,41 @@ pub async fn revoke(
     } else {
         Err(format!("revocation answered HTTP {}", response.status().as_u16()))
     }
+}
+
+/// Largest profile answer read for an account's subject.
+const MAX_USERINFO_BYTES: usize = 64 * 1024;
+
+/// The provider's account a new grant belongs to, where the catalog says where
+/// (`ProviderSpec::account_identifier`): from the token answer itself, or from the
+/// profile `userinfo_url` answers to the new access token. `None` when it says nothing
+/// or the profile cannot be read: the account is stored without one, never refused.
+pub async fn account_subject(
+    http: &ProviderClient,
+    spec: &ProviderSpec,
+    urls: &ResolvedUrls,
+    grant: &TokenGrant,
+) -> Option<String> {
+    if grant.subject.is_some() {
+        return grant.subject.clone();
+    }
+    let field = spec.account_identifier.as_deref()?.strip_prefix("userinfo.")?;
+    let url = urls.userinfo_url.clone()?;
+    http.check(&url).ok()?;
+    let response = http
+        .http()
+        .get(url)
+        .bearer_auth(grant.access_token.expose())
+        .header(reqwest::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| tracing::debug!(provider = %spec.slug, error = %e.without_url(), "profile request failed"))
+        .ok()?;
+    if !response.status().is_success() {
+        tracing::debug!(provider = %spec.slug, status = response.status().as_u16(), "profile request refused");
+        return None;
+    }
+    let body = response.bytes().await.ok().filter(|b| b.len() <= MAX_USERINFO_BYTES)?;
+    let profile: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    super::response::subject(&profile, field)
 }

@@ -200,7 +200,7 @@ pub fn classify(spec: &ProviderSpec, raw: &RawResponse) -> Result<TokenGrant, To
 /// `id_token.<claim>` reads a claim of the OpenID Connect ID token in the answer. Its
 /// signature is not checked: it came straight from the token endpoint over TLS, which
 /// OpenID Connect Core (§3.1.3.7) accepts in place of one, and it only labels the account.
-fn subject(json: &Value, path: &str) -> Option<String> {
+pub(crate) fn subject(json: &Value, path: &str) -> Option<String> {
     if let Some(claim) = path.strip_prefix("id_token.") {
         use base64::Engine;
         let token = json.get("id_token")?.as_str()?;

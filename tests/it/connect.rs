@@ -419,3 +419,33 @@ async fn authorize_validates_its_input() {
     let url = authorize(&app, "checked", "u", None, Some("http://app.test/")).await;
     assert!(url.query_pairs().any(|(k, v)| k == "scope" && v == "read,write"), "{url}");
 }
+
+#[tokio::test]
+async fn the_account_subject_comes_from_the_profile_where_the_catalog_says() {
+    use pipes::oauth::client::account_subject;
+    use pipes::oauth::response::TokenGrant;
+    use pipes::secret::Secret;
+    let app = TestApp::spawn().await;
+    let p = api_integration(&app, "profiled", ClientAuthMethod::Basic, |_| {}).await;
+    // GitHub's entry, pointed at the demo provider's profile endpoint.
+    let mut spec = pipes::oauth::catalog::Catalog::builtin().get("github").unwrap().clone();
+    assert_eq!(spec.account_identifier.as_deref(), Some("userinfo.id"));
+    spec.account_identifier = Some("userinfo.sub".into());
+    let mut urls = spec.resolve_urls(&Default::default()).unwrap();
+    urls.userinfo_url = Some(url::Url::parse(&format!("{}/userinfo", p.demo.base_url())).unwrap());
+    let issued = p.demo.issue_grant("client-profiled", "octocat", &["read"]).unwrap();
+    let grant = TokenGrant {
+        access_token: Secret::new(issued.access_token),
+        refresh_token: None,
+        expires_in: None,
+        scopes: None,
+        subject: None,
+    };
+    assert_eq!(account_subject(&app.state.http, &spec, &urls, &grant).await.as_deref(), Some("octocat"));
+    // A token the profile refuses: no subject, and nothing else fails.
+    let refused = TokenGrant { access_token: Secret::new("not-a-token"), ..grant.clone() };
+    assert_eq!(account_subject(&app.state.http, &spec, &urls, &refused).await, None);
+    // A subject in the token answer itself is taken as it is.
+    let named = TokenGrant { access_token: Secret::new("not-a-token"), subject: Some("U1".into()), ..grant };
+    assert_eq!(account_subject(&app.state.http, &spec, &urls, &named).await.as_deref(), Some("U1"));
+}

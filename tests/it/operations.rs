@@ -128,3 +128,33 @@ async fn pipes_dev_sets_up_its_demo_integration_again_and_again_beside_an_organi
             .unwrap();
     assert_eq!(roots, [("organization".to_owned(), false), ("user".to_owned(), true)]);
 }
+
+#[tokio::test]
+async fn import_writes_an_organizations_shared_account_on_behalf_of_a_member() {
+    let app = TestApp::spawn().await;
+    let p = demo_integration(&app, "ops-org", ClientAuthMethod::Basic).await;
+    sqlx::query("UPDATE integrations SET ownership = 'organization' WHERE id = $1")
+        .bind(&p.integration.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let file = "{\"integration\":\"ops-org\",\"user_id\":\"admin\",\"organization_id\":\"org_1\",\"connection_owner\":\"organization\",\"access_token\":\"org-at\"}\n\
+         {\"integration\":\"ops-org\",\"user_id\":\"admin\",\"connection_owner\":\"organization\",\"access_token\":\"org-at-2\"}\n\
+         {\"integration\":\"ops-org\",\"user_id\":\"u1\",\"access_token\":\"own-at\"}\n";
+    let report = pipes::import::import_lines(&app.state, file, || {}).await.unwrap();
+    assert_eq!(report.imported, 1, "{report:?}");
+    let rejected: Vec<(usize, bool)> =
+        report.rejected.iter().map(|(l, why)| (*l, why.contains("organization"))).collect();
+    // Line 2 lacks the organization; line 3 names a user-owned root that does not exist.
+    assert_eq!(rejected, [(2, true), (3, false)], "{report:?}");
+    let shared = accounts::find_for_owner(
+        &app.db,
+        app.state.keyring(),
+        &p.integration.id,
+        &pipes::owner::Owner::organization("org_1"),
+    )
+    .await
+    .unwrap()
+    .expect("the organization's account");
+    assert_eq!((shared.established_by_user_id.as_deref(), shared.owner.user_id()), (Some("admin"), None));
+}

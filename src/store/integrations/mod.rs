@@ -198,6 +198,7 @@ impl Integration {
                     },
                     token_url,
                     revocation_url: c.revocation_url.as_deref().map(parse).transpose()?,
+                    userinfo_url: None,
                 }
             }
             None => self.spec()?.resolve_urls(&self.settings).map_err(|e| urls_error(e.to_string()))?,
@@ -243,6 +244,7 @@ pub fn custom_spec(slug: &str, c: &CustomProvider) -> ProviderSpec {
         tokens_expire: true,
         config_params: Vec::new(),
         account_identifier: None,
+        userinfo_url: None,
     }
 }
 
