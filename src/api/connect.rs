@@ -49,18 +49,13 @@ pub struct AuthorizeBody {
     /// With `connection_intent: reauthorize` only.
     pub connected_account_id: Option<String>,
     /// A label for the account. Omitted: kept; `null`: cleared.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::provisioning::present")]
     #[schema(value_type = Option<String>)]
     pub account_display_name: Option<Option<String>>,
     /// Not supported yet: refused.
     pub code_challenge: Option<String>,
     /// Not supported yet: refused.
     pub code_challenge_method: Option<String>,
-}
-
-/// Tells an explicit `null` (`Some(None)`) from an absent field (`None`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -71,8 +66,8 @@ pub struct AuthorizeResponse {
     pub state: String,
 }
 
-/// A user or organization id: 1-256 characters, no control characters.
-pub fn check_owner_id(field: &str, value: &str, errors: &mut Vec<FieldError>) {
+/// A user or organization id, or an account label: 1-256 characters, no control characters.
+pub fn check_id_or_label(field: &str, value: &str, errors: &mut Vec<FieldError>) {
     if value.is_empty() || value.chars().count() > 256 || value.chars().any(char::is_control) {
         errors.push(FieldError::new(field, "invalid", "Must be 1-256 characters without control characters."));
     }
@@ -105,12 +100,12 @@ pub async fn authorize(
 ) -> ApiResult<Json<AuthorizeResponse>> {
     let mut errors = Vec::new();
     match body.user_id.as_deref() {
-        Some(u) => check_owner_id("user_id", u, &mut errors),
+        Some(u) => check_id_or_label("user_id", u, &mut errors),
         None => errors.push(FieldError::new("user_id", "required", "user_id is required.")),
     }
     let organization_id = body.organization_id.clone().filter(|o| !o.is_empty());
     if let Some(org) = &organization_id {
-        check_owner_id("organization_id", org, &mut errors);
+        check_id_or_label("organization_id", org, &mut errors);
     }
     let user_id = body.user_id.clone().unwrap_or_default();
     let owner = crate::owner::requested(
@@ -125,13 +120,7 @@ pub async fn authorize(
     };
     let intent = intent(body.connection_intent.as_deref(), body.connected_account_id.as_deref(), &mut errors);
     if let Some(Some(label)) = &body.account_display_name {
-        if label.is_empty() || label.chars().count() > 256 || label.chars().any(char::is_control) {
-            errors.push(FieldError::new(
-                "account_display_name",
-                "invalid",
-                "Must be 1-256 characters without control characters.",
-            ));
-        }
+        check_id_or_label("account_display_name", label, &mut errors);
     }
     for (field, value) in
         [("code_challenge", &body.code_challenge), ("code_challenge_method", &body.code_challenge_method)]

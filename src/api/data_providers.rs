@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::connect::check_owner_id;
+use crate::api::connect::check_id_or_label;
 use crate::api::connected_accounts::{target, view, ConnectedAccountView, OwnerQuery};
 use crate::api::extract::{AdminKey, ApiQuery};
 use crate::error::{ApiError, ApiResult};
@@ -103,7 +103,7 @@ pub async fn organization_data_providers(
 ) -> ApiResult<Json<DataProviderList>> {
     let several = q.supports_multiple_connections == Some(true);
     let mut errors = Vec::new();
-    check_owner_id("organization_id", &organization_id, &mut errors);
+    check_id_or_label("organization_id", &organization_id, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }

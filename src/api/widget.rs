@@ -21,7 +21,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::connect::check_owner_id;
+use crate::api::connect::check_id_or_label;
 use crate::api::connect::{check_intent, intent};
 use crate::api::connected_accounts::not_connected;
 use crate::api::data_providers::{data_provider_view, owner_listing, DataProviderView};
@@ -84,12 +84,12 @@ pub async fn create_token(
 ) -> ApiResult<Json<WidgetTokenResponse>> {
     let mut errors = Vec::new();
     match body.user_id.as_deref() {
-        Some(u) => check_owner_id("user_id", u, &mut errors),
+        Some(u) => check_id_or_label("user_id", u, &mut errors),
         None => errors.push(FieldError::new("user_id", "required", "user_id is required.")),
     }
     let org = body.organization_id.filter(|o| !o.is_empty());
     if let Some(o) = &org {
-        check_owner_id("organization_id", o, &mut errors);
+        check_id_or_label("organization_id", o, &mut errors);
     }
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));

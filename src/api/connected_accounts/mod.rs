@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::connect::check_owner_id;
+use crate::api::connect::check_id_or_label;
 use crate::api::extract::AdminKey;
 use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::integrations::find;
@@ -126,10 +126,10 @@ pub(super) struct Target {
 /// may not.
 pub(super) fn target(user_id: &str, q: OwnerQuery, intent: Option<&str>) -> ApiResult<Target> {
     let mut errors = Vec::new();
-    check_owner_id("user_id", user_id, &mut errors);
+    check_id_or_label("user_id", user_id, &mut errors);
     let org = q.organization_id.filter(|o| !o.is_empty());
     if let Some(o) = &org {
-        check_owner_id("organization_id", o, &mut errors);
+        check_id_or_label("organization_id", o, &mut errors);
     }
     let selection = Selection {
         connected_account_id: q.connected_account_id,

@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{show_account, write, ConnectedAccountView, Selection, Target, TokensBody, Verb};
-use crate::api::connect::check_owner_id;
+use crate::api::connect::check_id_or_label;
 use crate::api::extract::{AdminKey, ApiJson, ApiQuery};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::owner::Owner;
@@ -40,7 +40,7 @@ pub struct OrganizationQuery {
 /// The organization's account from the path and query, checked (see `super::target`).
 fn target(organization_id: &str, q: OrganizationQuery, intent: Option<&str>) -> ApiResult<Target> {
     let mut errors = Vec::new();
-    check_owner_id("organization_id", organization_id, &mut errors);
+    check_id_or_label("organization_id", organization_id, &mut errors);
     let selection = Selection {
         connected_account_id: q.connected_account_id,
         supports_multiple_connections: q.supports_multiple_connections,
@@ -53,7 +53,7 @@ fn target(organization_id: &str, q: OrganizationQuery, intent: Option<&str>) -> 
 fn member(body: &TokensBody) -> ApiResult<String> {
     let mut errors = Vec::new();
     match body.user_id.as_deref() {
-        Some(user_id) => check_owner_id("user_id", user_id, &mut errors),
+        Some(user_id) => check_id_or_label("user_id", user_id, &mut errors),
         None => errors.push(FieldError::new(
             "user_id",
             "required",

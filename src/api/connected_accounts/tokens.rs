@@ -30,19 +30,14 @@ pub struct TokensBody {
     /// per owner, adding one where one exists answers 404 `multiple_connections_unavailable`.
     pub connection_intent: Option<String>,
     /// A label for the account. Omitted: kept; `null`: cleared.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::provisioning::present")]
     #[schema(value_type = Option<String>)]
     pub account_display_name: Option<Option<String>>,
     /// The provider's id of the account (one account per identifier and owner).
     /// Omitted: kept; `null`: cleared.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::provisioning::present")]
     #[schema(value_type = Option<String>)]
     pub account_identifier: Option<Option<String>>,
-}
-
-/// Tells an explicit `null` (`Some(None)`) from an absent field (`None`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
 }
 
 /// The labels of `body`, checked into `errors`: each 1-256 characters without control
@@ -52,9 +47,7 @@ pub(super) fn labels(body: &TokensBody, errors: &mut Vec<FieldError>) -> Labels 
         [("account_display_name", &body.account_display_name), ("account_identifier", &body.account_identifier)]
     {
         if let Some(Some(v)) = value {
-            if v.is_empty() || v.chars().count() > 256 || v.chars().any(char::is_control) {
-                errors.push(FieldError::new(field, "invalid", "Must be 1-256 characters without control characters."));
-            }
+            crate::api::connect::check_id_or_label(field, v, errors);
         }
     }
     Labels {
