@@ -6,7 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::connect::{ConnectError, MAX_OPEN_STATES};
+use crate::connect::{ConnectError, MAX_OPEN_PER_WIDGET_TOKEN, MAX_OPEN_STATES};
 use crate::limits::Refused;
 use crate::read::ReadError;
 use crate::refresh::RefreshError;
@@ -203,7 +203,8 @@ impl From<ConnectError> for ApiError {
             ConnectError::TooManyOpen => ApiError::TooManyRequests {
                 code: "too_many_open_authorizations",
                 message: format!(
-                    "This user already has {MAX_OPEN_STATES} connect flows open; finish one or retry when they expire."
+                    "This user already has {MAX_OPEN_STATES} connect flows open (a widget token {MAX_OPEN_PER_WIDGET_TOKEN}); \
+                     finish one or retry when they expire."
                 ),
                 retry_after_secs: 60,
             },

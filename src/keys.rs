@@ -46,6 +46,8 @@ pub mod columns {
     pub const ACCESS_TOKEN: &str = "connected_accounts.access_token";
     pub const REFRESH_TOKEN: &str = "connected_accounts.refresh_token";
     pub const PKCE_VERIFIER: &str = "oauth_states.pkce_verifier";
+    pub const AUTHORIZATION_URL: &str = "oauth_states.authorization_url";
+    pub const PROVIDER_CODE: &str = "oauth_states.provider_code";
     pub const WEBHOOK_SECRET: &str = "webhook_endpoints.secret";
     /// The Redis cache entry of an account (not a table, same key ring).
     pub const CACHE_ENTRY: &str = "cache.token";
@@ -56,6 +58,8 @@ pub const SECRET_COLUMNS: &[SecretColumn] = &[
     secret_column!("connected_accounts", "id", "access_token_enc", "connected_accounts.access_token"),
     secret_column!("connected_accounts", "id", "refresh_token_enc", "connected_accounts.refresh_token"),
     secret_column!("oauth_states", "state_hash", "pkce_verifier_enc", "oauth_states.pkce_verifier"),
+    secret_column!("oauth_states", "state_hash", "authorization_url_enc", "oauth_states.authorization_url"),
+    secret_column!("oauth_states", "state_hash", "provider_code_enc", "oauth_states.provider_code"),
     secret_column!("webhook_endpoints", "id", "secret_enc", "webhook_endpoints.secret"),
 ];
 

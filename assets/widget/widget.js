@@ -107,20 +107,21 @@
       }
     }
 
-    /* The hosted page keeps its token in this tab (so a redirect back needs no token in the URL)
-       and removes it from the address bar and history. */
+    /* The hosted page takes its token from the fragment (#token=…, never sent to a server),
+       keeps it in this tab (so a redirect back needs no token in the URL) and removes it
+       from the address bar and history. */
     takeToken() {
       var token = this.getAttribute('token');
       if (!this.hasAttribute('hosted')) return token;
+      var fragment = new URLSearchParams(location.hash.slice(1));
+      if (fragment.get('token')) {
+        token = fragment.get('token');
+        history.replaceState(history.state, '', location.pathname + location.search);
+      }
       try {
         if (token) sessionStorage.setItem(STORE_KEY, token);
         else token = sessionStorage.getItem(STORE_KEY);
-      } catch (e) { /* storage disabled: the attribute is all we have */ }
-      var url = new URL(location.href);
-      if (url.searchParams.has('token')) {
-        url.searchParams.delete('token');
-        history.replaceState(history.state, '', url.pathname + url.search + url.hash);
-      }
+      } catch (e) { /* storage disabled: the fragment is all we have */ }
       return token;
     }
 
@@ -208,42 +209,50 @@
 
     onMessage(event) {
       var d = event.data;
-      if (event.origin !== this.base || !d || d.source !== 'pipes-widget') return;
+      if (event.origin !== this.base || !d) return;
+      // The connect page is ready: hand it the request (only to Pipes' origin, only to our popup).
+      if (d.source === 'pipes-connect' && d.type === 'ready') {
+        var pending = this.pendingConnect;
+        if (pending && event.source === pending.popup) {
+          this.pendingConnect = null;
+          pending.popup.postMessage({ source: 'pipes-widget', type: 'connect', request: pending.request }, this.base);
+        }
+        return;
+      }
+      if (d.source !== 'pipes-widget') return;
       clearInterval(this.popupTimer);
       this.busy = null;
       this.showResult(d);
       this.load();
     }
 
-    /* `intent`: {connection_intent: 'add'} for another account, or 'reauthorize' with its id. */
+    /* `intent`: {connection_intent: 'add'} for another account, or 'reauthorize' with its id.
+       Every flow starts on Pipes' connect page, which binds this browser to it: in a popup
+       that gets the request by postMessage, or (redirect mode) with it in the fragment. */
     connect(slug, intent) {
       var name = this.nameOf(slug);
       this.notices[slug] = null;
-      // Opened at once, inside the click, or the browser blocks it; the URL follows.
-      var popup = this.redirectOnly ? null : window.open('', 'pipes-connect', 'popup,width=520,height=720');
-      var back = new URL(location.href);
-      back.searchParams.delete('token');
-      var body = popup ? { opener_origin: location.origin } : { redirect_to: back.toString() };
-      Object.keys(intent || {}).forEach(function (k) { body[k] = intent[k]; });
+      var request = { token: this.token, provider: slug };
+      Object.keys(intent || {}).forEach(function (k) { request[k] = intent[k]; });
+      // Opened at once, inside the click, or the browser blocks it.
+      var popup = this.redirectOnly ? null : window.open(this.base + '/widget/connect', 'pipes-connect', 'popup,width=520,height=720');
+      if (!popup) {
+        var back = new URL(location.href);
+        back.hash = '';
+        request.redirect_to = back.toString();
+        location.assign(this.base + '/widget/connect#' + new URLSearchParams(request).toString());
+        return;
+      }
       var self = this;
+      this.pendingConnect = { popup: popup, request: request };
       this.busy = slug;
       this.render();
-      this.api('POST', '/' + encodeURIComponent(slug) + '/authorize', body).then(function (data) {
-        if (!popup || popup.closed) { location.assign(data.url); return; }
-        popup.location.href = data.url;
-        self.announce('Finish connecting ' + name + ' in the pop-up window.');
-        clearInterval(self.popupTimer);
-        // Closed without an answer (the user gave up): show the current state again.
-        self.popupTimer = setInterval(function () {
-          if (popup.closed) { clearInterval(self.popupTimer); self.busy = null; self.load(); }
-        }, 500);
-      }).catch(function (err) {
-        if (popup) popup.close();
-        self.busy = null;
-        if (err.message === 'unauthorized') return;
-        self.notices[slug] = { kind: 'error', text: name + ' could not be connected: ' + err.message };
-        self.render();
-      });
+      this.announce('Finish connecting ' + name + ' in the pop-up window.');
+      clearInterval(this.popupTimer);
+      // Closed without an answer (the user gave up): show the current state again.
+      this.popupTimer = setInterval(function () {
+        if (popup.closed) { clearInterval(self.popupTimer); self.pendingConnect = null; self.busy = null; self.load(); }
+      }, 500);
     }
 
     /* `accountId`: one of several accounts; absent: the provider's one account. */

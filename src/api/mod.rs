@@ -1,6 +1,7 @@
 //! The HTTP API (DESIGN §3): one file per resource, assembled here into the
 //! router and the one stack every request of `pipes serve` passes.
 
+pub mod browser;
 pub mod connect;
 pub mod connected_accounts;
 pub mod data_providers;

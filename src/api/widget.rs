@@ -28,7 +28,7 @@ use crate::api::data_providers::{data_provider_view, owner_listing, DataProvider
 use crate::api::extract::AdminKey;
 use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::integrations::find;
-use crate::connect::{self, ConnectRequest};
+use crate::connect::{self, Binding, ConnectRequest};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::owner::{Owner, Ownership};
 use crate::state::AppState;
@@ -69,7 +69,7 @@ pub struct WidgetTokenBody {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WidgetTokenResponse {
-    /// Give it to `<pipes-widget token="…">` or open `/widget?token=…`.
+    /// Give it to `<pipes-widget token="…">` or open `/widget#token=…` (after `#`: never sent to a server).
     pub token: String,
     pub expires_at: String,
 }
@@ -100,8 +100,9 @@ pub async fn create_token(
     Ok(Json(WidgetTokenResponse { token, expires_at: rfc3339(expires_at) }))
 }
 
-/// A request authenticated by a widget token: the user it acts for.
-pub struct WidgetSession(pub WidgetClaims);
+/// A request authenticated by a widget token: the user it acts for, and the token's hash
+/// (its open connect flows are counted).
+pub struct WidgetSession(pub WidgetClaims, pub String);
 
 /// 401 with a code the widget acts on: `widget_token_expired` asks the host page for a new token.
 pub struct WidgetAuthError(&'static str, &'static str);
@@ -126,15 +127,18 @@ impl FromRequestParts<AppState> for WidgetSession {
                 "unauthorized",
                 "Send the widget token as `Authorization: Bearer <widget token>`.",
             ))?;
-        widget::verify(state.keyring(), token, crate::time::now()).map(WidgetSession).map_err(|e| match e {
-            WidgetTokenError::Expired => WidgetAuthError(
-                "widget_token_expired",
-                "The widget token has expired; ask the application for a new one.",
-            ),
-            WidgetTokenError::Malformed | WidgetTokenError::BadSignature => {
-                WidgetAuthError("invalid_widget_token", "The widget token is not valid.")
-            }
-        })
+        let hash = crate::crypto::sha256_hex(token);
+        widget::verify(state.keyring(), token, crate::time::now()).map(|c| WidgetSession(c, hash)).map_err(
+            |e| match e {
+                WidgetTokenError::Expired => WidgetAuthError(
+                    "widget_token_expired",
+                    "The widget token has expired; ask the application for a new one.",
+                ),
+                WidgetTokenError::Malformed | WidgetTokenError::BadSignature => {
+                    WidgetAuthError("invalid_widget_token", "The widget token is not valid.")
+                }
+            },
+        )
     }
 }
 
@@ -163,7 +167,7 @@ pub struct WidgetProviders {
 #[utoipa::path(get, path = "/widget/api/providers", tag = "widget", security(("widget_token" = [])),
     responses((status = 200, body = WidgetProviders), (status = 401, description = "No, invalid or expired (`widget_token_expired`) widget token")))]
 pub async fn providers(
-    WidgetSession(claims): WidgetSession,
+    WidgetSession(claims, _): WidgetSession,
     State(state): State<AppState>,
 ) -> ApiResult<Json<WidgetProviders>> {
     let own = Owner::user(claims.user_id.clone(), claims.organization_id.clone());
@@ -203,16 +207,27 @@ pub struct WidgetAuthorizeBody {
     pub connected_account_id: Option<String>,
 }
 
+/// Starts a widget flow bound to this browser: the answer sets the browser cookie the
+/// callback requires. Only Pipes' own pages may call it (the connect page, which the
+/// widget opens), so that the cookie lands in the browser that goes on to the provider.
 #[utoipa::path(post, path = "/widget/api/{slug}/authorize", tag = "widget", request_body = WidgetAuthorizeBody,
     params(("slug" = String, Path)), security(("widget_token" = [])),
     responses((status = 200, body = crate::api::connect::AuthorizeResponse), (status = 401, description = "Widget token missing, invalid or expired"),
-        (status = 404, description = "Unknown or disabled integration"), (status = 422, description = "opener_origin or redirect_to not allowed")))]
+        (status = 403, description = "Called from another origin than Pipes' own"),
+        (status = 404, description = "Unknown or disabled integration"), (status = 422, description = "opener_origin or redirect_to not allowed"),
+        (status = 429, description = "Too many open flows for this user or widget token")))]
 pub async fn authorize(
-    WidgetSession(claims): WidgetSession,
+    WidgetSession(claims, token_hash): WidgetSession,
     State(state): State<AppState>,
     Path(slug): Path<String>,
+    headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<WidgetAuthorizeBody>,
-) -> ApiResult<Json<crate::api::connect::AuthorizeResponse>> {
+) -> ApiResult<impl IntoResponse> {
+    if !crate::api::browser::same_origin(&state.config, &headers) {
+        return Err(ApiError::Forbidden(
+            "Widget connections start from Pipes' own connect page (/widget/connect), which binds the browser.",
+        ));
+    }
     let mut errors = Vec::new();
     let opener = body.opener_origin.filter(|o| !o.is_empty()).and_then(|o| {
         match widget::pages::allowed_origin(&state.config, &o) {
@@ -251,15 +266,19 @@ pub async fn authorize(
     check_intent(&state, &integration, &owner, &intent).await?;
     // The callback comes back to the completion page, which tells the opener (or goes back).
     let return_to = widget::pages::done_url(&state.config, opener.as_deref(), back.as_deref());
+    let (browser, cookie) = crate::api::browser::bind(&state.config, &headers);
     let req = ConnectRequest {
         user_id: claims.user_id,
         organization_id: claims.organization_id,
         return_to: Some(return_to),
         intent,
         account_display_name: None,
+        binding: Binding::Browser { browser, widget_token: token_hash },
     };
     let begun = connect::begin(&state, &integration, &req, crate::time::now()).await?;
-    Ok(Json(crate::api::connect::AuthorizeResponse { url: begun.url.to_string(), state: begun.state }))
+    let answer =
+        crate::api::connect::AuthorizeResponse { url: begun.url.to_string(), state: begun.state, completion: None };
+    Ok(([(axum::http::header::SET_COOKIE, cookie)], Json(answer)))
 }
 
 /// Which of the user's accounts a widget disconnect is for. An unknown parameter is refused (400).
@@ -274,7 +293,7 @@ pub struct WidgetAccountQuery {
     responses((status = 204, description = "Disconnected"), (status = 401, description = "Widget token missing, invalid or expired"),
         (status = 404, description = "No integration, or no account of this user")))]
 pub async fn disconnect(
-    WidgetSession(claims): WidgetSession,
+    WidgetSession(claims, _): WidgetSession,
     State(state): State<AppState>,
     Path(slug): Path<String>,
     ApiQuery(q): ApiQuery<WidgetAccountQuery>,

@@ -103,6 +103,10 @@ pub struct Config {
     pub worker_concurrency: u16,
     /// Origins that `return_to` may point at.
     pub allowed_return_to: Vec<String>,
+    /// `PIPES_RETURN_URLS`: the exact `return_to` URLs a session-bound flow (`code_challenge`) may use.
+    pub return_urls: Vec<Url>,
+    /// `PIPES_APP_NAME`: the application's name, as the connect confirmation page says it.
+    pub app_name: String,
     /// Where scheduler and worker serve `/metrics`.
     pub metrics_listen: SocketAddr,
     /// When set, `pipes serve` answers `/metrics` and `/health/*` here only, not on `listen`.
@@ -237,6 +241,19 @@ impl Config {
                 Ok(url.origin().ascii_serialization())
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
+        let return_urls = s
+            .get_or("PIPES_RETURN_URLS", "")
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                let url = Url::parse(u).map_err(|e| invalid("PIPES_RETURN_URLS", format!("{u}: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") || url.query().is_some() || url.fragment().is_some() {
+                    return Err(invalid("PIPES_RETURN_URLS", format!("{u}: an http(s) URL without query or fragment")));
+                }
+                Ok(url)
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         let worker_concurrency = s
             .get_or("PIPES_WORKER_CONCURRENCY", "16")
             .trim()
@@ -269,6 +286,8 @@ impl Config {
             min_validity: duration(s, "PIPES_MIN_VALIDITY", "60s")?,
             worker_concurrency,
             allowed_return_to,
+            return_urls,
+            app_name: s.get_or("PIPES_APP_NAME", "the application").trim().to_owned(),
             metrics_listen: addr(s, "PIPES_METRICS_LISTEN", "127.0.0.1:9090")?,
             internal_listen: match s.get("PIPES_INTERNAL_LISTEN") {
                 Some(_) => Some(addr(s, "PIPES_INTERNAL_LISTEN", "")?),
@@ -302,6 +321,28 @@ impl Config {
             return Err(invalid("PIPES_REFRESH_LEASE", "must be longer than PIPES_PROVIDER_TIMEOUT"));
         }
         Ok(config)
+    }
+
+    /// Whether `return_to` is one of `PIPES_RETURN_URLS` exactly; a loopback URL matches on any port.
+    pub fn is_registered_return_url(&self, return_to: &Url) -> bool {
+        if return_to.query().is_some() || return_to.fragment().is_some() {
+            return false;
+        }
+        self.return_urls.iter().any(|registered| {
+            let loopback = matches!(registered.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+            if loopback {
+                registered.scheme() == return_to.scheme()
+                    && registered.host_str() == return_to.host_str()
+                    && registered.path() == return_to.path()
+            } else {
+                registered == return_to
+            }
+        })
+    }
+
+    /// Whether Pipes is served over plain http (development on loopback): its cookies cannot be `Secure`.
+    pub fn plain_http(&self) -> bool {
+        self.public_url.scheme() == "http"
     }
 
     /// The redirect URI registered at the provider for an integration.

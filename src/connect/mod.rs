@@ -1,11 +1,20 @@
 //! Connecting an account (DESIGN §3.2): the flow's state and authorization URL
 //! (`state`), and the callback's code exchange, store, event and cache write.
 
+pub mod bound;
 mod state;
 pub use state::{
-    begin, consume_state, requested_scopes, Begun, ConnectRequest, Intent, Pending, StateRejection, MAX_OPEN_STATES,
-    STATE_TTL,
+    begin, consume_state, forget_expired, requested_scopes, Begun, Binding, Bound, ConnectRequest, Intent, Pending,
+    StateRejection, MAX_OPEN_PER_WIDGET_TOKEN, MAX_OPEN_STATES, STATE_TTL,
 };
+
+/// Where an API-started flow sends the browser first: Pipes' confirmation page for `ticket`.
+pub fn confirmation_url(config: &crate::config::Config, ticket: &str) -> url::Url {
+    let mut url = config.public_url.clone();
+    url.set_path(&format!("/connect/{ticket}"));
+    url.set_query(None);
+    url
+}
 
 use chrono::{DateTime, Utc};
 
@@ -50,7 +59,7 @@ pub enum Outcome {
     Failed(ConnectionFailure),
 }
 
-fn failure(
+pub fn failure(
     code: &str,
     reason: impl Into<String>,
     provider_error: Option<String>,
@@ -137,7 +146,7 @@ pub async fn complete(
 }
 
 /// Records a failed attempt (`connection_failed`) and stores nothing.
-async fn failed(
+pub async fn failed(
     state: &AppState,
     integration: &Integration,
     pending: &Pending,

@@ -1,11 +1,12 @@
 //! A connect flow's state: the single-use OAuth `state` (only its hash is stored,
 //! bound to the integration root, the user, organization, intent and `return_to`, with
 //! the PKCE verifier sealed to it), the authorization URL, and consuming the state at
-//! the callback exactly once.
+//! the callback exactly once. Every flow is bound to whoever started it ([`Binding`]).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
 use sqlx::Row;
 
 use super::ConnectError;
@@ -27,6 +28,42 @@ const STATE_RETENTION: Duration = Duration::from_secs(3600);
 /// Connect flows an owner may have open (started, not finished, not expired) at
 /// once: enough for a few tabs and retries, and a bound on the rows a caller can make.
 pub const MAX_OPEN_STATES: i64 = 20;
+/// Connect flows one widget token may have open at once: a page in a browser needs a few.
+pub const MAX_OPEN_PER_WIDGET_TOKEN: i64 = 5;
+
+/// How a flow is tied to the person who started it, so that a provider URL sent to
+/// someone else connects nothing (DESIGN §3.2, securing authorizations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// Started through the API: the URL answered is Pipes' confirmation page, which says
+    /// whose account is being connected and binds the browser that continues.
+    Confirmation,
+    /// Started by the widget in this browser: `browser` is the hash of its cookie.
+    Browser { browser: String, widget_token: String },
+    /// Session binding: the application's S256 `code_challenge`; the callback saves
+    /// nothing and the application's server finishes with the verifier.
+    CodeChallenge(String),
+}
+
+impl Binding {
+    fn column(&self) -> &'static str {
+        match self {
+            Binding::Confirmation => "confirmation",
+            Binding::Browser { .. } => "browser",
+            Binding::CodeChallenge(_) => "code_challenge",
+        }
+    }
+}
+
+/// What the callback must check, as stored with the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bound {
+    /// The browser coming back must carry the cookie hashing to this (`None`: the
+    /// confirmation page was never used, so no browser can finish).
+    Browser(Option<String>),
+    /// The callback hands out a `connect_code`; `finish` checks the verifier against this challenge.
+    CodeChallenge(String),
+}
 
 /// Who is connecting, and where they go afterwards. For an organization-owned
 /// integration, `user_id` is the member connecting the organization's account.
@@ -38,6 +75,7 @@ pub struct ConnectRequest {
     pub intent: Intent,
     /// The label to give the account: `None` keeps it, `Some(None)` clears it.
     pub account_display_name: Option<Option<String>>,
+    pub binding: Binding,
 }
 
 /// What a connect flow is for.
@@ -61,7 +99,7 @@ impl Intent {
         }
     }
 
-    fn from_columns(intent: Option<&str>, account: Option<String>) -> Self {
+    pub(super) fn from_columns(intent: Option<&str>, account: Option<String>) -> Self {
         match (intent, account) {
             (Some("add"), _) => Intent::Add,
             (Some("reauthorize"), Some(id)) => Intent::Reauthorize(id.into()),
@@ -87,7 +125,8 @@ pub fn requested_scopes(integration: &Integration) -> Vec<String> {
     integration.spec().map(|s| s.default_scopes.clone()).unwrap_or_default()
 }
 
-/// Records a new state and returns the provider's authorization URL.
+/// Records a new state and returns where to send the browser: the provider's
+/// authorization URL, or for [`Binding::Confirmation`] Pipes' confirmation page.
 #[tracing::instrument(level = "debug", skip_all, fields(integration = %integration.slug))]
 pub async fn begin(
     state: &AppState,
@@ -98,23 +137,41 @@ pub async fn begin(
     let spec = integration.spec()?;
     let raw_state = random_token(32);
     let state_hash = sha256_hex(&raw_state);
+    let ring = state.keyring();
     let pkce = spec.pkce.then(client::new_pkce);
     let verifier = pkce
         .as_ref()
-        .map(|p| state.keyring().seal_str(p.verifier.expose(), aad(columns::PKCE_VERIFIER, &state_hash)))
+        .map(|p| ring.seal_str(p.verifier.expose(), aad(columns::PKCE_VERIFIER, &state_hash)))
         .transpose()?;
     let scopes = requested_scopes(integration);
     let redirect_uri = state.config.redirect_uri(&integration.slug);
-    let url = client::authorization_url(integration, &spec, &redirect_uri, &raw_state, &scopes, pkce.as_ref())
+    let provider_url = client::authorization_url(integration, &spec, &redirect_uri, &raw_state, &scopes, pkce.as_ref())
         .map_err(|e| ConnectError::Misconfigured(e.to_string()))?;
     let expires_at = now + chrono::Duration::from_std(STATE_TTL).unwrap_or_default();
     let (intent, account) = req.intent.column();
+    // The confirmation page holds the provider's URL (it carries the state) until it is used.
+    let (url, confirmation_hash, sealed_url) = match &req.binding {
+        Binding::Confirmation => {
+            let ticket = random_token(32);
+            let sealed = ring.seal_str(provider_url.as_str(), aad(columns::AUTHORIZATION_URL, &state_hash))?;
+            (super::confirmation_url(&state.config, &ticket), Some(sha256_hex(&ticket)), Some(sealed))
+        }
+        _ => (provider_url, None, None),
+    };
+    let (browser, widget_token, challenge) = match &req.binding {
+        Binding::Browser { browser, widget_token } => (Some(browser.as_str()), Some(widget_token.as_str()), None),
+        Binding::CodeChallenge(challenge) => (None, None, Some(challenge.as_str())),
+        Binding::Confirmation => (None, None, None),
+    };
     let inserted = sqlx::query(
         "INSERT INTO oauth_states (state_hash, integration_id, user_id, organization_id, return_to, scopes, pkce_verifier_enc, expires_at, created_at,
-                                   connection_intent, connected_account_id, set_display_name, account_display_name)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $11, $12, $13, $14
+                                   connection_intent, connected_account_id, set_display_name, account_display_name,
+                                   binding, confirmation_hash, authorization_url_enc, browser_hash, widget_token_hash, code_challenge)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20
          WHERE (SELECT count(*) FROM oauth_states
-                WHERE user_id = $3 AND organization_id IS NOT DISTINCT FROM $4 AND used_at IS NULL AND expires_at > $9) < $10",
+                WHERE user_id = $3 AND organization_id IS NOT DISTINCT FROM $4 AND used_at IS NULL AND expires_at > $9) < $10
+           AND ($19::text IS NULL OR (SELECT count(*) FROM oauth_states
+                WHERE widget_token_hash = $19 AND used_at IS NULL AND expires_at > $9) < $21)",
     )
     .bind(&state_hash)
     .bind(&integration.id)
@@ -130,15 +187,36 @@ pub async fn begin(
     .bind(account)
     .bind(req.account_display_name.is_some())
     .bind(req.account_display_name.clone().flatten())
+    .bind(req.binding.column())
+    .bind(confirmation_hash)
+    .bind(sealed_url)
+    .bind(browser)
+    .bind(widget_token)
+    .bind(challenge)
+    .bind(MAX_OPEN_PER_WIDGET_TOKEN)
     .execute(&state.db)
     .await?;
     if inserted.rows_affected() == 0 {
         return Err(ConnectError::TooManyOpen);
     }
-    // Old states are only useful for telling a replay from a forgery for a while.
-    let horizon = now - chrono::Duration::from_std(STATE_RETENTION).unwrap_or_default();
-    sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1").bind(horizon).execute(&state.db).await?;
     Ok(Begun { url, state: raw_state })
+}
+
+/// Housekeeping, on every scheduler tick: the secrets of expired flows (sealed PKCE
+/// verifier, provider URL and provider code) are dropped at once, and the rows after
+/// [`STATE_RETENTION`] (kept so a replay is told apart from a forgery).
+pub async fn forget_expired(db: &sqlx::PgPool, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE oauth_states SET pkce_verifier_enc = NULL, authorization_url_enc = NULL, provider_code_enc = NULL
+         WHERE (expires_at <= $1 OR connect_code_expires_at <= $1)
+           AND (pkce_verifier_enc IS NOT NULL OR authorization_url_enc IS NOT NULL OR provider_code_enc IS NOT NULL)",
+    )
+    .bind(now)
+    .execute(db)
+    .await?;
+    let horizon = now - chrono::Duration::from_std(STATE_RETENTION).unwrap_or_default();
+    sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1").bind(horizon).execute(db).await?;
+    Ok(())
 }
 
 /// A connect flow begun: where to send the browser, and the flow's `state` (also in the
@@ -162,6 +240,7 @@ pub struct Pending {
     pub pkce_verifier: Option<Secret>,
     pub intent: Intent,
     pub account_display_name: Option<Option<String>>,
+    pub bound: Bound,
 }
 
 /// Why a presented state was refused.
@@ -212,14 +291,14 @@ pub async fn consume_state(
 ) -> Result<Result<Pending, StateRejection>, ConnectError> {
     let hash = sha256_hex(raw_state);
     let row = sqlx::query(
-        // The verifier is dropped as the state is consumed: it is never needed again.
-        "UPDATE oauth_states s SET used_at = $3, pkce_verifier_enc = NULL
+        // The verifier is dropped as the state is consumed, unless `finish` exchanges the code later.
+        "UPDATE oauth_states s SET used_at = $3, authorization_url_enc = NULL,
+                pkce_verifier_enc = CASE WHEN s.binding = 'code_challenge' THEN s.pkce_verifier_enc END
          FROM (SELECT state_hash, pkce_verifier_enc FROM oauth_states WHERE state_hash = $1 FOR UPDATE) old,
               integrations i
          WHERE s.state_hash = old.state_hash AND i.id = s.integration_id AND i.slug = $2
            AND s.used_at IS NULL AND s.expires_at > $3
-         RETURNING s.integration_id, s.user_id, s.organization_id, s.return_to, s.scopes, old.pkce_verifier_enc,
-                   s.connection_intent, s.connected_account_id, s.set_display_name, s.account_display_name",
+         RETURNING s.*, old.pkce_verifier_enc AS sealed_verifier",
     )
     .bind(&hash)
     .bind(slug)
@@ -242,11 +321,20 @@ pub async fn consume_state(
             Some(_) => StateRejection::Expired,
         }));
     };
-    let sealed: Option<Vec<u8>> = row.get("pkce_verifier_enc");
+    Ok(Ok(pending(state, &row, &hash)?))
+}
+
+/// The flow stored in an `oauth_states` row (`s.*` with the PKCE verifier as `sealed_verifier`).
+pub(super) fn pending(state: &AppState, row: &PgRow, hash: &str) -> Result<Pending, ConnectError> {
+    let sealed: Option<Vec<u8>> = row.get("sealed_verifier");
     let pkce_verifier = sealed
-        .map(|c| state.keyring().open_string(&c, aad(columns::PKCE_VERIFIER, &hash)).map(Secret::new))
+        .map(|c| state.keyring().open_string(&c, aad(columns::PKCE_VERIFIER, hash)).map(Secret::new))
         .transpose()?;
-    Ok(Ok(Pending {
+    let bound = match row.get::<Option<String>, _>("code_challenge") {
+        Some(challenge) if row.get::<String, _>("binding") == "code_challenge" => Bound::CodeChallenge(challenge),
+        _ => Bound::Browser(row.get("browser_hash")),
+    };
+    Ok(Pending {
         integration_id: row.get("integration_id"),
         user_id: row.get("user_id"),
         organization_id: row.get("organization_id"),
@@ -255,5 +343,6 @@ pub async fn consume_state(
         pkce_verifier,
         intent: Intent::from_columns(row.get("connection_intent"), row.get("connected_account_id")),
         account_display_name: row.get::<bool, _>("set_display_name").then(|| row.get("account_display_name")),
-    }))
+        bound,
+    })
 }

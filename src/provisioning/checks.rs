@@ -57,6 +57,11 @@ impl Checker {
             );
             return None;
         }
+        // `/data-integrations/finish` is a route of its own.
+        if value == "finish" {
+            self.push(field, "reserved", "`finish` is reserved: POST /data-integrations/finish finishes connections.");
+            return None;
+        }
         Some(value.to_owned())
     }
 

@@ -51,10 +51,16 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler that claims due accounts and publishes their refresh jobs.
+    /// A scheduler that claims due accounts and publishes their refresh jobs, and
+    /// drops what expired connect flows kept.
     pub fn new(state: AppState) -> Self {
         let claims = claim::Claims::default();
-        Scheduler { state, tasks: Vec::new() }.with_task("refresh", move |tick| claims.clone().enqueue_due(tick))
+        Scheduler { state, tasks: Vec::new() }
+            .with_task("refresh", move |tick| claims.clone().enqueue_due(tick))
+            .with_task(
+                "connect_flows",
+                |tick| async move { crate::connect::forget_expired(&tick.state.db, tick.now).await },
+            )
     }
 
     /// Adds a task run on every tick after the ones already added.

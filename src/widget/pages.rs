@@ -1,9 +1,16 @@
 //! The widget's pages and assets: `GET /widget` (the hosted page), `GET
 //! /widget.js` and `/widget.css` (the `<pipes-widget>` custom element, plain
-//! JS and CSS compiled into the binary: no CDN, no build step), and `GET
-//! /widget/done`, where the OAuth callback sends the browser back: it tells
-//! the page that opened the popup (`postMessage` to a checked origin) and
-//! closes, or, without a popup, goes back to the widget's page.
+//! JS and CSS compiled into the binary: no CDN, no build step), `GET
+//! /widget/connect`, where every widget flow starts, and `GET /widget/done`,
+//! where the OAuth callback sends the browser back: it tells the page that
+//! opened the popup (`postMessage` to a checked origin) and closes, or, without a
+//! popup, goes back to the widget's page.
+//!
+//! Widget tokens never travel in a URL's query or in server-rendered HTML: the
+//! hosted page takes its token from the fragment (`/widget#token=…`, read by script
+//! and removed from the address bar), and the connect page from the widget that
+//! opened it, by `postMessage`, whose sender's origin the browser vouches for; opened
+//! any other way (a link someone sent), it reads the fragment and asks first.
 //!
 //! Every page carries a strict Content-Security-Policy: scripts and styles
 //! from Pipes' own origin only, nothing inline, no framing.
@@ -20,10 +27,15 @@ use crate::state::AppState;
 const WIDGET_JS: &str = include_str!("../../assets/widget/widget.js");
 const WIDGET_CSS: &str = include_str!("../../assets/widget/widget.css");
 const DONE_JS: &str = include_str!("../../assets/widget/done.js");
+const CONNECT_JS: &str = include_str!("../../assets/widget/connect.js");
 
 /// The hosted page: the element, its script and stylesheet, and the API, all on this origin.
 const PAGE_CSP: &str =
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// The connect page talks to the widget API on this origin and then leaves for the provider.
+const CONNECT_CSP: &str =
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src data:; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 /// The completion page runs one script and loads one stylesheet.
 const DONE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
@@ -32,6 +44,8 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/widget", get(hosted))
         .route("/widget/done", get(done))
+        .route("/widget/connect", get(connect_page))
+        .route("/widget/connect.js", get(|| async { asset("text/javascript; charset=utf-8", CONNECT_JS) }))
         .route("/widget.js", get(|| async { asset("text/javascript; charset=utf-8", WIDGET_JS) }))
         .route("/widget.css", get(|| async { asset("text/css; charset=utf-8", WIDGET_CSS) }))
         .route("/widget/done.js", get(|| async { asset("text/javascript; charset=utf-8", DONE_JS) }))
@@ -49,16 +63,20 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 fn html(csp: &'static str, body: String) -> Response {
+    html_with(StatusCode::OK, csp, body)
+}
+
+fn html_with(status: StatusCode, csp: &'static str, body: String) -> Response {
     let headers: [(HeaderName, HeaderValue); 6] = [
         (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
         (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp)),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        // The hosted page's URL carries the widget token: never send it anywhere.
+        // A page's URL may carry a widget token in its fragment for a moment: never send it anywhere.
         (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
         (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
         (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
     ];
-    (StatusCode::OK, headers, body).into_response()
+    (status, headers, body).into_response()
 }
 
 pub(crate) fn escape(text: &str) -> String {
@@ -104,22 +122,52 @@ pub fn done_url(config: &Config, opener_origin: Option<&str>, back: Option<&str>
     url
 }
 
-/// The hosted widget. The token may be absent when the browser comes back from a
-/// connection without a popup: the element then uses the one it kept in this tab.
+/// The hosted widget. Its script takes the token from the URL's fragment (`#token=…`) or,
+/// back from a connection without a popup, from this tab's storage. A token in the query
+/// string is refused: it would reach the server's and proxies' logs and the history.
 pub async fn hosted(RawQuery(query): RawQuery) -> Response {
     let params = params(query);
-    let token = param(&params, "token").map(|t| format!(" token=\"{}\"", escape(t))).unwrap_or_default();
+    let head = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><meta name=\"color-scheme\" content=\"light dark\">\
+<title>Connected accounts</title><link rel=\"icon\" href=\"data:,\"><link rel=\"stylesheet\" href=\"/widget.css\"></head>";
+    if params.iter().any(|(k, _)| k == "token") {
+        return html_with(
+            StatusCode::BAD_REQUEST,
+            PAGE_CSP,
+            format!(
+                "{head}<body class=\"pipes-hosted\"><main><h1>Connected accounts</h1>\
+<p>This link carries its widget token in the query string, where it would be logged. \
+Open the widget with the token after <code>#</code> (<code>/widget#token=…</code>), and ask the application for a new token: \
+this one may have been recorded.</p></main></body></html>"
+            ),
+        );
+    }
     let mode = if param(&params, "mode") == Some("redirect") { " mode=\"redirect\"" } else { "" };
     html(
         PAGE_CSP,
         format!(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><meta name=\"color-scheme\" content=\"light dark\">\
-<title>Connected accounts</title><link rel=\"icon\" href=\"data:,\"><link rel=\"stylesheet\" href=\"/widget.css\"></head>\
-<body class=\"pipes-hosted\"><main><h1>Connected accounts</h1>\
-<pipes-widget hosted{token}{mode}><p>Loading…</p><noscript>This page needs JavaScript.</noscript></pipes-widget></main>\
+            "{head}<body class=\"pipes-hosted\"><main><h1>Connected accounts</h1>\
+<pipes-widget hosted{mode}><p>Loading…</p><noscript>This page needs JavaScript.</noscript></pipes-widget></main>\
 <script src=\"/widget.js\"></script></body></html>"
         ),
+    )
+}
+
+/// Where every widget flow starts: its script gets the request from the widget that opened
+/// it, starts the flow on this origin (so the browser cookie is set here), and goes on to
+/// the provider. Opened without a widget, it says whose account would be connected and asks.
+pub async fn connect_page() -> Response {
+    html(
+        CONNECT_CSP,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><meta name=\"color-scheme\" content=\"light dark\">\
+<title>Connecting…</title><link rel=\"icon\" href=\"data:,\"><link rel=\"stylesheet\" href=\"/widget.css\"></head>\
+<body class=\"pipes-hosted\"><main id=\"pipes-connect\"><h1 id=\"pipes-connect-title\">Connecting…</h1>\
+<p id=\"pipes-connect-status\" role=\"status\">Starting the connection.</p>\
+<p><button type=\"button\" id=\"pipes-connect-continue\" hidden>Continue</button></p>\
+<noscript><p>This page needs JavaScript.</p></noscript></main>\
+<script src=\"/widget/connect.js\"></script></body></html>"
+            .to_owned(),
     )
 }
 

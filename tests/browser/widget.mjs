@@ -54,9 +54,11 @@ async function consentInPopup(button, username, decision, consentShot) {
 
 try {
   // 1. A user with nothing connected sees Connect.
+  const token = new URLSearchParams(new URL(widgetUrl).hash.slice(1)).get('token');
   await page.goto(widgetUrl);
   await card('not_connected').waitFor();
-  if (new URL(page.url()).searchParams.has('token')) throw new Error('the token stayed in the address bar');
+  if (page.url().includes(token)) throw new Error('the token stayed in the address bar');
+  if ((await page.content()).includes(token)) throw new Error('the token is in the page');
   await shot(page, '01-connect.png');
   log('connect state shown');
 
@@ -88,6 +90,11 @@ try {
   url.searchParams.set('mode', 'redirect');
   await page.goto(url.toString());
   await page.getByRole('button', { name: 'Reauthorize Demo Provider' }).click();
+  // Without a popup the connect page says whose account this is and asks first.
+  await page.getByText('connected to user user_alice').waitFor();
+  if (page.url().includes(token)) throw new Error('the token stayed in the connect page address');
+  await shot(page, '05-confirm-redirect.png');
+  await page.getByRole('button', { name: 'Continue to Demo Provider' }).click();
   await page.getByLabel('Username').fill('alice');
   await page.getByRole('button', { name: 'Continue' }).click();
   await page.getByRole('button', { name: 'Approve' }).click();
@@ -97,7 +104,7 @@ try {
   log('reauthorized');
 
   // 5. Disconnect asks first; Escape cancels; confirming shows Connect again.
-  await page.goto(widgetUrl.split('?')[0]);
+  await page.goto(widgetUrl.split('#')[0]);
   await page.getByRole('button', { name: 'Disconnect Demo Provider' }).click();
   await page.getByText('Disconnect Demo Provider? The application will lose access.').waitFor();
   await page.keyboard.press('Escape');
@@ -113,6 +120,25 @@ try {
   await card('not_connected').getByText('Access was not allowed, so Demo Provider was not connected.').waitFor();
   await shot(page, '08-denied.png');
   log('denial shown');
+
+  // 6b. The provider URL of a flow this browser started, opened in another browser
+  // (a fresh cookie jar), connects nothing and says why.
+  const [popup] = await Promise.all([page.waitForEvent('popup'), page.getByRole('button', { name: 'Connect Demo Provider' }).click()]);
+  await popup.getByLabel('Username').waitFor();
+  const providerUrl = popup.url();
+  await popup.close();
+  const other = await browser.newContext({ viewport: { width: 900, height: 620 } });
+  const victim = await other.newPage();
+  await victim.goto(providerUrl);
+  await victim.getByLabel('Username').fill('victim');
+  await victim.getByRole('button', { name: 'Continue' }).click();
+  await victim.getByRole('button', { name: 'Approve' }).click();
+  await victim.getByText('started in another browser, so nothing was connected').waitFor();
+  await shot(victim, '08b-other-browser.png');
+  await other.close();
+  await page.reload();
+  await card('not_connected').waitFor();
+  log('another browser connects nothing');
 
   // 7. An expired widget token says so and tells the host page.
   const expired = await context.newPage();

@@ -45,12 +45,23 @@ pub async fn api_integration(
     ApiProvider { demo, slug: slug.to_owned() }
 }
 
-/// `POST …/authorize` and the provider's URL it answers.
+/// `POST …/authorize`, then the person's part on the confirmation page (in `app.http`,
+/// the test's browser): the provider's URL it sends them on to.
 pub async fn authorize(app: &TestApp, slug: &str, user: &str, org: Option<&str>, return_to: Option<&str>) -> url::Url {
     let body = json!({"user_id": user, "organization_id": org, "return_to": return_to});
     let (status, answer) = app.admin(Method::POST, &format!("/data-integrations/{slug}/authorize"), Some(body)).await;
     assert_eq!(status, 200, "{answer}");
-    url::Url::parse(answer["url"].as_str().expect("url")).expect("absolute url")
+    confirm(app, &app.http, answer["url"].as_str().expect("url")).await
+}
+
+/// Opens the confirmation page and continues, in `browser`: the provider's URL.
+pub async fn confirm(app: &TestApp, browser: &reqwest::Client, page: &str) -> url::Url {
+    assert!(page.starts_with(&format!("{}/connect/", app.base_url)), "the confirmation page: {page}");
+    let shown = browser.get(page).send().await.expect("confirmation page");
+    assert_eq!(shown.status(), 200);
+    let sent = browser.post(page).header("origin", &app.base_url).send().await.expect("continue");
+    assert_eq!(sent.status(), 303, "on to the provider");
+    url::Url::parse(sent.headers()["location"].to_str().expect("location")).expect("absolute url")
 }
 
 /// Follows the provider's (auto-consent) redirect: the callback URL it sends the browser to.
@@ -90,7 +101,7 @@ async fn the_redirect_carries_the_flows_state() {
     let (status, answer) = app.admin(Method::POST, "/data-integrations/stated/authorize", Some(body)).await;
     assert_eq!(status, 200, "{answer}");
     let state = answer["state"].as_str().expect("the answer names the state").to_owned();
-    let url = url::Url::parse(answer["url"].as_str().unwrap()).unwrap();
+    let url = confirm(&app, &app.http, answer["url"].as_str().unwrap()).await;
     assert!(url.query_pairs().any(|(k, v)| k == "state" && v == state.as_str()));
     let callback = provider_redirect(&app, &url).await;
     let resp = app.http.get(callback).send().await.unwrap();

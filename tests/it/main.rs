@@ -23,6 +23,7 @@ mod redis_cluster;
 mod refresh_core;
 mod sdk_node;
 mod sdk_python;
+mod securing;
 mod sharing;
 mod soak;
 mod support;

@@ -174,7 +174,7 @@ async fn a_connect_flow_adds_an_account_or_reauthorizes_the_one_it_names() {
         async move {
             let (status, answer) = app.admin(Method::POST, "/data-integrations/multi/authorize", Some(body)).await;
             assert_eq!(status, 200, "{answer}");
-            let url = url::Url::parse(answer["url"].as_str().unwrap()).unwrap();
+            let url = crate::connect::confirm(app, &app.http, answer["url"].as_str().unwrap()).await;
             let callback = provider_redirect(app, &url).await;
             let page = app.http.get(callback).send().await.unwrap().text().await.unwrap();
             assert!(page.contains("Connected"), "{page}");

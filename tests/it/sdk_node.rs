@@ -42,6 +42,7 @@ async fn run_script(app: &TestApp, script: &str, slug: &str) -> (DemoProvider, S
         .env("PIPES_SDK_CLIENT_ID", "sdk-client")
         .env("PIPES_SDK_CLIENT_SECRET", &client_secret)
         .env("PIPES_SDK_RETURN_TO", "http://app.test/connected")
+        .env("PIPES_SDK_BOUND_RETURN_TO", "http://app.test/pipes/return")
         .kill_on_drop(true)
         .output();
     let output =
@@ -61,17 +62,18 @@ async fn every_pipes_method_of_the_node_sdk_12_works_against_pipes() {
     let summary: serde_json::Value = serde_json::from_str(line).unwrap();
     let methods: Vec<&str> = summary["methods"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
     assert_eq!(methods.len(), 26, "every Pipes method of the SDK: {methods:?}");
-    // Three connect flows went through the provider: the user's two accounts and the organization's.
-    assert_eq!(demo.stats().code_exchanges, 3);
+    // Four connect flows went through the provider: the user's two accounts, the
+    // organization's, and a session-bound one (exchanged by finishConnection).
+    assert_eq!(demo.stats().code_exchanges, 4);
     // Deleting both roots took every account with them, each with its event.
     let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM connected_accounts").fetch_one(&app.db).await.unwrap();
     assert_eq!(accounts, 0);
     let kinds: Vec<String> = events(&app).await.into_iter().map(|(e, _)| e).collect();
     let count = |kind: &str| kinds.iter().filter(|k| k.as_str() == kind).count();
-    // Connected: 3 flows, the organization import, 2 user imports; replacements of
+    // Connected: 4 flows, the organization import, 2 user imports; replacements of
     // connected accounts announce nothing.
-    assert_eq!(count("pipes.connected_account.connected"), 6, "{kinds:?}");
-    assert_eq!(count("pipes.connected_account.disconnected"), 6, "{kinds:?}");
+    assert_eq!(count("pipes.connected_account.connected"), 7, "{kinds:?}");
+    assert_eq!(count("pipes.connected_account.disconnected"), 7, "{kinds:?}");
 }
 
 #[tokio::test]

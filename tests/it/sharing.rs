@@ -44,7 +44,7 @@ async fn connect_as(app: &TestApp, slug: &str, user: &str, org: &str, owner: &st
     let body = json!({"user_id": user, "organization_id": org, "connection_owner": owner});
     let (status, answer) = app.admin(Method::POST, &format!("/data-integrations/{slug}/authorize"), Some(body)).await;
     assert_eq!(status, 200, "{answer}");
-    let url = url::Url::parse(answer["url"].as_str().unwrap()).unwrap();
+    let url = crate::connect::confirm(app, &app.http, answer["url"].as_str().unwrap()).await;
     let callback = provider_redirect(app, &url).await;
     let page = app.http.get(callback).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("Connected"), "{page}");

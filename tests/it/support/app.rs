@@ -23,9 +23,20 @@ pub struct TestApp {
     pub db_name: String,
     pub admin_key: String,
     pub tokens_key: String,
+    /// The test's browser (and API client): it keeps cookies.
     pub http: reqwest::Client,
     pub cancel: CancellationToken,
     pub unique: String,
+}
+
+/// An HTTP client as a browser is to Pipes: a cookie jar, redirects not followed.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
 }
 
 /// Settings every test app shares; `extra` overrides.
@@ -37,6 +48,7 @@ pub fn test_settings(db_name: &str, unique: &str, public_url: &str) -> Settings 
         .set("PIPES_REDIS_PREFIX", format!("it_{unique}"))
         .set("PIPES_QUEUE_PREFIX", format!("it_{unique}"))
         .set("PIPES_ALLOWED_RETURN_TO", "http://localhost:3000,http://app.test")
+        .set("PIPES_RETURN_URLS", "http://app.test/pipes/return,http://localhost:3000/return")
         .set("PIPES_ALLOW_PRIVATE_NETWORK", "true")
         .set("PIPES_SCHEDULER_CRON", "* * * * * *")
         .set("PIPES_REFRESH_RETRY_DELAYS", "200ms,400ms,800ms")
@@ -113,12 +125,13 @@ impl TestApp {
         tokio::spawn(api::serve_api(listener, api::service(state.clone()), cancel.clone()));
         let (admin_key, _) = pipes::auth::create_key(&state.db, "test-admin", Role::Admin).await.expect("key");
         let (tokens_key, _) = pipes::auth::create_key(&state.db, "test-tokens", Role::Tokens).await.expect("key");
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client");
+        let http = browser();
         TestApp { addr, base_url, db: state.db.clone(), state, db_name, admin_key, tokens_key, http, cancel, unique }
+    }
+
+    /// Another browser: its own cookie jar, so flows `http` started are not its own.
+    pub fn browser(&self) -> reqwest::Client {
+        browser()
     }
 
     pub fn config(&self) -> &Config {

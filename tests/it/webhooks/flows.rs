@@ -190,7 +190,7 @@ async fn each_endpoint_receives_an_event_under_the_name_it_subscribed_to() {
     let body = serde_json::json!({"user_id": "u1", "connection_intent": "add"});
     let (status, answer) = app.admin(Method::POST, &format!("/data-integrations/{slug}/authorize"), Some(body)).await;
     assert_eq!(status, 200, "{answer}");
-    let url = url::Url::parse(answer["url"].as_str().unwrap()).unwrap();
+    let url = crate::connect::confirm(&app, &app.http, answer["url"].as_str().unwrap()).await;
     let callback = crate::connect::provider_redirect(&app, &url).await;
     app.http.get(callback).send().await.unwrap();
     provider.demo.deny_next_consent();

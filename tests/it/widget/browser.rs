@@ -77,7 +77,7 @@ async fn a_user_connects_reauthorizes_and_disconnects_in_a_real_browser() {
 
     let (status, body) = app.admin(Method::POST, "/widgets/token", Some(json!({ "user_id": "user_alice" }))).await;
     assert_eq!(status, 200, "{body}");
-    let widget_url = app.url(&format!("/widget?token={}", body["token"].as_str().unwrap()));
+    let widget_url = app.url(&format!("/widget#token={}", body["token"].as_str().unwrap()));
     let (expired, _) = pipes::widget::issue(
         app.state.keyring(),
         "user_alice",
@@ -85,7 +85,7 @@ async fn a_user_connects_reauthorizes_and_disconnects_in_a_real_browser() {
         Utc::now() - chrono::Duration::hours(1),
         Duration::from_secs(60),
     );
-    let expired_url = app.url(&format!("/widget?token={expired}"));
+    let expired_url = app.url(&format!("/widget#token={expired}"));
     let shots = root().join("artifacts/screenshots");
 
     let mut child = tokio::process::Command::new("node")
@@ -171,7 +171,7 @@ async fn a_user_adds_and_removes_accounts_and_sees_the_organizations_read_only()
         .admin(Method::POST, "/widgets/token", Some(json!({ "user_id": "user_bob", "organization_id": "org_1" })))
         .await;
     assert_eq!(status, 200, "{body}");
-    let widget_url = app.url(&format!("/widget?token={}", body["token"].as_str().unwrap()));
+    let widget_url = app.url(&format!("/widget#token={}", body["token"].as_str().unwrap()));
     let shots = root().join("artifacts/screenshots");
     let run = tokio::process::Command::new("node")
         .arg(root().join("tests/browser/widget-accounts.mjs"))

@@ -6,12 +6,13 @@
 // line, so the Rust test can tell every one was called.
 
 import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   WorkOS,
+  GenericServerException,
   NotFoundException,
   ConflictException,
   UnprocessableEntityException,
-  GenericServerException,
 } from '@workos-inc/node';
 
 const env = (name) => {
@@ -23,6 +24,8 @@ const env = (name) => {
 const slug = env('PIPES_SDK_SLUG');
 const demo = env('PIPES_SDK_DEMO_URL');
 const returnTo = env('PIPES_SDK_RETURN_TO');
+// Registered in PIPES_RETURN_URLS: where a session-bound flow comes back.
+const boundReturnTo = env('PIPES_SDK_BOUND_RETURN_TO');
 const base = `http://${env('PIPES_SDK_HOST')}:${env('PIPES_SDK_PORT')}`;
 const apiKey = env('PIPES_SDK_API_KEY');
 const workos = new WorkOS(apiKey, {
@@ -43,11 +46,21 @@ const rejects = (promise, kind, code) =>
     return true;
   });
 
-// Follows the provider's (auto-consent) redirect and the callback's, to return_to.
+// The person's part, as a browser: the confirmation page (continue, keeping its cookie),
+// the provider's (auto-consent) redirect and the callback's, to return_to.
 const consent = async (url) => {
+  let cookie = null;
+  if (url.startsWith(`${base}/connect/`)) {
+    assert.equal((await fetch(url)).status, 200);
+    const go = await fetch(url, { method: 'POST', redirect: 'manual', headers: { origin: base } });
+    assert.equal(go.status, 303);
+    cookie = go.headers.get('set-cookie').split(';')[0];
+    url = go.headers.get('location');
+  }
   const provider = await fetch(url, { redirect: 'manual' });
   assert.equal(provider.status, 302);
-  const done = await fetch(provider.headers.get('location'), { redirect: 'manual' });
+  const headers = cookie ? { cookie } : {};
+  const done = await fetch(provider.headers.get('location'), { redirect: 'manual', headers });
   assert.equal(done.status, 302);
   return new URL(done.headers.get('location'));
 };
@@ -135,9 +148,44 @@ const shared = await pipes.authorizeDataIntegration({
 });
 assert.equal((await consent(shared.url)).searchParams.get('status'), 'connected');
 await rejects(
-  pipes.authorizeDataIntegration({ slug, ...user, codeChallenge: 'x'.repeat(43), codeChallengeMethod: 'S256' }),
+  pipes.authorizeDataIntegration({ slug, ...user, codeChallenge: 'x'.repeat(43), codeChallengeMethod: 'plain' }),
   UnprocessableEntityException,
 );
+
+// --- Session binding: the callback saves nothing; finishConnection with the verifier does.
+const verifier = randomBytes(32).toString('base64url');
+const codeChallenge = createHash('sha256').update(verifier).digest('base64url');
+const boundUser = { userId: 'user_bound_sdk12' };
+const bound = await pipes.authorizeDataIntegration({
+  slug,
+  ...boundUser,
+  returnTo: boundReturnTo,
+  codeChallenge,
+  codeChallengeMethod: 'S256',
+  accountDisplayName: 'Bound',
+});
+assert.ok(bound.url.startsWith(demo), 'no confirmation screen with a code challenge');
+assert.equal(bound.completion, 'finish_required');
+const handed = await consent(bound.url);
+assert.equal(`${handed.origin}${handed.pathname}`, boundReturnTo);
+assert.equal(handed.searchParams.get('state'), bound.state);
+const connectCode = handed.searchParams.get('connect_code');
+assert.ok(connectCode, 'return_to gets a connect_code');
+await rejects(pipes.getUserConnectedAccount({ slug, ...boundUser }), NotFoundException);
+method('finishConnection');
+const finished = await pipes.finishConnection({ connectCode, codeVerifier: verifier, state: bound.state });
+assert.equal(finished.connectedAccount.userId, boundUser.userId);
+assert.equal(finished.connectedAccount.accountDisplayName, 'Bound');
+assert.equal(finished.connectedAccount.state, 'connected');
+// A 400 with a code (and no field errors) reaches the SDK's caller as GenericServerException.
+const badRequest = (code) => (err) => {
+  assert.ok(err instanceof GenericServerException, `${err?.constructor?.name}: ${err?.message}`);
+  assert.equal(err.status, 400);
+  assert.equal(err.rawData.code, code);
+  return true;
+};
+await assert.rejects(pipes.finishConnection({ connectCode, codeVerifier: verifier }), badRequest('invalid_connect_code'));
+assert.equal((await pipes.getUserConnectedAccount({ slug, ...boundUser })).id, finished.connectedAccount.id);
 
 // --- The user's accounts.
 method('getUserConnectedAccount');
@@ -286,9 +334,7 @@ await rejects(
   pipes.updateDataIntegrationClientCredentials({ slug, ...user, clientId: 'c', clientSecret: 's' }),
   UnprocessableEntityException,
 );
-// Finishing a code-challenge flow: not served yet (no flow can need it: code_challenge is refused above).
-method('finishConnection');
-await rejects(pipes.finishConnection({ connectCode: 'x', codeVerifier: 'y'.repeat(43) }), GenericServerException);
+await assert.rejects(pipes.finishConnection({ connectCode: 'x', codeVerifier: 'y'.repeat(43) }), badRequest('invalid_connect_code'));
 
 // --- Deleting both roots.
 method('deleteOrganizationDataIntegration');

@@ -53,12 +53,16 @@ assert.ok(integration.createdAt instanceof Date && !Number.isNaN(integration.cre
 const listed = await workos.pipes.listDataIntegrations({ limit: 10 });
 assert.ok(listed.data.some((i) => i.slug === slug));
 
-// authorizeDataIntegration, then the browser's part: the provider (auto-consent)
-// redirects to the callback, which redirects to returnTo.
+// authorizeDataIntegration, then the browser's part: the confirmation page, the provider
+// (auto-consent) redirects to the callback, which redirects to returnTo.
+// The confirmation page comes first: continuing sets the cookie the callback requires.
 const { url } = await workos.pipes.authorizeDataIntegration({ slug, ...user, returnTo });
-const consent = await fetch(url, { redirect: 'manual' });
+const go = await fetch(url, { method: 'POST', redirect: 'manual' });
+assert.equal(go.status, 303);
+const cookie = go.headers.get('set-cookie').split(';')[0];
+const consent = await fetch(go.headers.get('location'), { redirect: 'manual' });
 assert.equal(consent.status, 302);
-const done = await fetch(consent.headers.get('location'), { redirect: 'manual' });
+const done = await fetch(consent.headers.get('location'), { redirect: 'manual', headers: { cookie } });
 assert.equal(done.status, 302);
 const back = new URL(done.headers.get('location'));
 assert.equal(back.searchParams.get('status'), 'connected');

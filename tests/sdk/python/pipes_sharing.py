@@ -78,14 +78,15 @@ assert urllib.request.urlopen(request).status == 200
 
 # Authorize: every intent answers a URL and the flow's state (the model requires it).
 plain = call("authorize_data_integration", slug, user_id="user_py2")
-assert plain.url.startswith(demo) and plain.state, plain
+# Without a code_challenge the URL is Pipes' confirmation page, never the provider's.
+assert plain.url.startswith(env["PIPES_URL"].rstrip("/") + "/connect/") and plain.state, plain
 shared_flow = call(
     "authorize_data_integration", slug, user_id="admin_py", organization_id=org, connection_owner="organization"
 )
 assert shared_flow.state != plain.state
 call("authorize_data_integration", slug, user_id="user_py2", connection_intent="add", account_display_name="Second")
 refused("UnprocessableEntityError", None, "authorize_data_integration", slug, user_id="u", code_challenge="x" * 43,
-        code_challenge_method="S256")
+        code_challenge_method="plain")
 
 # The organization's shared account.
 shared = call("create_organization_connected_account", org, slug, user_id="admin_py", access_token="org-token")
@@ -151,7 +152,7 @@ refused("UnprocessableEntityError", None, "create_data_integration_client_creden
         client_id="c", client_secret="s", connection_intent="add")
 refused("UnprocessableEntityError", None, "update_data_integration_client_credentials", slug, user_id="u",
         client_id="c", client_secret="s")
-refused("APIError", None, "finish_connection", connect_code="x", code_verifier="y" * 43)
+refused("BadRequestError", "invalid_connect_code", "finish_connection", connect_code="x", code_verifier="y" * 43)
 
 call("delete_organization_connected_account", org, slug)
 refused("NotFoundError", None, "get_organization_connected_account", org, slug)
