@@ -2,8 +2,9 @@
 
 * `json_error_body`, a check: every 4xx from a JSON route says what was
   wrong as `{"code": "...", "message": "..."}` with a JSON content type
-  (DESIGN §3). The OAuth callback is a browser redirect target and answers
-  pages; it is documented as `text/html` and checked by content type instead.
+  (DESIGN §3). The OAuth callback and the connect confirmation page are
+  browser routes and answer pages; they are documented as `text/html` and
+  checked by content type instead.
 * Authentication: the admin key everywhere, and a widget token (made with
   that key) for the widget's own API, so both reach real handlers.
 * Deleting the documented example integration (`github`), or disconnecting
@@ -20,7 +21,7 @@ import schemathesis
 
 BASE_URL = os.environ["PIPES_FUZZ_BASE_URL"]
 ADMIN_KEY = os.environ["PIPES_FUZZ_ADMIN_KEY"]
-BROWSER_ROUTES = {"/data-integrations/{slug}/callback"}
+BROWSER_ROUTES = {"/data-integrations/{slug}/callback", "/connect/{ticket}"}
 
 
 @schemathesis.check

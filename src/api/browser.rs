@@ -19,9 +19,8 @@ fn cookie_name(config: &Config) -> &'static str {
     }
 }
 
-/// The browser's id, from its cookie; a value Pipes did not make is ignored.
-fn browser_id(config: &Config, headers: &HeaderMap) -> Option<String> {
-    let name = cookie_name(config);
+/// The value of the cookie `name` a request sent, if any.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -29,8 +28,14 @@ fn browser_id(config: &Config, headers: &HeaderMap) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+        .map(|(_, v)| v)
+}
+
+/// The browser's id, from its cookie; a value Pipes did not make is ignored.
+fn browser_id(config: &Config, headers: &HeaderMap) -> Option<String> {
+    cookie(headers, cookie_name(config))
         .filter(|v| v.len() == 43 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .map(str::to_owned)
 }
 
 /// The hash a flow stores of the browser that sent `headers` (`None`: no cookie).

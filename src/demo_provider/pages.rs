@@ -195,14 +195,7 @@ fn valid_username(name: &str) -> bool {
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.to_owned())
+    crate::api::browser::cookie(headers, SESSION_COOKIE).map(str::to_owned)
 }
 
 /// §4.1.2: the code (or error) and the client's `state` are added to the redirect URI's query,
