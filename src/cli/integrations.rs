@@ -222,29 +222,124 @@ pub async fn run(config: &Config, cmd: IntegrationsCommand) -> anyhow::Result<()
     Ok(())
 }
 
-/// `pipes providers`: the built-in catalog.
-pub fn providers(json: bool) -> anyhow::Result<()> {
-    let catalog = Catalog::builtin();
-    if json {
-        let all: Vec<_> = catalog.iter().collect();
-        println!("{}", serde_json::to_string_pretty(&all)?);
+#[derive(Debug, clap::Subcommand)]
+pub enum ProvidersCommand {
+    /// One provider's setup guide: where to register the app, the steps, the redirect
+    /// URI to paste, scopes with what each grants, connect-time parameters.
+    Show {
+        slug: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The catalog `pipes providers` reads (the built-in one with `PIPES_CATALOG_FILE` over
+/// it), and Pipes' public URL, for the redirect URI.
+fn catalog() -> anyhow::Result<(&'static Catalog, String)> {
+    let settings = crate::config::Settings::from_env()?;
+    if let Some(path) = settings.get("PIPES_CATALOG_FILE") {
+        Catalog::install(Catalog::with_operator_file(std::path::Path::new(path.trim()))?);
+    }
+    let public = settings.get("PIPES_PUBLIC_URL").unwrap_or_else(|| "http://localhost:8080".into());
+    Ok((Catalog::builtin(), public.trim().trim_end_matches('/').to_owned()))
+}
+
+/// `pipes providers`: the catalog, or the providers matching `search` and `category`.
+pub fn providers(
+    show: Option<&ProvidersCommand>,
+    search: Option<&str>,
+    category: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (catalog, public_url) = catalog()?;
+    if let Some(ProvidersCommand::Show { slug, json }) = show {
+        let spec = catalog.get(slug).ok_or_else(|| anyhow::anyhow!("no provider `{slug}` in the catalog"))?;
+        if *json {
+            println!("{}", serde_json::to_string_pretty(spec)?);
+        } else {
+            print!("{}", setup_guide(spec, &public_url));
+        }
         return Ok(());
     }
-    println!("{:<18} {:<22} {:<6} {:<18} {:<5} {:<8} CONFIG", "SLUG", "NAME", "SEP", "CLIENT AUTH", "PKCE", "EXPIRES");
-    for p in catalog.iter() {
-        let auth =
-            serde_json::to_value(p.client_auth).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    if let Some(c) = category.filter(|c| !crate::oauth::catalog::CATEGORIES.contains(c)) {
+        anyhow::bail!("no category `{c}`; the categories: {}", crate::oauth::catalog::CATEGORIES.join(", "));
+    }
+    let needle = search.map(str::to_lowercase);
+    let listed: Vec<_> = catalog
+        .iter()
+        .filter(|p| category.is_none_or(|c| p.categories.iter().any(|pc| pc == c)))
+        .filter(|p| {
+            needle.as_deref().is_none_or(|n| {
+                [&p.slug, &p.name, &p.description].iter().any(|t| t.to_lowercase().contains(n))
+                    || p.aliases.iter().chain(&p.categories).any(|t| t.contains(n))
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&listed)?);
+        return Ok(());
+    }
+    println!("{:<18} {:<22} {:<24} {:<5} {:<8} CONFIG", "SLUG", "NAME", "CATEGORIES", "PKCE", "EXPIRES");
+    for p in &listed {
         println!(
-            "{:<18} {:<22} {:<6} {:<18} {:<5} {:<8} {}",
+            "{:<18} {:<22} {:<24} {:<5} {:<8} {}",
             p.slug,
             p.name,
-            format!("{:?}", p.scope_separator),
-            auth,
+            p.categories.join(","),
             if p.pkce { "yes" } else { "no" },
             if p.tokens_expire { "yes" } else { "never" },
             p.config_params.join(",")
         );
     }
-    println!("{} providers", catalog.len());
+    println!("{} of {} providers", listed.len(), catalog.len());
     Ok(())
+}
+
+/// What an operator needs to set `spec` up, as text for the terminal.
+pub fn setup_guide(spec: &crate::oauth::catalog::ProviderSpec, public_url: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "{} ({})\n{}\n", spec.name, spec.slug, spec.description);
+    let _ = writeln!(out, "Register the OAuth app: {}", spec.docs_url);
+    for (i, step) in spec.setup_steps.iter().enumerate() {
+        let _ = writeln!(out, "  {}. {step}", i.saturating_add(1));
+    }
+    let _ = writeln!(out, "\nRedirect URI: {public_url}/data-integrations/{}/callback", spec.slug);
+    let auth = serde_json::to_value(spec.client_auth).ok().and_then(|v| v.as_str().map(str::to_owned));
+    let _ = writeln!(
+        out,
+        "Client authentication: {}; PKCE: {}",
+        auth.unwrap_or_default(),
+        if spec.pkce { "yes" } else { "no" }
+    );
+    if spec.scopes_configured_at_provider {
+        let _ = writeln!(out, "Scopes are chosen in the app's settings at {}; none are sent.", spec.name);
+    }
+    let describe = |scope: &str| spec.scope_descriptions.get(scope).map(String::as_str).unwrap_or("");
+    if !spec.default_scopes.is_empty() {
+        let _ = writeln!(out, "\nDefault scopes:");
+        for scope in &spec.default_scopes {
+            let _ = writeln!(out, "  {scope:<40} {}", describe(scope));
+        }
+    }
+    for (name, scopes) in &spec.scope_sets {
+        let _ = writeln!(out, "Scope set `{name}`:");
+        for scope in scopes {
+            let _ = writeln!(out, "  {scope:<40} {}", describe(scope));
+        }
+    }
+    if !spec.params.is_empty() {
+        let _ = writeln!(out, "\nConnect-time parameters (integration config):");
+        for (name, p) in &spec.params {
+            let _ = writeln!(out, "  {name}: {}", p.description);
+        }
+    }
+    if let Some(base) = &spec.api_base_url {
+        let _ = writeln!(out, "\nAPI base URL: {base}");
+    }
+    let _ = writeln!(out, "\nSources:");
+    for source in &spec.sources {
+        let _ = writeln!(out, "  {source}");
+    }
+    out
 }

@@ -57,8 +57,16 @@ pub enum Command {
     /// Integrations: provider configurations with the application's OAuth credentials.
     #[command(subcommand)]
     Integrations(integrations::IntegrationsCommand),
-    /// Lists the built-in provider catalog.
+    /// The provider catalog (with `PIPES_CATALOG_FILE` over it): list, search, or `show SLUG`.
     Providers {
+        #[command(subcommand)]
+        show: Option<integrations::ProvidersCommand>,
+        /// Only providers whose slug, name, description or category contains this text.
+        #[arg(long)]
+        search: Option<String>,
+        /// Only providers of this category.
+        #[arg(long)]
+        category: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -84,8 +92,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Keys(keys::KeysCommand::Generate { id }) = &cli.command {
         return keys::generate(id.as_deref());
     }
-    if let Command::Providers { json } = &cli.command {
-        return integrations::providers(*json);
+    if let Command::Providers { show, search, category, json } = &cli.command {
+        return integrations::providers(show.as_ref(), search.as_deref(), category.as_deref(), *json);
     }
     let dev = matches!(cli.command, Command::Dev);
     if dev && std::env::var_os("PIPES_ALLOW_PRIVATE_NETWORK").is_none() {
@@ -150,7 +158,9 @@ async fn run_command(command: Command, config: Config, cancel: CancellationToken
         Command::Status { json } => status::run(&config, json).await,
         Command::Import { file } => import(config, &file, cancel).await,
         Command::Integrations(cmd) => integrations::run(&config, cmd).await,
-        Command::Providers { json } => integrations::providers(json),
+        Command::Providers { show, search, category, json } => {
+            integrations::providers(show.as_ref(), search.as_deref(), category.as_deref(), json)
+        }
         Command::Connections(cmd) => connections::run(&config, cmd).await,
         Command::Webhooks(cmd) => webhooks::run(&config, cmd).await,
     }

@@ -317,6 +317,12 @@ impl Config {
                 .to_owned(),
             demo_client_secret: crate::secret::Secret::new(s.get_or("PIPES_DEMO_CLIENT_SECRET", "demo-client-secret")),
         };
+        // The operator's catalog entries, checked with the built-in ones before anything starts.
+        if let Some(path) = s.get("PIPES_CATALOG_FILE") {
+            let catalog = crate::oauth::catalog::Catalog::with_operator_file(std::path::Path::new(path.trim()))
+                .map_err(|e| invalid("PIPES_CATALOG_FILE", e))?;
+            crate::oauth::catalog::Catalog::install(catalog);
+        }
         if config.refresh_lease <= config.provider_timeout {
             return Err(invalid("PIPES_REFRESH_LEASE", "must be longer than PIPES_PROVIDER_TIMEOUT"));
         }

@@ -68,7 +68,7 @@ impl Settings {
     }
 
     /// The setting as text (a list as its items joined by commas); `None` when unset or blank.
-    pub(super) fn get(&self, key: &str) -> Option<String> {
+    pub(crate) fn get(&self, key: &str) -> Option<String> {
         fn text(value: &serde_json::Value) -> Option<String> {
             match value {
                 serde_json::Value::String(s) => Some(s.clone()),

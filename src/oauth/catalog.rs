@@ -1,8 +1,11 @@
 //! The built-in provider catalog: OAuth 2.0 endpoints and quirks as data.
 //!
-//! `providers/catalog.toml` is embedded at build time and parsed once. Each entry
-//! says where to send users and token requests, how to authenticate the client,
-//! which error codes mean "the grant is dead", and whether tokens expire at all.
+//! `providers/catalog/{slug}.toml` (one file per provider, format in
+//! `providers/README.md`) is embedded at build time and parsed once; an operator's
+//! `PIPES_CATALOG_FILE` adds or overrides entries at start-up. Each entry says where
+//! to send users and token requests, how to authenticate the client, which error
+//! codes mean "the grant is dead", whether tokens expire at all, and what an
+//! operator needs to set the provider up (setup steps, docs, scope descriptions).
 //! URL templates may carry `{param}` placeholders (Zendesk subdomain, Shopify
 //! shop, Microsoft tenant) that `ProviderSpec::resolve_urls` fills from an
 //! integration's config, refusing any value that could point at another host.
@@ -15,14 +18,50 @@ use url::Url;
 
 mod validate;
 
-const BUILTIN_TOML: &str = include_str!("../../providers/catalog.toml");
+/// `(slug, file)` for every file of `providers/catalog/`, written by `build.rs`.
+const BUILTIN_FILES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/catalog_files.rs"));
 
 static BUILTIN: LazyLock<Catalog> = LazyLock::new(|| {
-    // The file is compiled in, so a failure is a programming error, and the
-    // catalog tests parse and validate it before it can ship.
+    // The files are compiled in, so a failure is a programming error, and the
+    // catalog tests parse and validate them before they can ship.
     #[allow(clippy::expect_used)]
-    Catalog::from_toml_str(BUILTIN_TOML).expect("providers/catalog.toml must parse")
+    Catalog::from_files(BUILTIN_FILES).expect("providers/catalog/ must parse")
 });
+
+/// The built-in catalog with the operator's file over it, set once at start-up.
+static INSTALLED: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
+
+/// Categories an entry may list (`providers/README.md`).
+pub const CATEGORIES: [&str; 28] = [
+    "accounting",
+    "ai",
+    "analytics",
+    "calendar",
+    "communication",
+    "crm",
+    "customer-support",
+    "data",
+    "design",
+    "developer-tools",
+    "documents",
+    "e-commerce",
+    "email",
+    "erp",
+    "file-storage",
+    "finance",
+    "hr",
+    "identity",
+    "marketing",
+    "payments",
+    "productivity",
+    "project-management",
+    "recruiting",
+    "sales",
+    "scheduling",
+    "security",
+    "social",
+    "video",
+];
 
 /// Separators a provider may expect between scopes in the `scope` parameter.
 pub const SCOPE_SEPARATORS: [&str; 3] = [" ", ",", "+"];
@@ -31,6 +70,16 @@ pub const SCOPE_SEPARATORS: [&str; 3] = [" ", ",", "+"];
 pub enum CatalogError {
     #[error("the catalog does not match its schema: {0}")]
     Parse(#[from] toml::de::Error),
+    #[error("provider `{entry}` does not match the catalog schema: {source}")]
+    Entry {
+        entry: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("the catalog has problems:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
     #[error("provider `{provider}` needs the config parameter `{param}`")]
     MissingParam { provider: String, param: String },
     #[error("config parameter `{param}` of provider `{provider}` is invalid: {reason}")]
@@ -65,61 +114,241 @@ pub enum BodyContentType {
     Json,
 }
 
-/// One provider of the catalog, as written in `providers/catalog.toml`.
+/// How a connect-time parameter (a `{param}` of the entry's URLs) is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamKind {
+    /// One DNS label: a subdomain (`{subdomain}.zendesk.com`).
+    DnsLabel,
+    /// DNS labels joined by dots.
+    Hostname,
+    /// One path segment of letters, digits, `.`, `-`, `_` (a tenant id or domain).
+    PathSegment,
+    /// One of `values`.
+    OneOf,
+}
+
+/// A connect-time parameter the integration supplies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    pub description: String,
+    pub kind: ParamKind,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// Where an API key goes on a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyPlacement {
+    Header,
+    Query,
+    Basic,
+}
+
+/// A cheap request that succeeds only with a good key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    pub method: String,
+    pub url: String,
+}
+
+/// How the provider takes an API key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySpec {
+    pub placement: KeyPlacement,
+    /// `header`: the header name, and its value with `{api_key}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// `query`: the parameter name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_param: Option<String>,
+    /// `basic`: `username` or `password`, the half holding the key; `basic_other` the other half.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_other: Option<String>,
+    /// Where a user finds their key, in a line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_help: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyRequest>,
+}
+
+/// One provider of the catalog. Parsed from an entry file (its OAuth fields under
+/// `[oauth]`), flat here: every catalog entry speaks OAuth 2.0 today.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProviderSpec {
-    /// The table key; filled after parsing.
-    #[serde(skip_deserializing)]
+    /// The file name (or the operator file's table key).
     pub slug: String,
     pub name: String,
     pub description: String,
     pub logo_color: String,
+    pub categories: Vec<String>,
+    /// Other slugs that name this entry.
+    pub aliases: Vec<String>,
+    /// The provider's pages every fact comes from.
+    pub sources: Vec<String>,
+    /// Where an operator registers the OAuth app.
+    pub docs_url: String,
+    pub setup_steps: Vec<String>,
+    /// The base of the provider's REST API (may hold `{param}`s).
+    pub api_base_url: Option<String>,
+    pub api_hosts: Vec<String>,
+    /// Connect-time parameters, by name.
+    pub params: BTreeMap<String, ParamSpec>,
     pub authorization_url: String,
     pub token_url: String,
-    #[serde(default)]
     pub refresh_token_url: Option<String>,
     /// An RFC 7009-style endpoint (POST `token=…`), if the provider has one.
-    #[serde(default)]
     pub revocation_url: Option<String>,
     pub scope_separator: String,
     /// The authorization query key carrying scopes (Slack user scopes: `user_scope`).
-    #[serde(default = "default_scope_param")]
     pub scope_param: String,
     /// Scopes are chosen in the app's settings at the provider; none are sent.
-    #[serde(default)]
     pub scopes_configured_at_provider: bool,
     pub default_scopes: Vec<String>,
-    #[serde(default)]
     pub scope_sets: BTreeMap<String, Vec<String>>,
-    #[serde(default)]
+    /// One line for every scope named in the entry.
+    pub scope_descriptions: BTreeMap<String, String>,
     pub authorization_params: BTreeMap<String, String>,
     pub client_auth: ClientAuth,
     pub pkce: bool,
     pub token_response: TokenResponseShape,
     pub token_body_content_type: BodyContentType,
-    #[serde(default)]
     pub expires_in_as_string: bool,
     /// Error codes meaning the grant is dead and the user must reauthorize.
     pub invalid_grant_errors: Vec<String>,
     /// Provider-specific codes meaning the client credentials are wrong, on top
     /// of `invalid_client` and `unauthorized_client`.
-    #[serde(default)]
     pub invalid_client_errors: Vec<String>,
     /// `false`: tokens never expire; served as-is and never scheduled for refresh.
     pub tokens_expire: bool,
-    /// Placeholders the integration must supply, e.g. `["subdomain"]`.
-    #[serde(default)]
+    /// The provider documents single-use refresh tokens (Pipes stores whichever comes back).
+    pub refresh_token_rotation: bool,
+    /// Placeholders the integration must supply (the names of `params`).
     pub config_params: Vec<String>,
     /// Where a code exchange's answer names the provider's account (its subject), as a
     /// dotted path into the JSON (`authed_user.id`), a claim of its ID token
     /// (`id_token.sub`), or a field of the `userinfo_url` answer (`userinfo.id`): stored as
     /// the account's `account_identifier`, so connecting the same account again updates it.
-    #[serde(default)]
     pub account_identifier: Option<String>,
     /// A GET, made with the new access token, that answers the account's profile.
-    #[serde(default)]
     pub userinfo_url: Option<String>,
+    /// The provider also takes API keys this way (used by API-key integrations).
+    pub api_key: Option<ApiKeySpec>,
+}
+
+/// An entry as written in its file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryFile {
+    name: String,
+    description: String,
+    logo_color: String,
+    categories: Vec<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    sources: Vec<String>,
+    docs_url: String,
+    setup_steps: Vec<String>,
+    #[serde(default)]
+    api_base_url: Option<String>,
+    #[serde(default)]
+    api_hosts: Vec<String>,
+    #[serde(default)]
+    params: BTreeMap<String, ParamSpec>,
+    oauth: OAuthFile,
+    #[serde(default)]
+    api_key: Option<ApiKeySpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OAuthFile {
+    authorization_url: String,
+    token_url: String,
+    #[serde(default)]
+    refresh_token_url: Option<String>,
+    #[serde(default)]
+    revocation_url: Option<String>,
+    #[serde(default)]
+    userinfo_url: Option<String>,
+    scope_separator: String,
+    #[serde(default = "default_scope_param")]
+    scope_param: String,
+    #[serde(default)]
+    scopes_configured_at_provider: bool,
+    default_scopes: Vec<String>,
+    #[serde(default)]
+    scope_sets: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    scope_descriptions: BTreeMap<String, String>,
+    #[serde(default)]
+    authorization_params: BTreeMap<String, String>,
+    client_auth: ClientAuth,
+    token_body_content_type: BodyContentType,
+    pkce: bool,
+    token_response: TokenResponseShape,
+    #[serde(default)]
+    expires_in_as_string: bool,
+    tokens_expire: bool,
+    #[serde(default)]
+    refresh_token_rotation: bool,
+    invalid_grant_errors: Vec<String>,
+    #[serde(default)]
+    invalid_client_errors: Vec<String>,
+    #[serde(default)]
+    account_identifier: Option<String>,
+}
+
+impl EntryFile {
+    fn into_spec(self, slug: &str) -> ProviderSpec {
+        let o = self.oauth;
+        ProviderSpec {
+            slug: slug.to_owned(),
+            name: self.name,
+            description: self.description,
+            logo_color: self.logo_color,
+            categories: self.categories,
+            aliases: self.aliases,
+            sources: self.sources,
+            docs_url: self.docs_url,
+            setup_steps: self.setup_steps,
+            api_base_url: self.api_base_url,
+            api_hosts: self.api_hosts,
+            config_params: self.params.keys().cloned().collect(),
+            params: self.params,
+            authorization_url: o.authorization_url,
+            token_url: o.token_url,
+            refresh_token_url: o.refresh_token_url,
+            revocation_url: o.revocation_url,
+            scope_separator: o.scope_separator,
+            scope_param: o.scope_param,
+            scopes_configured_at_provider: o.scopes_configured_at_provider,
+            default_scopes: o.default_scopes,
+            scope_sets: o.scope_sets,
+            scope_descriptions: o.scope_descriptions,
+            authorization_params: o.authorization_params,
+            client_auth: o.client_auth,
+            pkce: o.pkce,
+            token_response: o.token_response,
+            token_body_content_type: o.token_body_content_type,
+            expires_in_as_string: o.expires_in_as_string,
+            invalid_grant_errors: o.invalid_grant_errors,
+            invalid_client_errors: o.invalid_client_errors,
+            tokens_expire: o.tokens_expire,
+            refresh_token_rotation: o.refresh_token_rotation,
+            account_identifier: o.account_identifier,
+            userinfo_url: o.userinfo_url,
+            api_key: self.api_key,
+        }
+    }
 }
 
 fn default_scope_param() -> String {
@@ -151,6 +380,12 @@ impl ProviderSpec {
         if let Some(url) = &self.userinfo_url {
             urls.push(("userinfo_url", url));
         }
+        if let Some(url) = &self.api_base_url {
+            urls.push(("api_base_url", url));
+        }
+        if let Some(verify) = self.api_key.as_ref().and_then(|k| k.verify.as_ref()) {
+            urls.push(("api_key.verify.url", verify.url.as_str()));
+        }
         urls
     }
 
@@ -168,7 +403,16 @@ impl ProviderSpec {
                 .url_templates()
                 .iter()
                 .any(|(_, template)| template_host(template).contains(&format!("{{{param}}}")));
-            let check = if in_host { check_dns_label(value) } else { check_hostname(value) };
+            let check = match self.params.get(param) {
+                Some(ParamSpec { kind: ParamKind::OneOf, values, .. }) if !values.contains(value) => {
+                    Err("is not one of the provider's documented values")
+                }
+                Some(ParamSpec { kind: ParamKind::PathSegment, .. }) => check_path_segment(value),
+                Some(ParamSpec { kind: ParamKind::Hostname, .. }) => check_hostname(value),
+                _ => check_dns_label(value),
+            }
+            // In a host, whatever its kind, a value is one label under the fixed domain.
+            .and_then(|()| if in_host { check_dns_label(value) } else { Ok(()) });
             check.map_err(|reason| CatalogError::InvalidParam {
                 provider: self.slug.clone(),
                 param: param.clone(),
@@ -237,30 +481,73 @@ impl ProviderSpec {
 }
 
 /// The provider catalog, keyed by slug.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Catalog {
     providers: BTreeMap<String, ProviderSpec>,
 }
 
 impl Catalog {
-    /// The catalog compiled into the binary.
+    /// The catalog in use: the built-in one, with the operator's file over it once
+    /// [`Catalog::install`] ran.
     pub fn builtin() -> &'static Catalog {
+        INSTALLED.get().unwrap_or(&BUILTIN)
+    }
+
+    /// The catalog compiled into the binary, whatever was installed.
+    pub fn compiled() -> &'static Catalog {
         &BUILTIN
     }
 
-    /// Parses a catalog in the `providers/catalog.toml` format. This checks the
-    /// schema only; call [`Catalog::validate`] for the content rules.
-    pub fn from_toml_str(source: &str) -> Result<Catalog, CatalogError> {
-        let mut catalog: Catalog = toml::from_str(source)?;
-        for (slug, spec) in &mut catalog.providers {
-            spec.slug.clone_from(slug);
+    /// Parses one entry per file: `(slug, TOML)` pairs. Checks the schema only; call
+    /// [`Catalog::validate`] for the content rules.
+    pub fn from_files(files: &[(&str, &str)]) -> Result<Catalog, CatalogError> {
+        let mut providers = BTreeMap::new();
+        for (slug, text) in files {
+            let entry: EntryFile =
+                toml::from_str(text).map_err(|source| CatalogError::Entry { entry: (*slug).to_owned(), source })?;
+            providers.insert((*slug).to_owned(), entry.into_spec(slug));
         }
-        Ok(catalog)
+        Ok(Catalog { providers })
     }
 
+    /// Parses a document of entries, one table per slug (`[acme]`, `[acme.oauth]`, …):
+    /// the format of `PIPES_CATALOG_FILE`.
+    pub fn from_toml_str(source: &str) -> Result<Catalog, CatalogError> {
+        let tables: BTreeMap<String, toml::Value> = toml::from_str(source)?;
+        let mut providers = BTreeMap::new();
+        for (slug, table) in tables {
+            let entry: EntryFile =
+                table.try_into().map_err(|source| CatalogError::Entry { entry: slug.clone(), source })?;
+            let spec = entry.into_spec(&slug);
+            providers.insert(slug, spec);
+        }
+        Ok(Catalog { providers })
+    }
+
+    /// The built-in catalog with the operator's entries from `path` added or put in
+    /// place of built-in ones, checked as a whole: an error names the entry and field.
+    pub fn with_operator_file(path: &std::path::Path) -> Result<Catalog, CatalogError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CatalogError::File { path: path.display().to_string(), message: e.to_string() })?;
+        let own = Catalog::from_toml_str(&text)?;
+        let mut merged = Catalog::compiled().clone();
+        merged.providers.extend(own.providers);
+        let problems = merged.validate();
+        if !problems.is_empty() {
+            return Err(CatalogError::Invalid(problems));
+        }
+        Ok(merged)
+    }
+
+    /// Makes `catalog` the one [`Catalog::builtin`] answers, for the rest of the process
+    /// (once: a process reads its configuration once).
+    pub fn install(catalog: Catalog) {
+        let _ = INSTALLED.set(catalog);
+    }
+
+    /// The entry of `slug`, or of the entry that lists it among its aliases.
     pub fn get(&self, slug: &str) -> Option<&ProviderSpec> {
-        self.providers.get(slug)
+        self.providers.get(slug).or_else(|| self.providers.values().find(|p| p.aliases.iter().any(|a| a == slug)))
     }
 
     /// All providers, sorted by slug.
@@ -282,6 +569,14 @@ impl Catalog {
         if self.is_empty() {
             out.push("the catalog has no providers".into());
         }
+        let mut names: BTreeMap<&str, &str> = self.providers.keys().map(|k| (k.as_str(), k.as_str())).collect();
+        for p in self.iter() {
+            for alias in &p.aliases {
+                if let Some(owner) = names.insert(alias.as_str(), p.slug.as_str()) {
+                    out.push(format!("{}: aliases: `{alias}` already names `{owner}`", p.slug));
+                }
+            }
+        }
         out
     }
 }
@@ -302,6 +597,17 @@ fn check_dns_label(value: &str) -> Result<(), &'static str> {
     }
     if value.starts_with('-') || value.ends_with('-') {
         return Err("may not start or end with '-'");
+    }
+    Ok(())
+}
+
+/// One path segment: 1-128 of letters, digits, `.`, `-` and `_`, no `..`.
+fn check_path_segment(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() || value.len() > 128 || value.contains("..") || value.starts_with('.') {
+        return Err("must be a path segment of 1 to 128 characters, without '..'");
+    }
+    if !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) {
+        return Err("may only hold letters, digits, '.', '-' and '_'");
     }
     Ok(())
 }

@@ -206,10 +206,26 @@ fn microsoft_common_needs_nothing_and_tenant_specific_fills_the_tenant() {
 }
 
 const BROKEN: &str = r##"
-[providers.Bad_Slug]
+[Bad_Slug]
 name = "Bad"
 description = "   "
 logo_color = "red"
+categories = ["nonsense"]
+aliases = ["bad"]
+sources = []
+docs_url = "http://example.com/docs"
+setup_steps = []
+
+[Bad_Slug.params.subdomain]
+description = "Unused"
+kind = "dns_label"
+
+[Bad_Slug.params.tenant]
+description = "The tenant"
+kind = "path_segment"
+values = ["x"]
+
+[Bad_Slug.oauth]
 authorization_url = "http://example.com/authorize"
 token_url = "https://{region}.example.com/token"
 revocation_url = "https://example.com/revoke?x={tenant}"
@@ -223,27 +239,43 @@ token_body_content_type = "form"
 invalid_grant_errors = ["invalid_refresh_token"]
 tokens_expire = false
 refresh_token_url = "https://example.com/refresh"
-config_params = ["subdomain", "tenant"]
 
-[providers.evil-host]
+[evil-host]
 name = "Evil"
 description = "Placeholder owns the whole host."
 logo_color = "#000000"
+categories = ["security"]
+aliases = ["bad"]
+sources = ["https://evil.example/docs"]
+docs_url = "https://evil.example/apps"
+setup_steps = ["Register an app."]
+
+[evil-host.params.host]
+description = "The host"
+kind = "hostname"
+
+[evil-host.oauth]
 authorization_url = "https://{host}/authorize"
 token_url = "https://{host}.com/token"
 scope_separator = " "
 default_scopes = ["read", "read"]
+scope_sets = { more = ["read", "write"] }
+scope_descriptions = { read = "Read everything." }
 client_auth = "basic_auth_header"
 pkce = true
 token_response = "slack"
 token_body_content_type = "json"
 invalid_grant_errors = ["invalid_grant"]
 tokens_expire = true
-config_params = ["host"]
+
+[evil-host.api_key]
+placement = "header"
+header = "Authorization"
+format = "Bearer"
 "##;
 
 #[test]
-fn a_broken_catalog_reports_every_problem() {
+fn a_broken_catalog_reports_every_problem_by_entry_and_field() {
     let catalog = Catalog::from_toml_str(BROKEN).expect("schema-valid, content-broken catalog parses");
     let problems = catalog.validate();
     let report = problems.join("\n");
@@ -251,9 +283,14 @@ fn a_broken_catalog_reports_every_problem() {
         "Bad_Slug: slug must be lowercase",
         "Bad_Slug: description is empty",
         "Bad_Slug: logo_color",
+        "Bad_Slug: categories: `nonsense` is not one of",
+        "Bad_Slug: sources: name the provider's pages",
+        "Bad_Slug: docs_url: \"http://example.com/docs\" is not an absolute https URL",
+        "Bad_Slug: setup_steps: one or more steps",
+        "Bad_Slug: params.tenant: values go with kind one_of only",
         "Bad_Slug: authorization_url: \"http://example.com/authorize\" is not an absolute https URL",
-        "Bad_Slug: placeholder {region} is not declared",
-        "Bad_Slug: config_params declares `subdomain`, which no URL uses",
+        "Bad_Slug: placeholder {region} is not declared under [params]",
+        "Bad_Slug: params.subdomain is declared, but no URL uses it",
         "Bad_Slug: revocation_url: \"https://example.com/revoke?x={tenant}\" has a placeholder in its query",
         "Bad_Slug: scope_separator",
         "Bad_Slug: default_scopes is empty",
@@ -263,39 +300,86 @@ fn a_broken_catalog_reports_every_problem() {
         "evil-host: authorization_url: \"https://{host}/authorize\" must keep a fixed domain",
         "evil-host: token_url: \"https://{host}.com/token\" must keep a fixed domain",
         "evil-host: default_scopes has duplicates",
+        "evil-host: scope set `more`: scope `write` has no line in oauth.scope_descriptions",
+        "evil-host: api_key: header needs `header` and a `format` with {api_key}",
+        "evil-host: aliases: `bad` already names `Bad_Slug`",
     ] {
         assert!(report.contains(expected), "missing {expected:?} in:\n{report}");
     }
 }
 
-#[test]
-fn unknown_fields_and_unknown_enum_values_are_parse_errors() {
-    let typo = r##"
-[providers.x]
+const GOOD: &str = r##"
+[x]
 name = "X"
 description = "X"
 logo_color = "#000000"
+categories = ["developer-tools"]
+sources = ["https://x.example.com/docs/oauth"]
+docs_url = "https://x.example.com/apps"
+setup_steps = ["Register an app with the Pipes redirect URI.", "Copy its client id and secret."]
+
+[x.oauth]
 authorization_url = "https://x.example.com/a"
 token_url = "https://x.example.com/t"
 scope_separator = " "
 default_scopes = ["a"]
+scope_descriptions = { a = "Everything." }
 client_auth = "request_body"
 pkce = false
 token_response = "standard"
 token_body_content_type = "form"
 invalid_grant_errors = ["invalid_grant"]
 tokens_expire = true
-tokens_expires = true
 "##;
-    let err = Catalog::from_toml_str(typo).expect_err("a misspelt key must not be ignored");
-    assert!(matches!(err, CatalogError::Parse(_)));
-    assert!(err.to_string().contains("tokens_expires"), "{err}");
 
-    let bad_enum = typo.replace("tokens_expires = true\n", "").replace("\"request_body\"", "\"query_string\"");
-    assert!(matches!(Catalog::from_toml_str(&bad_enum), Err(CatalogError::Parse(_))));
-    let ok = typo.replace("tokens_expires = true\n", "");
-    let catalog = Catalog::from_toml_str(&ok).expect("the corrected entry parses");
+#[test]
+fn unknown_fields_and_unknown_enum_values_are_parse_errors_naming_the_entry() {
+    let typo = GOOD.replace("tokens_expire = true\n", "tokens_expire = true\ntokens_expires = true\n");
+    let err = Catalog::from_toml_str(&typo).expect_err("a misspelt key must not be ignored");
+    assert!(matches!(err, CatalogError::Entry { ref entry, .. } if entry == "x"), "{err}");
+    assert!(err.to_string().contains("tokens_expires"), "{err}");
+    let bad_enum = GOOD.replace("\"request_body\"", "\"query_string\"");
+    assert!(matches!(Catalog::from_toml_str(&bad_enum), Err(CatalogError::Entry { .. })));
+    let no_oauth = GOOD.split("[x.oauth]").next().unwrap().to_owned();
+    assert!(Catalog::from_toml_str(&no_oauth).unwrap_err().to_string().contains("oauth"));
+    let catalog = Catalog::from_toml_str(GOOD).expect("the entry parses");
     assert!(catalog.validate().is_empty(), "{:?}", catalog.validate());
+}
+
+#[test]
+fn an_operator_file_adds_and_overrides_entries_checked_with_the_built_in_ones() {
+    let dir = std::env::temp_dir().join(format!("pipes-catalog-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("catalog.toml");
+    let github = GOOD
+        .replace("[x]", "[github]")
+        .replace("[x.oauth]", "[github.oauth]")
+        .replace("name = \"X\"", "name = \"GitHub Enterprise\"");
+    std::fs::write(&path, format!("{GOOD}\n{github}")).unwrap();
+    let merged = Catalog::with_operator_file(&path).expect("a sound file");
+    assert_eq!(merged.len(), Catalog::compiled().len() + 1);
+    assert_eq!(merged.get("x").unwrap().name, "X");
+    assert_eq!(merged.get("github").unwrap().name, "GitHub Enterprise");
+    // An entry that breaks a rule, or an alias that takes a built-in slug: named with its field.
+    let broken =
+        GOOD.replace("categories = [\"developer-tools\"]", "categories = [\"developer-tools\"]\naliases = [\"slack\"]");
+    std::fs::write(&path, broken.replace("https://x.example.com/t", "http://x.example.com/t")).unwrap();
+    let err = Catalog::with_operator_file(&path).expect_err("refused").to_string();
+    assert!(err.contains("x: token_url: \"http://x.example.com/t\" is not an absolute https URL"), "{err}");
+    assert!(err.contains("x: aliases: `slack` already names `slack`"), "{err}");
+    assert!(Catalog::with_operator_file(&dir.join("missing.toml")).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_entry_says_where_its_facts_come_from_and_how_to_set_it_up() {
+    for p in Catalog::builtin().iter() {
+        assert!(!p.sources.is_empty() && p.docs_url.starts_with("https://"), "{}", p.slug);
+        assert!(!p.setup_steps.is_empty() && !p.categories.is_empty(), "{}", p.slug);
+        for scope in p.default_scopes.iter().chain(p.scope_sets.values().flatten()) {
+            assert!(p.scope_descriptions.contains_key(scope), "{}: {scope} has no description", p.slug);
+        }
+    }
 }
 
 #[test]

@@ -384,3 +384,61 @@ async fn a_proxy_named_in_the_environment_never_sees_a_provider_request() {
     assert_eq!(p.demo.stats().refreshes, 1, "the provider was called directly");
     assert_eq!(offered.load(std::sync::atomic::Ordering::SeqCst), 0, "the proxy was never offered a connection");
 }
+
+#[tokio::test]
+async fn providers_searches_filters_and_shows_a_setup_guide_with_the_operators_entries() {
+    let app = TestApp::spawn().await;
+    let found = pipes(&app, &["providers", "--search", "git"], &[]).await;
+    found.ok();
+    assert!(found.stdout.contains("github") && found.stdout.contains("gitlab") && !found.stdout.contains("slack"));
+    let crm = pipes(&app, &["providers", "--category", "crm", "--json"], &[]).await.ok().json();
+    let crm = crm.as_array().expect("a list");
+    assert!(!crm.is_empty() && crm.iter().all(|p| p["categories"].as_array().unwrap().contains(&json!("crm"))));
+    pipes(&app, &["providers", "--category", "nope"], &[]).await.fails_with(1, "no category `nope`");
+    let guide = pipes(&app, &["providers", "show", "zendesk"], &[]).await;
+    guide.ok();
+    for part in
+        ["Register the OAuth app: https://", "1. ", "/data-integrations/zendesk/callback", "subdomain:", "Sources:"]
+    {
+        assert!(guide.stdout.contains(part), "{part:?} in {}", guide.stdout);
+    }
+    pipes(&app, &["providers", "show", "nope"], &[]).await.fails_with(1, "no provider `nope`");
+
+    // The operator's own entries, checked at start-up with the same rules.
+    let dir = std::env::temp_dir().join(format!("pipes-cli-catalog-{}", app.unique));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("catalog.toml");
+    let entry = r##"
+[acme]
+name = "Acme CRM"
+description = "Acme's own CRM."
+logo_color = "#123456"
+categories = ["crm"]
+sources = ["https://acme.example/docs/oauth"]
+docs_url = "https://acme.example/apps"
+setup_steps = ["Register an app with the Pipes redirect URI."]
+
+[acme.oauth]
+authorization_url = "https://acme.example/oauth/authorize"
+token_url = "https://acme.example/oauth/token"
+scope_separator = " "
+default_scopes = ["crm.read"]
+scope_descriptions = { "crm.read" = "Read the CRM." }
+client_auth = "request_body"
+pkce = true
+token_response = "standard"
+token_body_content_type = "form"
+invalid_grant_errors = ["invalid_grant"]
+tokens_expire = true
+"##;
+    std::fs::write(&file, entry).unwrap();
+    let path = file.to_str().unwrap();
+    let listed = pipes(&app, &["providers", "--category", "crm"], &[("PIPES_CATALOG_FILE", path)]).await;
+    assert!(listed.ok().stdout.contains("Acme CRM"), "{}", listed.stdout);
+    std::fs::write(&file, entry.replace("https://acme.example/oauth/token", "https://acme.example/oauth/token?x={y}"))
+        .unwrap();
+    pipes(&app, &["providers"], &[("PIPES_CATALOG_FILE", path)]).await.fails_with(1, "acme: placeholder {y}");
+    // Every role refuses to start with it.
+    pipes(&app, &["status"], &[("PIPES_CATALOG_FILE", path)]).await.fails_with(1, "PIPES_CATALOG_FILE");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use url::Url;
 
-use super::{template_host, ProviderSpec, SCOPE_SEPARATORS};
+use super::{check_hostname, template_host, KeyPlacement, ParamKind, ProviderSpec, CATEGORIES, SCOPE_SEPARATORS};
 
 /// Authorization query keys Pipes sets itself; a catalog entry may not override them.
 const RESERVED_AUTHORIZATION_PARAMS: [&str; 7] =
@@ -28,6 +28,67 @@ impl ProviderSpec {
                 problem(format!("{field} is empty"));
             }
         }
+        if self.categories.is_empty() {
+            problem("categories: at least one".into());
+        }
+        for c in &self.categories {
+            if !CATEGORIES.contains(&c.as_str()) {
+                problem(format!("categories: `{c}` is not one of providers/README.md's"));
+            }
+        }
+        for alias in &self.aliases {
+            if !is_slug(alias) || *alias == self.slug {
+                problem(format!("aliases: `{alias}` is not another slug"));
+            }
+        }
+        if self.sources.is_empty() {
+            problem("sources: name the provider's pages the facts come from".into());
+        }
+        for (field, url) in self.sources.iter().map(|u| ("sources", u)).chain([("docs_url", &self.docs_url)]) {
+            if !Url::parse(url).is_ok_and(|u| u.scheme() == "https" && u.host_str().is_some()) {
+                problem(format!("{field}: {url:?} is not an absolute https URL"));
+            }
+        }
+        if self.setup_steps.is_empty() || self.setup_steps.iter().any(|s| s.trim().is_empty()) {
+            problem("setup_steps: one or more steps, none empty".into());
+        }
+        for host in &self.api_hosts {
+            if check_hostname(host).is_err() || !host.contains('.') {
+                problem(format!("api_hosts: `{host}` is not a host name"));
+            }
+        }
+        for (name, param) in &self.params {
+            if param.description.trim().is_empty() {
+                problem(format!("params.{name}.description is empty"));
+            }
+            match (param.kind, param.values.is_empty()) {
+                (ParamKind::OneOf, true) => problem(format!("params.{name}: kind one_of needs values")),
+                (ParamKind::OneOf, false) | (_, true) => {}
+                (_, false) => problem(format!("params.{name}: values go with kind one_of only")),
+            }
+        }
+        if let Some(key) = &self.api_key {
+            let ok = match key.placement {
+                KeyPlacement::Header => {
+                    key.header.as_deref().is_some_and(is_header_name)
+                        && key.format.as_deref().is_some_and(|f| f.contains("{api_key}"))
+                }
+                KeyPlacement::Query => key.query_param.as_deref().is_some_and(|q| !q.is_empty()),
+                KeyPlacement::Basic => matches!(key.basic.as_deref(), Some("username" | "password")),
+            };
+            if !ok {
+                problem(
+                    "api_key: header needs `header` and a `format` with {api_key}; query a `query_param`; \
+                     basic `basic` = username or password"
+                        .into(),
+                );
+            }
+            if let Some(verify) = &key.verify {
+                if !matches!(verify.method.as_str(), "GET" | "POST" | "HEAD") {
+                    problem(format!("api_key.verify.method `{}` is not GET, POST or HEAD", verify.method));
+                }
+            }
+        }
         let color = self.logo_color.strip_prefix('#').unwrap_or("");
         if color.len() != 6 || !color.chars().all(|c| c.is_ascii_hexdigit()) {
             problem(format!("logo_color {:?} is not #RRGGBB", self.logo_color));
@@ -44,14 +105,11 @@ impl ProviderSpec {
             }
         }
         let declared: BTreeSet<String> = self.config_params.iter().cloned().collect();
-        if declared.len() != self.config_params.len() {
-            problem("config_params has duplicates".into());
-        }
         for name in used.difference(&declared) {
-            problem(format!("placeholder {{{name}}} is not declared in config_params"));
+            problem(format!("placeholder {{{name}}} is not declared under [params]"));
         }
         for name in declared.difference(&used) {
-            problem(format!("config_params declares `{name}`, which no URL uses"));
+            problem(format!("params.{name} is declared, but no URL uses it"));
         }
 
         if !SCOPE_SEPARATORS.contains(&self.scope_separator.as_str()) {
@@ -88,6 +146,11 @@ impl ProviderSpec {
             if scopes.iter().collect::<BTreeSet<_>>().len() != scopes.len() {
                 problem(format!("{what} has duplicates"));
             }
+            for scope in scopes {
+                if self.scope_descriptions.get(scope).is_none_or(|d| d.trim().is_empty()) {
+                    problem(format!("{what}: scope `{scope}` has no line in oauth.scope_descriptions"));
+                }
+            }
         }
 
         for (key, value) in &self.authorization_params {
@@ -115,6 +178,11 @@ impl ProviderSpec {
         }
         out
     }
+}
+
+/// An HTTP header name (RFC 9110 token characters).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
 }
 
 /// The `{name}` placeholders of a template, or why they are malformed.
