@@ -96,15 +96,16 @@ pub async fn complete(
     };
     let now = crate::time::now();
     match result {
-        Ok((tokens, subject)) => {
+        Ok((tokens, names)) => {
             let owner = pending.owner(integration);
             let write = TokenWrite {
                 owner: &owner,
                 established_by: pending.established_by(integration),
                 labels: Labels {
                     // The provider's account, when its answer names it: the same account again is that account.
-                    account_identifier: subject.map(Some),
+                    account_identifier: names.identifier.map(Some),
                     account_display_name: pending.account_display_name.clone(),
+                    provider_display_name: names.display_name,
                 },
                 tokens: &tokens,
                 state: AccountState::Connected,
@@ -168,7 +169,7 @@ async fn exchange(
     integration: &Integration,
     pending: &Pending,
     code: &str,
-) -> Result<Result<(TokenSet, Option<String>), ConnectionFailure>, ConnectError> {
+) -> Result<Result<(TokenSet, client::AccountNames), ConnectionFailure>, ConnectError> {
     let spec = integration.spec()?;
     let redirect_uri = state.config.redirect_uri(&integration.slug);
     let grant = Grant::Code { code, redirect_uri: &redirect_uri, pkce_verifier: pending.pkce_verifier.as_ref() };
@@ -176,9 +177,9 @@ async fn exchange(
     let requested_at = crate::time::now();
     match client::request_token(&state.http, integration, &spec, grant).await {
         Ok(grant) => {
-            let subject = match integration.urls() {
-                Ok(urls) => client::account_subject(&state.http, &spec, urls, &grant).await,
-                Err(_) => None,
+            let names = match integration.urls() {
+                Ok(urls) => client::account_names(&state.http, &spec, urls, &grant).await,
+                Err(_) => client::AccountNames::default(),
             };
             Ok(Ok((
                 TokenSet {
@@ -187,7 +188,7 @@ async fn exchange(
                     refresh_token: grant.refresh_token,
                     scopes: grant.scopes.filter(|s| !s.is_empty()).unwrap_or_else(|| pending.scopes.clone()),
                 },
-                subject,
+                names,
             )))
         }
         Err(err) => {

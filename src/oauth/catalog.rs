@@ -238,6 +238,9 @@ pub struct ProviderSpec {
     /// (`id_token.sub`), or a field of the `userinfo_url` answer (`userinfo.id`): stored as
     /// the account's `account_identifier`, so connecting the same account again updates it.
     pub account_identifier: Option<String>,
+    /// Where the provider names the account for people (an e-mail, a workspace), in the
+    /// same forms: it fills an account's empty `account_display_name`.
+    pub account_display_name: Option<String>,
     /// A GET, made with the new access token, that answers the account's profile.
     pub userinfo_url: Option<String>,
     /// The provider also takes API keys this way (used by API-key integrations).
@@ -305,6 +308,8 @@ struct OAuthFile {
     invalid_client_errors: Vec<String>,
     #[serde(default)]
     account_identifier: Option<String>,
+    #[serde(default)]
+    account_display_name: Option<String>,
 }
 
 impl EntryFile {
@@ -345,6 +350,7 @@ impl EntryFile {
             tokens_expire: o.tokens_expire,
             refresh_token_rotation: o.refresh_token_rotation,
             account_identifier: o.account_identifier,
+            account_display_name: o.account_display_name,
             userinfo_url: o.userinfo_url,
             api_key: self.api_key,
         }

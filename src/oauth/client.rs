@@ -268,20 +268,50 @@ pub async fn revoke(
 /// Largest profile answer read for an account's subject.
 const MAX_USERINFO_BYTES: usize = 64 * 1024;
 
+/// What the provider says of a new grant's account: its stable id and its name for people.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountNames {
+    pub identifier: Option<String>,
+    pub display_name: Option<String>,
+}
+
 /// The provider's account a new grant belongs to, where the catalog says where
-/// (`ProviderSpec::account_identifier`): from the token answer itself, or from the
-/// profile `userinfo_url` answers to the new access token. `None` when it says nothing
-/// or the profile cannot be read: the account is stored without one, never refused.
-pub async fn account_subject(
+/// (`ProviderSpec::account_identifier`, `account_display_name`): from the token answer
+/// itself, or from the profile `userinfo_url` answers to the new access token (read
+/// once). Nothing when the catalog says nothing or the profile cannot be read: the
+/// account is stored without, never refused.
+pub async fn account_names(
     http: &ProviderClient,
     spec: &ProviderSpec,
     urls: &ResolvedUrls,
     grant: &TokenGrant,
-) -> Option<String> {
-    if grant.subject.is_some() {
-        return grant.subject.clone();
+) -> AccountNames {
+    let mut names = AccountNames { identifier: grant.subject.clone(), display_name: grant.display_name.clone() };
+    let wanted = |known: &Option<String>, path: &Option<String>| {
+        known.is_none().then(|| path.as_deref().and_then(|p| p.strip_prefix("userinfo.")).map(str::to_owned)).flatten()
+    };
+    let id_field = wanted(&names.identifier, &spec.account_identifier);
+    let name_field = wanted(&names.display_name, &spec.account_display_name);
+    if id_field.is_none() && name_field.is_none() {
+        return names;
     }
-    let field = spec.account_identifier.as_deref()?.strip_prefix("userinfo.")?;
+    let Some(profile) = profile(http, spec, urls, grant).await else { return names };
+    if let Some(field) = id_field {
+        names.identifier = super::response::subject(&profile, &field);
+    }
+    if let Some(field) = name_field {
+        names.display_name = super::response::subject(&profile, &field);
+    }
+    names
+}
+
+/// The account's profile: `userinfo_url` with the new access token.
+async fn profile(
+    http: &ProviderClient,
+    spec: &ProviderSpec,
+    urls: &ResolvedUrls,
+    grant: &TokenGrant,
+) -> Option<serde_json::Value> {
     let url = urls.userinfo_url.clone()?;
     http.check(&url).ok()?;
     let response = http
@@ -298,6 +328,5 @@ pub async fn account_subject(
         return None;
     }
     let body = response.bytes().await.ok().filter(|b| b.len() <= MAX_USERINFO_BYTES)?;
-    let profile: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    super::response::subject(&profile, field)
+    serde_json::from_slice(&body).ok()
 }

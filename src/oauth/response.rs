@@ -29,6 +29,8 @@ pub struct TokenGrant {
     pub scopes: Option<Vec<String>>,
     /// The provider's account, where the catalog says the answer names it.
     pub subject: Option<String>,
+    /// The account's name for people, where the catalog says the answer names it.
+    pub display_name: Option<String>,
 }
 
 /// Why a token request failed, by what must happen next.
@@ -193,6 +195,7 @@ pub fn classify(spec: &ProviderSpec, raw: &RawResponse) -> Result<TokenGrant, To
         expires_in: seconds(body, "expires_in"),
         scopes: scopes(body, &spec.scope_separator),
         subject: spec.account_identifier.as_deref().and_then(|path| subject(&json, path)),
+        display_name: spec.account_display_name.as_deref().and_then(|path| subject(&json, path)),
     })
 }
 

@@ -407,3 +407,23 @@ fn the_catalog_says_where_a_code_exchange_names_the_providers_account() {
     assert_eq!(answer("github", json!({"access_token": "gho_1", "id": "7"})), None);
     assert_eq!(answer("notion", json!({"access_token": "secret_1", "owner": {"type": "workspace"}})), None);
 }
+
+#[test]
+fn the_catalog_says_where_a_code_exchange_names_the_account_for_people() {
+    use pipes::oauth::response::{classify, RawResponse};
+    let answer = |slug: &str, body: serde_json::Value| {
+        let raw =
+            RawResponse { status: 200, retry_after: None, content_type: None, body: body.to_string().into_bytes() };
+        classify(provider(slug), &raw).expect("a token").display_name
+    };
+    let notion = json!({"access_token": "secret_1", "workspace_name": "Acme HQ", "owner": {"type": "workspace"}});
+    assert_eq!(answer("notion", notion).as_deref(), Some("Acme HQ"));
+    use base64::Engine;
+    let claims =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"1098","email":"ada@example.com"}"#);
+    let google = json!({"access_token": "ya29", "id_token": format!("eyJhbGciOiJSUzI1NiJ9.{claims}.c2ln")});
+    assert_eq!(answer("google", google).as_deref(), Some("ada@example.com"));
+    // From the profile (read at connect time), not from the token answer.
+    assert_eq!(provider("github").account_display_name.as_deref(), Some("userinfo.login"));
+    assert_eq!(answer("github", json!({"access_token": "gho_1", "login": "octocat"})), None);
+}

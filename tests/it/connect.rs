@@ -432,8 +432,8 @@ async fn authorize_validates_its_input() {
 }
 
 #[tokio::test]
-async fn the_account_subject_comes_from_the_profile_where_the_catalog_says() {
-    use pipes::oauth::client::account_subject;
+async fn the_account_subject_and_name_come_from_the_profile_where_the_catalog_says() {
+    use pipes::oauth::client::{account_names, AccountNames};
     use pipes::oauth::response::TokenGrant;
     use pipes::secret::Secret;
     let app = TestApp::spawn().await;
@@ -442,6 +442,7 @@ async fn the_account_subject_comes_from_the_profile_where_the_catalog_says() {
     let mut spec = pipes::oauth::catalog::Catalog::builtin().get("github").unwrap().clone();
     assert_eq!(spec.account_identifier.as_deref(), Some("userinfo.id"));
     spec.account_identifier = Some("userinfo.sub".into());
+    spec.account_display_name = Some("userinfo.name".into());
     let mut urls = spec.resolve_urls(&Default::default()).unwrap();
     urls.userinfo_url = Some(url::Url::parse(&format!("{}/userinfo", p.demo.base_url())).unwrap());
     let issued = p.demo.issue_grant("client-profiled", "octocat", &["read"]).unwrap();
@@ -451,12 +452,60 @@ async fn the_account_subject_comes_from_the_profile_where_the_catalog_says() {
         expires_in: None,
         scopes: None,
         subject: None,
+        display_name: None,
     };
-    assert_eq!(account_subject(&app.state.http, &spec, &urls, &grant).await.as_deref(), Some("octocat"));
-    // A token the profile refuses: no subject, and nothing else fails.
+    let both = AccountNames { identifier: Some("octocat".into()), display_name: Some("octocat".into()) };
+    assert_eq!(account_names(&app.state.http, &spec, &urls, &grant).await, both);
+    // A token the profile refuses: no names, and nothing else fails.
     let refused = TokenGrant { access_token: Secret::new("not-a-token"), ..grant.clone() };
-    assert_eq!(account_subject(&app.state.http, &spec, &urls, &refused).await, None);
-    // A subject in the token answer itself is taken as it is.
-    let named = TokenGrant { access_token: Secret::new("not-a-token"), subject: Some("U1".into()), ..grant };
-    assert_eq!(account_subject(&app.state.http, &spec, &urls, &named).await.as_deref(), Some("U1"));
+    assert_eq!(account_names(&app.state.http, &spec, &urls, &refused).await, AccountNames::default());
+    // Names in the token answer itself are taken as they are, with no profile request.
+    let named = TokenGrant {
+        access_token: Secret::new("not-a-token"),
+        subject: Some("U1".into()),
+        display_name: Some("Acme workspace".into()),
+        ..grant
+    };
+    let got = account_names(&app.state.http, &spec, &urls, &named).await;
+    assert_eq!((got.identifier.as_deref(), got.display_name.as_deref()), (Some("U1"), Some("Acme workspace")));
+}
+
+#[tokio::test]
+async fn the_providers_name_for_an_account_fills_an_empty_label_and_never_replaces_one() {
+    use pipes::store::accounts::{Labels, TokenSet};
+    let app = TestApp::spawn().await;
+    let p = api_integration(&app, "named", ClientAuthMethod::Basic, |_| {}).await;
+    let integration =
+        pipes::store::integrations::by_slug(&app.db, app.state.keyring(), "named", pipes::owner::Ownership::User)
+            .await
+            .unwrap()
+            .unwrap();
+    let owner = pipes::owner::Owner::user("u1".to_owned(), None);
+    let tokens = TokenSet {
+        access_token: pipes::secret::Secret::new("t1"),
+        refresh_token: None,
+        expires_at: None,
+        scopes: vec![],
+    };
+    let write = |labels: Labels| {
+        let (app, integration, owner, tokens) = (&app, &integration, &owner, &tokens);
+        async move {
+            let write = pipes::connections::TokenWrite {
+                owner,
+                established_by: None,
+                labels,
+                tokens,
+                state: pipes::store::accounts::AccountState::Connected,
+                mode: pipes::store::accounts::WriteMode::Upsert,
+                announce: pipes::connections::Announce::Connected,
+            };
+            app.state.connections.store(integration, write).await.unwrap().unwrap().summary().account_display_name
+        }
+    };
+    let provider = |name: &str| Labels { provider_display_name: Some(name.into()), ..Labels::default() };
+    assert_eq!(write(provider("ada@example.com")).await.as_deref(), Some("ada@example.com"), "fills a new account's");
+    let set = Labels { account_display_name: Some(Some("Work".into())), ..provider("ada@example.com") };
+    assert_eq!(write(set).await.as_deref(), Some("Work"), "the application's label wins");
+    assert_eq!(write(provider("other@example.com")).await.as_deref(), Some("Work"), "never replaces a label");
+    drop(p);
 }

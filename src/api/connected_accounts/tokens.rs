@@ -53,6 +53,7 @@ pub(super) fn labels(body: &TokensBody, errors: &mut Vec<FieldError>) -> Labels 
     Labels {
         account_identifier: body.account_identifier.clone(),
         account_display_name: body.account_display_name.clone(),
+        provider_display_name: None,
     }
 }
 

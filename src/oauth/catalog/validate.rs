@@ -169,9 +169,11 @@ impl ProviderSpec {
                 problem("error code lists may not hold empty codes".into());
             }
         }
-        let from_userinfo = self.account_identifier.as_deref().is_some_and(|p| p.starts_with("userinfo."));
+        let from_userinfo = [&self.account_identifier, &self.account_display_name]
+            .iter()
+            .any(|path| path.as_deref().is_some_and(|p| p.starts_with("userinfo.")));
         if from_userinfo != self.userinfo_url.is_some() {
-            problem("account_identifier `userinfo.…` and userinfo_url go together".into());
+            problem("account_identifier or account_display_name `userinfo.…` and userinfo_url go together".into());
         }
         if !self.tokens_expire && self.refresh_token_url.is_some() {
             problem("refresh_token_url is set but tokens_expire is false".into());

@@ -45,6 +45,8 @@ pub enum WriteMode {
 pub struct Labels {
     pub account_identifier: Option<Option<String>>,
     pub account_display_name: Option<Option<String>>,
+    /// The provider's name for the account: it fills an empty label, never replaces one.
+    pub provider_display_name: Option<String>,
 }
 
 /// What a write stored: the account, and its state before (`None`: it is new).
@@ -138,6 +140,7 @@ pub async fn write_tokens(
     let scheduled = refresh_at.filter(|_| state == AccountState::Connected);
     let (set_identifier, identifier) = split(&labels.account_identifier);
     let (set_display_name, display_name) = split(&labels.account_display_name);
+    let provider_name = labels.provider_display_name.as_deref();
     let row = match landing {
         Landing::Insert(role) => sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO connected_accounts AS c
@@ -163,7 +166,7 @@ pub async fn write_tokens(
         .bind(established_by)
         .bind(role.as_str())
         .bind(identifier)
-        .bind(display_name)
+        .bind(if set_display_name { display_name } else { provider_name })
         .fetch_optional(&mut *tx)
         .await?
         // Another writer made the account (or took the identifier) meanwhile.
@@ -175,7 +178,7 @@ pub async fn write_tokens(
                refresh_failures = 0, last_refresh_error = NULL, reauthorization_reason = NULL, last_refreshed_at = now(), updated_at = now(),
                established_by_user_id = COALESCE($8, c.established_by_user_id),
                account_identifier = CASE WHEN $9 THEN $10 ELSE c.account_identifier END,
-               account_display_name = CASE WHEN $11 THEN $12 ELSE c.account_display_name END
+               account_display_name = CASE WHEN $11 THEN $12 ELSE COALESCE(c.account_display_name, $13) END
              WHERE id = $1
              RETURNING {COLUMNS}, {scheduled}",
             scheduled = stored_refresh_at("$6::timestamptz")
@@ -192,6 +195,7 @@ pub async fn write_tokens(
         .bind(identifier)
         .bind(set_display_name)
         .bind(display_name)
+        .bind(provider_name)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| match &e {

@@ -254,6 +254,7 @@ pub fn custom_spec(slug: &str, c: &CustomProvider) -> ProviderSpec {
         refresh_token_rotation: false,
         config_params: Vec::new(),
         account_identifier: None,
+        account_display_name: None,
         userinfo_url: None,
         api_key: None,
     }
