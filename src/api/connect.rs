@@ -383,7 +383,8 @@ async fn run_callback(
     })
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// No `Debug`: the connect code and the verifier are secrets.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FinishBody {
     /// From the redirect to `return_to`.
