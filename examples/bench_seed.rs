@@ -62,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
             &pipes::owner::Owner::user(format!("user-{i}"), None),
             None,
             &Default::default(),
+            &pipes::store::accounts::Credential::OAuth,
             &tokens,
             None,
             AccountState::Connected,

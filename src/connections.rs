@@ -12,7 +12,7 @@ use crate::outbound::ProviderClient;
 use crate::owner::Owner;
 use crate::refresh::Refresher;
 use crate::store::accounts::{
-    self, Account, AccountError, AccountState, Labels, Selector, Stored, TokenSet, WriteMode,
+    self, Account, AccountError, AccountState, Credential, Labels, Selector, Stored, TokenSet, WriteMode,
 };
 use crate::store::integrations::Integration;
 
@@ -34,6 +34,8 @@ pub struct TokenWrite<'a> {
     /// The member who authorized an organization's account.
     pub established_by: Option<&'a str>,
     pub labels: Labels,
+    /// How the account authenticates ([`Credential::OAuth`] for a connect or an import).
+    pub credential: Credential,
     pub tokens: &'a TokenSet,
     pub state: AccountState,
     pub mode: WriteMode,
@@ -64,12 +66,12 @@ impl Connections {
         integration: &Integration,
         write: TokenWrite<'_>,
     ) -> Result<Option<Account>, AccountError> {
-        let TokenWrite { owner, established_by, labels, tokens, state, mode, announce } = write;
+        let TokenWrite { owner, established_by, labels, credential, tokens, state, mode, announce } = write;
         let now = crate::time::now();
+        // A refresh token, or the account's own client, renews the token.
+        let renewable = tokens.refresh_token.is_some() || matches!(credential, Credential::ClientCredentials { .. });
         let refresh_at = match state {
-            AccountState::Connected => {
-                self.refresher.schedule(integration, now, tokens.expires_at, tokens.refresh_token.is_some())
-            }
+            AccountState::Connected => self.refresher.schedule(integration, now, tokens.expires_at, renewable),
             _ => None,
         };
         let mut tx = self.db.begin().await?;
@@ -81,6 +83,7 @@ impl Connections {
             owner,
             established_by,
             &labels,
+            &credential,
             tokens,
             refresh_at,
             state,
@@ -129,8 +132,14 @@ impl Connections {
             .as_ref()
             .map(|t| (t, "refresh_token"))
             .or(gone.access_token.as_ref().map(|t| (t, "access_token")));
-        if let (Some((token, hint)), Ok(spec)) = (token, integration.spec()) {
-            if let Err(reason) = client::revoke(&self.http, integration, &spec, token, hint).await {
+        let as_client = match &gone.client {
+            Some(own) => client::OAuthClient::of_account(own),
+            None => client::OAuthClient::of_integration(integration),
+        };
+        // An API key is the owner's own: Pipes forgets it, and only they can revoke it.
+        let revocable = gone.auth_method != crate::auth_method::AuthMethod::ApiKey;
+        if let (Some((token, hint)), Ok(spec), true) = (token, integration.spec(), revocable) {
+            if let Err(reason) = client::revoke(&self.http, integration, &spec, as_client, token, hint).await {
                 tracing::warn!(account_id = %gone.id, integration = %slug, %reason, "token revocation failed; the account is disconnected anyway");
             }
         }

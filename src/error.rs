@@ -219,6 +219,34 @@ impl From<ConnectError> for ApiError {
     }
 }
 
+impl From<crate::connect::direct::DirectError> for ApiError {
+    fn from(err: crate::connect::direct::DirectError) -> Self {
+        use crate::connect::direct::DirectError;
+        match err {
+            DirectError::KeyRefused(status) => ApiError::invalid_field(
+                "secret",
+                "invalid_api_key",
+                format!("The provider refused this API key (HTTP {status}); nothing was stored."),
+            ),
+            DirectError::ClientRefused(code) => ApiError::invalid_field(
+                "client_secret",
+                "invalid_client_credentials",
+                format!("The provider refused this client ({code}); nothing was stored."),
+            ),
+            DirectError::ProviderUnavailable(why) => ApiError::unavailable(
+                "provider_unavailable",
+                format!("The provider could not check the credential ({why}); nothing was stored. Try again."),
+                5,
+            ),
+            DirectError::Misconfigured(m) => ApiError::BadRequest {
+                code: "integration_misconfigured",
+                message: format!("The integration cannot connect accounts: {m}"),
+            },
+            DirectError::Account(e) => e.into(),
+        }
+    }
+}
+
 impl From<ProvisionError> for ApiError {
     fn from(err: ProvisionError) -> Self {
         match err {

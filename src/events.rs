@@ -118,7 +118,7 @@ impl EventKind {
 /// The `data` of the three account events. `state` is the account's state
 /// after the change (`disconnected` for a disconnect).
 pub fn account_data(account: &Account, integration: &Integration, state: &str) -> Value {
-    json!({
+    let mut data = json!({
         "object": "connected_account",
         "id": account.id,
         "data_integration_id": integration.id,
@@ -129,12 +129,16 @@ pub fn account_data(account: &Account, integration: &Integration, state: &str) -
         "user_id": account.owner.user_id(),
         "organization_id": account.owner.organization_id(),
         "scopes": account.scopes,
-        "auth_method": "oauth",
+        "auth_method": account.auth_method.as_str(),
         "state": state,
         "established_by_user_id": account.established_by_user_id,
         "created_at": rfc3339(account.created_at),
         "updated_at": rfc3339(account.updated_at),
-    })
+    });
+    if account.auth_method == crate::auth_method::AuthMethod::ApiKey {
+        data["api_key_last_4"] = json!(account.secret_last_4);
+    }
+    data
 }
 
 /// Why a connection attempt failed, for `connection_failed`.

@@ -10,7 +10,7 @@ use crate::connections::{Announce, TokenWrite};
 use crate::owner::Ownership;
 use crate::secret::Secret;
 use crate::state::AppState;
-use crate::store::accounts::{AccountState, Labels, TokenSet, WriteMode};
+use crate::store::accounts::{AccountState, Credential, Labels, TokenSet, WriteMode};
 use crate::store::integrations::{self, Integration};
 
 /// One line of the import file.
@@ -93,6 +93,7 @@ pub async fn import_lines(state: &AppState, text: &str, mut progress: impl FnMut
             scopes: parsed.scopes,
         };
         let write = TokenWrite {
+            credential: Credential::OAuth,
             owner: &owner,
             established_by: (owner.ownership() == Ownership::Organization).then_some(member.as_str()),
             labels: Labels::default(),

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod auth_method;
 pub mod cache;
 pub mod cache_warm;
 pub mod cli;

@@ -4,6 +4,7 @@
 use pipes_workers::{QueueSpec, Topology};
 use serde::{Deserialize, Serialize};
 
+use crate::auth_method::AuthMethod;
 use crate::config::Config;
 use crate::ids::{AccountId, IntegrationId};
 
@@ -33,12 +34,48 @@ pub fn topology(config: &Config) -> Topology {
     }
 }
 
-/// A refresh job.
+/// A job renewing one account's token before it expires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum RefreshJob {
+    /// Present the account's refresh token (OAuth accounts).
     #[serde(rename = "refresh.v1")]
     V1 { account_id: AccountId, integration_id: IntegrationId },
+    /// Obtain a new token with the account's own client (client-credentials accounts).
+    #[serde(rename = "client_credentials.v1")]
+    ClientCredentialsV1 { account_id: AccountId, integration_id: IntegrationId },
+}
+
+impl RefreshJob {
+    /// The job that renews an account of an integration authenticating with `method`.
+    pub fn for_account(method: AuthMethod, account_id: AccountId, integration_id: IntegrationId) -> Self {
+        match method {
+            AuthMethod::ClientCredentials => RefreshJob::ClientCredentialsV1 { account_id, integration_id },
+            AuthMethod::OAuth | AuthMethod::ApiKey => RefreshJob::V1 { account_id, integration_id },
+        }
+    }
+
+    pub fn account_id(&self) -> &AccountId {
+        match self {
+            RefreshJob::V1 { account_id, .. } | RefreshJob::ClientCredentialsV1 { account_id, .. } => account_id,
+        }
+    }
+
+    pub fn integration_id(&self) -> &IntegrationId {
+        match self {
+            RefreshJob::V1 { integration_id, .. } | RefreshJob::ClientCredentialsV1 { integration_id, .. } => {
+                integration_id
+            }
+        }
+    }
+
+    /// The auth method of the accounts this kind of job renews.
+    pub fn auth_method(&self) -> AuthMethod {
+        match self {
+            RefreshJob::V1 { .. } => AuthMethod::OAuth,
+            RefreshJob::ClientCredentialsV1 { .. } => AuthMethod::ClientCredentials,
+        }
+    }
 }
 
 /// A webhook delivery job: one event to one endpoint.

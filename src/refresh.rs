@@ -27,7 +27,7 @@ use crate::crypto::KeyRing;
 use crate::events::{self, EventKind};
 use crate::ids::AccountId;
 use crate::metrics as m;
-use crate::oauth::client::{request_token, Grant};
+use crate::oauth::client::{request_token, Grant, OAuthClient};
 use crate::oauth::response::TokenError;
 use crate::store::accounts::{
     self, Account, AccountError, AccountState, LeaseBatch, StoreBatch, StoreRequest, TokenSet,
@@ -223,13 +223,21 @@ impl Refresher {
             metrics::counter!(m::REFRESH_ATTEMPTS, "provider" => provider, "outcome" => "skipped_fresh").increment(1);
             return Ok(RefreshOutcome::AlreadyFresh(account));
         }
-        let Some(refresh_token) = account.refresh_token.clone() else {
-            if account.is_fresh(now, self.min_validity) {
-                return Ok(RefreshOutcome::AlreadyFresh(account));
+        // What renews the token: the account's own client (client credentials), else its
+        // refresh token.
+        let (as_client, grant) = match (&account.client, &account.refresh_token) {
+            (Some(own), _) => (OAuthClient::of_account(own), Grant::ClientCredentials { scopes: &integration.scopes }),
+            (None, Some(refresh_token)) => {
+                (OAuthClient::of_integration(integration), Grant::Refresh { refresh_token, scopes: &account.scopes })
             }
-            // Expired and nothing to refresh with: only the user can fix this.
-            self.mark_reauthorization(integration, &account, "expired_without_refresh_token").await?;
-            return Ok(RefreshOutcome::NeedsReauthorization);
+            (None, None) => {
+                if account.is_fresh(now, self.min_validity) {
+                    return Ok(RefreshOutcome::AlreadyFresh(account));
+                }
+                // Expired and nothing to refresh with: only the user can fix this.
+                self.mark_reauthorization(integration, &account, "expired_without_refresh_token").await?;
+                return Ok(RefreshOutcome::NeedsReauthorization);
+            }
         };
         let spec = match integration.spec() {
             Ok(spec) => spec,
@@ -239,13 +247,7 @@ impl Refresher {
         // `expires_in` counts from when the provider answered, which is no earlier than this:
         // counting from the response instead would overstate the lifetime by the round trip.
         let requested_at = crate::time::now();
-        let result = request_token(
-            &self.http,
-            integration,
-            &spec,
-            Grant::Refresh { refresh_token: &refresh_token, scopes: &account.scopes },
-        )
-        .await;
+        let result = request_token(&self.http, integration, &spec, as_client, grant).await;
         metrics::histogram!(m::REFRESH_DURATION, "provider" => provider.clone())
             .record(started.elapsed().as_secs_f64());
         let attempt = |outcome: &'static str| {
@@ -255,7 +257,8 @@ impl Refresher {
             Ok(grant) => {
                 let now = crate::time::now();
                 let expires_at = grant.expires_at(requested_at);
-                let has_refresh = grant.refresh_token.is_some() || account.refresh_token.is_some();
+                let has_refresh =
+                    grant.refresh_token.is_some() || account.refresh_token.is_some() || account.client.is_some();
                 let tokens = TokenSet {
                     access_token: grant.access_token,
                     refresh_token: grant.refresh_token,
@@ -283,6 +286,12 @@ impl Refresher {
                 }
             }
             Err(TokenError::InvalidGrant { code, .. }) => {
+                attempt("reauthorization_needed");
+                self.mark_reauthorization(integration, &account, &code).await?;
+                Ok(RefreshOutcome::NeedsReauthorization)
+            }
+            Err(TokenError::InvalidClient { code, .. }) if account.client.is_some() => {
+                // The account's own client was refused: only its owner can give another.
                 attempt("reauthorization_needed");
                 self.mark_reauthorization(integration, &account, &code).await?;
                 Ok(RefreshOutcome::NeedsReauthorization)

@@ -89,7 +89,7 @@ impl Handler for RefreshHandler {
 
     #[tracing::instrument(name = "refresh_job", skip_all, fields(account_id, attempt = ctx.attempt))]
     async fn handle(&self, job: RefreshJob, ctx: JobContext) -> Outcome {
-        let RefreshJob::V1 { account_id, integration_id } = job;
+        let (account_id, integration_id) = (job.account_id().clone(), job.integration_id().clone());
         tracing::Span::current().record("account_id", account_id.as_str());
         let integration = match self.integration(&integration_id).await {
             Ok(Some(integration)) => integration,
@@ -101,6 +101,13 @@ impl Handler for RefreshHandler {
                 return self.transient(&account_id, &ctx, format!("loading the integration: {err}"), None).await
             }
         };
+        if job.auth_method() != integration.auth_method {
+            // A job of another kind than the integration's accounts (forged, or from before
+            // the integration was replaced): no provider is asked.
+            metrics::counter!(crate::metrics::REFRESH_JOBS_DROPPED, "reason" => "auth_method_mismatch").increment(1);
+            tracing::warn!(%integration_id, "a refresh job of another kind than its integration's accounts; dropped");
+            return Outcome::Done;
+        }
         if !integration.enabled || integration.state == IntegrationState::Invalid {
             // Its credentials must be fixed first; the scheduler skips it until then.
             return Outcome::Done;

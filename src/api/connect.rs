@@ -151,6 +151,9 @@ pub async fn authorize(
     if !integration.enabled {
         return Err(ApiError::not_found("integration_not_found", format!("The integration `{slug}` is disabled.")));
     }
+    if integration.auth_method != crate::auth_method::AuthMethod::OAuth {
+        return Err(crate::api::connected_accounts::auth_method_mismatch(&integration, "authorization flows"));
+    }
     if let Some(config) = body.config.filter(|c| !c.is_empty()) {
         if config.iter().any(|(k, v)| integration.settings.get(k) != Some(v)) {
             errors.push(FieldError::new(

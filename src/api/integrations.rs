@@ -44,8 +44,8 @@ pub struct CredentialsView {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CustomProviderView {
     pub name: String,
-    pub authorization_url: String,
-    pub token_url: String,
+    pub authorization_url: Option<String>,
+    pub token_url: Option<String>,
     pub refresh_token_url: Option<String>,
     pub revocation_url: Option<String>,
     pub pkce_enabled: bool,
@@ -57,6 +57,10 @@ pub struct CustomProviderView {
     pub token_body_content_type: String,
     /// `request_body` or `basic_auth_header`.
     pub authenticate_via: String,
+    /// An API-key provider: where the key goes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub api_key: Option<crate::oauth::catalog::ApiKeySpec>,
 }
 
 /// A DataIntegration.
@@ -75,19 +79,46 @@ pub struct DataIntegrationView {
     /// `valid`, or `invalid` after the provider refused the client credentials.
     pub state: &'static str,
     pub scopes: Vec<String>,
-    /// Register this at the provider.
+    /// Register this at the provider (empty for `api_key` and `client_credentials`).
     pub redirect_uri: String,
+    /// How accounts authenticate: one of `oauth`, `api_key`, `client_credentials`.
     pub auth_methods: Vec<&'static str>,
-    pub credentials: CredentialsView,
+    /// The integration's OAuth app; `null` for `api_key` and `client_credentials`,
+    /// whose accounts each bring their credential.
+    pub credentials: Option<CredentialsView>,
     pub custom_provider: Option<CustomProviderView>,
     /// The catalog provider's config values.
     pub config: BTreeMap<String, String>,
-    /// The account an API key given at creation connected: always `null`, as OAuth
-    /// integrations connect accounts through `authorize`.
-    #[schema(value_type = Option<Object>)]
-    pub installation: Option<serde_json::Value>,
+    /// The account the `api_key` given with a create or update connected; `null` otherwise.
+    pub installation: Option<InstallationView>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// The account an `api_key` block connected.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InstallationView {
+    pub id: String,
+    pub connection_role: &'static str,
+    pub account_identifier: Option<String>,
+    pub account_display_name: Option<String>,
+    pub user_id: Option<String>,
+    pub organization_id: Option<String>,
+    pub api_key_last_4: Option<String>,
+}
+
+impl InstallationView {
+    fn of(account: &crate::store::accounts::Account) -> Self {
+        InstallationView {
+            id: account.id.to_string(),
+            connection_role: account.role.as_str(),
+            account_identifier: account.account_identifier.clone(),
+            account_display_name: account.account_display_name.clone(),
+            user_id: account.owner.user_id().map(str::to_owned),
+            organization_id: account.owner.organization_id().map(str::to_owned),
+            api_key_last_4: account.secret_last_4.clone(),
+        }
+    }
 }
 
 fn wire_name<T: Serialize>(value: &T) -> String {
@@ -110,17 +141,22 @@ pub fn view(i: &Integration, config: &Config) -> DataIntegrationView {
             IntegrationState::Invalid => "invalid",
         },
         scopes: i.scopes.clone(),
-        redirect_uri: config.redirect_uri(&i.slug),
-        auth_methods: vec!["oauth"],
-        credentials: CredentialsView {
+        redirect_uri: if i.auth_method.uses_integration_client() {
+            config.redirect_uri(&i.slug)
+        } else {
+            String::new()
+        },
+        auth_methods: vec![i.auth_method.as_str()],
+        credentials: i.auth_method.uses_integration_client().then(|| CredentialsView {
             kind: "custom",
             client_id: i.client_id.clone(),
             redacted_client_secret: i.redacted_secret.clone(),
-        },
+        }),
         custom_provider: i.custom_provider.as_ref().map(|c| CustomProviderView {
             name: c.name.clone(),
-            authorization_url: c.authorization_url.clone(),
-            token_url: c.token_url.clone(),
+            // An API-key provider has no OAuth endpoints.
+            authorization_url: Some(c.authorization_url.clone()).filter(|u| !u.is_empty()),
+            token_url: Some(c.token_url.clone()).filter(|u| !u.is_empty()),
             refresh_token_url: c.refresh_token_url.clone(),
             revocation_url: c.revocation_url.clone(),
             pkce_enabled: c.pkce_enabled,
@@ -130,6 +166,7 @@ pub fn view(i: &Integration, config: &Config) -> DataIntegrationView {
             additional_authorization_parameters: c.additional_authorization_parameters.clone(),
             token_body_content_type: wire_name(&c.token_body_content_type),
             authenticate_via: wire_name(&c.authenticate_via),
+            api_key: c.api_key.clone(),
         }),
         config: i.settings.clone(),
         installation: None,
@@ -230,8 +267,18 @@ pub async fn create(
     let draft =
         provisioning::validate_create(body, state.config.allow_private_network).await.map_err(ApiError::invalid)?;
     let integration = integrations::insert(&state.db, state.keyring(), &draft).await?;
+    let installation = match install_key(state.clone(), &integration, draft.api_key).await {
+        Ok(installed) => installed,
+        Err(err) => {
+            // The key was refused (or could not be stored): the create stores nothing.
+            integrations::delete(&state.db, &integration).await?;
+            return Err(err);
+        }
+    };
     tracing::info!(integration = %integration.slug, id = %integration.id, "integration created");
-    Ok((StatusCode::CREATED, Json(view(&integration, &state.config))).into_response())
+    let mut shown = view(&integration, &state.config);
+    shown.installation = installation;
+    Ok((StatusCode::CREATED, Json(shown)).into_response())
 }
 
 #[utoipa::path(get, path = "/data-integrations/{slug}", tag = "integrations", security(("api_key" = [])),
@@ -316,7 +363,42 @@ async fn update_root(
         .ok_or_else(|| not_found(slug, ownership))?;
     // Cached entries carry `missing_scopes` computed from the old scopes.
     state.integration_changed(slug).await;
-    Ok(Json(view(&updated, &state.config)))
+    let installation = install_key(state.clone(), &updated, draft.api_key).await?;
+    let mut shown = view(&updated, &state.config);
+    shown.installation = installation;
+    Ok(Json(shown))
+}
+
+/// Connects (or rotates) the account of an `api_key` block: the owner's compatibility
+/// account, the user's own or, on an organization-owned root, the organization's.
+async fn install_key(
+    state: AppState,
+    integration: &Integration,
+    key: Option<provisioning::KeyInstall>,
+) -> ApiResult<Option<InstallationView>> {
+    let Some(key) = key else { return Ok(None) };
+    let owner = match (integration.ownership, key.organization_id.filter(|o| !o.is_empty())) {
+        (Ownership::User, org) => crate::owner::Owner::user(&key.user_id, org),
+        (Ownership::Organization, Some(org)) => crate::owner::Owner::Organization { organization_id: org },
+        (Ownership::Organization, None) => {
+            return Err(ApiError::invalid_field(
+                "api_key.organization_id",
+                "required",
+                "An organization-owned integration's key belongs to an organization: name it.",
+            ))
+        }
+    };
+    let member = (integration.ownership == Ownership::Organization).then_some(key.user_id.as_str());
+    let placement = crate::connect::direct::Placement {
+        owner: &owner,
+        established_by: member,
+        labels: Default::default(),
+        mode: crate::store::accounts::WriteMode::Upsert,
+    };
+    let account = crate::connect::direct::connect_api_key(&state, integration, placement, key.secret)
+        .await?
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("an upsert stored no account")))?;
+    Ok(Some(InstallationView::of(&account)))
 }
 
 async fn remove_root(state: &AppState, slug: &str, ownership: Ownership) -> ApiResult<StatusCode> {

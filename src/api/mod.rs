@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod connect;
 pub mod connected_accounts;
+pub mod credential_accounts;
 pub mod data_providers;
 pub mod events;
 pub mod extract;
@@ -13,7 +14,6 @@ pub mod health;
 pub mod integrations;
 pub mod openapi;
 pub mod openapi_common;
-pub mod other_auth_methods;
 pub mod rate_limit;
 pub mod tokens;
 pub mod webhooks;
@@ -49,7 +49,7 @@ pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(operations)
         .merge(integrations::routes())
         .merge(connect::routes())
-        .merge(other_auth_methods::routes())
+        .merge(credential_accounts::routes())
         .merge(connected_accounts::routes())
         .merge(data_providers::routes())
         .merge(tokens::routes(state))

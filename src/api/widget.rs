@@ -259,6 +259,9 @@ pub async fn authorize(
     if !integration.enabled {
         return Err(ApiError::not_found("integration_not_found", format!("The integration `{slug}` is disabled.")));
     }
+    if integration.auth_method != crate::auth_method::AuthMethod::OAuth {
+        return Err(crate::api::connected_accounts::auth_method_mismatch(&integration, "authorization flows"));
+    }
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }

@@ -68,6 +68,9 @@ pub struct CachedToken {
     pub expires_at: Option<DateTime<Utc>>,
     pub scopes: Vec<String>,
     pub missing_scopes: Vec<String>,
+    /// The account's own non-secret values (a client-credentials account's `config`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config: std::collections::BTreeMap<String, String>,
 }
 
 impl Serialize for Secret {
@@ -220,6 +223,7 @@ impl TokenCache {
             expires_at: account.expires_at,
             scopes: account.scopes.clone(),
             missing_scopes: integration.missing_scopes(&account.scopes),
+            config: account.config.clone(),
         };
         Some((entry, ttl))
     }

@@ -9,6 +9,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth_method::AuthMethod;
 use crate::config::Config;
 use crate::queues::{self, RefreshJob, REFRESH};
 use crate::refresh::{Reason, RefreshOutcome};
@@ -60,7 +61,9 @@ pub struct ConnectionRow {
     pub organization_id: Option<String>,
     pub state: String,
     pub scopes: Vec<String>,
-    pub has_refresh_token: bool,
+    pub auth_method: AuthMethod,
+    /// A refresh token, or the account's own client: something renews the token.
+    pub renewable: bool,
     pub expires_at: Option<DateTime<Utc>>,
     pub refresh_at: Option<DateTime<Utc>>,
     pub enqueued_at: Option<DateTime<Utc>>,
@@ -73,7 +76,7 @@ pub struct ConnectionRow {
 }
 
 const SELECT: &str = "SELECT c.id, i.slug, c.integration_id, c.user_id, c.organization_id, c.state, c.scopes,
-    c.refresh_token_enc IS NOT NULL AS has_refresh_token, c.expires_at, s.refresh_at, rc.enqueued_at,
+    c.auth_method, (c.refresh_token_enc IS NOT NULL OR c.client_secret_enc IS NOT NULL) AS renewable, c.expires_at, s.refresh_at, rc.enqueued_at,
     c.last_refreshed_at, c.refresh_failures, c.last_refresh_error, c.reauthorization_reason, c.created_at, c.updated_at
     FROM connected_accounts c JOIN integrations i ON i.id = c.integration_id
     LEFT JOIN refresh_schedule s ON s.account_id = c.id
@@ -89,7 +92,8 @@ impl ConnectionRow {
             organization_id: r.get("organization_id"),
             state: r.get("state"),
             scopes: r.get("scopes"),
-            has_refresh_token: r.get("has_refresh_token"),
+            auth_method: AuthMethod::parse(r.get("auth_method")).unwrap_or(AuthMethod::OAuth),
+            renewable: r.get("renewable"),
             expires_at: r.get("expires_at"),
             refresh_at: r.get("refresh_at"),
             enqueued_at: r.get("enqueued_at"),
@@ -147,7 +151,8 @@ pub async fn run(config: &Config, cmd: ConnectionsCommand) -> anyhow::Result<()>
                 );
                 println!("state:              {}", row.state);
                 println!("scopes:             {}", row.scopes.join(" "));
-                println!("refresh token:      {}", if row.has_refresh_token { "stored" } else { "none" });
+                println!("auth method:        {}", row.auth_method);
+                println!("renewable:          {}", if row.renewable { "yes" } else { "no" });
                 println!("expires at:         {}", t(row.expires_at));
                 println!("refresh at:         {}", t(row.refresh_at));
                 println!("enqueued at:        {}", t(row.enqueued_at));
@@ -176,7 +181,7 @@ async fn refresh(config: &Config, db: &PgPool, id: &str, inline: bool) -> anyhow
         "account `{id}` is {}; only connected accounts can be refreshed",
         row.state
     );
-    anyhow::ensure!(row.has_refresh_token, "account `{id}` has no refresh token; the user must reconnect it");
+    anyhow::ensure!(row.renewable, "account `{id}` has nothing to renew its token with; the user must reconnect it");
     // Due now, so the worker's scheduled refresh does not skip it as fresh; claimed so a
     // scheduler does not publish a second job for it.
     let id = &crate::ids::AccountId::from(id);
@@ -221,7 +226,7 @@ async fn refresh(config: &Config, db: &PgPool, id: &str, inline: bool) -> anyhow
     .ok_or_else(|| anyhow::anyhow!("the message broker is unreachable; try --inline"))?;
     let topology = queues::topology(config);
     topology.declare(&broker.channel().await?).await?;
-    let job = RefreshJob::V1 { account_id: row.id.clone().into(), integration_id: row.integration_id.clone().into() };
+    let job = RefreshJob::for_account(row.auth_method, row.id.clone().into(), row.integration_id.clone().into());
     pipes_workers::Publisher::new(&broker)
         .publish(&topology.work_queue(REFRESH), &job, pipes_workers::Headers::new())
         .await?;

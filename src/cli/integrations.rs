@@ -127,6 +127,7 @@ impl AddArgs {
             config: (!self.provider_config.is_empty())
                 .then(|| self.provider_config.into_iter().collect::<BTreeMap<_, _>>()),
             auth_methods: None,
+            api_key: None,
             multiple_connections: Some(self.multiple_connections),
             ownership: self.organization.then(|| Ownership::Organization.as_str().to_owned()),
         }

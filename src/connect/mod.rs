@@ -2,6 +2,7 @@
 //! (`state`), and the callback's code exchange, store, event and cache write.
 
 pub mod bound;
+pub mod direct;
 mod state;
 pub use state::{
     begin, consume_state, forget_expired, requested_scopes, Begun, Binding, Bound, ConnectRequest, Intent, Pending,
@@ -24,7 +25,7 @@ use crate::events::{self, ConnectionFailure, EventKind};
 use crate::oauth::client::{self, Grant};
 use crate::oauth::response::TokenError;
 use crate::state::AppState;
-use crate::store::accounts::{Account, AccountError, AccountState, Labels, TokenSet};
+use crate::store::accounts::{Account, AccountError, AccountState, Credential, Labels, TokenSet};
 use crate::store::integrations::{self, Integration, IntegrationError};
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +100,7 @@ pub async fn complete(
         Ok((tokens, names)) => {
             let owner = pending.owner(integration);
             let write = TokenWrite {
+                credential: Credential::OAuth,
                 owner: &owner,
                 established_by: pending.established_by(integration),
                 labels: Labels {
@@ -175,7 +177,15 @@ async fn exchange(
     let grant = Grant::Code { code, redirect_uri: &redirect_uri, pkce_verifier: pending.pkce_verifier.as_ref() };
     // `expires_in` counts from the provider's answer, no earlier than the request was sent.
     let requested_at = crate::time::now();
-    match client::request_token(&state.http, integration, &spec, grant).await {
+    match client::request_token(
+        &state.http,
+        integration,
+        &spec,
+        client::OAuthClient::of_integration(integration),
+        grant,
+    )
+    .await
+    {
         Ok(grant) => {
             let names = match integration.urls() {
                 Ok(urls) => client::account_names(&state.http, &spec, urls, &grant).await,

@@ -222,12 +222,23 @@ impl DemoProvider {
             .route("/token", post(token::token))
             .route("/revoke", post(token::revoke))
             .route("/userinfo", get(token::userinfo))
+            .route("/api/me", get(token::api_me))
             .with_state(self.clone())
     }
 
     /// The URL the provider is reachable at (no trailing slash); empty if never configured.
     pub fn base_url(&self) -> String {
         self.lock().base_url.clone()
+    }
+
+    /// Makes `/api/me` accept `key` as the API key of `account`.
+    pub fn add_api_key(&self, key: &str, account: &str) {
+        self.lock().api_keys.insert(key.to_owned(), account.to_owned());
+    }
+
+    /// The client ids that asked for a `client_credentials` grant, in order.
+    pub fn client_credentials_clients(&self) -> Vec<String> {
+        self.lock().client_credentials_clients.clone()
     }
 
     /// Registers a client, replacing any registration with the same `client_id`.

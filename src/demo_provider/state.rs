@@ -98,6 +98,10 @@ pub(super) struct State {
     refresh: HashMap<String, Refresh>,
     pub(super) pending: HashMap<String, Pending>,
     pub(super) sessions: HashMap<String, Session>,
+    /// API keys the `/api/me` endpoint accepts, with the account each names.
+    pub(super) api_keys: HashMap<String, String>,
+    /// The client ids the `client_credentials` grant was asked by, in order.
+    pub(super) client_credentials_clients: Vec<String>,
 }
 
 impl State {
@@ -120,6 +124,8 @@ impl State {
             refresh: HashMap::new(),
             pending: HashMap::new(),
             sessions: HashMap::new(),
+            api_keys: HashMap::new(),
+            client_credentials_clients: Vec::new(),
         }
     }
 
@@ -270,6 +276,17 @@ impl State {
         };
         self.stats.refreshes += 1;
         Ok(Issued { access_token, refresh_token, expires_in, scopes, user })
+    }
+
+    /// RFC 6749 §4.4: an access token for the (authenticated) client itself, without a
+    /// refresh token (§4.4.3); its grant's user is the client.
+    pub(super) fn client_credentials(&mut self, client_id: &str, scope: Option<&str>) -> Issued {
+        self.client_credentials_clients.push(client_id.to_owned());
+        let scopes =
+            scope.map(|s| s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default();
+        let mut issued = self.new_grant(client_id, client_id, scopes);
+        issued.refresh_token = None;
+        issued
     }
 
     pub(super) fn new_grant(&mut self, client_id: &str, user: &str, scopes: Vec<String>) -> Issued {

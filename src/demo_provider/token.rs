@@ -47,6 +47,9 @@ pub(super) async fn token(State(provider): State<DemoProvider>, headers: HeaderM
                 let token = form.get("refresh_token").ok_or(TokenError::InvalidRequest("refresh_token is required"))?;
                 state.refresh(&client_id, token, form.get("scope").map(String::as_str))
             }
+            Some("client_credentials") => {
+                Ok(state.client_credentials(&client_id, form.get("scope").map(String::as_str)))
+            }
             Some(_) => Err(TokenError::UnsupportedGrantType),
             None => Err(TokenError::InvalidRequest("grant_type is required")),
         }
@@ -95,6 +98,23 @@ pub(super) async fn userinfo(State(provider): State<DemoProvider>, headers: Head
             Json(json!({"error": "invalid_token", "error_description": "access token missing, expired or revoked"})),
         )
             .into_response(),
+    }
+}
+
+/// A small API protected by API keys: `GET /api/me` with `Authorization: Bearer <key>` or
+/// `X-Api-Key: <key>` answers `{"id", "name"}` of the key's account, else 401.
+pub(super) async fn api_me(State(provider): State<DemoProvider>, headers: HeaderMap) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim().to_owned());
+    let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned));
+    let account = key.and_then(|k| provider.lock().api_keys.get(&k).cloned());
+    match account {
+        Some(account) => Json(json!({"id": account, "name": account})).into_response(),
+        None => (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_api_key"}))).into_response(),
     }
 }
 

@@ -486,6 +486,39 @@ impl ProviderSpec {
     }
 }
 
+impl ApiKeySpec {
+    /// `request` with `key` where the provider takes it.
+    pub fn attach(&self, request: reqwest::RequestBuilder, key: &str) -> reqwest::RequestBuilder {
+        match self.placement {
+            KeyPlacement::Header => {
+                let name = self.header.as_deref().unwrap_or("Authorization");
+                let value = self.format.as_deref().unwrap_or("{api_key}").replace("{api_key}", key);
+                request.header(name, value)
+            }
+            KeyPlacement::Query => request.query(&[(self.query_param.as_deref().unwrap_or("api_key"), key)]),
+            KeyPlacement::Basic => {
+                let other = self.basic_other.clone().unwrap_or_default();
+                match self.basic.as_deref() {
+                    Some("password") => request.basic_auth(other, Some(key)),
+                    _ => request.basic_auth(key, Some(other)),
+                }
+            }
+        }
+    }
+}
+
+impl ProviderSpec {
+    /// The `api_key.verify` URL with its `{param}`s filled, if the entry has one.
+    pub fn verify_url(&self, params: &BTreeMap<String, String>) -> Result<Option<Url>, CatalogError> {
+        let Some(verify) = self.api_key.as_ref().and_then(|k| k.verify.as_ref()) else { return Ok(None) };
+        if !self.config_params.is_empty() {
+            // Checks every value the way the OAuth endpoints are checked.
+            self.resolve_urls(params)?;
+        }
+        self.resolve_one(&verify.url, params).map(Some)
+    }
+}
+
 /// The provider catalog, keyed by slug.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Catalog {

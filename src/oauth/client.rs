@@ -19,6 +19,30 @@ use crate::outbound::{ProviderClient, TargetError};
 use crate::secret::Secret;
 use crate::store::integrations::Integration;
 
+/// The OAuth client a provider request authenticates as: the integration's app, or a
+/// client-credentials account's own client.
+#[derive(Clone, Copy)]
+pub struct OAuthClient<'a> {
+    pub id: &'a str,
+    pub secret: Option<&'a str>,
+}
+
+impl<'a> OAuthClient<'a> {
+    /// The integration's own OAuth app.
+    pub fn of_integration(integration: &'a Integration) -> Self {
+        use secrecy::ExposeSecret;
+        OAuthClient {
+            id: &integration.client_id,
+            secret: integration.client_secret.as_ref().map(|s| s.expose_secret()),
+        }
+    }
+
+    /// An account's own client.
+    pub fn of_account(client: &'a crate::store::accounts::OwnClient) -> Self {
+        OAuthClient { id: &client.client_id, secret: Some(client.client_secret.expose()) }
+    }
+}
+
 /// A PKCE pair: the challenge goes in the authorization URL, the verifier is
 /// kept (encrypted) with the state until the callback.
 pub struct Pkce {
@@ -61,8 +85,19 @@ pub fn authorization_url(
 
 /// What the token endpoint is asked for.
 pub enum Grant<'a> {
-    Code { code: &'a str, redirect_uri: &'a str, pkce_verifier: Option<&'a Secret> },
-    Refresh { refresh_token: &'a Secret, scopes: &'a [String] },
+    Code {
+        code: &'a str,
+        redirect_uri: &'a str,
+        pkce_verifier: Option<&'a Secret>,
+    },
+    Refresh {
+        refresh_token: &'a Secret,
+        scopes: &'a [String],
+    },
+    /// RFC 6749 §4.4: the client's own access, no user in between.
+    ClientCredentials {
+        scopes: &'a [String],
+    },
 }
 
 /// Calls the token endpoint and classifies the answer (DESIGN §2.4).
@@ -71,23 +106,23 @@ pub async fn request_token(
     http: &ProviderClient,
     integration: &Integration,
     spec: &ProviderSpec,
+    as_client: OAuthClient<'_>,
     grant: Grant<'_>,
 ) -> Result<TokenGrant, TokenError> {
     let urls = integration.urls().map_err(|e| TokenError::Config(e.to_string()))?;
     let token_url = match grant {
-        Grant::Code { .. } => &urls.token_url,
+        Grant::Code { .. } | Grant::ClientCredentials { .. } => &urls.token_url,
         Grant::Refresh { .. } => &urls.refresh_token_url,
     };
     http.check(token_url).map_err(refused_url)?;
-    let mut client = BasicClient::new(ClientId::new(integration.client_id.clone()))
+    let mut client = BasicClient::new(ClientId::new(as_client.id.to_owned()))
         .set_token_uri(TokenUrl::from_url(token_url.clone()))
         .set_auth_type(match spec.client_auth {
             ClientAuth::BasicAuthHeader => AuthType::BasicAuth,
             ClientAuth::RequestBody => AuthType::RequestBody,
         });
-    if let Some(secret) = &integration.client_secret {
-        use secrecy::ExposeSecret;
-        client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
+    if let Some(secret) = as_client.secret {
+        client = client.set_client_secret(ClientSecret::new(secret.to_owned()));
     }
     let captured: Arc<Mutex<Option<Result<RawResponse, TokenError>>>> = Arc::default();
     let sender = Sender {
@@ -111,6 +146,14 @@ pub async fn request_token(
         Grant::Refresh { refresh_token, scopes: _ } => {
             let token = RefreshToken::new(refresh_token.expose().to_owned());
             client.exchange_refresh_token(&token).request_async(&sender).await.map(|_| ())
+        }
+        Grant::ClientCredentials { scopes } => {
+            let mut req = client.exchange_client_credentials();
+            // Joined with the provider's own separator (oauth2 would use a space).
+            if !scopes.is_empty() {
+                req = req.add_extra_param("scope", spec.scope_string(scopes));
+            }
+            req.request_async(&sender).await.map(|_| ())
         }
     };
     let raw = captured
@@ -235,6 +278,7 @@ pub async fn revoke(
     http: &ProviderClient,
     integration: &Integration,
     spec: &ProviderSpec,
+    as_client: OAuthClient<'_>,
     token: &Secret,
     hint: &str,
 ) -> Result<(), String> {
@@ -243,16 +287,14 @@ pub async fn revoke(
     http.check(&url).map_err(|e| format!("revocation_url {e}"))?;
     let mut form = vec![("token", token.expose().to_owned()), ("token_type_hint", hint.to_owned())];
     let mut request = http.http().post(url);
-    match (spec.client_auth, &integration.client_secret) {
+    match (spec.client_auth, as_client.secret) {
         (ClientAuth::BasicAuthHeader, Some(secret)) => {
-            use secrecy::ExposeSecret;
-            request = request.basic_auth(&integration.client_id, Some(secret.expose_secret()));
+            request = request.basic_auth(as_client.id, Some(secret));
         }
         (_, secret) => {
-            form.push(("client_id", integration.client_id.clone()));
+            form.push(("client_id", as_client.id.to_owned()));
             if let Some(secret) = secret {
-                use secrecy::ExposeSecret;
-                form.push(("client_secret", secret.expose_secret().to_owned()));
+                form.push(("client_secret", secret.to_owned()));
             }
         }
     }

@@ -4,6 +4,7 @@
 use url::Url;
 
 use super::{parse_client_auth, parse_content_type, CustomProviderInput, IntegrationDraft};
+use crate::auth_method::AuthMethod;
 use crate::invalid::FieldError;
 use crate::oauth::catalog::{BodyContentType, Catalog, CatalogError, ClientAuth, SCOPE_SEPARATORS};
 use crate::outbound::{self, Schemes};
@@ -13,6 +14,8 @@ use crate::store::integrations::CustomProvider;
 const MAX_SCOPES: usize = 100;
 const MAX_SCOPE_LEN: usize = 200;
 const MAX_TEXT: usize = 2000;
+/// Longest API key or client secret taken.
+pub(crate) const MAX_SECRET: usize = 4096;
 /// Authorization parameters Pipes sets itself; an integration may not override them.
 const RESERVED_PARAMS: [&str; 7] =
     ["response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method"];
@@ -66,12 +69,74 @@ impl Checker {
     }
 
     /// A list that may only be `[only]`.
-    pub(super) fn only(&mut self, field: &str, value: Option<&[String]>, only: &str) {
-        if let Some(items) = value {
-            if items.len() != 1 || items[0] != only {
-                self.push(field, "unsupported", format!("Only [\"{only}\"] is supported."));
+    /// `auth_methods`: one method (an integration authenticates its accounts one way), default `oauth`.
+    pub(super) fn auth_method(&mut self, value: Option<&[String]>) -> AuthMethod {
+        match value {
+            None => AuthMethod::OAuth,
+            Some([one]) => AuthMethod::parse(one).unwrap_or_else(|| {
+                self.push(
+                    "auth_methods",
+                    "invalid",
+                    format!("Unknown auth method `{one}`: use `oauth`, `api_key` or `client_credentials`."),
+                );
+                AuthMethod::OAuth
+            }),
+            Some(_) => {
+                self.push(
+                    "auth_methods",
+                    "invalid",
+                    "Name exactly one auth method: an integration authenticates its accounts one way.",
+                );
+                AuthMethod::OAuth
             }
         }
+    }
+
+    /// Whether the provider can authenticate accounts with `method`: API keys need the
+    /// catalog to say where the key goes; client credentials need a token endpoint.
+    pub(super) fn method_fits_provider(
+        &mut self,
+        method: AuthMethod,
+        catalog: Option<&crate::oauth::catalog::ProviderSpec>,
+    ) {
+        if method != AuthMethod::ApiKey {
+            return;
+        }
+        match catalog {
+            Some(spec) if spec.api_key.is_none() => self.push(
+                "auth_methods",
+                "unsupported",
+                format!("{} takes no API keys (the catalog entry has no `api_key`).", spec.name),
+            ),
+            _ => {}
+        }
+    }
+
+    /// An `api_key` block: a key (1-4096 characters) for a user.
+    pub(super) fn api_key(&mut self, input: &super::ApiKeyInstall) -> Option<super::KeyInstall> {
+        let secret = match &input.secret {
+            Some(s) if !s.expose().trim().is_empty() && s.expose().len() <= MAX_SECRET => Some(s.clone()),
+            Some(_) => {
+                self.push("api_key.secret", "invalid", format!("The API key must be 1-{MAX_SECRET} characters."));
+                None
+            }
+            None => {
+                self.push("api_key.secret", "required", "The API key is required.");
+                None
+            }
+        };
+        let user_id = match &input.user_id {
+            Some(id) if self.text("api_key.user_id", id, 256) => Some(id.clone()),
+            Some(_) => None,
+            None => {
+                self.push("api_key.user_id", "required", "The user whose key it is is required.");
+                None
+            }
+        };
+        if let Some(org) = &input.organization_id {
+            self.text("api_key.organization_id", org, 256);
+        }
+        Some(super::KeyInstall { secret: secret?, user_id: user_id?, organization_id: input.organization_id.clone() })
     }
 
     fn text(&mut self, field: &str, value: &str, max: usize) -> bool {
@@ -118,10 +183,17 @@ impl Checker {
         &mut self,
         input: &CustomProviderInput,
         current: Option<&CustomProvider>,
+        method: AuthMethod,
     ) -> Option<CustomProvider> {
         let f = |name: &str| format!("custom_provider.{name}");
         let name = input.name.clone().or_else(|| current.map(|c| c.name.clone())).unwrap_or_default();
         self.text(&f("name"), &name, 200);
+        if method == AuthMethod::ApiKey {
+            return self.api_key_provider(input, current, name);
+        }
+        if input.api_key.is_some() {
+            self.push(&f("api_key"), "not_allowed", "Only an `api_key` integration says where keys go.");
+        }
         let authorization_url = self.required_url(
             &f("authorization_url"),
             input.authorization_url.as_ref().or(current.map(|c| &c.authorization_url)),
@@ -199,6 +271,64 @@ impl Checker {
             additional_authorization_parameters: params,
             token_body_content_type,
             authenticate_via,
+            api_key: None,
+        })
+    }
+
+    /// A custom provider of API keys: a name and where keys go, no OAuth endpoints.
+    fn api_key_provider(
+        &mut self,
+        input: &CustomProviderInput,
+        current: Option<&CustomProvider>,
+        name: String,
+    ) -> Option<CustomProvider> {
+        let oauth_fields = [
+            ("authorization_url", input.authorization_url.is_some()),
+            ("token_url", input.token_url.is_some()),
+            ("refresh_token_url", input.refresh_token_url.is_some()),
+            ("revocation_url", input.revocation_url.is_some()),
+            ("pkce_enabled", input.pkce_enabled.is_some()),
+            ("request_scope_separator", input.request_scope_separator.is_some()),
+            ("scopes_required", input.scopes_required.is_some()),
+            ("client_secret_required", input.client_secret_required.is_some()),
+            ("additional_authorization_parameters", input.additional_authorization_parameters.is_some()),
+            ("token_body_content_type", input.token_body_content_type.is_some()),
+            ("authenticate_via", input.authenticate_via.is_some()),
+        ];
+        for (field, _) in oauth_fields.iter().filter(|(_, given)| *given) {
+            self.push(
+                &format!("custom_provider.{field}"),
+                "not_allowed",
+                "An API-key provider has no OAuth endpoints or settings.",
+            );
+        }
+        let Some(key) = input.api_key.clone().or_else(|| current.and_then(|c| c.api_key.clone())) else {
+            self.push("custom_provider.api_key", "required", "Say where the provider takes the key (`placement`).");
+            return None;
+        };
+        if let Err(why) = key.check_placement() {
+            self.push("custom_provider.api_key", "invalid", why);
+        }
+        if let Some(verify) = &key.verify {
+            if !matches!(verify.method.as_str(), "GET" | "POST" | "HEAD") {
+                self.push("custom_provider.api_key.verify.method", "invalid", "Use GET, POST or HEAD.");
+            }
+            self.endpoint("custom_provider.api_key.verify.url", &verify.url);
+        }
+        Some(CustomProvider {
+            name: name.trim().to_owned(),
+            authorization_url: String::new(),
+            token_url: String::new(),
+            refresh_token_url: None,
+            revocation_url: None,
+            pkce_enabled: false,
+            request_scope_separator: " ".to_owned(),
+            scopes_required: false,
+            client_secret_required: false,
+            additional_authorization_parameters: Default::default(),
+            token_body_content_type: BodyContentType::Form,
+            authenticate_via: ClientAuth::RequestBody,
+            api_key: Some(key),
         })
     }
 
@@ -246,6 +376,9 @@ impl Checker {
             (None, Some(spec)) => spec.scope_separator.clone(),
             (None, None) => " ".to_owned(),
         };
+        if d.auth_method == AuthMethod::ApiKey && !d.scopes.is_empty() {
+            self.push("scopes", "not_allowed", "An API key carries no OAuth scopes.");
+        }
         if d.scopes.len() > MAX_SCOPES {
             self.push("scopes", "invalid", format!("At most {MAX_SCOPES} scopes."));
         }
@@ -265,7 +398,8 @@ impl Checker {
         if d.custom_provider.as_ref().is_some_and(|c| c.scopes_required) && d.scopes.is_empty() {
             self.push("scopes", "required", "This provider requires at least one scope.");
         }
-        let secret_required = d.custom_provider.as_ref().is_none_or(|c| c.client_secret_required);
+        let secret_required =
+            d.auth_method == AuthMethod::OAuth && d.custom_provider.as_ref().is_none_or(|c| c.client_secret_required);
         if secret_required && d.client_secret.is_none() && provider_known {
             self.push("credentials.client_secret", "required", "The OAuth client secret is required.");
         }

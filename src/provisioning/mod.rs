@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Deserializer};
 
+use crate::auth_method::AuthMethod;
 use crate::invalid::FieldError;
 use crate::oauth::catalog::{BodyContentType, Catalog, ClientAuth};
 use crate::outbound;
@@ -53,6 +54,12 @@ pub struct CustomProviderInput {
     pub token_body_content_type: Option<String>,
     /// `request_body` (default) or `basic_auth_header`.
     pub authenticate_via: Option<String>,
+    /// Pipes' own, for an `api_key` integration (which then takes no OAuth fields): where
+    /// the key goes (`placement` `header` with `header` and `format` holding `{api_key}`,
+    /// `query` with `query_param`, or `basic`), and optionally a `verify` request
+    /// (`method`, `url`) that succeeds only with a good key.
+    #[schema(value_type = Option<Object>)]
+    pub api_key: Option<crate::oauth::catalog::ApiKeySpec>,
 }
 
 /// `POST /data-integrations`.
@@ -72,8 +79,11 @@ pub struct CreateIntegration {
     /// Values of the catalog provider's `config_params` (Zendesk `subdomain`, Shopify `shop`,
     /// Microsoft `tenant`); every one is required. Custom providers take none.
     pub config: Option<BTreeMap<String, String>>,
-    /// Only `["oauth"]`.
+    /// How accounts authenticate, exactly one of `oauth` (default), `api_key` or
+    /// `client_credentials`; fixed once created.
     pub auth_methods: Option<Vec<String>>,
+    /// An `api_key` integration's first account: its key, for `user_id` (in `organization_id`).
+    pub api_key: Option<ApiKeyInstall>,
     /// Pipes' own: whether an owner may connect several accounts (`connection_intent:
     /// add`). Default `false`.
     pub multiple_connections: Option<bool>,
@@ -98,6 +108,17 @@ pub struct UpdateIntegration {
     pub config: Option<BTreeMap<String, String>>,
     /// Pipes' own: whether an owner may connect several accounts.
     pub multiple_connections: Option<bool>,
+    /// An `api_key` integration: installs or rotates the key of `user_id`'s account.
+    pub api_key: Option<ApiKeyInstall>,
+}
+
+/// `api_key` of a create or update body: a key for a user's account.
+#[derive(Debug, Default, Clone, Deserialize, utoipa::ToSchema)]
+pub struct ApiKeyInstall {
+    #[schema(value_type = String)]
+    pub secret: Option<Secret>,
+    pub user_id: Option<String>,
+    pub organization_id: Option<String>,
 }
 
 /// Tells an explicit `null` (Some(None)) from an absent field (None).
@@ -110,6 +131,7 @@ pub(crate) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> R
 pub struct IntegrationDraft {
     pub slug: String,
     pub ownership: Ownership,
+    pub auth_method: AuthMethod,
     /// The catalog slug, or `slug` for a custom provider.
     pub provider: String,
     pub description: String,
@@ -122,6 +144,16 @@ pub struct IntegrationDraft {
     pub settings: BTreeMap<String, String>,
     /// The client credentials changed (an `invalid` integration becomes `valid` again).
     pub credentials_changed: bool,
+    /// An API key to install for a user with the write (`api_key`).
+    pub api_key: Option<KeyInstall>,
+}
+
+/// A validated `api_key` block: the key for `owner`'s account.
+#[derive(Debug, Clone)]
+pub struct KeyInstall {
+    pub secret: Secret,
+    pub user_id: String,
+    pub organization_id: Option<String>,
 }
 
 /// What `redacted_client_secret` shows: the last four characters of a long secret, nothing of a short one.
@@ -153,7 +185,7 @@ pub async fn validate_create(
 fn check_create(input: CreateIntegration, allow_private: bool) -> Result<IntegrationDraft, Vec<FieldError>> {
     let mut c = Checker::new(allow_private);
     let slug = c.slug("provider", input.provider.as_deref());
-    c.only("auth_methods", input.auth_methods.as_deref(), "oauth");
+    let auth_method = c.auth_method(input.auth_methods.as_deref());
     let ownership = match input.ownership.as_deref() {
         None => Ownership::User,
         Some(sent) => Ownership::parse(sent).unwrap_or_else(|| {
@@ -179,33 +211,50 @@ fn check_create(input: CreateIntegration, allow_private: bool) -> Result<Integra
             );
             None
         }
-        (Some(cp), None, _) => c.custom_provider(cp, None),
+        (Some(cp), None, _) => c.custom_provider(cp, None, auth_method),
         _ => None,
     };
-    let (client_id, client_secret) = match &input.credentials {
-        Some(credentials) => c.credentials(credentials, None),
-        None => {
+    let (client_id, client_secret) = match (&input.credentials, auth_method) {
+        (Some(credentials), AuthMethod::OAuth) => c.credentials(credentials, None),
+        (None, AuthMethod::OAuth) => {
             c.push("credentials", "required", "credentials with client_id and client_secret are required.");
             (None, None)
         }
+        (Some(_), method) => {
+            c.push(
+                "credentials",
+                "not_allowed",
+                format!("An `{method}` integration has no OAuth app of its own: each account brings its credential."),
+            );
+            (None, None)
+        }
+        (None, _) => (None, None),
     };
+    c.method_fits_provider(auth_method, catalog);
+    if input.api_key.is_some() && auth_method != AuthMethod::ApiKey {
+        c.push("api_key", "not_allowed", "Only an `api_key` integration takes an API key.");
+    }
     let mut draft = IntegrationDraft {
         provider: catalog.map(|s| s.slug.clone()).or_else(|| slug.clone()).unwrap_or_default(),
         slug: slug.unwrap_or_default(),
         ownership,
+        auth_method,
         description: input.description.unwrap_or_default(),
         // Off until enabled, as the hosted product creates integrations.
         enabled: input.enabled.unwrap_or(false),
         multiple_connections: input.multiple_connections.unwrap_or(false),
         scopes: match input.scopes {
             Some(scopes) => scopes,
-            None => catalog.map(|s| s.default_scopes.clone()).unwrap_or_default(),
+            // The catalog's defaults are what users consent to; a client asks for none unless told.
+            None if auth_method == AuthMethod::OAuth => catalog.map(|s| s.default_scopes.clone()).unwrap_or_default(),
+            None => Vec::new(),
         },
         client_id: client_id.unwrap_or_default(),
         client_secret,
         custom_provider: custom,
         settings: input.config.unwrap_or_default(),
         credentials_changed: true,
+        api_key: input.api_key.and_then(|key| c.api_key(&key)),
     };
     let provider_known = catalog.is_some() || draft.custom_provider.is_some();
     c.draft(&mut draft, provider_known);
@@ -240,12 +289,26 @@ fn check_update(
             );
             None
         }
-        (Some(cp), Some(current)) => c.custom_provider(cp, Some(current)),
+        (Some(cp), Some(current)) => c.custom_provider(cp, Some(current), existing.auth_method),
         (None, current) => current.clone(),
     };
     let current_secret = existing.client_secret.as_ref().map(|s| Secret::new(s.expose_secret().to_owned()));
+    if input.api_key.is_some() && existing.auth_method != AuthMethod::ApiKey {
+        c.push("api_key", "not_allowed", "Only an `api_key` integration takes an API key.");
+    }
     let (client_id, client_secret, credentials_changed) = match &input.credentials {
         None => (Some(existing.client_id.clone()), current_secret, false),
+        Some(_) if existing.auth_method != AuthMethod::OAuth => {
+            c.push(
+                "credentials",
+                "not_allowed",
+                format!(
+                    "An `{}` integration has no OAuth app of its own: each account brings its credential.",
+                    existing.auth_method
+                ),
+            );
+            (None, None, false)
+        }
         Some(creds) => {
             let (id, secret) = c.credentials(creds, Some((&existing.client_id, current_secret.as_ref())));
             (id, secret, true)
@@ -254,6 +317,7 @@ fn check_update(
     let mut draft = IntegrationDraft {
         slug: existing.slug.clone(),
         ownership: existing.ownership,
+        auth_method: existing.auth_method,
         provider: existing.provider.clone(),
         description: input.description.unwrap_or_else(|| existing.description.clone()),
         enabled: input.enabled.unwrap_or(existing.enabled),
@@ -261,13 +325,17 @@ fn check_update(
         scopes: match input.scopes {
             None => existing.scopes.clone(),
             Some(Some(scopes)) => scopes,
-            Some(None) => catalog.map(|s| s.default_scopes.clone()).unwrap_or_default(),
+            Some(None) if existing.auth_method == AuthMethod::OAuth => {
+                catalog.map(|s| s.default_scopes.clone()).unwrap_or_default()
+            }
+            Some(None) => Vec::new(),
         },
         client_id: client_id.unwrap_or_default(),
         client_secret,
         custom_provider: custom,
         settings: input.config.unwrap_or_else(|| existing.settings.clone()),
         credentials_changed,
+        api_key: input.api_key.and_then(|key| c.api_key(&key)),
     };
     c.draft(&mut draft, true);
     // Whoever can change where the secret goes must show they know it: otherwise an
@@ -295,6 +363,11 @@ fn server_side(
 ) -> Option<(Vec<String>, ClientAuth)> {
     let normal = |u: &str| url::Url::parse(u.trim()).map_or_else(|_| u.trim().to_owned(), String::from);
     match custom {
+        Some(c) if c.api_key.is_some() => {
+            // The key goes to the verification request only.
+            let verify = c.api_key.as_ref().and_then(|k| k.verify.as_ref()).map(|v| normal(&v.url));
+            Some((verify.into_iter().collect(), c.authenticate_via))
+        }
         Some(c) => {
             let refresh = c.refresh_token_url.as_deref().unwrap_or(&c.token_url);
             let revocation = c.revocation_url.as_deref().map(normal).unwrap_or_default();
@@ -317,6 +390,10 @@ async fn check_hosts(draft: &IntegrationDraft, allow_private: bool) -> Result<()
     }
     let mut urls: Vec<(String, String)> = Vec::new();
     match &draft.custom_provider {
+        Some(c) if c.api_key.is_some() => {
+            let verify = c.api_key.as_ref().and_then(|k| k.verify.as_ref());
+            urls.extend(verify.map(|v| ("custom_provider.api_key.verify.url".to_owned(), v.url.clone())));
+        }
         Some(c) => {
             let f = |name: &str| format!("custom_provider.{name}");
             urls.push((f("authorization_url"), c.authorization_url.clone()));

@@ -14,6 +14,7 @@ use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::ToSchema;
 
 use super::local::Ready;
+use crate::auth_method::AuthMethod;
 use crate::cache::CachedToken;
 
 /// What a valid read answers (always HTTP 200).
@@ -84,8 +85,12 @@ fn always_credential() -> Object {
     always(Type::String, "credential")
 }
 
-fn always_oauth() -> Object {
-    always(Type::String, "oauth")
+fn token_methods() -> Object {
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["oauth", "client_credentials"])).build()
+}
+
+fn always_api_key() -> Object {
+    always(Type::String, "api_key")
 }
 
 /// `{"active": true, "access_token": {…}}`.
@@ -119,13 +124,22 @@ pub struct ActiveCredential<'a> {
     pub credential: Credential<'a>,
 }
 
+/// A vended credential: an OAuth or client-credentials token, or an API key.
 #[derive(Serialize, ToSchema)]
-pub struct Credential<'a> {
+#[serde(untagged)]
+pub enum Credential<'a> {
+    Token(TokenCredential<'a>),
+    Key(KeyCredential<'a>),
+}
+
+/// An OAuth or client-credentials access token.
+#[derive(Serialize, ToSchema)]
+pub struct TokenCredential<'a> {
     /// Always `credential`.
     #[schema(schema_with = always_credential)]
     pub object: &'static str,
-    /// Always `oauth`.
-    #[schema(schema_with = always_oauth)]
+    /// `oauth` or `client_credentials`.
+    #[schema(schema_with = token_methods)]
     pub auth_method: &'static str,
     pub value: &'a str,
     #[serde(with = "crate::time::wire_opt")]
@@ -136,7 +150,21 @@ pub struct Credential<'a> {
     /// Non-secret fields of the provider's token response; none are kept, so `{}`.
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
-    /// The integration's non-secret provider settings (e.g. a Zendesk subdomain).
+    /// The integration's non-secret provider settings (e.g. a Zendesk subdomain), with a
+    /// client-credentials account's own `config` over them.
+    pub config: &'a BTreeMap<String, String>,
+}
+
+/// An API key, as its owner gave it.
+#[derive(Serialize, ToSchema)]
+pub struct KeyCredential<'a> {
+    /// Always `credential`.
+    #[schema(schema_with = always_credential)]
+    pub object: &'static str,
+    /// Always `api_key`.
+    #[schema(schema_with = always_api_key)]
+    pub auth_method: &'static str,
+    pub value: &'a str,
     pub config: &'a BTreeMap<String, String>,
 }
 
@@ -159,8 +187,14 @@ pub enum InactiveReason {
 }
 
 /// Renders the ready answers of a cached token that stays fresh until
-/// `min_validity` plus the serve margin before it expires; `config` is the integration's settings.
-pub fn ready(token: &CachedToken, min_validity: Duration, config: &BTreeMap<String, String>) -> Ready {
+/// `min_validity` plus the serve margin before it expires; `settings` are the
+/// integration's, `method` how its accounts authenticate.
+pub fn ready(
+    token: &CachedToken,
+    min_validity: Duration,
+    settings: &BTreeMap<String, String>,
+    method: AuthMethod,
+) -> Ready {
     let secret = token.access_token.expose();
     let token_body = serde_json::to_vec(&ActiveToken {
         active: true,
@@ -172,17 +206,29 @@ pub fn ready(token: &CachedToken, min_validity: Duration, config: &BTreeMap<Stri
             missing_scopes: &token.missing_scopes,
         },
     });
+    let merged;
+    let config = if token.config.is_empty() {
+        settings
+    } else {
+        merged = settings.iter().chain(&token.config).map(|(k, v)| (k.clone(), v.clone())).collect();
+        &merged
+    };
     let credential_body = serde_json::to_vec(&ActiveCredential {
         active: true,
-        credential: Credential {
-            object: "credential",
-            auth_method: "oauth",
-            value: secret,
-            expires_at: token.expires_at,
-            scopes: &token.scopes,
-            missing_scopes: &token.missing_scopes,
-            metadata: serde_json::Map::new(),
-            config,
+        credential: match method {
+            AuthMethod::ApiKey => {
+                Credential::Key(KeyCredential { object: "credential", auth_method: "api_key", value: secret, config })
+            }
+            AuthMethod::OAuth | AuthMethod::ClientCredentials => Credential::Token(TokenCredential {
+                object: "credential",
+                auth_method: method.as_str(),
+                value: secret,
+                expires_at: token.expires_at,
+                scopes: &token.scopes,
+                missing_scopes: &token.missing_scopes,
+                metadata: serde_json::Map::new(),
+                config,
+            }),
         },
     });
     Ready {

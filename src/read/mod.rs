@@ -190,7 +190,12 @@ impl Reader {
         for key in target.keys(inner.cache.redis(), &view.integration.slug).into_iter().flatten() {
             match inner.cache.get_key(&key, crate::time::now()).await {
                 Ok(Lookup::Hit(entry)) => {
-                    let ready = Arc::new(answer::ready(&entry, min_validity, &view.integration.settings));
+                    let ready = Arc::new(answer::ready(
+                        &entry,
+                        min_validity,
+                        &view.integration.settings,
+                        view.integration.auth_method,
+                    ));
                     local.fill(&key, epoch, ready.clone());
                     if target.accepts(&ready.account_id) {
                         return Ok((Answer::Active(ready), "hit"));
@@ -253,7 +258,12 @@ impl Reader {
         let now = crate::time::now();
         let (entry, _) = inner.cache.entry_for(account, &view.integration, now)?;
         inner.cache.put(account, &view.integration, now).await;
-        let ready = Arc::new(answer::ready(&entry, inner.cache.min_validity(), &view.integration.settings));
+        let ready = Arc::new(answer::ready(
+            &entry,
+            inner.cache.min_validity(),
+            &view.integration.settings,
+            view.integration.auth_method,
+        ));
         if !ready.usable(crate::time::now()) {
             // Cannot happen after `entry_for` above; checked again because a
             // stale token must never leave (`pipes_stale_tokens_served_total` stays 0).

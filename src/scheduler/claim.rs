@@ -308,10 +308,11 @@ async fn publish(tick: &Tick, batch: Vec<Claimed>) -> Result<(), ClaimError> {
                     // Shutting down: released below, for the next scheduler.
                     return (claimed, Err(PublishError::ShuttingDown { queue: queue.to_owned() }));
                 }
-                let job = RefreshJob::V1 {
-                    account_id: claimed.account_id.clone(),
-                    integration_id: claimed.integration_id.clone(),
-                };
+                let job = RefreshJob::for_account(
+                    claimed.auth_method,
+                    claimed.account_id.clone(),
+                    claimed.integration_id.clone(),
+                );
                 let result = publisher.publish(queue, &job, Headers::new()).await;
                 (claimed, result)
             }

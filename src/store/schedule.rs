@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
 
+use crate::auth_method::AuthMethod;
 use crate::ids::{AccountId, IntegrationId};
 
 /// Puts the account on the schedule at `refresh_at`, or takes it off (`None`), and
@@ -165,11 +166,11 @@ claimed AS (
         refresh_at = EXCLUDED.refresh_at, integration_id = EXCLUDED.integration_id
     WHERE c.enqueued_at < now() - $1::interval
     RETURNING c.account_id, c.enqueued_at, c.refresh_at, c.integration_id)
-SELECT c.account_id AS id, c.integration_id, i.slug, c.enqueued_at, c.refresh_at,
+SELECT c.account_id AS id, c.integration_id, i.slug, i.auth_method, c.enqueued_at, c.refresh_at,
        NULL::bigint AS walked, NULL::text[] AS claimable
 FROM claimed c JOIN integrations i ON i.id = c.integration_id
 UNION ALL
-SELECT last.account_id, NULL, NULL, NULL, last.refresh_at, (SELECT count(*) FROM walk),
+SELECT last.account_id, NULL, NULL, NULL, NULL, last.refresh_at, (SELECT count(*) FROM walk),
        ARRAY(SELECT id FROM integrations WHERE enabled AND state = 'valid')
 FROM (SELECT 1) AS one LEFT JOIN LATERAL (
     SELECT w.account_id, w.refresh_at FROM walk w ORDER BY w.refresh_at DESC, w.account_id DESC LIMIT 1) last ON true";
@@ -183,7 +184,7 @@ FROM refresh_schedule s, integrations i
 WHERE c.claim_id = $1::uuid AND c.enqueued_at <= now()
   AND s.account_id = c.account_id AND s.refresh_at <= now()
   AND i.id = s.integration_id AND i.enabled AND i.state = 'valid'
-RETURNING c.account_id AS id, s.integration_id, i.slug, c.enqueued_at, s.refresh_at";
+RETURNING c.account_id AS id, s.integration_id, i.slug, i.auth_method, c.enqueued_at, s.refresh_at";
 
 /// One claimed account.
 #[derive(Debug, Clone)]
@@ -191,6 +192,8 @@ pub struct Claimed {
     pub account_id: AccountId,
     pub integration_id: IntegrationId,
     pub provider: String,
+    /// The integration's: which kind of job renews the account.
+    pub auth_method: AuthMethod,
     pub enqueued_at: DateTime<Utc>,
     pub refresh_at: DateTime<Utc>,
 }
@@ -284,6 +287,7 @@ fn claimed(r: &PgRow) -> Claimed {
         account_id: r.get("id"),
         integration_id: r.get("integration_id"),
         provider: r.get("slug"),
+        auth_method: AuthMethod::parse(r.get("auth_method")).unwrap_or(AuthMethod::OAuth),
         enqueued_at: r.get("enqueued_at"),
         refresh_at: r.get("refresh_at"),
     }

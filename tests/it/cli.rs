@@ -249,7 +249,8 @@ async fn connections_are_listed_shown_and_refreshed_from_the_cli() {
     let rows = filtered.ok().json();
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
     assert_eq!((&rows[0]["id"], &rows[0]["state"]), (&json!(first.id), &json!("connected")));
-    assert_eq!(rows[0]["has_refresh_token"], true);
+    assert_eq!(rows[0]["renewable"], true);
+    assert_eq!(rows[0]["auth_method"], "oauth");
     let by_state = pipes(&app, &["connections", "list", "--state", "needs_reauthorization", "--json"], &[]).await;
     assert_eq!(by_state.ok().json()[0]["id"], second.id.as_str());
     for output in [&list.stdout, &filtered.stdout] {
@@ -260,7 +261,7 @@ async fn connections_are_listed_shown_and_refreshed_from_the_cli() {
     let text = &show.ok().stdout;
     assert!(text.contains("state:              needs_reauthorization"), "{text}");
     assert!(text.contains("user / organization: u2 / org_1"), "{text}");
-    assert!(text.contains("refresh token:      stored"), "{text}");
+    assert!(text.contains("renewable:          yes"), "{text}");
     assert!(!text.contains(&second_token));
     let shown = pipes(&app, &["connections", "show", &first.id, "--json"], &[]).await.ok().json();
     assert_eq!((&shown["integration"], &shown["scopes"]), (&json!("cli-demo"), &json!(["read"])));

@@ -334,7 +334,9 @@ async fn slack_shaped_code_exchanges_read_the_user_token_under_authed_user() {
     let code = callback.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
     let redirect_uri = app.config().redirect_uri("slackish");
     let grant = pipes::oauth::client::Grant::Code { code: &code, redirect_uri: &redirect_uri, pkce_verifier: None };
-    let tokens = pipes::oauth::client::request_token(&app.state.http, &integration, &slack, grant).await.unwrap();
+    let as_client = pipes::oauth::client::OAuthClient::of_integration(&integration);
+    let tokens =
+        pipes::oauth::client::request_token(&app.state.http, &integration, &slack, as_client, grant).await.unwrap();
     assert!(p.demo.access_token_valid(tokens.access_token.expose()));
     assert!(tokens.refresh_token.is_some());
     assert_eq!(tokens.subject.as_deref(), Some("demo-user"), "the catalog reads the member from authed_user.id");
@@ -343,7 +345,9 @@ async fn slack_shaped_code_exchanges_read_the_user_token_under_authed_user() {
     assert_eq!(tokens.scopes, Some(vec!["profile".to_owned()]));
     // A code replayed at Slack answers HTTP 200 `{"ok": false}`: a refusal, not tokens.
     let grant = pipes::oauth::client::Grant::Code { code: &code, redirect_uri: &redirect_uri, pkce_verifier: None };
-    assert!(pipes::oauth::client::request_token(&app.state.http, &integration, &slack, grant).await.is_err());
+    assert!(pipes::oauth::client::request_token(&app.state.http, &integration, &slack, as_client, grant)
+        .await
+        .is_err());
 }
 
 #[tokio::test]
@@ -491,6 +495,7 @@ async fn the_providers_name_for_an_account_fills_an_empty_label_and_never_replac
         let (app, integration, owner, tokens) = (&app, &integration, &owner, &tokens);
         async move {
             let write = pipes::connections::TokenWrite {
+                credential: pipes::store::accounts::Credential::OAuth,
                 owner,
                 established_by: None,
                 labels,

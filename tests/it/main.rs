@@ -8,6 +8,7 @@ mod catalog;
 mod cli;
 mod connect;
 mod connected_accounts;
+mod credentials;
 mod demo_provider;
 mod foundation;
 mod hardening;

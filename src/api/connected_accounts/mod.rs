@@ -19,12 +19,13 @@ use crate::api::connect::check_id_or_label;
 use crate::api::extract::AdminKey;
 use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::integrations::find;
+use crate::auth_method::AuthMethod;
 use crate::connections::{Announce, TokenWrite};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::ids::{AccountId, IdKind};
 use crate::owner::Owner;
 use crate::state::AppState;
-use crate::store::accounts::{self, Account, AccountSummary, Selector, WriteMode};
+use crate::store::accounts::{self, Account, AccountSummary, Credential, Selector, WriteMode};
 use crate::time::rfc3339;
 pub use tokens::TokensBody;
 
@@ -48,7 +49,16 @@ pub struct ConnectedAccountView {
     pub user_id: Option<String>,
     pub organization_id: Option<String>,
     pub scopes: Vec<String>,
+    /// `oauth`, `api_key` or `client_credentials`: the integration's.
     pub auth_method: &'static str,
+    /// An API-key account: the key's last four characters (`null` for a short key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_last_4: Option<String>,
+    /// A client-credentials account: its client id and the secret's last four characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret_last_4: Option<String>,
     /// `connected`, `needs_reauthorization` or `disconnected`.
     pub state: &'static str,
     /// The member whose authorization established an organization's shared account.
@@ -79,7 +89,10 @@ pub fn view(a: &AccountSummary) -> ConnectedAccountView {
         user_id: a.owner.user_id().map(str::to_owned),
         organization_id: a.owner.organization_id().map(str::to_owned),
         scopes: a.scopes.clone(),
-        auth_method: "oauth",
+        auth_method: a.auth_method.as_str(),
+        api_key_last_4: a.secret_last_4.clone().filter(|_| a.auth_method == AuthMethod::ApiKey),
+        client_id: a.client_id.clone(),
+        client_secret_last_4: a.secret_last_4.clone().filter(|_| a.auth_method == AuthMethod::ClientCredentials),
         state: a.state.as_str(),
         established_by_user_id: a.established_by_user_id.clone(),
         state_reason: None,
@@ -192,6 +205,18 @@ fn selected(selection: Selection, intent: Option<&str>, errors: &mut Vec<FieldEr
     only.map(AccountId::from)
 }
 
+/// 422 `auth_method_mismatch`: the integration's accounts authenticate another way than `what`.
+pub fn auth_method_mismatch(integration: &crate::store::integrations::Integration, what: &str) -> ApiError {
+    ApiError::invalid_field(
+        "auth_methods",
+        "auth_method_mismatch",
+        format!(
+            "The integration `{}` connects accounts with `{}` (auth_methods [\"{}\"]); it takes no {what}.",
+            integration.slug, integration.auth_method, integration.auth_method
+        ),
+    )
+}
+
 pub fn not_connected(slug: &str) -> ApiError {
     ApiError::not_found("connected_account_not_found", format!("There is no connected account for `{slug}` here."))
 }
@@ -265,6 +290,9 @@ async fn write(
         return Err(ApiError::invalid(errors));
     }
     let integration = find(state, slug, target.owner.ownership()).await?;
+    if integration.auth_method != AuthMethod::OAuth {
+        return Err(auth_method_mismatch(&integration, "imported OAuth tokens"));
+    }
     let mode = match (verb, target.only) {
         (Verb::Create, _) if adding => WriteMode::Add { several: integration.multiple_connections },
         (Verb::Create, _) => WriteMode::InsertOnly,
@@ -273,6 +301,7 @@ async fn write(
     };
     let (tokens, account_state) = tokens::parse_tokens(body, &integration)?;
     let write = TokenWrite {
+        credential: Credential::OAuth,
         owner: &target.owner,
         established_by: member.as_deref(),
         labels,

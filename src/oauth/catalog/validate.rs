@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 
 use url::Url;
 
-use super::{check_hostname, template_host, KeyPlacement, ParamKind, ProviderSpec, CATEGORIES, SCOPE_SEPARATORS};
+use super::{
+    check_hostname, template_host, ApiKeySpec, KeyPlacement, ParamKind, ProviderSpec, CATEGORIES, SCOPE_SEPARATORS,
+};
 
 /// Authorization query keys Pipes sets itself; a catalog entry may not override them.
 const RESERVED_AUTHORIZATION_PARAMS: [&str; 7] =
@@ -68,20 +70,8 @@ impl ProviderSpec {
             }
         }
         if let Some(key) = &self.api_key {
-            let ok = match key.placement {
-                KeyPlacement::Header => {
-                    key.header.as_deref().is_some_and(is_header_name)
-                        && key.format.as_deref().is_some_and(|f| f.contains("{api_key}"))
-                }
-                KeyPlacement::Query => key.query_param.as_deref().is_some_and(|q| !q.is_empty()),
-                KeyPlacement::Basic => matches!(key.basic.as_deref(), Some("username" | "password")),
-            };
-            if !ok {
-                problem(
-                    "api_key: header needs `header` and a `format` with {api_key}; query a `query_param`; \
-                     basic `basic` = username or password"
-                        .into(),
-                );
+            if let Err(why) = key.check_placement() {
+                problem(format!("api_key: {why}"));
             }
             if let Some(verify) = &key.verify {
                 if !matches!(verify.method.as_str(), "GET" | "POST" | "HEAD") {
@@ -179,6 +169,25 @@ impl ProviderSpec {
             problem("refresh_token_url is set but tokens_expire is false".into());
         }
         out
+    }
+}
+
+impl ApiKeySpec {
+    /// Whether the fields the placement needs are there and well formed.
+    pub fn check_placement(&self) -> Result<(), &'static str> {
+        let ok = match self.placement {
+            KeyPlacement::Header => {
+                self.header.as_deref().is_some_and(is_header_name)
+                    && self.format.as_deref().is_some_and(|f| f.contains("{api_key}"))
+            }
+            KeyPlacement::Query => self.query_param.as_deref().is_some_and(|q| !q.is_empty()),
+            KeyPlacement::Basic => matches!(self.basic.as_deref(), Some("username" | "password")),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err("header needs `header` and a `format` with {api_key}; query a `query_param`; basic `basic` = username or password")
+        }
     }
 }
 

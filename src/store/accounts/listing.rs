@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, Row};
 
 use super::{Account, AccountError, AccountState, ConnectionRole, COLUMNS};
+use crate::auth_method::AuthMethod;
 use crate::crypto::KeyRing;
 use crate::ids::{AccountId, IntegrationId};
 use crate::owner::Owner;
@@ -52,6 +53,10 @@ pub struct AccountSummary {
     pub account_display_name: Option<String>,
     pub established_by_user_id: Option<String>,
     pub state: AccountState,
+    pub auth_method: AuthMethod,
+    /// A client-credentials account's client id.
+    pub client_id: Option<String>,
+    pub secret_last_4: Option<String>,
     pub scopes: Vec<String>,
     pub reauthorization_reason: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -63,7 +68,8 @@ pub struct AccountSummary {
 pub async fn summaries_for_owner(db: impl PgExecutor<'_>, owner: &Owner) -> Result<Vec<AccountSummary>, sqlx::Error> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT c.id, c.integration_id, c.connection_role, c.account_identifier, c.account_display_name,
-                c.established_by_user_id, c.state, c.scopes, c.reauthorization_reason, c.created_at, c.updated_at
+                c.established_by_user_id, c.state, c.auth_method, c.client_id, c.secret_last_4, c.scopes,
+                c.reauthorization_reason, c.created_at, c.updated_at
          FROM connected_accounts c WHERE {} ORDER BY c.id",
         super::owner_filter(owner, 1)
     )))
@@ -82,6 +88,9 @@ pub async fn summaries_for_owner(db: impl PgExecutor<'_>, owner: &Owner) -> Resu
             account_display_name: r.get("account_display_name"),
             established_by_user_id: r.get("established_by_user_id"),
             state: AccountState::parse(r.get("state")).unwrap_or(AccountState::Disconnected),
+            auth_method: AuthMethod::parse(r.get("auth_method")).unwrap_or(AuthMethod::OAuth),
+            client_id: r.get("client_id"),
+            secret_last_4: r.get("secret_last_4"),
             scopes: r.get("scopes"),
             reauthorization_reason: r.get("reauthorization_reason"),
             created_at: r.get("created_at"),

@@ -6,11 +6,14 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
 
+use crate::auth_method::AuthMethod;
 use crate::crypto::{aad, CryptoError, KeyRing};
 use crate::ids::{AccountId, IntegrationId};
 use crate::keys::columns;
@@ -95,8 +98,18 @@ pub struct Account {
     /// The member whose authorization established an organization-owned account.
     pub established_by_user_id: Option<String>,
     pub state: AccountState,
+    /// How it authenticates: its integration's method.
+    pub auth_method: AuthMethod,
+    /// The credential a read vends: an OAuth access token, an API key as given, or the
+    /// token the account's own client obtained.
     pub access_token: Option<Secret>,
     pub refresh_token: Option<Secret>,
+    /// A client-credentials account's own OAuth client.
+    pub client: Option<OwnClient>,
+    /// The last four characters of the API key or client secret, to show.
+    pub secret_last_4: Option<String>,
+    /// Non-secret values given with the credential (client credentials' `config`).
+    pub config: BTreeMap<String, String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub refresh_at: Option<DateTime<Utc>>,
     pub scopes: Vec<String>,
@@ -105,6 +118,40 @@ pub struct Account {
     pub reauthorization_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// An account's own OAuth client (client credentials). `Debug` shows `***` for the secret.
+#[derive(Debug, Clone)]
+pub struct OwnClient {
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+/// What authenticates an account besides the tokens a write stores.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// Tokens from the authorization-code flow (or imported).
+    OAuth,
+    /// The token is the owner's API key.
+    ApiKey,
+    /// The token came from this client's `client_credentials` grant.
+    ClientCredentials { client: OwnClient, config: BTreeMap<String, String> },
+}
+
+impl Credential {
+    pub fn auth_method(&self) -> AuthMethod {
+        match self {
+            Credential::OAuth => AuthMethod::OAuth,
+            Credential::ApiKey => AuthMethod::ApiKey,
+            Credential::ClientCredentials { .. } => AuthMethod::ClientCredentials,
+        }
+    }
+}
+
+/// The last four characters of a secret long enough that they reveal little (else none).
+pub fn last_4(secret: &str) -> Option<String> {
+    let chars: Vec<char> = secret.chars().collect();
+    (chars.len() >= 12).then(|| chars[chars.len() - 4..].iter().collect())
 }
 
 /// Tokens as a provider issued them.
@@ -142,14 +189,17 @@ pub enum AccountError {
 /// The account's columns, of the row `c`; every statement adds `refresh_at` (the
 /// schedule's, or what it writes there).
 const COLUMNS: &str = "c.id, c.integration_id, c.user_id, c.organization_id, c.connection_role, c.account_identifier,
-    c.account_display_name, c.established_by_user_id, c.state, c.access_token_enc,
-    c.refresh_token_enc, c.expires_at, c.scopes, c.token_version, c.last_refresh_error, c.reauthorization_reason,
+    c.account_display_name, c.established_by_user_id, c.state, c.auth_method, c.access_token_enc,
+    c.refresh_token_enc, c.client_id, c.client_secret_enc, c.secret_last_4, c.config, c.expires_at, c.scopes, c.token_version, c.last_refresh_error, c.reauthorization_reason,
     c.created_at, c.updated_at";
 
-/// What a store writes to the schedule: `refresh_at` for an account left with a refresh
-/// token, as an expression over the stored row `c` and the requested `refresh_at`.
+/// What a store writes to the schedule: `refresh_at` for an account left with something
+/// to renew its token with (a refresh token, or its own client), as an expression over
+/// the stored row `c` and the requested `refresh_at`.
 fn stored_refresh_at(requested: &str) -> String {
-    format!("CASE WHEN c.refresh_token_enc IS NULL THEN NULL ELSE {requested} END AS refresh_at")
+    format!(
+        "CASE WHEN c.refresh_token_enc IS NULL AND c.client_secret_enc IS NULL THEN NULL ELSE {requested} END AS refresh_at"
+    )
 }
 
 impl Account {
@@ -163,6 +213,9 @@ impl Account {
         };
         let owner = Owner::from_columns(row.get("user_id"), row.get("organization_id"))
             .ok_or_else(|| AccountError::NoOwner(id.clone()))?;
+        let client_id: Option<String> = row.get("client_id");
+        let client_secret = open(columns::ACCOUNT_CLIENT_SECRET, row.get("client_secret_enc"))?;
+        let config: serde_json::Value = row.get("config");
         Ok(Account {
             owner,
             role: ConnectionRole::parse(row.get("connection_role")),
@@ -171,6 +224,12 @@ impl Account {
             established_by_user_id: row.get("established_by_user_id"),
             access_token: open(columns::ACCESS_TOKEN, row.get("access_token_enc"))?,
             refresh_token: open(columns::REFRESH_TOKEN, row.get("refresh_token_enc"))?,
+            auth_method: AuthMethod::parse(row.get("auth_method")).unwrap_or(AuthMethod::OAuth),
+            client: client_id
+                .zip(client_secret)
+                .map(|(client_id, client_secret)| OwnClient { client_id, client_secret }),
+            secret_last_4: row.get("secret_last_4"),
+            config: serde_json::from_value(config).unwrap_or_default(),
             integration_id: row.get("integration_id"),
             state: AccountState::parse(row.get("state")).unwrap_or(AccountState::Disconnected),
             expires_at: row.get("expires_at"),
@@ -196,6 +255,9 @@ impl Account {
             account_display_name: self.account_display_name.clone(),
             established_by_user_id: self.established_by_user_id.clone(),
             state: self.state,
+            auth_method: self.auth_method,
+            client_id: self.client.as_ref().map(|c| c.client_id.clone()),
+            secret_last_4: self.secret_last_4.clone(),
             scopes: self.scopes.clone(),
             reauthorization_reason: self.reauthorization_reason.clone(),
             created_at: self.created_at,

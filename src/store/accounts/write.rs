@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::{
-    owner_filter, seal, stored_refresh_at, Account, AccountError, AccountState, ConnectionRole, TokenSet, COLUMNS,
+    last_4, owner_filter, seal, stored_refresh_at, Account, AccountError, AccountState, ConnectionRole, Credential,
+    TokenSet, COLUMNS,
 };
 use crate::crypto::KeyRing;
 use crate::ids::{AccountId, IntegrationId};
@@ -62,9 +63,10 @@ enum Landing {
     Update(AccountId, AccountState),
 }
 
-/// Stores tokens for an owner and returns the account with a bumped token version.
-/// `Ok(None)` when the account to update does not exist ([`WriteMode::UpdateOnly`],
-/// [`WriteMode::Account`]).
+/// Stores tokens for an owner, with what `credential` adds (an API key's or client
+/// secret's last four, the account's own client), and returns the account with a bumped
+/// token version. `Ok(None)` when the account to update does not exist
+/// ([`WriteMode::UpdateOnly`], [`WriteMode::Account`]).
 #[tracing::instrument(level = "debug", skip_all, fields(integration_id = %integration_id))]
 #[allow(clippy::too_many_arguments)]
 pub async fn write_tokens(
@@ -75,6 +77,7 @@ pub async fn write_tokens(
     owner: &Owner,
     established_by: Option<&str>,
     labels: &Labels,
+    credential: &Credential,
     tokens: &TokenSet,
     refresh_at: Option<DateTime<Utc>>,
     state: AccountState,
@@ -136,6 +139,17 @@ pub async fn write_tokens(
     };
     let access = seal(ring, columns::ACCESS_TOKEN, &id, Some(&tokens.access_token))?;
     let refresh = seal(ring, columns::REFRESH_TOKEN, &id, tokens.refresh_token.as_ref())?;
+    let (client_id, client_secret, shown, config) = match credential {
+        Credential::OAuth => (None, None, None, serde_json::json!({})),
+        Credential::ApiKey => (None, None, last_4(tokens.access_token.expose()), serde_json::json!({})),
+        Credential::ClientCredentials { client, config } => (
+            Some(client.client_id.as_str()),
+            seal(ring, columns::ACCOUNT_CLIENT_SECRET, &id, Some(&client.client_secret))?,
+            last_4(client.client_secret.expose()),
+            serde_json::to_value(config).unwrap_or_else(|_| serde_json::json!({})),
+        ),
+    };
+    let method = credential.auth_method().as_str();
     // Only a connected account is refreshed.
     let scheduled = refresh_at.filter(|_| state == AccountState::Connected);
     let (set_identifier, identifier) = split(&labels.account_identifier);
@@ -146,8 +160,10 @@ pub async fn write_tokens(
             "INSERT INTO connected_accounts AS c
                (id, integration_id, ownership, user_id, organization_id, established_by_user_id, state,
                 access_token_enc, refresh_token_enc, expires_at, scopes, token_version, last_refreshed_at,
-                connection_role, account_identifier, account_display_name)
-             VALUES ($1, $2, $11, $3, $4, $12, $5, $6, $7, $8, $9, nextval('token_versions'), now(), $13, $14, $15)
+                connection_role, account_identifier, account_display_name,
+                auth_method, client_id, client_secret_enc, secret_last_4, config)
+             VALUES ($1, $2, $11, $3, $4, $12, $5, $6, $7, $8, $9, nextval('token_versions'), now(), $13, $14, $15,
+                     $16, $17, $18, $19, $20)
              ON CONFLICT DO NOTHING
              RETURNING {COLUMNS}, {scheduled}",
             scheduled = stored_refresh_at("$10::timestamptz")
@@ -167,6 +183,11 @@ pub async fn write_tokens(
         .bind(role.as_str())
         .bind(identifier)
         .bind(if set_display_name { display_name } else { provider_name })
+        .bind(method)
+        .bind(client_id)
+        .bind(&client_secret)
+        .bind(&shown)
+        .bind(&config)
         .fetch_optional(&mut *tx)
         .await?
         // Another writer made the account (or took the identifier) meanwhile.
@@ -178,7 +199,8 @@ pub async fn write_tokens(
                refresh_failures = 0, last_refresh_error = NULL, reauthorization_reason = NULL, last_refreshed_at = now(), updated_at = now(),
                established_by_user_id = COALESCE($8, c.established_by_user_id),
                account_identifier = CASE WHEN $9 THEN $10 ELSE c.account_identifier END,
-               account_display_name = CASE WHEN $11 THEN $12 ELSE COALESCE(c.account_display_name, $13) END
+               account_display_name = CASE WHEN $11 THEN $12 ELSE COALESCE(c.account_display_name, $13) END,
+               auth_method = $14, client_id = $15, client_secret_enc = $16, secret_last_4 = $17, config = $18
              WHERE id = $1
              RETURNING {COLUMNS}, {scheduled}",
             scheduled = stored_refresh_at("$6::timestamptz")
@@ -196,6 +218,11 @@ pub async fn write_tokens(
         .bind(set_display_name)
         .bind(display_name)
         .bind(provider_name)
+        .bind(method)
+        .bind(client_id)
+        .bind(&client_secret)
+        .bind(&shown)
+        .bind(&config)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| match &e {

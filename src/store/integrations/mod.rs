@@ -11,10 +11,13 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
 use url::Url;
 
+use crate::auth_method::AuthMethod;
 use crate::crypto::{aad, KeyRing};
 use crate::ids::IntegrationId;
 use crate::keys::columns;
-use crate::oauth::catalog::{BodyContentType, Catalog, ClientAuth, ProviderSpec, ResolvedUrls, TokenResponseShape};
+use crate::oauth::catalog::{
+    ApiKeySpec, BodyContentType, Catalog, ClientAuth, ProviderSpec, ResolvedUrls, TokenResponseShape,
+};
 use crate::owner::Ownership;
 
 mod write;
@@ -48,6 +51,10 @@ pub struct CustomProvider {
     /// `request_body` or `basic_auth_header`.
     #[serde(default = "body")]
     pub authenticate_via: ClientAuth,
+    /// Where an `api_key` integration's keys go. Such a provider has no OAuth endpoints
+    /// (`authorization_url` and `token_url` are empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeySpec>,
 }
 
 fn space() -> String {
@@ -80,6 +87,8 @@ pub struct Integration {
     /// Who owns its accounts: users, or organizations (shared accounts). A provider may
     /// have one root of each kind under the same slug.
     pub ownership: Ownership,
+    /// How its accounts authenticate, fixed at creation.
+    pub auth_method: AuthMethod,
     pub description: String,
     pub enabled: bool,
     /// Whether an owner may connect accounts beside the first (`connection_intent: add`).
@@ -125,7 +134,7 @@ pub enum IntegrationError {
 }
 
 pub const SELECT: &str =
-    "SELECT id, slug, provider, ownership, description, enabled, multiple_connections, state, state_reason, scopes, client_id,
+    "SELECT id, slug, provider, ownership, auth_method, description, enabled, multiple_connections, state, state_reason, scopes, client_id,
     client_secret_enc, redacted_secret, custom_provider, settings, created_at, updated_at FROM integrations";
 
 impl Integration {
@@ -143,6 +152,7 @@ impl Integration {
             slug: row.get("slug"),
             provider: row.get("provider"),
             ownership: Ownership::parse(row.get("ownership")).unwrap_or(Ownership::User),
+            auth_method: AuthMethod::parse(row.get("auth_method")).unwrap_or(AuthMethod::OAuth),
             description: row.get("description"),
             enabled: row.get("enabled"),
             multiple_connections: row.get("multiple_connections"),
@@ -256,7 +266,7 @@ pub fn custom_spec(slug: &str, c: &CustomProvider) -> ProviderSpec {
         account_identifier: None,
         account_display_name: None,
         userinfo_url: None,
-        api_key: None,
+        api_key: c.api_key.clone(),
     }
 }
 

@@ -45,8 +45,8 @@ pub async fn insert(db: &PgPool, ring: &KeyRing, draft: &IntegrationDraft) -> Re
     let redacted = crate::provisioning::redact(draft.client_secret.as_ref().map(|s| s.expose()));
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO integrations (id, slug, provider, description, enabled, scopes, client_id, client_secret_enc,
-            redacted_secret, custom_provider, settings, ownership, multiple_connections)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            redacted_secret, custom_provider, settings, ownership, multiple_connections, auth_method)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (slug, ownership) DO NOTHING
          RETURNING {}",
         select_columns()
@@ -64,6 +64,7 @@ pub async fn insert(db: &PgPool, ring: &KeyRing, draft: &IntegrationDraft) -> Re
     .bind(settings_json(draft))
     .bind(draft.ownership.as_str())
     .bind(draft.multiple_connections)
+    .bind(draft.auth_method.as_str())
     .fetch_optional(db)
     .await?
     .ok_or(ProvisionError::SlugTaken)?;
@@ -114,7 +115,7 @@ pub async fn delete(db: &PgPool, integration: &Integration) -> Result<Option<u64
     let rows = sqlx::query(
         "DELETE FROM connected_accounts WHERE integration_id = $1
          RETURNING id, user_id, organization_id, connection_role, account_identifier, account_display_name,
-                   established_by_user_id, scopes, created_at, updated_at",
+                   established_by_user_id, auth_method, secret_last_4, scopes, created_at, updated_at",
     )
     .bind(&integration.id)
     .fetch_all(&mut *tx)
@@ -132,8 +133,13 @@ pub async fn delete(db: &PgPool, integration: &Integration) -> Result<Option<u64
             account_display_name: row.get("account_display_name"),
             established_by_user_id: row.get("established_by_user_id"),
             state: AccountState::Disconnected,
+            auth_method: crate::auth_method::AuthMethod::parse(row.get("auth_method"))
+                .unwrap_or(crate::auth_method::AuthMethod::OAuth),
             access_token: None,
             refresh_token: None,
+            client: None,
+            secret_last_4: row.get("secret_last_4"),
+            config: Default::default(),
             expires_at: None,
             refresh_at: None,
             scopes: row.get("scopes"),

@@ -195,8 +195,8 @@ async fn two_schedulers_enqueue_each_due_account_once() {
     while let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions::default()).await.unwrap() {
         message.ack(BasicAckOptions::default()).await.unwrap();
         let job: pipes::queues::RefreshJob = serde_json::from_slice(&message.delivery.data).unwrap();
-        let pipes::queues::RefreshJob::V1 { account_id, .. } = job;
-        seen.insert(account_id);
+        assert!(matches!(job, pipes::queues::RefreshJob::V1 { .. }), "an OAuth account's job: {job:?}");
+        seen.insert(job.account_id().clone());
         messages += 1;
     }
     assert_eq!(messages, 2500, "one job per due account");

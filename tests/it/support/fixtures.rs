@@ -109,6 +109,7 @@ pub async fn store_tokens(
         &crate::support::owner(user, org),
         None,
         &Default::default(),
+        &accounts::Credential::OAuth,
         tokens,
         refresh_at,
         AccountState::Connected,

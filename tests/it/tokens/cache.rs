@@ -64,6 +64,7 @@ async fn replace_in_postgres_only(app: &TestApp, integration_id: &str, user: &st
         &crate::support::owner(user, None),
         None,
         &Default::default(),
+        &accounts::Credential::OAuth,
         &tokens,
         None,
         AccountState::Connected,
