@@ -31,6 +31,15 @@ async fn run_script(app: &TestApp, script: &str, slug: &str) -> (DemoProvider, S
         redirect_uris: vec![app.config().redirect_uri(slug)],
         auth_method: ClientAuthMethod::Basic,
     });
+    // For the API-key and client-credentials integrations.
+    demo.add_api_key("sk_sdk_alpha_0123456789", "alpha");
+    demo.add_api_key("sk_sdk_bravo_0123456789", "bravo");
+    demo.register_client(ClientRegistration {
+        client_id: "sdk-machine".into(),
+        client_secret: "sdk-machine-secret-0123456789".into(),
+        redirect_uris: vec![],
+        auth_method: ClientAuthMethod::Basic,
+    });
     let run = tokio::process::Command::new("node")
         .arg(script)
         .current_dir(&dir)
@@ -70,10 +79,12 @@ async fn every_pipes_method_of_the_node_sdk_12_works_against_pipes() {
     assert_eq!(accounts, 0);
     let kinds: Vec<String> = events(&app).await.into_iter().map(|(e, _)| e).collect();
     let count = |kind: &str| kinds.iter().filter(|k| k.as_str() == kind).count();
-    // Connected: 4 flows, the organization import, 2 user imports; replacements of
-    // connected accounts announce nothing.
-    assert_eq!(count("pipes.connected_account.connected"), 7, "{kinds:?}");
-    assert_eq!(count("pipes.connected_account.disconnected"), 7, "{kinds:?}");
+    // Connected: 4 flows, the organization import, 2 user imports, 2 API keys and a
+    // client; replacements of connected accounts (and rotated credentials) announce nothing.
+    assert_eq!(count("pipes.connected_account.connected"), 10, "{kinds:?}");
+    assert_eq!(count("pipes.connected_account.disconnected"), 10, "{kinds:?}");
+    // A connect and a rotation; the refused client never got past authentication.
+    assert_eq!(demo.client_credentials_clients(), ["sdk-machine"; 2]);
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pipes::demo_provider::{DemoConfig, DemoProvider};
+use pipes::demo_provider::{ClientAuthMethod, ClientRegistration, DemoConfig, DemoProvider};
 
 use crate::support::app::TestApp;
 
@@ -23,6 +23,15 @@ async fn run_script(app: &TestApp, script: &str, slug: &str, env: &[(&str, &str)
         .unwrap_or_else(|| repo.join("target/sdk-venv/bin/python"));
     assert!(python.exists(), "{} is missing: run .ci/install-tools", python.display());
     let (demo, _) = DemoProvider::spawn(DemoConfig::default()).await.unwrap();
+    // For the API-key and client-credentials integrations.
+    demo.add_api_key("sk_py_alpha_0123456789", "alpha");
+    demo.add_api_key("sk_py_bravo_0123456789", "bravo");
+    demo.register_client(ClientRegistration {
+        client_id: "py-machine".into(),
+        client_secret: "py-machine-secret-0123456789".into(),
+        redirect_uris: vec![],
+        auth_method: ClientAuthMethod::Basic,
+    });
     let run = tokio::process::Command::new(&python)
         .arg(repo.join("tests/sdk/python").join(script))
         .env("PIPES_URL", &app.base_url)

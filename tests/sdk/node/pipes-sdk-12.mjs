@@ -46,6 +46,14 @@ const rejects = (promise, kind, code) =>
     return true;
   });
 
+// A 422 whose field errors include `code` (the SDK lists them in the message).
+const refused = (promise, code) =>
+  assert.rejects(promise, (err) => {
+    assert.ok(err instanceof UnprocessableEntityException, `${err?.constructor?.name}: ${err?.message}`);
+    assert.ok(err.message.includes(code), err.message);
+    return true;
+  });
+
 // The person's part, as a browser: the confirmation page (continue, keeping its cookie),
 // the provider's (auto-consent) redirect and the callback's, to return_to.
 const consent = async (url) => {
@@ -316,24 +324,116 @@ await rejects(
 );
 assert.equal((await pipes.getUserConnectedAccount({ userId: 'user_imported', slug })).id, imported.id);
 
-// --- Auth methods these integrations do not take: a 422 naming the mismatch.
-method('createDataIntegrationApiKey');
-await rejects(
-  pipes.createDataIntegrationApiKey({ slug, ...user, secret: 'sk_test', connectionIntent: 'add' }),
-  UnprocessableEntityException,
+// --- API-key and client-credentials integrations. The fake provider knows the keys
+// sk_sdk_alpha_0123456789 and sk_sdk_bravo_0123456789 and the client sdk-machine.
+// An OAuth integration takes neither.
+await refused(
+  pipes.createDataIntegrationApiKey({ slug, ...user, secret: 'sk_sdk_alpha_0123456789', connectionIntent: 'add' }),
+  'auth_method_mismatch',
 );
+await refused(pipes.updateDataIntegrationClientCredentials({ slug, ...user, clientId: 'c', clientSecret: 's' }), 'auth_method_mismatch');
+// Where an API-key provider's keys go is Pipes' own `custom_provider.api_key`, which the
+// SDK's serializer does not carry: the provider is defined over plain HTTP.
+const keyed = `${slug}-keyed`;
+const defined = await fetch(`${base}/data-integrations`, {
+  method: 'POST',
+  headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' },
+  body: JSON.stringify({
+    provider: keyed,
+    auth_methods: ['api_key'],
+    enabled: true,
+    custom_provider: {
+      name: 'Keyed',
+      api_key: { placement: 'header', header: 'Authorization', format: 'Bearer {api_key}', verify: { method: 'GET', url: `${demo}/api/me` } },
+    },
+  }),
+});
+assert.equal(defined.status, 201);
+assert.deepEqual((await pipes.getDataIntegration({ slug: keyed })).authMethods, ['api_key']);
 method('updateDataIntegrationApiKey');
-await rejects(pipes.updateDataIntegrationApiKey({ slug, ...user, secret: 'sk_test' }), UnprocessableEntityException);
+const keyAccount = await pipes.updateDataIntegrationApiKey({
+  slug: keyed,
+  ...user,
+  secret: 'sk_sdk_alpha_0123456789',
+  accountDisplayName: 'Alpha key',
+});
+assert.equal(keyAccount.authMethod, 'api_key');
+assert.equal(keyAccount.apiKeyLast4, '6789');
+assert.equal(keyAccount.connectionRole, 'compatibility');
+const keyRead = await pipes.createDataIntegrationCredential({ slug: keyed, ...user });
+assert.deepEqual(keyRead, {
+  active: true,
+  credential: { authMethod: 'api_key', object: 'credential', value: 'sk_sdk_alpha_0123456789', config: {} },
+});
+const keyToken = await pipes.getAccessToken({ provider: keyed, ...user });
+assert.equal(keyToken.accessToken.accessToken, 'sk_sdk_alpha_0123456789');
+assert.equal(keyToken.accessToken.expiresAt, null);
+const rotatedKey = await pipes.updateDataIntegrationApiKey({
+  slug: keyed,
+  ...user,
+  connectedAccountId: keyAccount.id,
+  connectionIntent: 'reauthorize',
+  secret: 'sk_sdk_bravo_0123456789',
+});
+assert.equal(rotatedKey.id, keyAccount.id);
+assert.equal(rotatedKey.accountDisplayName, 'Alpha key');
+assert.equal((await pipes.createDataIntegrationCredential({ slug: keyed, ...user })).credential.value, 'sk_sdk_bravo_0123456789');
+await refused(pipes.updateDataIntegrationApiKey({ slug: keyed, ...user, secret: 'sk_refused_0123456789' }), 'invalid_api_key');
+method('createDataIntegrationApiKey');
+const addedKey = await pipes.createDataIntegrationApiKey({
+  slug: keyed,
+  userId: 'user_keyed',
+  secret: 'sk_sdk_alpha_0123456789',
+  connectionIntent: 'add',
+});
+assert.equal(addedKey.connectionRole, 'compatibility');
+await rejects(
+  pipes.createDataIntegrationApiKey({ slug: keyed, userId: 'user_keyed', secret: 'sk_sdk_alpha_0123456789', connectionIntent: 'add' }),
+  NotFoundException,
+  'multiple_connections_unavailable',
+);
+
+const machine = await pipes.createDataIntegration({
+  provider: `${slug}-machine`,
+  authMethods: ['client_credentials'],
+  enabled: true,
+  scopes: ['read'],
+  customProvider: { name: 'Machine', authorizationUrl: `${demo}/authorize`, tokenUrl: `${demo}/token`, authenticateVia: 'basic_auth_header' },
+});
+assert.deepEqual(machine.authMethods, ['client_credentials']);
+assert.equal(machine.credentials, null);
 method('createDataIntegrationClientCredential');
-await rejects(
-  pipes.createDataIntegrationClientCredential({ slug, ...user, clientId: 'c', clientSecret: 's', connectionIntent: 'add' }),
-  UnprocessableEntityException,
-);
+const machineAccount = await pipes.createDataIntegrationClientCredential({
+  slug: machine.slug,
+  ...user,
+  clientId: 'sdk-machine',
+  clientSecret: 'sdk-machine-secret-0123456789',
+  config: { region: 'eu' },
+  connectionIntent: 'add',
+});
+assert.equal(machineAccount.authMethod, 'client_credentials');
+assert.equal(machineAccount.clientId, 'sdk-machine');
+assert.equal(machineAccount.clientSecretLast4, '6789');
+const machineRead = await pipes.createDataIntegrationCredential({ slug: machine.slug, ...user });
+assert.equal(machineRead.credential.authMethod, 'client_credentials');
+assert.ok(machineRead.credential.expiresAt instanceof Date);
+assert.deepEqual(machineRead.credential.scopes, ['read']);
+assert.deepEqual(machineRead.credential.metadata, {});
+assert.deepEqual(machineRead.credential.config, { region: 'eu' });
 method('updateDataIntegrationClientCredentials');
-await rejects(
-  pipes.updateDataIntegrationClientCredentials({ slug, ...user, clientId: 'c', clientSecret: 's' }),
-  UnprocessableEntityException,
+const machineRotated = await pipes.updateDataIntegrationClientCredentials({
+  slug: machine.slug,
+  ...user,
+  clientId: 'sdk-machine',
+  clientSecret: 'sdk-machine-secret-0123456789',
+});
+assert.equal(machineRotated.id, machineAccount.id);
+await refused(
+  pipes.updateDataIntegrationClientCredentials({ slug: machine.slug, ...user, clientId: 'sdk-machine', clientSecret: 'refused-0123456789' }),
+  'invalid_client_credentials',
 );
+await pipes.deleteDataIntegration({ slug: keyed });
+await pipes.deleteDataIntegration({ slug: machine.slug });
 await assert.rejects(pipes.finishConnection({ connectCode: 'x', codeVerifier: 'y'.repeat(43) }), badRequest('invalid_connect_code'));
 
 // --- Deleting both roots.
