@@ -84,7 +84,7 @@ fn describe() {
     describe_counter!(REFRESH_ATTEMPTS, "Refresh attempts by provider and outcome.");
     describe_histogram!(REFRESH_DURATION, Unit::Seconds, "Time of one refresh at the provider.");
     describe_histogram!(REFRESH_LAG, Unit::Seconds, "Time from refresh_at to the new token stored.");
-    describe_gauge!(CONNECTED_ACCOUNTS, "Connected accounts by provider and state.");
+    describe_gauge!(CONNECTED_ACCOUNTS, "Connected accounts by provider, auth method and state.");
     describe_gauge!(INTEGRATIONS_INVALID, "1 for each integration whose credentials the provider refused.");
     describe_counter!(PROVIDER_RESPONSES_REFUSED, "Provider answers refused unread: too large, or too slow.");
     describe_counter!(

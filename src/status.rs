@@ -40,6 +40,8 @@ pub struct IntegrationStatus {
     /// `user` or `organization`: a provider may have one integration of each.
     pub ownership: String,
     pub provider: String,
+    /// `oauth`, `api_key` or `client_credentials`.
+    pub auth_method: String,
     pub enabled: bool,
     pub state: String,
     pub accounts: StateCounts,
@@ -104,10 +106,11 @@ fn add(counts: &mut StateCounts, state: &str, n: i64) {
 /// cannot be reached only blanks the queue section.
 pub async fn gather(db: &PgPool, config: &Config, now: DateTime<Utc>) -> Result<Status, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT i.slug, i.ownership, i.provider, i.enabled, i.state, a.state AS account_state, count(a.id) AS n,
-                count(a.id) FILTER (WHERE a.refresh_failures > 0 AND a.state = 'connected') AS failing
+        "SELECT i.slug, i.ownership, i.provider, i.auth_method, i.enabled, i.state, a.state AS account_state,
+                count(a.id) AS n, count(a.id) FILTER (WHERE a.refresh_failures > 0 AND a.state = 'connected') AS failing
          FROM integrations i LEFT JOIN connected_accounts a ON a.integration_id = i.id
-         GROUP BY i.slug, i.ownership, i.provider, i.enabled, i.state, a.state ORDER BY i.slug, i.ownership DESC",
+         GROUP BY i.slug, i.ownership, i.provider, i.auth_method, i.enabled, i.state, a.state
+         ORDER BY i.slug, i.ownership DESC",
     )
     .fetch_all(db)
     .await?;
@@ -121,6 +124,7 @@ pub async fn gather(db: &PgPool, config: &Config, now: DateTime<Utc>) -> Result<
                 slug: slug.clone(),
                 ownership,
                 provider: row.get("provider"),
+                auth_method: row.get("auth_method"),
                 enabled: row.get("enabled"),
                 state: row.get("state"),
                 accounts: StateCounts::default(),

@@ -22,8 +22,8 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<24} {:<16} {:<8} {:>10} {:>10} {:>9}",
-        "INTEGRATION", "PROVIDER", "STATE", "CONNECTED", "REAUTH", "FAILING"
+        "{:<24} {:<16} {:<18} {:<8} {:>10} {:>10} {:>9}",
+        "INTEGRATION", "PROVIDER", "AUTH", "STATE", "CONNECTED", "REAUTH", "FAILING"
     );
     for i in &s.integrations {
         let state = if !i.enabled { "disabled" } else { i.state.as_str() };
@@ -31,9 +31,10 @@ pub fn render(s: &Status) -> String {
         let name = if i.ownership == "organization" { format!("{} (org)", i.slug) } else { i.slug.clone() };
         let _ = writeln!(
             out,
-            "{:<24} {:<16} {:<8} {:>10} {:>10} {:>9}",
+            "{:<24} {:<16} {:<18} {:<8} {:>10} {:>10} {:>9}",
             name,
             i.provider,
+            i.auth_method,
             state,
             i.accounts.connected,
             i.accounts.needs_reauthorization,

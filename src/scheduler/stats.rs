@@ -18,7 +18,7 @@ const EVERY: Duration = Duration::from_secs(5);
 const COUNT_EVERY_ROUNDS: u32 = 12;
 
 pub(super) async fn run(state: AppState, broker: Broker, topology: Topology, cancel: CancellationToken) {
-    let mut seen: HashSet<(String, String)> = HashSet::new();
+    let mut seen: HashSet<(String, String, String)> = HashSet::new();
     let mut round: u32 = 0;
     loop {
         let counts = async {
@@ -91,10 +91,10 @@ async fn integrations_invalid(state: &AppState) {
     }
 }
 
-async fn connected_accounts(state: &AppState, seen: &mut HashSet<(String, String)>) {
+async fn connected_accounts(state: &AppState, seen: &mut HashSet<(String, String, String)>) {
     let rows = sqlx::query(
-        "SELECT i.slug, c.state, count(*) AS n FROM connected_accounts c
-         JOIN integrations i ON i.id = c.integration_id GROUP BY i.slug, c.state",
+        "SELECT i.slug, c.auth_method, c.state, count(*) AS n FROM connected_accounts c
+         JOIN integrations i ON i.id = c.integration_id GROUP BY i.slug, c.auth_method, c.state",
     )
     .fetch_all(&state.db)
     .await;
@@ -103,16 +103,19 @@ async fn connected_accounts(state: &AppState, seen: &mut HashSet<(String, String
         Err(err) => return tracing::debug!(error = %err, "connected accounts not counted"),
     };
     let mut now_seen = HashSet::new();
+    let gauge = |provider: &str, method: &str, account_state: &str| {
+        metrics::gauge!(m::CONNECTED_ACCOUNTS, "provider" => provider.to_owned(), "auth_method" => method.to_owned(),
+            "state" => account_state.to_owned())
+    };
     for row in rows {
-        let (provider, account_state, n): (String, String, i64) = (row.get("slug"), row.get("state"), row.get("n"));
-        metrics::gauge!(m::CONNECTED_ACCOUNTS, "provider" => provider.clone(), "state" => account_state.clone())
-            .set(n as f64);
-        now_seen.insert((provider, account_state));
+        let (provider, method, account_state, n): (String, String, String, i64) =
+            (row.get("slug"), row.get("auth_method"), row.get("state"), row.get("n"));
+        gauge(&provider, &method, &account_state).set(n as f64);
+        now_seen.insert((provider, method, account_state));
     }
-    // A provider/state pair that emptied out reads 0, not its last value.
-    for (provider, account_state) in seen.difference(&now_seen) {
-        metrics::gauge!(m::CONNECTED_ACCOUNTS, "provider" => provider.clone(), "state" => account_state.clone())
-            .set(0.0);
+    // A series that emptied out reads 0, not its last value.
+    for (provider, method, account_state) in seen.difference(&now_seen) {
+        gauge(provider, method, account_state).set(0.0);
     }
     *seen = now_seen;
 }

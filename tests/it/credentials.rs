@@ -37,7 +37,7 @@ async fn api_key_integration(app: &TestApp, slug: &str, demo: &DemoProvider) -> 
 
 /// A client-credentials integration at the fake, which knows `client-a` (Basic auth).
 async fn client_integration(app: &TestApp, slug: &str, demo: &DemoProvider) -> Value {
-    register(demo, "client-a", "secret-a-0123456789");
+    register(demo, "client-a", "ccsecret_a_0123456789");
     let base = demo.base_url();
     let (status, body) = app
         .admin(
@@ -91,8 +91,8 @@ async fn events(app: &TestApp) -> Vec<(String, Value)> {
 async fn an_api_key_is_checked_stored_vended_rotated_and_forgotten() {
     let app = TestApp::spawn().await;
     let demo = fake_provider().await;
-    demo.add_api_key("key-alpha-0123456789", "alpha");
-    demo.add_api_key("key-bravo-0123456789", "bravo");
+    demo.add_api_key("apikey_alpha_0123456789", "alpha");
+    demo.add_api_key("apikey_bravo_0123456789", "bravo");
     let integration = api_key_integration(&app, "keyed", &demo).await;
     assert_eq!(integration["auth_methods"], json!(["api_key"]));
     assert_eq!(integration["credentials"], Value::Null);
@@ -104,11 +104,11 @@ async fn an_api_key_is_checked_stored_vended_rotated_and_forgotten() {
         .admin(
             Method::PUT,
             "/data-integrations/keyed/api-key",
-            Some(json!({"user_id": "u1", "secret": "wrong-key-0123456789"})),
+            Some(json!({"user_id": "u1", "secret": "apikey_wrong_0123456789"})),
         )
         .await;
     assert_eq!((status, body["errors"][0]["code"].as_str()), (422, Some("invalid_api_key")), "{body}");
-    assert!(!body.to_string().contains("wrong-key"), "{body}");
+    assert!(!body.to_string().contains("apikey_wrong"), "{body}");
     assert_eq!(accounts(&app).await, 0);
 
     // PUT without an account creates the compatibility account.
@@ -116,7 +116,7 @@ async fn an_api_key_is_checked_stored_vended_rotated_and_forgotten() {
         .admin(
             Method::PUT,
             "/data-integrations/keyed/api-key",
-            Some(json!({"user_id": "u1", "secret": "key-alpha-0123456789", "account_display_name": "Alpha"})),
+            Some(json!({"user_id": "u1", "secret": "apikey_alpha_0123456789", "account_display_name": "Alpha"})),
         )
         .await;
     assert_eq!(status, 200, "{account}");
@@ -124,13 +124,13 @@ async fn an_api_key_is_checked_stored_vended_rotated_and_forgotten() {
     assert_eq!(account["api_key_last_4"], "6789");
     assert_eq!(account["connection_role"], "compatibility");
     assert_eq!(account["account_display_name"], "Alpha");
-    assert!(!account.to_string().contains("key-alpha"), "the key is never answered: {account}");
+    assert!(!account.to_string().contains("apikey_alpha"), "the key is never answered: {account}");
 
     let vended = credentials(&app, "keyed", "u1").await;
     assert_eq!(
         vended,
         json!({"active": true, "credential": {"object": "credential", "auth_method": "api_key",
-            "value": "key-alpha-0123456789", "config": {}}})
+            "value": "apikey_alpha_0123456789", "config": {}}})
     );
     let (_, token) = app
         .call(
@@ -140,7 +140,7 @@ async fn an_api_key_is_checked_stored_vended_rotated_and_forgotten() {
             Some(json!({"user_id": "u1"})),
         )
         .await;
-    assert_eq!(token["access_token"]["access_token"], "key-alpha-0123456789");
+    assert_eq!(token["access_token"]["access_token"], "apikey_alpha_0123456789");
     assert_eq!(token["access_token"]["expires_at"], Value::Null);
 
     // Rotation: the same account, the new key, no second `connected`.
@@ -148,13 +148,13 @@ async fn an_api_key_is_checked_stored_vended_rotated_and_forgotten() {
         .admin(
             Method::PUT,
             "/data-integrations/keyed/api-key",
-            Some(json!({"user_id": "u1", "secret": "key-bravo-0123456789"})),
+            Some(json!({"user_id": "u1", "secret": "apikey_bravo_0123456789"})),
         )
         .await;
     assert_eq!(status, 200, "{rotated}");
     assert_eq!(rotated["id"], account["id"]);
     assert_eq!(rotated["account_display_name"], "Alpha", "an omitted label is kept");
-    assert_eq!(credentials(&app, "keyed", "u1").await["credential"]["value"], "key-bravo-0123456789");
+    assert_eq!(credentials(&app, "keyed", "u1").await["credential"]["value"], "apikey_bravo_0123456789");
     let connected: Vec<Value> = events(&app)
         .await
         .into_iter()
@@ -170,7 +170,7 @@ async fn an_api_key_is_checked_stored_vended_rotated_and_forgotten() {
         .admin(
             Method::POST,
             "/data-integrations/keyed/api-key",
-            Some(json!({"user_id": "u1", "secret": "key-alpha-0123456789"})),
+            Some(json!({"user_id": "u1", "secret": "apikey_alpha_0123456789"})),
         )
         .await;
     assert_eq!((status, body["errors"][0]["field"].as_str()), (422, Some("connection_intent")), "{body}");
@@ -178,7 +178,7 @@ async fn an_api_key_is_checked_stored_vended_rotated_and_forgotten() {
         .admin(
             Method::POST,
             "/data-integrations/keyed/api-key",
-            Some(json!({"user_id": "u1", "secret": "key-alpha-0123456789", "connection_intent": "add"})),
+            Some(json!({"user_id": "u1", "secret": "apikey_alpha_0123456789", "connection_intent": "add"})),
         )
         .await;
     assert_eq!((status, body["code"].as_str()), (404, Some("multiple_connections_unavailable")), "{body}");
@@ -187,7 +187,7 @@ async fn an_api_key_is_checked_stored_vended_rotated_and_forgotten() {
         .admin(
             Method::POST,
             "/data-integrations/keyed/api-key",
-            Some(json!({"user_id": "u2", "secret": "key-alpha-0123456789", "connection_intent": "add"})),
+            Some(json!({"user_id": "u2", "secret": "apikey_alpha_0123456789", "connection_intent": "add"})),
         )
         .await;
     assert_eq!((status, added["connection_role"].as_str()), (201, Some("compatibility")), "{added}");
@@ -204,7 +204,7 @@ async fn an_api_key_is_checked_stored_vended_rotated_and_forgotten() {
         .admin(
             Method::PUT,
             "/data-integrations/keyed/api-key",
-            Some(json!({"user_id": "u3", "secret": "key-alpha-0123456789", "client_secret": "x"})),
+            Some(json!({"user_id": "u3", "secret": "apikey_alpha_0123456789", "client_secret": "x"})),
         )
         .await;
     assert_eq!(status, 422, "an unknown field is refused");
@@ -220,7 +220,7 @@ async fn an_api_key_is_checked_stored_vended_rotated_and_forgotten() {
 async fn api_key_integrations_are_checked_when_created_and_keys_go_only_where_they_fit() {
     let app = TestApp::spawn().await;
     let demo = fake_provider().await;
-    demo.add_api_key("first-key-0123456789", "first");
+    demo.add_api_key("apikey_first_0123456789", "first");
     let verify = format!("{}/api/me", demo.base_url());
     let create = |secret: &str| {
         json!({
@@ -231,16 +231,16 @@ async fn api_key_integrations_are_checked_when_created_and_keys_go_only_where_th
         })
     };
     // A refused first key: nothing is created.
-    let (status, body) = app.admin(Method::POST, "/data-integrations", Some(create("nope-0123456789"))).await;
+    let (status, body) = app.admin(Method::POST, "/data-integrations", Some(create("apikey_nope_0123456789"))).await;
     assert_eq!((status, body["errors"][0]["code"].as_str()), (422, Some("invalid_api_key")), "{body}");
     let (status, _) = app.admin(Method::GET, "/data-integrations/keyed", None).await;
     assert_eq!(status, 404);
     // A good one: the integration with its first installation.
-    let (status, body) = app.admin(Method::POST, "/data-integrations", Some(create("first-key-0123456789"))).await;
+    let (status, body) = app.admin(Method::POST, "/data-integrations", Some(create("apikey_first_0123456789"))).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["installation"]["user_id"], "u1");
     assert_eq!(body["installation"]["api_key_last_4"], "6789");
-    assert_eq!(credentials(&app, "keyed", "u1").await["credential"]["value"], "first-key-0123456789");
+    assert_eq!(credentials(&app, "keyed", "u1").await["credential"]["value"], "apikey_first_0123456789");
 
     // API keys for an OAuth-only catalog provider, OAuth fields on an API-key provider,
     // a key placement without its header: each a 422 naming the field.
@@ -275,7 +275,7 @@ async fn api_key_integrations_are_checked_when_created_and_keys_go_only_where_th
         .admin(
             Method::PUT,
             "/data-integrations/oauthy/api-key",
-            Some(json!({"user_id": "u1", "secret": "k-0123456789"})),
+            Some(json!({"user_id": "u1", "secret": "apikey_x_0123456789"})),
         )
         .await;
     assert_eq!((status, body["errors"][0]["code"].as_str()), (422, Some("auth_method_mismatch")), "{body}");
@@ -294,8 +294,8 @@ async fn a_client_credentials_account_gets_its_token_from_its_own_client() {
     let path = "/data-integrations/machine/client-credentials";
     for (body, field) in [
         (json!({"user_id": "u1", "client_id": "client-a"}), "client_secret"),
-        (json!({"user_id": "u1", "client_secret": "secret-a-0123456789"}), "client_id"),
-        (json!({"client_id": "client-a", "client_secret": "secret-a-0123456789"}), "user_id"),
+        (json!({"user_id": "u1", "client_secret": "ccsecret_a_0123456789"}), "client_id"),
+        (json!({"client_id": "client-a", "client_secret": "ccsecret_a_0123456789"}), "user_id"),
         (
             json!({"user_id": "u1", "client_id": "client-a", "client_secret": "s", "connection_intent": "add"}),
             "connection_intent",
@@ -313,7 +313,7 @@ async fn a_client_credentials_account_gets_its_token_from_its_own_client() {
         .admin(
             Method::PUT,
             path,
-            Some(json!({"user_id": "u1", "client_id": "client-a", "client_secret": "wrong-0123456789"})),
+            Some(json!({"user_id": "u1", "client_id": "client-a", "client_secret": "ccsecret_wrong_0123456789"})),
         )
         .await;
     assert_eq!((status, body["errors"][0]["code"].as_str()), (422, Some("invalid_client_credentials")), "{body}");
@@ -325,14 +325,14 @@ async fn a_client_credentials_account_gets_its_token_from_its_own_client() {
             Method::POST,
             path,
             Some(json!({"user_id": "u1", "organization_id": "org1", "client_id": "client-a",
-                "client_secret": "secret-a-0123456789", "config": {"instance": "eu"}, "connection_intent": "add"})),
+                "client_secret": "ccsecret_a_0123456789", "config": {"instance": "eu"}, "connection_intent": "add"})),
         )
         .await;
     assert_eq!(status, 201, "{account}");
     assert_eq!(account["auth_method"], "client_credentials");
     assert_eq!(account["client_id"], "client-a");
     assert_eq!(account["client_secret_last_4"], "6789");
-    assert!(!account.to_string().contains("secret-a"), "{account}");
+    assert!(!account.to_string().contains("ccsecret_a"), "{account}");
     assert_eq!(demo.client_credentials_clients(), vec!["client-a".to_owned()], "the account's own client asked");
 
     let (status, vended) = app
@@ -365,7 +365,7 @@ async fn a_client_credentials_token_is_renewed_before_expiry_without_a_read_and_
         .admin(
             Method::PUT,
             "/data-integrations/machine/client-credentials",
-            Some(json!({"user_id": "u1", "client_id": "client-a", "client_secret": "secret-a-0123456789"})),
+            Some(json!({"user_id": "u1", "client_id": "client-a", "client_secret": "ccsecret_a_0123456789"})),
         )
         .await;
     assert_eq!(status, 200, "{account}");
@@ -404,12 +404,12 @@ async fn a_client_credentials_token_is_renewed_before_expiry_without_a_read_and_
     let (_, integration) = app.admin(Method::GET, "/data-integrations/machine", None).await;
     assert_eq!(integration["state"], "valid");
     // New client credentials reconnect it.
-    register(&demo, "client-b", "secret-b-0123456789");
+    register(&demo, "client-b", "ccsecret_b_0123456789");
     let (status, again) = app
         .admin(
             Method::PUT,
             "/data-integrations/machine/client-credentials",
-            Some(json!({"user_id": "u1", "client_id": "client-b", "client_secret": "secret-b-0123456789",
+            Some(json!({"user_id": "u1", "client_id": "client-b", "client_secret": "ccsecret_b_0123456789",
                 "connected_account_id": id, "connection_intent": "reauthorize"})),
         )
         .await;

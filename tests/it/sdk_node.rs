@@ -32,11 +32,11 @@ async fn run_script(app: &TestApp, script: &str, slug: &str) -> (DemoProvider, S
         auth_method: ClientAuthMethod::Basic,
     });
     // For the API-key and client-credentials integrations.
-    demo.add_api_key("sk_sdk_alpha_0123456789", "alpha");
-    demo.add_api_key("sk_sdk_bravo_0123456789", "bravo");
+    demo.add_api_key("apikey_sdk_alpha_0123456789", "alpha");
+    demo.add_api_key("apikey_sdk_bravo_0123456789", "bravo");
     demo.register_client(ClientRegistration {
         client_id: "sdk-machine".into(),
-        client_secret: "sdk-machine-secret-0123456789".into(),
+        client_secret: "ccsecret_sdk_0123456789".into(),
         redirect_uris: vec![],
         auth_method: ClientAuthMethod::Basic,
     });

@@ -24,11 +24,11 @@ async fn run_script(app: &TestApp, script: &str, slug: &str, env: &[(&str, &str)
     assert!(python.exists(), "{} is missing: run .ci/install-tools", python.display());
     let (demo, _) = DemoProvider::spawn(DemoConfig::default()).await.unwrap();
     // For the API-key and client-credentials integrations.
-    demo.add_api_key("sk_py_alpha_0123456789", "alpha");
-    demo.add_api_key("sk_py_bravo_0123456789", "bravo");
+    demo.add_api_key("apikey_py_alpha_0123456789", "alpha");
+    demo.add_api_key("apikey_py_bravo_0123456789", "bravo");
     demo.register_client(ClientRegistration {
         client_id: "py-machine".into(),
-        client_secret: "py-machine-secret-0123456789".into(),
+        client_secret: "ccsecret_py_0123456789".into(),
         redirect_uris: vec![],
         auth_method: ClientAuthMethod::Basic,
     });

@@ -325,10 +325,10 @@ await rejects(
 assert.equal((await pipes.getUserConnectedAccount({ userId: 'user_imported', slug })).id, imported.id);
 
 // --- API-key and client-credentials integrations. The fake provider knows the keys
-// sk_sdk_alpha_0123456789 and sk_sdk_bravo_0123456789 and the client sdk-machine.
+// apikey_sdk_alpha_0123456789 and apikey_sdk_bravo_0123456789 and the client sdk-machine.
 // An OAuth integration takes neither.
 await refused(
-  pipes.createDataIntegrationApiKey({ slug, ...user, secret: 'sk_sdk_alpha_0123456789', connectionIntent: 'add' }),
+  pipes.createDataIntegrationApiKey({ slug, ...user, secret: 'apikey_sdk_alpha_0123456789', connectionIntent: 'add' }),
   'auth_method_mismatch',
 );
 await refused(pipes.updateDataIntegrationClientCredentials({ slug, ...user, clientId: 'c', clientSecret: 's' }), 'auth_method_mismatch');
@@ -354,7 +354,7 @@ method('updateDataIntegrationApiKey');
 const keyAccount = await pipes.updateDataIntegrationApiKey({
   slug: keyed,
   ...user,
-  secret: 'sk_sdk_alpha_0123456789',
+  secret: 'apikey_sdk_alpha_0123456789',
   accountDisplayName: 'Alpha key',
 });
 assert.equal(keyAccount.authMethod, 'api_key');
@@ -363,32 +363,32 @@ assert.equal(keyAccount.connectionRole, 'compatibility');
 const keyRead = await pipes.createDataIntegrationCredential({ slug: keyed, ...user });
 assert.deepEqual(keyRead, {
   active: true,
-  credential: { authMethod: 'api_key', object: 'credential', value: 'sk_sdk_alpha_0123456789', config: {} },
+  credential: { authMethod: 'api_key', object: 'credential', value: 'apikey_sdk_alpha_0123456789', config: {} },
 });
 const keyToken = await pipes.getAccessToken({ provider: keyed, ...user });
-assert.equal(keyToken.accessToken.accessToken, 'sk_sdk_alpha_0123456789');
+assert.equal(keyToken.accessToken.accessToken, 'apikey_sdk_alpha_0123456789');
 assert.equal(keyToken.accessToken.expiresAt, null);
 const rotatedKey = await pipes.updateDataIntegrationApiKey({
   slug: keyed,
   ...user,
   connectedAccountId: keyAccount.id,
   connectionIntent: 'reauthorize',
-  secret: 'sk_sdk_bravo_0123456789',
+  secret: 'apikey_sdk_bravo_0123456789',
 });
 assert.equal(rotatedKey.id, keyAccount.id);
 assert.equal(rotatedKey.accountDisplayName, 'Alpha key');
-assert.equal((await pipes.createDataIntegrationCredential({ slug: keyed, ...user })).credential.value, 'sk_sdk_bravo_0123456789');
+assert.equal((await pipes.createDataIntegrationCredential({ slug: keyed, ...user })).credential.value, 'apikey_sdk_bravo_0123456789');
 await refused(pipes.updateDataIntegrationApiKey({ slug: keyed, ...user, secret: 'sk_refused_0123456789' }), 'invalid_api_key');
 method('createDataIntegrationApiKey');
 const addedKey = await pipes.createDataIntegrationApiKey({
   slug: keyed,
   userId: 'user_keyed',
-  secret: 'sk_sdk_alpha_0123456789',
+  secret: 'apikey_sdk_alpha_0123456789',
   connectionIntent: 'add',
 });
 assert.equal(addedKey.connectionRole, 'compatibility');
 await rejects(
-  pipes.createDataIntegrationApiKey({ slug: keyed, userId: 'user_keyed', secret: 'sk_sdk_alpha_0123456789', connectionIntent: 'add' }),
+  pipes.createDataIntegrationApiKey({ slug: keyed, userId: 'user_keyed', secret: 'apikey_sdk_alpha_0123456789', connectionIntent: 'add' }),
   NotFoundException,
   'multiple_connections_unavailable',
 );
@@ -407,7 +407,7 @@ const machineAccount = await pipes.createDataIntegrationClientCredential({
   slug: machine.slug,
   ...user,
   clientId: 'sdk-machine',
-  clientSecret: 'sdk-machine-secret-0123456789',
+  clientSecret: 'ccsecret_sdk_0123456789',
   config: { region: 'eu' },
   connectionIntent: 'add',
 });
@@ -425,11 +425,11 @@ const machineRotated = await pipes.updateDataIntegrationClientCredentials({
   slug: machine.slug,
   ...user,
   clientId: 'sdk-machine',
-  clientSecret: 'sdk-machine-secret-0123456789',
+  clientSecret: 'ccsecret_sdk_0123456789',
 });
 assert.equal(machineRotated.id, machineAccount.id);
 await refused(
-  pipes.updateDataIntegrationClientCredentials({ slug: machine.slug, ...user, clientId: 'sdk-machine', clientSecret: 'refused-0123456789' }),
+  pipes.updateDataIntegrationClientCredentials({ slug: machine.slug, ...user, clientId: 'sdk-machine', clientSecret: 'ccsecret_refused_0123456789' }),
   'invalid_client_credentials',
 );
 await pipes.deleteDataIntegration({ slug: keyed });

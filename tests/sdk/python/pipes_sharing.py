@@ -145,10 +145,10 @@ call("delete_user_connected_account", "user_py", slug, connected_account_id=pers
 assert call("get_user_connected_account", "user_py", slug).id == work.id
 
 # API-key and client-credentials integrations. The fake provider knows the keys
-# sk_py_alpha_0123456789 / sk_py_bravo_0123456789 and the client py-machine.
+# apikey_py_alpha_0123456789 / apikey_py_bravo_0123456789 and the client py-machine.
 # The OAuth integration takes neither.
 refused("UnprocessableEntityError", None, "create_data_integration_api_key", slug, user_id="u",
-        secret="sk_py_alpha_0123456789", connection_intent="add")
+        secret="apikey_py_alpha_0123456789", connection_intent="add")
 refused("UnprocessableEntityError", None, "update_data_integration_client_credentials", slug, user_id="u",
         client_id="c", client_secret="s")
 # Where an API-key provider's keys go is Pipes' own `custom_provider.api_key`.
@@ -165,19 +165,19 @@ request = urllib.request.Request(
     headers={"Authorization": f"Bearer {env['PIPES_API_KEY']}", "Content-Type": "application/json"},
 )
 assert urllib.request.urlopen(request).status == 201
-key_account = call("update_data_integration_api_key", keyed, user_id="user_py_key", secret="sk_py_alpha_0123456789",
+key_account = call("update_data_integration_api_key", keyed, user_id="user_py_key", secret="apikey_py_alpha_0123456789",
                    account_identifier="workspace_1")
 assert value(key_account.auth_method) == "api_key" and key_account.api_key_last_4 == "6789", key_account
 key_read = call("create_data_integration_credential", keyed, user_id="user_py_key")
 assert key_read.active and value(key_read.credential.auth_method) == "api_key", key_read
-assert key_read.credential.value == "sk_py_alpha_0123456789" and key_read.credential.config == {}, key_read
-rotated = call("update_data_integration_api_key", keyed, user_id="user_py_key", secret="sk_py_bravo_0123456789",
+assert key_read.credential.value == "apikey_py_alpha_0123456789" and key_read.credential.config == {}, key_read
+rotated = call("update_data_integration_api_key", keyed, user_id="user_py_key", secret="apikey_py_bravo_0123456789",
                connected_account_id=key_account.id, connection_intent="reauthorize")
 assert rotated.id == key_account.id and rotated.account_identifier == "workspace_1", rotated
-assert call("get_access_token", keyed, user_id="user_py_key").access_token.access_token == "sk_py_bravo_0123456789"
+assert call("get_access_token", keyed, user_id="user_py_key").access_token.access_token == "apikey_py_bravo_0123456789"
 refused("UnprocessableEntityError", None, "update_data_integration_api_key", keyed, user_id="user_py_key",
-        secret="sk_py_refused_0123456789")
-added_key = call("create_data_integration_api_key", keyed, user_id="user_py_key2", secret="sk_py_alpha_0123456789",
+        secret="apikey_py_refused_0123456789")
+added_key = call("create_data_integration_api_key", keyed, user_id="user_py_key2", secret="apikey_py_alpha_0123456789",
                  connection_intent="add", organization_id=org)
 assert added_key.user_id == "user_py_key2" and added_key.organization_id == org, added_key
 
@@ -192,7 +192,7 @@ machine = call(
 )
 assert [value(m) for m in machine.auth_methods] == ["client_credentials"] and machine.credentials is None, machine
 cc = call("create_data_integration_client_credential", machine.slug, user_id="user_py_cc", client_id="py-machine",
-          client_secret="py-machine-secret-0123456789", config={"region": "eu"}, connection_intent="add")
+          client_secret="ccsecret_py_0123456789", config={"region": "eu"}, connection_intent="add")
 assert value(cc.auth_method) == "client_credentials" and cc.client_id == "py-machine", cc
 assert cc.client_secret_last_4 == "6789", cc
 cc_read = call("create_data_integration_credential", machine.slug, user_id="user_py_cc")
@@ -200,10 +200,10 @@ credential = cc_read.credential
 assert value(credential.auth_method) == "client_credentials" and credential.expires_at, cc_read
 assert credential.scopes == ["read"] and credential.metadata == {} and credential.config == {"region": "eu"}, cc_read
 cc_again = call("update_data_integration_client_credentials", machine.slug, user_id="user_py_cc", client_id="py-machine",
-                client_secret="py-machine-secret-0123456789")
+                client_secret="ccsecret_py_0123456789")
 assert cc_again.id == cc.id, cc_again
 refused("UnprocessableEntityError", None, "update_data_integration_client_credentials", machine.slug,
-        user_id="user_py_cc", client_id="py-machine", client_secret="refused-0123456789")
+        user_id="user_py_cc", client_id="py-machine", client_secret="ccsecret_refused_0123456789")
 call("delete_data_integration", keyed)
 call("delete_data_integration", machine.slug)
 refused("BadRequestError", "invalid_connect_code", "finish_connection", connect_code="x", code_verifier="y" * 43)
