@@ -15,6 +15,7 @@ use crate::store::accounts::{
     self, Account, AccountError, AccountState, Credential, Labels, Selector, Stored, TokenSet, WriteMode,
 };
 use crate::store::integrations::Integration;
+use crate::store::organizations::{self, App};
 
 /// Whether storing tokens emits `connected`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,10 +133,15 @@ impl Connections {
             .as_ref()
             .map(|t| (t, "refresh_token"))
             .or(gone.access_token.as_ref().map(|t| (t, "access_token")));
-        let as_client = match &gone.client {
-            Some(own) => client::OAuthClient::of_account(own),
-            None => client::OAuthClient::of_integration(integration),
+        let app = match &gone.client {
+            Some(own) => Ok(App::Organization(own.clone())),
+            None => organizations::app_for(&self.db, &self.ring, integration, gone.owner.organization_id()).await,
         };
+        let app = app.unwrap_or_else(|err| {
+            tracing::warn!(account_id = %gone.id, error = %err, "no app to revoke with; the account is disconnected anyway");
+            App::Integration
+        });
+        let as_client = app.client(integration);
         // An API key is the owner's own: Pipes forgets it, and only they can revoke it.
         let revocable = gone.auth_method != crate::auth_method::AuthMethod::ApiKey;
         if let (Some((token, hint)), Ok(spec), true) = (token, integration.spec(), revocable) {

@@ -214,6 +214,11 @@ impl From<ConnectError> for ApiError {
             ConnectError::Integration(e @ IntegrationError::UnknownProvider(_)) => misconfigured(&e),
             ConnectError::Db(e) | ConnectError::Integration(IntegrationError::Db(e)) => e.into(),
             ConnectError::Account(e) => e.into(),
+            ConnectError::Organization(e) => e.into(),
+            ConnectError::DisabledForOrganization { organization_id } => ApiError::not_found(
+                "integration_not_found",
+                format!("The organization `{organization_id}` has disabled this integration for its members."),
+            ),
             other => ApiError::internal(other),
         }
     }
@@ -243,6 +248,24 @@ impl From<crate::connect::direct::DirectError> for ApiError {
                 message: format!("The integration cannot connect accounts: {m}"),
             },
             DirectError::Account(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::store::organizations::ConfigurationError> for ApiError {
+    fn from(err: crate::store::organizations::ConfigurationError) -> Self {
+        use crate::store::organizations::ConfigurationError;
+        match err {
+            ConfigurationError::NoOrganization { .. } => {
+                ApiError::invalid_field("organization_id", "required", format!("{err}."))
+            }
+            ConfigurationError::NotConfigured { .. } => ApiError::invalid_field(
+                "organization_id",
+                "organization_credentials_missing",
+                format!("{err}: its admin sets the client id and secret first."),
+            ),
+            ConfigurationError::Db(e) => e.into(),
+            other => ApiError::internal(other),
         }
     }
 }

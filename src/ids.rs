@@ -23,6 +23,7 @@ pub enum IdKind {
     WebhookEndpoint,
     WebhookDelivery,
     ApiKey,
+    OrganizationConfiguration,
 }
 
 impl IdKind {
@@ -34,6 +35,7 @@ impl IdKind {
             IdKind::WebhookEndpoint => "we",
             IdKind::WebhookDelivery => "wd",
             IdKind::ApiKey => "key",
+            IdKind::OrganizationConfiguration => "data_integration_configuration",
         }
     }
 

@@ -46,6 +46,7 @@ pub mod columns {
     pub const ACCESS_TOKEN: &str = "connected_accounts.access_token";
     pub const REFRESH_TOKEN: &str = "connected_accounts.refresh_token";
     pub const ACCOUNT_CLIENT_SECRET: &str = "connected_accounts.client_secret";
+    pub const ORGANIZATION_CLIENT_SECRET: &str = "organization_configurations.client_secret";
     pub const PKCE_VERIFIER: &str = "oauth_states.pkce_verifier";
     pub const AUTHORIZATION_URL: &str = "oauth_states.authorization_url";
     pub const PROVIDER_CODE: &str = "oauth_states.provider_code";
@@ -59,6 +60,12 @@ pub const SECRET_COLUMNS: &[SecretColumn] = &[
     secret_column!("connected_accounts", "id", "access_token_enc", "connected_accounts.access_token"),
     secret_column!("connected_accounts", "id", "refresh_token_enc", "connected_accounts.refresh_token"),
     secret_column!("connected_accounts", "id", "client_secret_enc", "connected_accounts.client_secret"),
+    secret_column!(
+        "organization_configurations",
+        "id",
+        "client_secret_enc",
+        "organization_configurations.client_secret"
+    ),
     secret_column!("oauth_states", "state_hash", "pkce_verifier_enc", "oauth_states.pkce_verifier"),
     secret_column!("oauth_states", "state_hash", "authorization_url_enc", "oauth_states.authorization_url"),
     secret_column!("oauth_states", "state_hash", "provider_code_enc", "oauth_states.provider_code"),

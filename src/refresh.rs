@@ -34,6 +34,7 @@ use crate::store::accounts::{
 };
 use crate::store::group::{Answer, Group};
 use crate::store::integrations::{self, Integration};
+use crate::store::organizations::{self, App, ConfigurationError};
 
 /// Why a refresh is wanted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,12 +224,31 @@ impl Refresher {
             metrics::counter!(m::REFRESH_ATTEMPTS, "provider" => provider, "outcome" => "skipped_fresh").increment(1);
             return Ok(RefreshOutcome::AlreadyFresh(account));
         }
+        // A refresh token is presented with the app that obtained it: the integration's,
+        // or (organization credentials) the account's organization's.
+        let app = match (&account.client, &account.refresh_token) {
+            (None, Some(_)) => {
+                match organizations::app_for(&self.db, &self.ring, integration, account.owner.organization_id()).await {
+                    Ok(app) => app,
+                    Err(ConfigurationError::Db(err)) => return Err(err.into()),
+                    Err(ConfigurationError::Crypto(err)) => {
+                        return Ok(RefreshOutcome::Transient { reason: err.to_string(), retry_after: None })
+                    }
+                    Err(_) => {
+                        // The organization no longer has an app to refresh with.
+                        self.mark_reauthorization(integration, &account, "organization_credentials_missing").await?;
+                        return Ok(RefreshOutcome::NeedsReauthorization);
+                    }
+                }
+            }
+            _ => App::Integration,
+        };
         // What renews the token: the account's own client (client credentials), else its
         // refresh token.
         let (as_client, grant) = match (&account.client, &account.refresh_token) {
             (Some(own), _) => (OAuthClient::of_account(own), Grant::ClientCredentials { scopes: &integration.scopes }),
             (None, Some(refresh_token)) => {
-                (OAuthClient::of_integration(integration), Grant::Refresh { refresh_token, scopes: &account.scopes })
+                (app.client(integration), Grant::Refresh { refresh_token, scopes: &account.scopes })
             }
             (None, None) => {
                 if account.is_fresh(now, self.min_validity) {
@@ -290,8 +310,11 @@ impl Refresher {
                 self.mark_reauthorization(integration, &account, &code).await?;
                 Ok(RefreshOutcome::NeedsReauthorization)
             }
-            Err(TokenError::InvalidClient { code, .. }) if account.client.is_some() => {
-                // The account's own client was refused: only its owner can give another.
+            Err(TokenError::InvalidClient { code, .. })
+                if account.client.is_some() || matches!(app, App::Organization(_)) =>
+            {
+                // The account's own client, or its organization's app, was refused: only its
+                // owner can give another, and the integration's other accounts are unaffected.
                 attempt("reauthorization_needed");
                 self.mark_reauthorization(integration, &account, &code).await?;
                 Ok(RefreshOutcome::NeedsReauthorization)

@@ -21,7 +21,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::owner::Ownership;
 use crate::provisioning::{self, CreateIntegration, UpdateIntegration};
 use crate::state::AppState;
-use crate::store::integrations::{self, Cursor, Integration, IntegrationState, Order};
+use crate::store::integrations::{self, CredentialsType, Cursor, Integration, IntegrationState, Order};
 use crate::time::rfc3339;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -35,10 +35,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// `credentials` as shown: never the secret.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CredentialsView {
+    /// `custom` (the application's OAuth app) or `organization` (each organization's own,
+    /// whose client id and secret are the organization's configuration).
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub client_id: String,
-    pub redacted_client_secret: String,
+    pub client_id: Option<String>,
+    pub redacted_client_secret: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -147,10 +149,15 @@ pub fn view(i: &Integration, config: &Config) -> DataIntegrationView {
             String::new()
         },
         auth_methods: vec![i.auth_method.as_str()],
-        credentials: i.auth_method.uses_integration_client().then(|| CredentialsView {
-            kind: "custom",
-            client_id: i.client_id.clone(),
-            redacted_client_secret: i.redacted_secret.clone(),
+        credentials: i.auth_method.uses_integration_client().then(|| match i.credentials_type {
+            CredentialsType::Custom => CredentialsView {
+                kind: "custom",
+                client_id: Some(i.client_id.clone()),
+                redacted_client_secret: Some(i.redacted_secret.clone()),
+            },
+            CredentialsType::Organization => {
+                CredentialsView { kind: "organization", client_id: None, redacted_client_secret: None }
+            }
         }),
         custom_provider: i.custom_provider.as_ref().map(|c| CustomProviderView {
             name: c.name.clone(),

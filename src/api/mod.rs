@@ -14,6 +14,7 @@ pub mod health;
 pub mod integrations;
 pub mod openapi;
 pub mod openapi_common;
+pub mod organization_configurations;
 pub mod rate_limit;
 pub mod tokens;
 pub mod webhooks;
@@ -52,6 +53,7 @@ pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(credential_accounts::routes())
         .merge(connected_accounts::routes())
         .merge(data_providers::routes())
+        .merge(organization_configurations::routes())
         .merge(tokens::routes(state))
         .merge(webhooks::routes())
         .merge(events::routes())

@@ -41,6 +41,12 @@ pub enum ConnectError {
     /// The integration cannot build an authorization URL (bad endpoints or config).
     #[error("the integration is misconfigured: {0}")]
     Misconfigured(String),
+    /// The organization's configuration or app is missing.
+    #[error(transparent)]
+    Organization(#[from] crate::store::organizations::ConfigurationError),
+    /// The organization turned the provider off for its members.
+    #[error("the organization `{organization_id}` has disabled this integration")]
+    DisabledForOrganization { organization_id: String },
     /// The owner already has [`MAX_OPEN_STATES`] connect flows open.
     #[error("too many connect flows are open for this owner")]
     TooManyOpen,
@@ -177,15 +183,14 @@ async fn exchange(
     let grant = Grant::Code { code, redirect_uri: &redirect_uri, pkce_verifier: pending.pkce_verifier.as_ref() };
     // `expires_in` counts from the provider's answer, no earlier than the request was sent.
     let requested_at = crate::time::now();
-    match client::request_token(
-        &state.http,
+    let app = crate::store::organizations::app_for(
+        &state.db,
+        state.keyring(),
         integration,
-        &spec,
-        client::OAuthClient::of_integration(integration),
-        grant,
+        pending.organization_id.as_deref(),
     )
-    .await
-    {
+    .await?;
+    match client::request_token(&state.http, integration, &spec, app.client(integration), grant).await {
         Ok(grant) => {
             let names = match integration.urls() {
                 Ok(urls) => client::account_names(&state.http, &spec, urls, &grant).await,

@@ -19,6 +19,7 @@ use crate::secret::Secret;
 use crate::state::AppState;
 use crate::store::accounts::WriteMode;
 use crate::store::integrations::Integration;
+use crate::store::organizations;
 
 /// How long a user has to come back from the provider.
 pub const STATE_TTL: Duration = Duration::from_secs(600);
@@ -143,10 +144,28 @@ pub async fn begin(
         .as_ref()
         .map(|p| ring.seal_str(p.verifier.expose(), aad(columns::PKCE_VERIFIER, &state_hash)))
         .transpose()?;
-    let scopes = requested_scopes(integration);
+    // The organization's configuration: whether its members may connect, what they are
+    // asked for, and (organization credentials) its own OAuth app.
+    let organization = match &req.organization_id {
+        Some(org) => organizations::get(&state.db, ring, org, &integration.slug).await?,
+        None => None,
+    };
+    if let (Some(org), Some(false)) = (&req.organization_id, organization.as_ref().and_then(|c| c.enabled)) {
+        return Err(ConnectError::DisabledForOrganization { organization_id: org.clone() });
+    }
+    let app = organizations::app_for(&state.db, ring, integration, req.organization_id.as_deref()).await?;
+    let scopes = organization.and_then(|c| c.scopes).unwrap_or_else(|| requested_scopes(integration));
     let redirect_uri = state.config.redirect_uri(&integration.slug);
-    let provider_url = client::authorization_url(integration, &spec, &redirect_uri, &raw_state, &scopes, pkce.as_ref())
-        .map_err(|e| ConnectError::Misconfigured(e.to_string()))?;
+    let provider_url = client::authorization_url(
+        integration,
+        &spec,
+        app.client(integration),
+        &redirect_uri,
+        &raw_state,
+        &scopes,
+        pkce.as_ref(),
+    )
+    .map_err(|e| ConnectError::Misconfigured(e.to_string()))?;
     let expires_at = now + chrono::Duration::from_std(STATE_TTL).unwrap_or_default();
     let (intent, account) = req.intent.column();
     // The confirmation page holds the provider's URL (it carries the state) until it is used.

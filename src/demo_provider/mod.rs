@@ -323,6 +323,11 @@ impl DemoProvider {
 
     /// For a live access token (unexpired, grant alive): the grant's user and how long the token
     /// stays valid at the provider (`None`: it never expires). `None` for any other token.
+    /// The client id a token (access or refresh) was issued to.
+    pub fn client_of(&self, token: &str) -> Option<String> {
+        self.lock().client_of_token(token)
+    }
+
     pub fn access_token_info(&self, access_token: &str) -> Option<(String, Option<Duration>)> {
         self.lock().access_info(access_token)
     }

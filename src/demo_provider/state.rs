@@ -368,6 +368,11 @@ impl State {
         }
     }
 
+    /// The client an access or refresh token was issued to.
+    pub(super) fn client_of_token(&self, token: &str) -> Option<String> {
+        self.grant_of_token(token).and_then(|g| self.grants.get(&g)).map(|g| g.client_id.clone())
+    }
+
     pub(super) fn grant_of_token(&self, token: &str) -> Option<u64> {
         self.access.get(token).map(|a| a.grant).or_else(|| self.refresh.get(token).map(|r| r.grant))
     }

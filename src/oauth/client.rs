@@ -59,13 +59,14 @@ pub fn new_pkce() -> Pkce {
 pub fn authorization_url(
     integration: &Integration,
     spec: &ProviderSpec,
+    as_client: OAuthClient<'_>,
     redirect_uri: &str,
     state: &str,
     scopes: &[String],
     pkce: Option<&Pkce>,
 ) -> Result<Url, TokenError> {
     let urls = integration.urls().map_err(|e| TokenError::Config(e.to_string()))?;
-    let client = BasicClient::new(ClientId::new(integration.client_id.clone()))
+    let client = BasicClient::new(ClientId::new(as_client.id.to_owned()))
         .set_auth_uri(AuthUrl::from_url(urls.authorization_url.clone()))
         .set_redirect_uri(RedirectUrl::new(redirect_uri.to_owned()).map_err(|e| TokenError::Config(e.to_string()))?);
     let state = state.to_owned();

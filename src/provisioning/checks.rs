@@ -9,7 +9,7 @@ use crate::invalid::FieldError;
 use crate::oauth::catalog::{BodyContentType, Catalog, CatalogError, ClientAuth, SCOPE_SEPARATORS};
 use crate::outbound::{self, Schemes};
 use crate::secret::Secret;
-use crate::store::integrations::CustomProvider;
+use crate::store::integrations::{CredentialsType, CustomProvider};
 
 const MAX_SCOPES: usize = 100;
 const MAX_SCOPE_LEN: usize = 200;
@@ -332,21 +332,40 @@ impl Checker {
         })
     }
 
+    /// `credentials.type`: `custom` (default, the application's own OAuth app) or
+    /// `organization` (each organization's, which then takes no client id or secret here).
+    pub(super) fn credentials_type(&mut self, input: Option<&super::CredentialsInput>) -> CredentialsType {
+        let Some(input) = input else { return CredentialsType::Custom };
+        match input.kind.as_deref() {
+            None | Some("custom") => CredentialsType::Custom,
+            Some("organization") => {
+                for (field, given) in [
+                    ("credentials.client_id", input.client_id.is_some()),
+                    ("credentials.client_secret", input.client_secret.is_some()),
+                ] {
+                    if given {
+                        self.push(
+                            field,
+                            "not_allowed",
+                            "With organization credentials, each organization brings its own.",
+                        );
+                    }
+                }
+                CredentialsType::Organization
+            }
+            Some(_) => {
+                self.push("credentials.type", "invalid", "`credentials.type` is `custom` or `organization`.");
+                CredentialsType::Custom
+            }
+        }
+    }
+
     /// Client id and secret from `input`, falling back to `current` (update).
     pub(super) fn credentials(
         &mut self,
         input: &super::CredentialsInput,
         current: Option<(&String, Option<&Secret>)>,
     ) -> (Option<String>, Option<Secret>) {
-        if let Some(kind) = input.kind.as_deref() {
-            if kind != "custom" {
-                self.push(
-                    "credentials.type",
-                    "unsupported",
-                    "Only `custom` credentials (your own OAuth client) are supported.",
-                );
-            }
-        }
         let client_id = input.client_id.clone().or_else(|| current.map(|(id, _)| id.clone()));
         match &client_id {
             Some(id) => {
@@ -398,8 +417,10 @@ impl Checker {
         if d.custom_provider.as_ref().is_some_and(|c| c.scopes_required) && d.scopes.is_empty() {
             self.push("scopes", "required", "This provider requires at least one scope.");
         }
-        let secret_required =
-            d.auth_method == AuthMethod::OAuth && d.custom_provider.as_ref().is_none_or(|c| c.client_secret_required);
+        // Only an integration with its own OAuth app has a secret of its own.
+        let secret_required = d.auth_method == AuthMethod::OAuth
+            && d.credentials_type == CredentialsType::Custom
+            && d.custom_provider.as_ref().is_none_or(|c| c.client_secret_required);
         if secret_required && d.client_secret.is_none() && provider_known {
             self.push("credentials.client_secret", "required", "The OAuth client secret is required.");
         }

@@ -16,7 +16,7 @@ use crate::oauth::catalog::{BodyContentType, Catalog, ClientAuth};
 use crate::outbound;
 use crate::owner::Ownership;
 use crate::secret::Secret;
-use crate::store::integrations::{CustomProvider, Integration};
+use crate::store::integrations::{CredentialsType, CustomProvider, Integration};
 
 use checks::Checker;
 
@@ -132,6 +132,7 @@ pub struct IntegrationDraft {
     pub slug: String,
     pub ownership: Ownership,
     pub auth_method: AuthMethod,
+    pub credentials_type: CredentialsType,
     /// The catalog slug, or `slug` for a custom provider.
     pub provider: String,
     pub description: String,
@@ -214,7 +215,10 @@ fn check_create(input: CreateIntegration, allow_private: bool) -> Result<Integra
         (Some(cp), None, _) => c.custom_provider(cp, None, auth_method),
         _ => None,
     };
+    let credentials_type = c.credentials_type(input.credentials.as_ref());
     let (client_id, client_secret) = match (&input.credentials, auth_method) {
+        // Each organization brings its own app: the integration has none.
+        (Some(_), AuthMethod::OAuth) if credentials_type == CredentialsType::Organization => (None, None),
         (Some(credentials), AuthMethod::OAuth) => c.credentials(credentials, None),
         (None, AuthMethod::OAuth) => {
             c.push("credentials", "required", "credentials with client_id and client_secret are required.");
@@ -239,6 +243,7 @@ fn check_create(input: CreateIntegration, allow_private: bool) -> Result<Integra
         slug: slug.unwrap_or_default(),
         ownership,
         auth_method,
+        credentials_type,
         description: input.description.unwrap_or_default(),
         // Off until enabled, as the hosted product creates integrations.
         enabled: input.enabled.unwrap_or(false),
@@ -298,6 +303,15 @@ fn check_update(
     }
     let (client_id, client_secret, credentials_changed) = match &input.credentials {
         None => (Some(existing.client_id.clone()), current_secret, false),
+        Some(_) if existing.credentials_type == CredentialsType::Organization => {
+            c.push(
+                "credentials",
+                "not_allowed",
+                "Each organization configures its own OAuth app for this integration \
+                 (/organizations/{id}/data_integration_configurations/{slug}).",
+            );
+            (None, None, false)
+        }
         Some(_) if existing.auth_method != AuthMethod::OAuth => {
             c.push(
                 "credentials",
@@ -318,6 +332,7 @@ fn check_update(
         slug: existing.slug.clone(),
         ownership: existing.ownership,
         auth_method: existing.auth_method,
+        credentials_type: existing.credentials_type,
         provider: existing.provider.clone(),
         description: input.description.unwrap_or_else(|| existing.description.clone()),
         enabled: input.enabled.unwrap_or(existing.enabled),

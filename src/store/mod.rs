@@ -5,4 +5,5 @@
 pub mod accounts;
 pub mod group;
 pub mod integrations;
+pub mod organizations;
 pub mod schedule;

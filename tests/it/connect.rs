@@ -324,6 +324,7 @@ async fn slack_shaped_code_exchanges_read_the_user_token_under_authed_user() {
     let url = pipes::oauth::client::authorization_url(
         &integration,
         &slack,
+        pipes::oauth::client::OAuthClient::of_integration(&integration),
         &app.config().redirect_uri("slackish"),
         "s1",
         &["read".into()],

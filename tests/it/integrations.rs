@@ -108,7 +108,7 @@ async fn every_invalid_create_is_a_422_naming_the_field_and_stores_nothing() {
         (json!({"provider": "xcorp", "credentials": creds}), "custom_provider"),
         (json!({"provider": "github", "credentials": creds, "custom_provider": custom}), "custom_provider"),
         (json!({"provider": "github"}), "credentials"),
-        (json!({"provider": "github", "credentials": {"type": "organization"}}), "credentials.type"),
+        (json!({"provider": "github", "credentials": {"type": "shared"}}), "credentials.type"),
         (json!({"provider": "github", "credentials": {"client_id": "id"}}), "credentials.client_secret"),
         (json!({"provider": "github", "credentials": {"client_secret": "s"}}), "credentials.client_id"),
         (

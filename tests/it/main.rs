@@ -17,6 +17,7 @@ mod integrations;
 mod multiple;
 mod observability;
 mod operations;
+mod organization_apps;
 mod pipeline;
 mod policy;
 mod queue;

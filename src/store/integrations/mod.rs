@@ -70,6 +70,25 @@ fn body() -> ClientAuth {
     ClientAuth::RequestBody
 }
 
+/// Whose OAuth app the integration's accounts use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialsType {
+    /// The integration's own (the application's).
+    Custom,
+    /// Each organization's own, configured by the organization (organization-scoped providers).
+    Organization,
+}
+
+impl CredentialsType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialsType::Custom => "custom",
+            CredentialsType::Organization => "organization",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IntegrationState {
@@ -89,6 +108,8 @@ pub struct Integration {
     pub ownership: Ownership,
     /// How its accounts authenticate, fixed at creation.
     pub auth_method: AuthMethod,
+    /// Whose OAuth app its accounts use (OAuth integrations).
+    pub credentials_type: CredentialsType,
     pub description: String,
     pub enabled: bool,
     /// Whether an owner may connect accounts beside the first (`connection_intent: add`).
@@ -134,7 +155,7 @@ pub enum IntegrationError {
 }
 
 pub const SELECT: &str =
-    "SELECT id, slug, provider, ownership, auth_method, description, enabled, multiple_connections, state, state_reason, scopes, client_id,
+    "SELECT id, slug, provider, ownership, auth_method, credentials_type, description, enabled, multiple_connections, state, state_reason, scopes, client_id,
     client_secret_enc, redacted_secret, custom_provider, settings, created_at, updated_at FROM integrations";
 
 impl Integration {
@@ -153,6 +174,11 @@ impl Integration {
             provider: row.get("provider"),
             ownership: Ownership::parse(row.get("ownership")).unwrap_or(Ownership::User),
             auth_method: AuthMethod::parse(row.get("auth_method")).unwrap_or(AuthMethod::OAuth),
+            credentials_type: if row.get::<&str, _>("credentials_type") == "organization" {
+                CredentialsType::Organization
+            } else {
+                CredentialsType::Custom
+            },
             description: row.get("description"),
             enabled: row.get("enabled"),
             multiple_connections: row.get("multiple_connections"),

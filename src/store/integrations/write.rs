@@ -45,8 +45,8 @@ pub async fn insert(db: &PgPool, ring: &KeyRing, draft: &IntegrationDraft) -> Re
     let redacted = crate::provisioning::redact(draft.client_secret.as_ref().map(|s| s.expose()));
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO integrations (id, slug, provider, description, enabled, scopes, client_id, client_secret_enc,
-            redacted_secret, custom_provider, settings, ownership, multiple_connections, auth_method)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+            redacted_secret, custom_provider, settings, ownership, multiple_connections, auth_method, credentials_type)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          ON CONFLICT (slug, ownership) DO NOTHING
          RETURNING {}",
         select_columns()
@@ -65,6 +65,7 @@ pub async fn insert(db: &PgPool, ring: &KeyRing, draft: &IntegrationDraft) -> Re
     .bind(draft.ownership.as_str())
     .bind(draft.multiple_connections)
     .bind(draft.auth_method.as_str())
+    .bind(draft.credentials_type.as_str())
     .fetch_optional(db)
     .await?
     .ok_or(ProvisionError::SlugTaken)?;
@@ -153,6 +154,7 @@ pub async fn delete(db: &PgPool, integration: &Integration) -> Result<Option<u64
         events::emit(&mut tx, EventKind::Disconnected, &data).await?;
     }
     let gone = sqlx::query("DELETE FROM integrations WHERE id = $1").bind(&integration.id).execute(&mut *tx).await?;
+    crate::store::organizations::forget_unused(&mut *tx, &integration.slug).await?;
     tx.commit().await?;
     Ok((gone.rows_affected() == 1).then_some(rows.len() as u64))
 }
