@@ -134,14 +134,19 @@ impl Connections {
             .map(|t| (t, "refresh_token"))
             .or(gone.access_token.as_ref().map(|t| (t, "access_token")));
         let app = match &gone.client {
-            Some(own) => Ok(App::Organization(own.clone())),
-            None => organizations::app_for(&self.db, &self.ring, integration, gone.owner.organization_id()).await,
+            Some(_) => App::Integration,
+            None => organizations::app_for(&self.db, &self.ring, integration, gone.owner.organization_id())
+                .await
+                .unwrap_or_else(|err| {
+                    tracing::warn!(account_id = %gone.id, error = %err, "no app to revoke with; the account is disconnected anyway");
+                    App::Integration
+                }),
         };
-        let app = app.unwrap_or_else(|err| {
-            tracing::warn!(account_id = %gone.id, error = %err, "no app to revoke with; the account is disconnected anyway");
-            App::Integration
-        });
-        let as_client = app.client(integration);
+        // A client-credentials account revokes as its own client.
+        let as_client = match &gone.client {
+            Some(own) => client::OAuthClient::of_account(own),
+            None => app.client(integration),
+        };
         // An API key is the owner's own: Pipes forgets it, and only they can revoke it.
         let revocable = gone.auth_method != crate::auth_method::AuthMethod::ApiKey;
         if let (Some((token, hint)), Ok(spec), true) = (token, integration.spec(), revocable) {

@@ -264,6 +264,11 @@ impl From<crate::store::organizations::ConfigurationError> for ApiError {
                 "organization_credentials_missing",
                 format!("{err}: its admin sets the client id and secret first."),
             ),
+            ConfigurationError::MissingConfig { ref param, .. } => ApiError::invalid_field(
+                "organization_id",
+                "organization_config_missing",
+                format!("{err}: its admin sets config `{param}` first."),
+            ),
             ConfigurationError::Db(e) => e.into(),
             other => ApiError::internal(other),
         }

@@ -311,7 +311,7 @@ impl Refresher {
                 Ok(RefreshOutcome::NeedsReauthorization)
             }
             Err(TokenError::InvalidClient { code, .. })
-                if account.client.is_some() || matches!(app, App::Organization(_)) =>
+                if account.client.is_some() || matches!(app, App::Organization { .. }) =>
             {
                 // The account's own client, or its organization's app, was refused: only its
                 // owner can give another, and the integration's other accounts are unaffected.

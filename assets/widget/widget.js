@@ -4,7 +4,9 @@
  * Needs reauthorization), every account of a provider by its label, "Add another
  * account" where the integration allows several, and the organization's shared
  * accounts (read-only), and runs the OAuth flow in a popup, falling back to a
- * full-page redirect. It talks only to the widget API of the Pipes server it
+ * full-page redirect. An API-key provider shows a key field instead of Connect (a
+ * client-credentials one, a client id and secret); Pipes checks the key with the
+ * provider before it keeps it. It talks only to the widget API of the Pipes server it
  * was loaded from, with the widget token in the Authorization header.
  *
  * Attributes: token (required; may be replaced to renew), mode="redirect"
@@ -64,6 +66,7 @@
       this.notices = {};       // slug -> {kind, text}
       this.confirming = null;  // slug awaiting disconnect confirmation
       this.busy = null;        // slug with a connection in progress
+      this.entering = null;    // {slug, intent}: a credential form asked for by a button
       this.expired = false;
       this.providers = [];
       this.onMessage = this.onMessage.bind(this);
@@ -147,7 +150,9 @@
             else self.fail('This widget could not sign in. Reload the page to try again.');
             throw new Error('unauthorized');
           }
-          if (!res.ok) throw new Error(data.message || ('HTTP ' + res.status));
+          // A field error says what was wrong with what the user typed.
+          var first = data.errors && data.errors[0] && data.errors[0].message;
+          if (!res.ok) throw new Error(first || data.message || ('HTTP ' + res.status));
           return data;
         });
       });
@@ -255,6 +260,61 @@
       }, 500);
     }
 
+    /* Providers whose accounts connect with a credential the user types. */
+    keyed(p) { return p.auth_method === 'api_key' || p.auth_method === 'client_credentials'; }
+
+    /* Shows the credential form for `intent` in the provider's card. */
+    enter(slug, intent) {
+      this.entering = { slug: slug, intent: intent || {} };
+      this.focusAfter = slug;
+      this.render();
+    }
+
+    /* The fields of a keyed provider, with the button that sends them. The values are read
+       once, on submit, and never kept. */
+    credentialForm(p, intent, verb) {
+      var self = this;
+      var busy = this.busy === p.slug;
+      var fields = p.auth_method === 'api_key'
+        ? [['secret', 'API key']]
+        : [['client_id', 'Client ID'], ['client_secret', 'Client secret']];
+      var inputs = fields.map(function (f, i) {
+        return h('label', { class: 'field' }, [f[1], h('input', {
+          name: f[0], type: f[0] === 'client_id' ? 'text' : 'password', autocomplete: 'off', spellcheck: 'false',
+          required: true, disabled: busy, 'data-focus': i === 0 ? true : null
+        })]);
+      });
+      return h('form', { class: 'credential', 'data-credential': p.auth_method, 'aria-label': verb + ' ' + p.name,
+        onsubmit: function (e) {
+          e.preventDefault();
+          var body = {};
+          Object.keys(intent || {}).forEach(function (k) { body[k] = intent[k]; });
+          fields.forEach(function (f) { body[f[0]] = e.target.elements[f[0]].value.trim(); });
+          self.submitCredential(p.slug, body);
+        } }, inputs.concat([h('button', { type: 'submit', disabled: busy }, [busy ? 'Checking…' : verb])]));
+    }
+
+    submitCredential(slug, body) {
+      var name = this.nameOf(slug);
+      var self = this;
+      this.busy = slug;
+      this.notices[slug] = null;
+      this.render();
+      this.api('POST', '/' + encodeURIComponent(slug) + '/credential', body).then(function () {
+        self.busy = null;
+        self.entering = null;
+        self.announce(name + ' is connected.');
+        self.focusAfter = slug;
+        self.load();
+      }).catch(function (err) {
+        self.busy = null;
+        if (err.message === 'unauthorized') return;
+        self.notices[slug] = { kind: 'error', text: name + ' could not be connected: ' + err.message };
+        self.focusAfter = slug;
+        self.render();
+      });
+    }
+
     /* `accountId`: one of several accounts; absent: the provider's one account. */
     disconnect(slug, accountId) {
       var name = this.nameOf(slug);
@@ -333,8 +393,9 @@
           actions.push(h('button', { type: 'button', 'data-cancel': true, onclick: function () { self.confirming = null; self.render(); } }, ['Cancel']));
         } else {
           if (a.state === 'needs_reauthorization') {
+            var again = { connection_intent: 'reauthorize', connected_account_id: a.id };
             actions.push(h('button', { type: 'button', disabled: busy, 'aria-label': 'Reauthorize ' + label,
-              onclick: function () { self.connect(p.slug, { connection_intent: 'reauthorize', connected_account_id: a.id }); } }, ['Reauthorize']));
+              onclick: function () { if (self.keyed(p)) self.enter(p.slug, again); else self.connect(p.slug, again); } }, ['Reauthorize']));
           }
           actions.push(h('button', { type: 'button', class: 'secondary', disabled: busy, 'aria-label': 'Disconnect ' + label,
             onclick: function () { self.confirming = key; self.render(); var c = self.root.querySelector('[data-cancel]'); if (c) c.focus(); } }, ['Disconnect']));
@@ -344,16 +405,23 @@
         ]);
       });
       var add = h('button', { type: 'button', 'data-focus': true, disabled: busy, 'aria-label': 'Add another ' + p.name + ' account',
-        onclick: function () { self.connect(p.slug, { connection_intent: 'add' }); } }, [busy ? 'Waiting…' : 'Add another account']);
+        onclick: function () { self.addAccount(p); } }, [busy ? 'Waiting…' : 'Add another account']);
+      var entering = this.entering && this.entering.slug === p.slug ? this.credentialForm(p, this.entering.intent, 'Save') : null;
       return h('li', { class: 'card', 'data-slug': p.slug, 'data-state': 'accounts', 'aria-labelledby': id + '-name' }, [
         h('div', { class: 'logo', 'aria-hidden': 'true' }, [(p.name || p.slug).charAt(0).toUpperCase()]),
         h('div', { class: 'body' }, [
           h('h2', { id: id + '-name' }, [p.name]),
           h('ul', { class: 'accounts', 'aria-label': p.name + ' accounts' }, rows),
+          entering,
           notice ? h('p', { class: 'notice ' + notice.kind, role: 'alert' }, [notice.text]) : null
         ]),
         h('div', { class: 'actions' }, p.multiple_connections ? [add] : [])
       ]);
+    }
+
+    addAccount(p) {
+      if (this.keyed(p)) this.enter(p.slug, { connection_intent: 'add' });
+      else this.connect(p.slug, { connection_intent: 'add' });
     }
 
     card(p) {
@@ -385,14 +453,19 @@
             onclick: function () { self.confirming = p.slug; self.render(); var c = self.root.querySelector('[data-cancel]'); if (c) c.focus(); } }, [busy ? 'Disconnecting…' : 'Disconnect']));
           if (p.multiple_connections) {
             actions.push(h('button', { type: 'button', disabled: busy, 'aria-label': 'Add another ' + p.name + ' account',
-              onclick: function () { self.connect(p.slug, { connection_intent: 'add' }); } }, ['Add another account']));
+              onclick: function () { self.addAccount(p); } }, ['Add another account']));
           }
+          if (this.entering && this.entering.slug === p.slug) details.push(this.credentialForm(p, this.entering.intent, 'Save'));
         }
       } else if (state === 'needs_reauthorization') {
         details.push(h('p', { class: 'state' }, [h('span', { class: 'badge warn' }, ['Needs reauthorization'])]));
         details.push(h('p', { class: 'reason' }, [fill(REASONS[p.reauthorization_reason] || '{name} no longer accepts this connection.', p.name) + ' Reauthorize to keep it working.']));
-        actions.push(h('button', { type: 'button', 'data-focus': true, disabled: busy, 'aria-label': 'Reauthorize ' + p.name,
-          onclick: function () { self.connect(p.slug, { connection_intent: 'reauthorize', connected_account_id: account.id }); } }, [busy ? 'Waiting…' : 'Reauthorize']));
+        var again = { connection_intent: 'reauthorize', connected_account_id: account.id };
+        if (this.keyed(p)) details.push(this.credentialForm(p, again, 'Update'));
+        else actions.push(h('button', { type: 'button', 'data-focus': true, disabled: busy, 'aria-label': 'Reauthorize ' + p.name,
+          onclick: function () { self.connect(p.slug, again); } }, [busy ? 'Waiting…' : 'Reauthorize']));
+      } else if (this.keyed(p)) {
+        details.push(this.credentialForm(p, null, 'Connect'));
       } else {
         actions.push(h('button', { type: 'button', 'data-focus': true, disabled: busy, 'aria-label': 'Connect ' + p.name,
           onclick: function () { self.connect(p.slug); } }, [busy ? 'Waiting…' : 'Connect']));

@@ -489,7 +489,21 @@ pub async fn confirmation(State(state): State<AppState>, Path(ticket): Path<Stri
         let Some(integration) = integrations::by_id(&state.db, state.keyring(), &found.integration_id).await? else {
             return Ok(page(StatusCode::NOT_FOUND, "Unknown integration", "This integration does not exist."));
         };
-        Ok::<_, ApiError>(confirmation_page(&state.config, &integration, &found, &ticket))
+        // The form's answer redirects to the provider, at the organization's own instance
+        // where it has one: form-action allows that origin.
+        let app = crate::store::organizations::app_for(
+            &state.db,
+            state.keyring(),
+            &integration,
+            found.organization_id.as_deref(),
+        )
+        .await?;
+        let provider = app
+            .client(&integration)
+            .urls(&integration)
+            .map(|u| u.authorization_url.origin().ascii_serialization())
+            .unwrap_or_else(|_| "'none'".into());
+        Ok::<_, ApiError>(confirmation_page(&state.config, &integration, &found, &ticket, &provider))
     };
     shown.await.unwrap_or_else(|err| {
         tracing::error!(error = ?err, "confirmation page failed");
@@ -529,7 +543,13 @@ pub async fn confirm(State(state): State<AppState>, Path(ticket): Path<String>, 
 
 /// The confirmation page: whose account this is, and one button. No script; the form
 /// may only go to Pipes, which sends the browser on to the provider.
-fn confirmation_page(config: &Config, integration: &Integration, found: &bound::Confirming, ticket: &str) -> Response {
+fn confirmation_page(
+    config: &Config,
+    integration: &Integration,
+    found: &bound::Confirming,
+    ticket: &str,
+    provider: &str,
+) -> Response {
     let name = escape(&integration.display_name());
     let app = escape(&config.app_name);
     let user = escape(&found.user_id);
@@ -554,10 +574,6 @@ fn confirmation_page(config: &Config, integration: &Integration, found: &bound::
         ticket = escape(ticket),
     );
     // The form posts to Pipes, whose answer redirects to the provider: form-action allows both.
-    let provider = integration
-        .urls()
-        .map(|u| u.authorization_url.origin().ascii_serialization())
-        .unwrap_or_else(|_| "'none'".into());
     let csp = format!(
         "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' {provider}; frame-ancestors 'none'; base-uri 'none'"
     );

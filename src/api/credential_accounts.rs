@@ -31,6 +31,7 @@ use crate::secret::Secret;
 use crate::state::AppState;
 use crate::store::accounts::{Labels, OwnClient, WriteMode};
 use crate::store::integrations::Integration;
+use crate::store::organizations;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -103,7 +104,7 @@ struct Addressing {
 
 /// POST adds an account; PUT creates or rotates one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verb {
+pub(crate) enum Verb {
     Add,
     Upsert,
 }
@@ -220,13 +221,22 @@ async fn integration_for(state: &AppState, slug: &str, owner: &Owner, method: Au
         };
         return Err(auth_method_mismatch(&integration, what));
     }
-    if !integration.enabled {
+    let configured = match owner.organization_id() {
+        Some(org) => organizations::get(&state.db, state.keyring(), org, slug).await?,
+        None => None,
+    };
+    if !organizations::enabled_for(&integration, configured.as_ref()) {
         return Err(ApiError::not_found("integration_not_found", format!("The integration `{slug}` is disabled.")));
     }
     Ok(integration)
 }
 
-async fn api_key(state: &AppState, slug: &str, body: ApiKeyBody, verb: Verb) -> ApiResult<ConnectedAccountView> {
+pub(crate) async fn api_key(
+    state: &AppState,
+    slug: &str,
+    body: ApiKeyBody,
+    verb: Verb,
+) -> ApiResult<ConnectedAccountView> {
     let mut errors = Vec::new();
     let key = secret("secret", body.secret, &mut errors);
     let target = target(
@@ -255,7 +265,7 @@ async fn api_key(state: &AppState, slug: &str, body: ApiKeyBody, verb: Verb) -> 
     Ok(view(&account.summary()))
 }
 
-async fn client_credentials(
+pub(crate) async fn client_credentials(
     state: &AppState,
     slug: &str,
     body: ClientCredentialsBody,

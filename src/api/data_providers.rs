@@ -12,11 +12,13 @@ use utoipa_axum::routes;
 use crate::api::connect::check_id_or_label;
 use crate::api::connected_accounts::{target, view, ConnectedAccountView, OwnerQuery};
 use crate::api::extract::{AdminKey, ApiQuery};
+use crate::auth_method::AuthMethod;
 use crate::error::{ApiError, ApiResult};
 use crate::owner::{Owner, Ownership};
 use crate::state::AppState;
 use crate::store::accounts::{self, AccountSummary, ConnectionRole};
 use crate::store::integrations::Integration;
+use crate::store::organizations;
 use crate::time::rfc3339;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -117,9 +119,13 @@ pub async fn organization_data_providers(
 pub async fn owner_listing(state: &AppState, owner: &Owner) -> ApiResult<Vec<(Integration, Vec<AccountSummary>)>> {
     let integrations = crate::store::integrations::all(&state.db, state.keyring()).await?;
     let mut accounts = accounts::summaries_for_owner(&state.db, owner).await?;
+    let configured = match owner.organization_id() {
+        Some(org) => organizations::all(&state.db, state.keyring(), org).await?,
+        None => Default::default(),
+    };
     Ok(integrations
         .into_iter()
-        .filter(|i| i.enabled && i.ownership == owner.ownership())
+        .filter(|i| i.ownership == owner.ownership() && organizations::enabled_for(i, configured.get(&i.slug)))
         .map(|i| {
             let (of, rest) = accounts.drain(..).partition(|a| a.integration_id == i.id);
             accounts = rest;
@@ -149,8 +155,11 @@ pub fn data_provider_view(i: &Integration, accounts: &[AccountSummary], several:
         },
         slug: i.slug.clone(),
         integration_type: if i.custom_provider.is_some() { "custom".to_owned() } else { i.provider.clone() },
-        credentials_type: "oauth2",
-        auth_methods: vec!["oauth"],
+        credentials_type: match i.auth_method {
+            AuthMethod::ApiKey => "api_key",
+            AuthMethod::OAuth | AuthMethod::ClientCredentials => "oauth2",
+        },
+        auth_methods: vec![i.auth_method.as_str()],
         connection_owner: i.ownership.as_str(),
         // The older name of `connection_owner`, in its older spelling.
         ownership: match i.ownership {

@@ -16,6 +16,7 @@ use crate::api::connect::check_id_or_label;
 use crate::api::extract::{AdminKey, ApiJson};
 use crate::auth_method::AuthMethod;
 use crate::error::{ApiError, ApiResult, FieldError};
+use crate::oauth::catalog::CatalogError;
 use crate::owner::Ownership;
 use crate::secret::Secret;
 use crate::state::AppState;
@@ -50,11 +51,13 @@ pub struct ConfigurationView {
     pub organization_id: String,
     pub slug: String,
     pub name: String,
-    /// The organization's choice, else the integration's.
+    /// Whether its members may connect: the integration is enabled and the organization
+    /// did not switch it off.
     pub enabled: bool,
     /// The organization's scopes, else the integration's; `null` when neither has any.
     pub scopes: Option<Vec<String>>,
-    /// The integration's provider config values.
+    /// The provider config values in effect: the organization's over the integration's
+    /// (organization credentials), else the integration's.
     pub config: BTreeMap<String, String>,
     pub created_at: String,
     pub updated_at: String,
@@ -82,7 +85,8 @@ pub struct ConfigureBody {
     pub client_id: Option<String>,
     #[schema(value_type = Option<String>)]
     pub client_secret: Option<Secret>,
-    /// Per-organization provider config values are not supported (422): config is the integration's.
+    /// The provider's config values for the organization's own instance (organization
+    /// credentials only); replaces the organization's earlier ones.
     #[schema(value_type = Option<Object>)]
     pub config: Option<BTreeMap<String, String>>,
 }
@@ -100,9 +104,16 @@ fn view(
         organization_id: organization_id.to_owned(),
         slug: i.slug.clone(),
         name: i.display_name(),
-        enabled: c.and_then(|c| c.enabled).unwrap_or(i.enabled),
+        enabled: organizations::enabled_for(i, c),
         scopes,
-        config: i.settings.clone(),
+        config: match (i.credentials_type, c) {
+            (CredentialsType::Organization, Some(c)) => {
+                let mut values = i.settings.clone();
+                values.extend(c.config.clone());
+                values
+            }
+            _ => i.settings.clone(),
+        },
         created_at: rfc3339(c.map_or(i.created_at, |c| c.created_at)),
         updated_at: rfc3339(c.map_or(i.updated_at, |c| c.updated_at)),
         credentials: (i.credentials_type == CredentialsType::Organization).then(|| OrganizationCredentialsView {
@@ -112,6 +123,46 @@ fn view(
             client_secret_last_four: c.and_then(|c| c.client_secret_last_4.clone()),
             redirect_uri: state.config.redirect_uri(&i.slug),
         }),
+    }
+}
+
+/// An organization's config values: only for organization credentials (the others' config
+/// is the integration's), only the provider's own fields, each a value it accepts.
+fn check_config(integration: &Integration, config: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    if integration.credentials_type != CredentialsType::Organization {
+        if !config.is_empty() {
+            errors.push(FieldError::new(
+                "config",
+                "not_allowed",
+                format!(
+                    "`{}` uses the application's OAuth app; its config is set on the integration.",
+                    integration.slug
+                ),
+            ));
+        }
+        return;
+    }
+    let Ok(spec) = integration.spec() else { return };
+    let unknown: Vec<&String> = config.keys().filter(|k| !spec.config_params.contains(k)).collect();
+    for key in &unknown {
+        errors.push(FieldError::new(
+            format!("config.{key}"),
+            "unknown",
+            format!("{} takes no config `{key}`.", spec.name),
+        ));
+    }
+    if !unknown.is_empty() {
+        return;
+    }
+    let mut values = integration.settings.clone();
+    values.extend(config.clone());
+    match spec.resolve_urls(&values) {
+        // The organization may name the rest later; authorizing needs them all.
+        Ok(_) | Err(CatalogError::MissingParam { .. }) => {}
+        Err(CatalogError::InvalidParam { param, reason, .. }) => {
+            errors.push(FieldError::new(format!("config.{param}"), "invalid", format!("config `{param}` {reason}.")))
+        }
+        Err(e) => errors.push(FieldError::new("config", "invalid", e.to_string())),
     }
 }
 
@@ -199,12 +250,8 @@ pub async fn configure(
             Some(OwnClient { client_id: id, client_secret: secret })
         }
     };
-    if body.config.as_ref().is_some_and(|c| !c.is_empty()) {
-        errors.push(FieldError::new(
-            "config",
-            "unsupported",
-            "Per-organization config values are not supported; config is set on the integration.",
-        ));
+    if let Some(config) = &body.config {
+        check_config(&integration, config, &mut errors);
     }
     if let Some(Some(scopes)) = &body.scopes {
         if integration.auth_method == AuthMethod::ApiKey {
@@ -219,8 +266,10 @@ pub async fn configure(
     if !errors.is_empty() {
         return Err(ApiError::invalid(errors));
     }
-    let write = ConfigurationWrite { enabled: body.enabled, scopes: body.scopes, client, config: None };
+    let write = ConfigurationWrite { enabled: body.enabled, scopes: body.scopes, client, config: body.config };
     let stored = organizations::upsert(&state.db, state.keyring(), &organization_id, &slug, &write).await?;
+    // Cached tokens carry `missing_scopes` worked out from the scopes before.
+    state.integration_changed(&slug).await;
     tracing::info!(integration = %slug, organization_id = %organization_id, "organization configuration changed");
     Ok(Json(view(&state, &organization_id, &integration, Some(&stored))))
 }

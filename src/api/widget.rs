@@ -23,14 +23,17 @@ use utoipa_axum::routes;
 
 use crate::api::connect::check_id_or_label;
 use crate::api::connect::{check_intent, intent};
-use crate::api::connected_accounts::not_connected;
+use crate::api::connected_accounts::{not_connected, ConnectedAccountView};
+use crate::api::credential_accounts::{self, ApiKeyBody, ClientCredentialsBody, Verb};
 use crate::api::data_providers::{data_provider_view, owner_listing, DataProviderView};
 use crate::api::extract::AdminKey;
 use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::integrations::find;
+use crate::auth_method::AuthMethod;
 use crate::connect::{self, Binding, ConnectRequest};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::owner::{Owner, Ownership};
+use crate::secret::Secret;
 use crate::state::AppState;
 use crate::store::accounts::{AccountState, ConnectionRole, Selector};
 use crate::time::rfc3339;
@@ -49,6 +52,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .route("/widget/api/providers", options(preflight))
         .routes(routes!(authorize))
         .route("/widget/api/{slug}/authorize", options(preflight))
+        .routes(routes!(credential))
+        .route("/widget/api/{slug}/credential", options(preflight))
         .routes(routes!(disconnect))
         .route("/widget/api/{slug}", options(preflight))
         .layer(cors);
@@ -153,6 +158,9 @@ pub struct WidgetProvider {
     pub multiple_connections: bool,
     /// The organization's shared account: shown to its members, changed by the application only.
     pub read_only: bool,
+    /// `oauth` (Connect goes to the provider), `api_key` (the user types a key) or
+    /// `client_credentials` (a client id and secret).
+    pub auth_method: &'static str,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -186,6 +194,7 @@ pub async fn providers(
                 .and_then(|a| a.reauthorization_reason.clone()),
             multiple_connections: i.multiple_connections && !read_only,
             read_only: *read_only,
+            auth_method: i.auth_method.as_str(),
         })
         .collect();
     Ok(Json(WidgetProviders {
@@ -282,6 +291,90 @@ pub async fn authorize(
     let answer =
         crate::api::connect::AuthorizeResponse { url: begun.url.to_string(), state: begun.state, completion: None };
     Ok(([(axum::http::header::SET_COOKIE, cookie)], Json(answer)))
+}
+
+/// An API key, or a client id and secret, the user typed into the widget.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WidgetCredentialBody {
+    /// The API key (API-key integrations).
+    #[schema(value_type = Option<String>)]
+    pub secret: Option<Secret>,
+    /// The client id and secret (client-credentials integrations).
+    pub client_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub client_secret: Option<Secret>,
+    /// `add`: another account; `reauthorize`: replace the credential of `connected_account_id`.
+    pub connection_intent: Option<String>,
+    pub connected_account_id: Option<String>,
+}
+
+/// Connects the user's account with a credential they give, checked with the provider
+/// first (as `PUT /data-integrations/{slug}/api-key` and `/client-credentials` do).
+#[utoipa::path(post, path = "/widget/api/{slug}/credential", tag = "widget", request_body = WidgetCredentialBody,
+    params(("slug" = String, Path)), security(("widget_token" = [])),
+    responses((status = 200, body = ConnectedAccountView), (status = 401, description = "Widget token missing, invalid or expired"),
+        (status = 404, description = "Unknown or disabled integration"),
+        (status = 422, description = "Field errors; `auth_method_mismatch`; the provider refused the credential")))]
+pub async fn credential(
+    WidgetSession(claims, _): WidgetSession,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    ApiJson(body): ApiJson<WidgetCredentialBody>,
+) -> ApiResult<Json<ConnectedAccountView>> {
+    let integration = find(&state, &slug, Ownership::User).await?;
+    let verb = if body.connection_intent.as_deref() == Some("add") { Verb::Add } else { Verb::Upsert };
+    let stray = |field: &str, errors: &mut Vec<FieldError>| {
+        errors.push(FieldError::new(field, "not_allowed", format!("`{slug}` does not take `{field}`.")))
+    };
+    let mut errors = Vec::new();
+    let account = match integration.auth_method {
+        AuthMethod::ApiKey => {
+            if body.client_id.is_some() {
+                stray("client_id", &mut errors);
+            }
+            if body.client_secret.is_some() {
+                stray("client_secret", &mut errors);
+            }
+            if !errors.is_empty() {
+                return Err(ApiError::invalid(errors));
+            }
+            let key = ApiKeyBody {
+                user_id: Some(claims.user_id),
+                organization_id: claims.organization_id,
+                connection_owner: None,
+                connected_account_id: body.connected_account_id,
+                connection_intent: body.connection_intent,
+                secret: body.secret,
+                account_display_name: None,
+                account_identifier: None,
+            };
+            credential_accounts::api_key(&state, &slug, key, verb).await?
+        }
+        AuthMethod::ClientCredentials => {
+            if body.secret.is_some() {
+                stray("secret", &mut errors);
+                return Err(ApiError::invalid(errors));
+            }
+            let client = ClientCredentialsBody {
+                user_id: Some(claims.user_id),
+                organization_id: claims.organization_id,
+                connection_owner: None,
+                connected_account_id: body.connected_account_id,
+                connection_intent: body.connection_intent,
+                client_id: body.client_id,
+                client_secret: body.client_secret,
+                config: None,
+                account_display_name: None,
+                account_identifier: None,
+            };
+            credential_accounts::client_credentials(&state, &slug, client, verb).await?
+        }
+        AuthMethod::OAuth => {
+            return Err(crate::api::connected_accounts::auth_method_mismatch(&integration, "credentials"))
+        }
+    };
+    Ok(Json(account))
 }
 
 /// Which of the user's accounts a widget disconnect is for. An unknown parameter is refused (400).

@@ -222,7 +222,7 @@ impl TokenCache {
             access_token: account.access_token.clone()?,
             expires_at: account.expires_at,
             scopes: account.scopes.clone(),
-            missing_scopes: integration.missing_scopes(&account.scopes),
+            missing_scopes: integration.missing_scopes(account.owner.organization_id(), &account.scopes),
             config: account.config.clone(),
         };
         Some((entry, ttl))

@@ -192,7 +192,7 @@ async fn exchange(
     .await?;
     match client::request_token(&state.http, integration, &spec, app.client(integration), grant).await {
         Ok(grant) => {
-            let names = match integration.urls() {
+            let names = match app.client(integration).urls(integration) {
                 Ok(urls) => client::account_names(&state.http, &spec, urls, &grant).await,
                 Err(_) => client::AccountNames::default(),
             };

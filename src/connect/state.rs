@@ -150,10 +150,13 @@ pub async fn begin(
         Some(org) => organizations::get(&state.db, ring, org, &integration.slug).await?,
         None => None,
     };
-    if let (Some(org), Some(false)) = (&req.organization_id, organization.as_ref().and_then(|c| c.enabled)) {
+    if let (Some(org), false) = (&req.organization_id, organizations::enabled_for(integration, organization.as_ref())) {
         return Err(ConnectError::DisabledForOrganization { organization_id: org.clone() });
     }
-    let app = organizations::app_for(&state.db, ring, integration, req.organization_id.as_deref()).await?;
+    let app = match req.organization_id.as_deref() {
+        Some(org) => organizations::app_of(integration, org, organization.as_ref())?,
+        None => organizations::app_for(&state.db, ring, integration, None).await?,
+    };
     let scopes = organization.and_then(|c| c.scopes).unwrap_or_else(|| requested_scopes(integration));
     let redirect_uri = state.config.redirect_uri(&integration.slug);
     let provider_url = client::authorization_url(

@@ -25,6 +25,8 @@ use crate::store::integrations::Integration;
 pub struct OAuthClient<'a> {
     pub id: &'a str,
     pub secret: Option<&'a str>,
+    /// Endpoints other than the integration's: an organization's own instance.
+    pub urls: Option<&'a ResolvedUrls>,
 }
 
 impl<'a> OAuthClient<'a> {
@@ -34,12 +36,21 @@ impl<'a> OAuthClient<'a> {
         OAuthClient {
             id: &integration.client_id,
             secret: integration.client_secret.as_ref().map(|s| s.expose_secret()),
+            urls: None,
         }
     }
 
     /// An account's own client.
     pub fn of_account(client: &'a crate::store::accounts::OwnClient) -> Self {
-        OAuthClient { id: &client.client_id, secret: Some(client.client_secret.expose()) }
+        OAuthClient { id: &client.client_id, secret: Some(client.client_secret.expose()), urls: None }
+    }
+
+    /// The endpoints requests go to.
+    pub fn urls(&self, integration: &'a Integration) -> Result<&'a ResolvedUrls, String> {
+        match self.urls {
+            Some(urls) => Ok(urls),
+            None => integration.urls().map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -65,7 +76,7 @@ pub fn authorization_url(
     scopes: &[String],
     pkce: Option<&Pkce>,
 ) -> Result<Url, TokenError> {
-    let urls = integration.urls().map_err(|e| TokenError::Config(e.to_string()))?;
+    let urls = as_client.urls(integration).map_err(TokenError::Config)?;
     let client = BasicClient::new(ClientId::new(as_client.id.to_owned()))
         .set_auth_uri(AuthUrl::from_url(urls.authorization_url.clone()))
         .set_redirect_uri(RedirectUrl::new(redirect_uri.to_owned()).map_err(|e| TokenError::Config(e.to_string()))?);
@@ -110,7 +121,7 @@ pub async fn request_token(
     as_client: OAuthClient<'_>,
     grant: Grant<'_>,
 ) -> Result<TokenGrant, TokenError> {
-    let urls = integration.urls().map_err(|e| TokenError::Config(e.to_string()))?;
+    let urls = as_client.urls(integration).map_err(TokenError::Config)?;
     let token_url = match grant {
         Grant::Code { .. } | Grant::ClientCredentials { .. } => &urls.token_url,
         Grant::Refresh { .. } => &urls.refresh_token_url,
@@ -283,7 +294,7 @@ pub async fn revoke(
     token: &Secret,
     hint: &str,
 ) -> Result<(), String> {
-    let urls = integration.urls().map_err(|e| e.to_string())?;
+    let urls = as_client.urls(integration)?;
     let Some(url) = urls.revocation_url.clone() else { return Ok(()) };
     http.check(&url).map_err(|e| format!("revocation_url {e}"))?;
     let mut form = vec![("token", token.expose().to_owned()), ("token_type_hint", hint.to_owned())];

@@ -194,10 +194,13 @@ impl Checker {
         if input.api_key.is_some() {
             self.push(&f("api_key"), "not_allowed", "Only an `api_key` integration says where keys go.");
         }
-        let authorization_url = self.required_url(
-            &f("authorization_url"),
-            input.authorization_url.as_ref().or(current.map(|c| &c.authorization_url)),
-        );
+        let authorization_url = input.authorization_url.as_ref().or(current.map(|c| &c.authorization_url));
+        let authorization_url = match (method, authorization_url) {
+            // The client_credentials grant sends no user anywhere: only the token endpoint counts.
+            (AuthMethod::ClientCredentials, None) => String::new(),
+            (AuthMethod::ClientCredentials, Some(url)) if url.trim().is_empty() => String::new(),
+            (_, url) => self.required_url(&f("authorization_url"), url),
+        };
         let token_url = self.required_url(&f("token_url"), input.token_url.as_ref().or(current.map(|c| &c.token_url)));
         let mut optional_url = |name: &str, new: &Option<String>, old: Option<&Option<String>>| {
             // An empty string clears an optional endpoint.
@@ -437,6 +440,8 @@ impl Checker {
                 }
                 match spec.resolve_urls(&d.settings) {
                     Ok(_) => {}
+                    // Each organization names its own instance with its app.
+                    Err(CatalogError::MissingParam { .. }) if d.credentials_type == CredentialsType::Organization => {}
                     Err(CatalogError::MissingParam { param, .. }) => self.push(
                         &format!("config.{param}"),
                         "required",

@@ -411,7 +411,9 @@ async fn check_hosts(draft: &IntegrationDraft, allow_private: bool) -> Result<()
         }
         Some(c) => {
             let f = |name: &str| format!("custom_provider.{name}");
-            urls.push((f("authorization_url"), c.authorization_url.clone()));
+            if !c.authorization_url.is_empty() {
+                urls.push((f("authorization_url"), c.authorization_url.clone()));
+            }
             urls.push((f("token_url"), c.token_url.clone()));
             urls.extend(c.refresh_token_url.clone().map(|u| (f("refresh_token_url"), u)));
             urls.extend(c.revocation_url.clone().map(|u| (f("revocation_url"), u)));

@@ -12,6 +12,7 @@ use sqlx::{PgExecutor, PgPool, Row};
 use crate::crypto::{aad, CryptoError, KeyRing};
 use crate::ids::IdKind;
 use crate::keys::columns;
+use crate::oauth::catalog::{CatalogError, ResolvedUrls};
 use crate::oauth::client::OAuthClient;
 use crate::store::accounts::{last_4, OwnClient};
 use crate::store::integrations::{CredentialsType, Integration};
@@ -45,6 +46,12 @@ pub enum ConfigurationError {
     /// The organization has not configured its app for the integration.
     #[error("the organization `{organization_id}` has not configured its OAuth app for `{slug}`")]
     NotConfigured { slug: String, organization_id: String },
+    /// The provider needs a config value (its instance) that neither the organization nor
+    /// the integration set.
+    #[error("the organization `{organization_id}` has not configured `{param}` for `{slug}`")]
+    MissingConfig { slug: String, organization_id: String, param: String },
+    #[error("the provider's endpoints do not resolve: {0}")]
+    Urls(String),
 }
 
 /// A write to an organization's configuration: `None` keeps a value; `scopes: Some(None)`
@@ -185,20 +192,30 @@ pub async fn forget_unused(db: impl PgExecutor<'_>, slug: &str) -> Result<(), sq
     Ok(())
 }
 
+/// Whether members of an organization with configuration `configured` may connect
+/// accounts of `integration`: an organization can switch a provider off for itself, not
+/// on where the application switched it off.
+pub fn enabled_for(integration: &Integration, configured: Option<&OrganizationConfiguration>) -> bool {
+    integration.enabled && configured.and_then(|c| c.enabled) != Some(false)
+}
+
 /// The OAuth app that authenticates requests for an account of `integration`.
 #[derive(Debug, Clone)]
 pub enum App {
     /// The integration's own.
     Integration,
-    /// The account's organization's.
-    Organization(OwnClient),
+    /// The account's organization's, with the endpoints its config values resolve to
+    /// when it sets any (its own Zendesk subdomain, Okta domain, …).
+    Organization { client: OwnClient, urls: Option<Box<ResolvedUrls>> },
 }
 
 impl App {
     pub fn client<'a>(&'a self, integration: &'a Integration) -> OAuthClient<'a> {
         match self {
             App::Integration => OAuthClient::of_integration(integration),
-            App::Organization(own) => OAuthClient::of_account(own),
+            App::Organization { client, urls } => {
+                OAuthClient { urls: urls.as_deref(), ..OAuthClient::of_account(client) }
+            }
         }
     }
 }
@@ -211,15 +228,46 @@ pub async fn app_for(
     integration: &Integration,
     organization_id: Option<&str>,
 ) -> Result<App, ConfigurationError> {
+    match (integration.credentials_type, organization_id) {
+        (CredentialsType::Custom, _) => Ok(App::Integration),
+        (CredentialsType::Organization, None) => {
+            Err(ConfigurationError::NoOrganization { slug: integration.slug.clone() })
+        }
+        (CredentialsType::Organization, Some(org)) => {
+            app_of(integration, org, get(db, ring, org, &integration.slug).await?.as_ref())
+        }
+    }
+}
+
+/// [`app_for`] with the organization's configuration already read.
+pub fn app_of(
+    integration: &Integration,
+    organization_id: &str,
+    configured: Option<&OrganizationConfiguration>,
+) -> Result<App, ConfigurationError> {
     if integration.credentials_type != CredentialsType::Organization {
         return Ok(App::Integration);
     }
-    let Some(organization_id) = organization_id else {
-        return Err(ConfigurationError::NoOrganization { slug: integration.slug.clone() });
-    };
-    let configured = get(db, ring, organization_id, &integration.slug).await?.and_then(|c| c.client);
-    configured.map(App::Organization).ok_or_else(|| ConfigurationError::NotConfigured {
+    let not_configured = || ConfigurationError::NotConfigured {
         slug: integration.slug.clone(),
         organization_id: organization_id.to_owned(),
-    })
+    };
+    let configured = configured.ok_or_else(not_configured)?;
+    let client = configured.client.clone().ok_or_else(not_configured)?;
+    let spec = integration.spec().map_err(|e| ConfigurationError::Urls(e.to_string()))?;
+    let urls = if spec.config_params.is_empty() {
+        None
+    } else {
+        let mut values = integration.settings.clone();
+        values.extend(configured.config.clone());
+        Some(Box::new(spec.resolve_urls(&values).map_err(|e| match e {
+            CatalogError::MissingParam { param, .. } => ConfigurationError::MissingConfig {
+                slug: integration.slug.clone(),
+                organization_id: organization_id.to_owned(),
+                param,
+            },
+            other => ConfigurationError::Urls(other.to_string()),
+        })?))
+    };
+    Ok(App::Organization { client, urls })
 }

@@ -48,8 +48,9 @@ async fn client_integration(app: &TestApp, slug: &str, demo: &DemoProvider) -> V
                 "auth_methods": ["client_credentials"],
                 "enabled": true,
                 "scopes": ["read"],
-                "custom_provider": {"name": "Machine", "authorization_url": format!("{base}/authorize"),
-                    "token_url": format!("{base}/token"), "authenticate_via": "basic_auth_header"},
+                // No authorization_url: the grant sends no user anywhere.
+                "custom_provider": {"name": "Machine", "token_url": format!("{base}/token"),
+                    "authenticate_via": "basic_auth_header"},
             })),
         )
         .await;
@@ -417,4 +418,59 @@ async fn a_client_credentials_token_is_renewed_before_expiry_without_a_read_and_
         (status, again["state"].as_str(), again["client_id"].as_str()),
         (200, Some("connected"), Some("client-b"))
     );
+}
+
+#[tokio::test]
+async fn the_widget_connects_credentials_its_user_types_and_refuses_what_does_not_fit() {
+    let app = TestApp::spawn().await;
+    let demo = fake_provider().await;
+    client_integration(&app, "machine", &demo).await;
+    crate::support::fixtures::demo_integration(&app, "oauthy", ClientAuthMethod::Basic).await;
+    let (_, minted) = app.admin(Method::POST, "/widgets/token", Some(json!({"user_id": "w1"}))).await;
+    let token = minted["token"].as_str().unwrap().to_owned();
+    let widget = |slug: &str, body: Value| {
+        let (app, token, path) = (&app, token.clone(), format!("/widget/api/{slug}/credential"));
+        async move { app.call(Method::POST, &path, Some(&token), Some(body)).await }
+    };
+
+    // What does not fit the integration is refused, and nothing reaches the provider.
+    for (slug, body, status, code) in [
+        ("machine", json!({"secret": "apikey_x_0123456789"}), 422, "not_allowed"),
+        ("machine", json!({"client_secret": "ccsecret_a_0123456789"}), 422, "required"),
+        (
+            "machine",
+            json!({"client_id": "client-a", "client_secret": "ccsecret_wrong_0123456789"}),
+            422,
+            "invalid_client_credentials",
+        ),
+        ("oauthy", json!({"secret": "apikey_x_0123456789"}), 422, "auth_method_mismatch"),
+    ] {
+        let (got, answer) = widget(slug, body.clone()).await;
+        let found = answer["errors"][0]["code"].as_str().or(answer["code"].as_str());
+        assert_eq!((got, found), (status, Some(code)), "{body}: {answer}");
+    }
+    let (got, _) = widget("machine", json!({"client_id": "client-a", "clientsecret": "x"})).await;
+    assert_eq!(got, 422, "an unknown field");
+    assert_eq!(accounts(&app).await, 0);
+    let (got, _) =
+        app.call(Method::POST, "/widget/api/machine/credential", None, Some(json!({"client_id": "client-a"}))).await;
+    assert_eq!(got, 401, "only with a widget token");
+
+    // The right client connects the widget's user; the same again replaces it in place.
+    let (got, account) =
+        widget("machine", json!({"client_id": "client-a", "client_secret": "ccsecret_a_0123456789"})).await;
+    assert_eq!(got, 200, "{account}");
+    assert_eq!(
+        (account["user_id"].as_str(), account["auth_method"].as_str()),
+        (Some("w1"), Some("client_credentials"))
+    );
+    assert!(credentials(&app, "machine", "w1").await["credential"]["value"].as_str().is_some());
+    let body = json!({"client_id": "client-a", "client_secret": "ccsecret_a_0123456789",
+        "connection_intent": "reauthorize", "connected_account_id": account["id"]});
+    let (got, again) = widget("machine", body).await;
+    assert_eq!((got, &again["id"]), (200, &account["id"]), "{again}");
+    assert_eq!(accounts(&app).await, 1);
+    let (_, listed) = app.call(Method::GET, "/widget/api/providers", Some(&token), None).await;
+    let machine = listed["data"].as_array().unwrap().iter().find(|p| p["slug"] == "machine").unwrap().clone();
+    assert_eq!(machine["auth_method"], "client_credentials", "{listed}");
 }

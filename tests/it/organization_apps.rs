@@ -86,7 +86,7 @@ async fn each_organization_connects_through_its_own_app_and_no_other() {
     for (body, field) in [
         (json!({"client_id": "org_a-app"}), "client_secret"),
         (json!({"client_secret": "demo_cs_org_a_0123456789"}), "client_id"),
-        (json!({"config": {"subdomain": "acme"}}), "config"),
+        (json!({"config": {"subdomain": "acme"}}), "config.subdomain"),
         (json!({"scopes": ["has space"]}), "scopes"),
     ] {
         let (status, answer) = configure(&app, "org_a", body.clone()).await;
@@ -232,4 +232,127 @@ async fn an_organization_narrows_scopes_and_can_turn_a_provider_off_for_its_memb
         )
         .await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn reads_report_the_scopes_missing_from_what_the_members_organization_asks_for() {
+    let app = TestApp::spawn().await;
+    setup(&app).await;
+    for org in ["org_a", "org_b"] {
+        let app_of = json!({"client_id": format!("{org}-app"), "client_secret": format!("demo_cs_{org}_0123456789")});
+        assert_eq!(configure(&app, org, app_of).await.0, 200);
+    }
+    connect_member(&app, "a1", "org_a").await;
+    connect_member(&app, "b1", "org_b").await;
+    let missing = |user: &'static str, org: &'static str| {
+        let app = &app;
+        async move {
+            let (status, read) = app
+                .call(
+                    Method::POST,
+                    "/data-integrations/byoa/credentials",
+                    Some(&app.tokens_key),
+                    Some(json!({"user_id": user, "organization_id": org})),
+                )
+                .await;
+            assert_eq!(status, 200, "{read}");
+            read["credential"]["missing_scopes"].clone()
+        }
+    };
+    // Both were granted the integration's scopes; the reads are cached now.
+    assert_eq!(missing("a1", "org_a").await, json!([]));
+    assert_eq!(missing("b1", "org_b").await, json!([]));
+
+    // org_a asks its members for more: its member's reads say what the grant lacks at
+    // once, the other organization's member is unaffected.
+    let (status, shown) = configure(&app, "org_a", json!({"scopes": ["read", "admin"]})).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(missing("a1", "org_a").await, json!(["admin"]));
+    assert_eq!(missing("b1", "org_b").await, json!([]));
+    let (_, token) = app
+        .call(
+            Method::POST,
+            "/data-integrations/byoa/token",
+            Some(&app.tokens_key),
+            Some(json!({"user_id": "a1", "organization_id": "org_a"})),
+        )
+        .await;
+    assert_eq!(token["access_token"]["missing_scopes"], json!(["admin"]), "{token}");
+
+    // Back to the integration's scopes.
+    configure(&app, "org_a", json!({"scopes": null})).await;
+    assert_eq!(missing("a1", "org_a").await, json!([]));
+}
+
+#[tokio::test]
+async fn an_organization_names_its_own_instance_of_a_catalog_provider() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/data-integrations",
+            Some(json!({"provider": "zendesk", "enabled": true, "credentials": {"type": "organization"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "each organization names its own subdomain: {body}");
+    let zendesk = |org: &str, body: Value| {
+        let app = &app;
+        let path = format!("/organizations/{org}/data_integration_configurations/zendesk");
+        async move { app.admin(Method::PUT, &path, Some(body)).await }
+    };
+
+    // Only the provider's own fields, each a value it accepts; nothing is stored otherwise.
+    let (status, body) = zendesk("org_a", json!({"config": {"region": "eu"}})).await;
+    assert_eq!((status, body["errors"][0]["field"].as_str()), (422, Some("config.region")), "{body}");
+    let (status, body) = zendesk("org_a", json!({"config": {"subdomain": "evil.example.com/x"}})).await;
+    assert_eq!((status, body["errors"][0]["code"].as_str()), (422, Some("invalid")), "{body}");
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM organization_configurations").fetch_one(&app.db).await.unwrap();
+    assert_eq!(stored, 0);
+
+    // An app without its instance: authorizing names what is missing.
+    let app_a = json!({"client_id": "acme-zendesk", "client_secret": "zd_secret_0123456789"});
+    assert_eq!(zendesk("org_a", app_a).await.0, 200);
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/data-integrations/zendesk/authorize",
+            Some(json!({"user_id": "a1", "organization_id": "org_a"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["code"], "organization_config_missing", "{body}");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("subdomain"), "{body}");
+
+    let (status, shown) = zendesk("org_a", json!({"config": {"subdomain": "acme"}})).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["config"], json!({"subdomain": "acme"}));
+    let (status, answer) = app
+        .admin(
+            Method::POST,
+            "/data-integrations/zendesk/authorize",
+            Some(json!({"user_id": "a1", "organization_id": "org_a"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let page = answer["url"].as_str().unwrap();
+    // The confirmation page lets its form lead to the organization's instance only.
+    let shown = app.http.get(page).send().await.unwrap();
+    let csp = shown.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("form-action 'self' https://acme.zendesk.com;"), "{csp}");
+    let url = crate::connect::confirm(&app, &app.http, page).await;
+    assert_eq!(url.host_str(), Some("acme.zendesk.com"), "{url}");
+    assert_eq!(url.path(), "/oauth/authorizations/new");
+    assert!(url.query_pairs().any(|(k, v)| k == "client_id" && v == "acme-zendesk"), "{url}");
+
+    // Config belongs to integrations with organization credentials only.
+    crate::support::fixtures::demo_integration(&app, "shared", ClientAuthMethod::Basic).await;
+    let (status, body) = app
+        .admin(
+            Method::PUT,
+            "/organizations/org_a/data_integration_configurations/shared",
+            Some(json!({"config": {"subdomain": "acme"}})),
+        )
+        .await;
+    assert_eq!((status, body["errors"][0]["code"].as_str()), (422, Some("not_allowed")), "{body}");
 }

@@ -71,6 +71,14 @@ async fn the_official_python_sdk_drives_shared_and_multiple_connections() {
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("{stdout}");
     assert_eq!(summary["ok"], true);
     assert_eq!(summary["methods"].as_array().unwrap().len(), 26, "every Pipes method of the SDK: {summary}");
+    assert_eq!(
+        summary["provider_methods"],
+        serde_json::json!([
+            "list_organization_data_integration_configurations",
+            "update_organization_data_integration_configuration"
+        ]),
+        "both Pipes Provider methods: {summary}"
+    );
     let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM connected_accounts").fetch_one(&app.db).await.unwrap();
     assert_eq!(accounts, 0, "deleting both roots took every account");
 }

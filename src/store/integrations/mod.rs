@@ -123,6 +123,8 @@ pub struct Integration {
     pub custom_provider: Option<CustomProvider>,
     /// Values of the catalog entry's `{placeholders}` (Zendesk subdomain, Shopify shop, …).
     pub settings: BTreeMap<String, String>,
+    /// Scopes an organization asks its members for instead of `scopes`, by organization id.
+    pub organization_scopes: BTreeMap<String, Vec<String>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// What [`Integration::spec`] and [`Integration::urls`] derive from the fields above,
@@ -154,9 +156,18 @@ pub enum IntegrationError {
     Urls { slug: String, message: String },
 }
 
-pub const SELECT: &str =
-    "SELECT id, slug, provider, ownership, auth_method, credentials_type, description, enabled, multiple_connections, state, state_reason, scopes, client_id,
-    client_secret_enc, redacted_secret, custom_provider, settings, created_at, updated_at FROM integrations";
+/// The columns an [`Integration`] is read from, for `SELECT` and `RETURNING`; the last
+/// gathers the organizations' scope overrides (`organization_configurations`).
+macro_rules! columns {
+    () => {
+        "id, slug, provider, ownership, auth_method, credentials_type, description, enabled, multiple_connections, state, state_reason, scopes, client_id,
+    client_secret_enc, redacted_secret, custom_provider, settings, created_at, updated_at,
+    (SELECT COALESCE(jsonb_object_agg(oc.organization_id, to_jsonb(oc.scopes)), '{}'::jsonb) FROM organization_configurations oc
+      WHERE oc.slug = integrations.slug AND oc.scopes IS NOT NULL) AS organization_scopes"
+    };
+}
+pub const COLUMNS: &str = columns!();
+pub const SELECT: &str = concat!("SELECT ", columns!(), " FROM integrations");
 
 impl Integration {
     pub fn from_row(row: &PgRow, ring: &KeyRing) -> Result<Self, IntegrationError> {
@@ -194,6 +205,7 @@ impl Integration {
             redacted_secret: row.get("redacted_secret"),
             custom_provider: custom.and_then(|v| serde_json::from_value(v).ok()),
             settings: serde_json::from_value(settings).unwrap_or_default(),
+            organization_scopes: serde_json::from_value(row.get("organization_scopes")).unwrap_or_default(),
             created_at: row.get("created_at"),
             updated_at: row.get("updated_at"),
             derived: Arc::default(),
@@ -227,7 +239,12 @@ impl Integration {
                 let parse = |s: &str| Url::parse(s).map_err(|e| urls_error(format!("{s}: {e}")));
                 let token_url = parse(&c.token_url)?;
                 ResolvedUrls {
-                    authorization_url: parse(&c.authorization_url)?,
+                    // A client-credentials provider may have none; no flow ever sends a user there.
+                    authorization_url: if c.authorization_url.is_empty() {
+                        token_url.clone()
+                    } else {
+                        parse(&c.authorization_url)?
+                    },
                     refresh_token_url: match &c.refresh_token_url {
                         Some(u) => parse(u)?,
                         None => token_url.clone(),
@@ -242,9 +259,15 @@ impl Integration {
         Ok(self.derived.urls.get_or_init(|| urls))
     }
 
-    /// Configured scopes that `granted` lacks.
-    pub fn missing_scopes(&self, granted: &[String]) -> Vec<String> {
-        self.scopes.iter().filter(|s| !granted.contains(s)).cloned().collect()
+    /// The scopes members of `organization_id` are asked for: the organization's
+    /// override, else the integration's.
+    pub fn scopes_for(&self, organization_id: Option<&str>) -> &[String] {
+        organization_id.and_then(|org| self.organization_scopes.get(org)).unwrap_or(&self.scopes)
+    }
+
+    /// Scopes asked of an account in `organization_id` that `granted` lacks.
+    pub fn missing_scopes(&self, organization_id: Option<&str>, granted: &[String]) -> Vec<String> {
+        self.scopes_for(organization_id).iter().filter(|s| !granted.contains(s)).cloned().collect()
     }
 
     /// Display name (catalog name or custom provider name).

@@ -4,7 +4,7 @@
 
 use sqlx::{PgPool, Row};
 
-use super::{Integration, IntegrationError, SELECT};
+use super::{Integration, IntegrationError, COLUMNS, SELECT};
 use crate::crypto::{aad, CryptoError, KeyRing};
 use crate::events::{self, EventKind};
 use crate::ids::{AccountId, IdKind};
@@ -49,7 +49,7 @@ pub async fn insert(db: &PgPool, ring: &KeyRing, draft: &IntegrationDraft) -> Re
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          ON CONFLICT (slug, ownership) DO NOTHING
          RETURNING {}",
-        select_columns()
+        COLUMNS
     )))
     .bind(&id)
     .bind(&draft.slug)
@@ -90,7 +90,7 @@ pub async fn update(
             multiple_connections = $11, updated_at = now()
          WHERE id = $1
          RETURNING {}",
-        select_columns()
+        COLUMNS
     )))
     .bind(id)
     .bind(&draft.description)
@@ -157,11 +157,6 @@ pub async fn delete(db: &PgPool, integration: &Integration) -> Result<Option<u64
     crate::store::organizations::forget_unused(&mut *tx, &integration.slug).await?;
     tx.commit().await?;
     Ok((gone.rows_affected() == 1).then_some(rows.len() as u64))
-}
-
-/// The columns of `store::integrations::SELECT`, for `RETURNING`.
-fn select_columns() -> &'static str {
-    SELECT.trim_start_matches("SELECT ").split(" FROM ").next().unwrap_or("*")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

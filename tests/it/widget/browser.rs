@@ -226,3 +226,81 @@ async fn force_refresh(app: &TestApp, integration: &pipes::store::integrations::
         .await;
     assert_eq!((status, &read), (200, &json!({ "active": false, "error": "needs_reauthorization" })));
 }
+
+#[tokio::test]
+async fn a_user_types_an_api_key_into_the_widget_and_sees_only_what_the_organization_allows() {
+    if !tools_present() {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let (demo, _) = pipes::demo_provider::DemoProvider::spawn(pipes::demo_provider::DemoConfig::default())
+        .await
+        .expect("demo provider");
+    demo.add_api_key("apikey_widget_0123456789", "bob@keyed");
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/data-integrations",
+            Some(json!({
+                "provider": "keyed",
+                "auth_methods": ["api_key"],
+                "enabled": true,
+                "custom_provider": {"name": "Keyed", "api_key": {
+                    "placement": "header", "header": "Authorization", "format": "Bearer {api_key}",
+                    "verify": {"method": "GET", "url": format!("{}/api/me", demo.base_url())}}},
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // Another provider, which org_1 switched off for its members: the widget leaves it out.
+    demo_integration(&app, "hidden", ClientAuthMethod::Basic).await;
+    let (status, body) = app
+        .admin(
+            Method::PUT,
+            "/organizations/org_1/data_integration_configurations/hidden",
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = app
+        .admin(Method::POST, "/widgets/token", Some(json!({ "user_id": "user_bob", "organization_id": "org_1" })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let widget_url = app.url(&format!("/widget#token={}", body["token"].as_str().unwrap()));
+    let shots = root().join("artifacts/screenshots");
+    let run = tokio::process::Command::new("node")
+        .arg(root().join("tests/browser/widget-keys.mjs"))
+        .args([widget_url.as_str(), shots.to_str().unwrap()])
+        .current_dir(root().join("tests/browser"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(SCENARIO_TIMEOUT, run).await.expect("the scenario finishes").expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("\"done\":true"),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Bob's account holds the key the provider accepted, and the wrong one left nothing.
+    let (status, read) = app
+        .call(
+            Method::POST,
+            "/data-integrations/keyed/credentials",
+            Some(&app.tokens_key),
+            Some(json!({ "user_id": "user_bob", "organization_id": "org_1" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["credential"]["auth_method"], "api_key", "{read}");
+    assert_eq!(read["credential"]["value"], "apikey_widget_0123456789", "{read}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM connected_accounts WHERE user_id = 'user_bob'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+    for name in ["13-key-form", "14-key-refused", "15-key-connected"] {
+        assert!(shots.join(format!("{name}.png")).is_file(), "screenshot {name}");
+    }
+}

@@ -1,8 +1,8 @@
 """Drives a running Pipes server through the official, unmodified Python SDK
 (`workos` 10.8): both integration roots of a provider, an organization's shared
 account, several accounts for one user, account selection, the token and
-credential reads with every selector, authorize with every intent, and API-key and
-client-credentials integrations. Every answer must parse (the SDK's models are strict). Any
+credential reads with every selector, authorize with every intent, API-key and
+client-credentials integrations, and an organization's own OAuth app (`pipes_provider`). Every answer must parse (the SDK's models are strict). Any
 failed check raises; the last line printed is {"ok": true, "methods": [...]}.
 
 Environment: PIPES_URL, PIPES_API_KEY (admin), PIPES_SLUG, PIPES_DEMO_URL.
@@ -10,6 +10,8 @@ Environment: PIPES_URL, PIPES_API_KEY (admin), PIPES_SLUG, PIPES_DEMO_URL.
 
 import json
 import os
+import urllib.error
+import urllib.parse
 import urllib.request
 
 from workos import WorkOSClient
@@ -206,6 +208,61 @@ refused("UnprocessableEntityError", None, "update_data_integration_client_creden
         user_id="user_py_cc", client_id="py-machine", client_secret="ccsecret_refused_0123456789")
 call("delete_data_integration", keyed)
 call("delete_data_integration", machine.slug)
+
+# Organization credentials: each organization brings its own OAuth app (pipes_provider).
+byoa = call(
+    "create_data_integration",
+    provider=f"{slug}-byoa",
+    enabled=True,
+    scopes=["read", "write"],
+    credentials=DataIntegrationCredentialsInput(type="organization"),
+    custom_provider=CustomProviderDefinition(name="Own app", authorization_url=f"{demo}/authorize",
+                                             token_url=f"{demo}/token"),
+)
+assert value(byoa.credentials.type) == "organization" and byoa.credentials.client_id is None, byoa
+
+
+def provider_call(name, *args, **kwargs):
+    provider_called.add(name)
+    return getattr(client.pipes_provider, name)(*args, **kwargs)
+
+
+provider_called = set()
+listed = provider_call("list_organization_data_integration_configurations", org)
+mine = next(c for c in listed.data if c.slug == byoa.slug)
+assert mine.enabled and mine.scopes == ["read", "write"] and mine.config == {}, mine
+assert value(mine.credentials.credentials_type) == "organization" and not mine.credentials.has_credentials, mine
+assert mine.credentials.redirect_uri.endswith(f"/data-integrations/{byoa.slug}/callback"), mine
+try:
+    provider_call("update_organization_data_integration_configuration", org, byoa.slug, client_secret="py_org_0123456789")
+    raise AssertionError("a secret without its client id was taken")
+except Exception as err:  # noqa: BLE001 - checked below
+    assert type(err).__name__ == "UnprocessableEntityError", err
+configured = provider_call("update_organization_data_integration_configuration", org, byoa.slug,
+                           client_id="py-org-app", client_secret="py_org_secret_0123456789", scopes=["read"])
+assert configured.scopes == ["read"] and configured.credentials.has_credentials, configured
+assert configured.credentials.client_id == "py-org-app" and configured.credentials.client_secret_last_four == "6789"
+
+
+class Stay(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+# A member's flow goes to the provider as the organization's app, asking for its scopes.
+page = call("authorize_data_integration", byoa.slug, user_id="user_py_org", organization_id=org).url
+try:
+    urllib.request.build_opener(Stay).open(urllib.request.Request(page, data=b"", method="POST",
+                                                                  headers={"Origin": env["PIPES_URL"]}))
+    raise AssertionError("the confirmation page did not redirect")
+except urllib.error.HTTPError as answer:
+    assert answer.code == 303, answer.code
+    to = urllib.parse.parse_qs(urllib.parse.urlparse(answer.headers["Location"]).query)
+assert to["client_id"] == ["py-org-app"] and to["scope"] == ["read"], to
+off = provider_call("update_organization_data_integration_configuration", org, byoa.slug, enabled=False, scopes=None)
+assert off.enabled is False and off.scopes == ["read", "write"] and off.credentials.has_credentials, off
+refused("NotFoundError", None, "authorize_data_integration", byoa.slug, user_id="user_py_org", organization_id=org)
+call("delete_data_integration", byoa.slug)
 refused("BadRequestError", "invalid_connect_code", "finish_connection", connect_code="x", code_verifier="y" * 43)
 
 call("delete_organization_connected_account", org, slug)
@@ -213,4 +270,4 @@ refused("NotFoundError", None, "get_organization_connected_account", org, slug)
 call("delete_data_integration_organization", slug)
 refused("NotFoundError", "integration_not_found", "list_data_integration_organization", slug)
 call("delete_data_integration", slug)
-print(json.dumps({"ok": True, "methods": sorted(called)}))
+print(json.dumps({"ok": True, "methods": sorted(called), "provider_methods": sorted(provider_called)}))
