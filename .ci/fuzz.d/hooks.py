@@ -45,15 +45,21 @@ def json_error_body(ctx, response, case):
 
 @schemathesis.auth(refresh_interval=None).apply_to(path_regex="^/widget/api/")
 class WidgetToken:
+    # One token for the whole run: schemathesis asks once per operation, and minting is
+    # rate limited.
+    token = None
+
     def get(self, case, ctx):
-        answer = requests.post(
-            f"{BASE_URL}/widgets/token",
-            json={"user_id": "user_123"},
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-            timeout=10,
-        )
-        answer.raise_for_status()
-        return answer.json()["token"]
+        if WidgetToken.token is None:
+            answer = requests.post(
+                f"{BASE_URL}/widgets/token",
+                json={"user_id": "user_123"},
+                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                timeout=10,
+            )
+            answer.raise_for_status()
+            WidgetToken.token = answer.json()["token"]
+        return WidgetToken.token
 
     def set(self, case, data, ctx):
         case.headers = case.headers or {}

@@ -259,6 +259,7 @@ pub(crate) async fn api_key(
         established_by: target.member.as_deref(),
         labels: target.labels.clone(),
         mode: target.mode(&integration),
+        announce: crate::connections::Announce::IfNewlyConnected,
     };
     let account =
         direct::connect_api_key(state, &integration, placement, key).await?.ok_or_else(|| not_connected(slug))?;
@@ -312,6 +313,7 @@ pub(crate) async fn client_credentials(
         established_by: target.member.as_deref(),
         labels: target.labels.clone(),
         mode: target.mode(&integration),
+        announce: crate::connections::Announce::IfNewlyConnected,
     };
     let client = OwnClient { client_id, client_secret };
     let account = direct::connect_client(state, &integration, placement, client, config)

@@ -401,6 +401,7 @@ async fn install_key(
         established_by: member,
         labels: Default::default(),
         mode: crate::store::accounts::WriteMode::Upsert,
+        announce: crate::connections::Announce::IfNewlyConnected,
     };
     let account = crate::connect::direct::connect_api_key(&state, integration, placement, key.secret)
         .await?

@@ -45,6 +45,8 @@ pub struct Placement<'a> {
     pub established_by: Option<&'a str>,
     pub labels: Labels,
     pub mode: WriteMode,
+    /// Whether a new account is announced (an import is quiet).
+    pub announce: Announce,
 }
 
 /// Stores `key` for the owner once the provider accepted it. `Ok(None)`: the account the
@@ -106,8 +108,7 @@ async fn store(
         tokens,
         state: AccountState::Connected,
         mode: placement.mode,
-        // A new (or reconnected) account is announced; a rotated key of a connected one is not.
-        announce: Announce::IfNewlyConnected,
+        announce: placement.announce,
     };
     let stored = state.connections.store(integration, write).await?;
     if let Some(account) = &stored {

@@ -474,3 +474,39 @@ async fn the_widget_connects_credentials_its_user_types_and_refuses_what_does_no
     let machine = listed["data"].as_array().unwrap().iter().find(|p| p["slug"] == "machine").unwrap().clone();
     assert_eq!(machine["auth_method"], "client_credentials", "{listed}");
 }
+
+#[tokio::test]
+async fn an_import_brings_api_keys_and_clients_checked_like_a_connect() {
+    let app = TestApp::spawn().await;
+    let demo = fake_provider().await;
+    demo.add_api_key("apikey_moved_0123456789", "moved@keyed");
+    api_key_integration(&app, "keyed", &demo).await;
+    client_integration(&app, "machine", &demo).await;
+    let lines = [
+        json!({"integration": "keyed", "user_id": "k1", "api_key": "apikey_moved_0123456789"}),
+        json!({"integration": "keyed", "user_id": "k2", "api_key": "apikey_stale_0123456789"}),
+        json!({"integration": "keyed", "user_id": "k3", "access_token": "apikey_moved_0123456789"}),
+        json!({"integration": "machine", "user_id": "m1", "client_id": "client-a",
+            "client_secret": "ccsecret_a_0123456789", "config": {"region": "eu"}}),
+        json!({"integration": "machine", "user_id": "m2", "client_id": "client-a",
+            "client_secret": "ccsecret_wrong_0123456789"}),
+        json!({"integration": "machine", "user_id": "m3", "client_id": "client-a"}),
+    ];
+    let file: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let report = pipes::import::import_lines(&app.state, &file, || {}).await.unwrap();
+    assert_eq!(report.imported, 2, "{report:?}");
+    let rejected: Vec<usize> = report.rejected.iter().map(|(n, _)| *n).collect();
+    assert_eq!(rejected, [2, 3, 5, 6], "{report:?}");
+    let said = format!("{:?}", report.rejected);
+    for secret in ["apikey_stale", "apikey_moved", "ccsecret"] {
+        assert!(!said.contains(secret), "a rejection names no secret: {said}");
+    }
+    assert!(said.contains("refused the API key") && said.contains("api_key only"), "{said}");
+
+    assert_eq!(credentials(&app, "keyed", "k1").await["credential"]["value"], "apikey_moved_0123456789");
+    let vended = credentials(&app, "machine", "m1").await;
+    assert!(demo.access_token_valid(vended["credential"]["value"].as_str().unwrap()), "{vended}");
+    assert_eq!(vended["credential"]["config"], json!({"region": "eu"}));
+    assert_eq!(accounts(&app).await, 2);
+    assert!(events(&app).await.is_empty(), "an import is quiet");
+}
