@@ -149,8 +149,11 @@ impl Connections {
         };
         // An API key is the owner's own: Pipes forgets it, and only they can revoke it.
         let revocable = gone.auth_method != crate::auth_method::AuthMethod::ApiKey;
-        if let (Some((token, hint)), Ok(spec), true) = (token, integration.spec(), revocable) {
-            if let Err(reason) = client::revoke(&self.http, integration, &spec, as_client, token, hint).await {
+        let spec = integration.spec().ok();
+        if let (Some((token, hint)), Some(oauth), true) =
+            (token, spec.as_ref().and_then(|s| s.oauth.as_ref()), revocable)
+        {
+            if let Err(reason) = client::revoke(&self.http, integration, oauth, as_client, token, hint).await {
                 tracing::warn!(account_id = %gone.id, integration = %slug, %reason, "token revocation failed; the account is disconnected anyway");
             }
         }

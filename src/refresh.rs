@@ -121,7 +121,8 @@ impl Refresher {
         expires_at: Option<DateTime<Utc>>,
         has_refresh_token: bool,
     ) -> Option<DateTime<Utc>> {
-        let tokens_expire = integration.spec().map(|s| s.tokens_expire).unwrap_or(true);
+        let tokens_expire =
+            integration.spec().ok().and_then(|s| s.oauth.as_ref().map(|o| o.tokens_expire)).unwrap_or(true);
         let jitter = rand::thread_rng().gen::<f64>();
         crate::policy::refresh_at(now, expires_at, has_refresh_token, tokens_expire, self.refresh_lead, jitter)
     }
@@ -263,11 +264,15 @@ impl Refresher {
             Ok(spec) => spec,
             Err(err) => return Ok(RefreshOutcome::Transient { reason: err.to_string(), retry_after: None }),
         };
+        let oauth = match spec.oauth() {
+            Ok(oauth) => oauth,
+            Err(err) => return Ok(RefreshOutcome::Transient { reason: err.to_string(), retry_after: None }),
+        };
         let started = Instant::now();
         // `expires_in` counts from when the provider answered, which is no earlier than this:
         // counting from the response instead would overstate the lifetime by the round trip.
         let requested_at = crate::time::now();
-        let result = request_token(&self.http, integration, &spec, as_client, grant).await;
+        let result = request_token(&self.http, integration, oauth, as_client, grant).await;
         metrics::histogram!(m::REFRESH_DURATION, "provider" => provider.clone())
             .record(started.elapsed().as_secs_f64());
         let attempt = |outcome: &'static str| {

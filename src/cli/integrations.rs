@@ -280,15 +280,25 @@ pub fn providers(
         println!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(());
     }
-    println!("{:<18} {:<22} {:<24} {:<5} {:<8} CONFIG", "SLUG", "NAME", "CATEGORIES", "PKCE", "EXPIRES");
+    println!("{:<18} {:<22} {:<24} {:<14} {:<5} {:<8} CONFIG", "SLUG", "NAME", "CATEGORIES", "AUTH", "PKCE", "EXPIRES");
     for p in &listed {
+        let auth = match (&p.oauth, &p.api_key) {
+            (Some(_), Some(_)) => "oauth,api_key",
+            (None, Some(_)) => "api_key",
+            _ => "oauth",
+        };
+        let (pkce, expires) = match &p.oauth {
+            Some(o) => (if o.pkce { "yes" } else { "no" }, if o.tokens_expire { "yes" } else { "never" }),
+            None => ("-", "-"),
+        };
         println!(
-            "{:<18} {:<22} {:<24} {:<5} {:<8} {}",
+            "{:<18} {:<22} {:<24} {:<14} {:<5} {:<8} {}",
             p.slug,
             p.name,
             p.categories.join(","),
-            if p.pkce { "yes" } else { "no" },
-            if p.tokens_expire { "yes" } else { "never" },
+            auth,
+            pkce,
+            expires,
             p.config_params.join(",")
         );
     }
@@ -298,35 +308,56 @@ pub fn providers(
 
 /// What an operator needs to set `spec` up, as text for the terminal.
 pub fn setup_guide(spec: &crate::oauth::catalog::ProviderSpec, public_url: &str) -> String {
+    use crate::oauth::catalog::KeyPlacement;
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "{} ({})\n{}\n", spec.name, spec.slug, spec.description);
-    let _ = writeln!(out, "Register the OAuth app: {}", spec.docs_url);
+    let what = if spec.oauth.is_some() { "Register the OAuth app" } else { "Create an API key" };
+    let _ = writeln!(out, "{what}: {}", spec.docs_url);
     for (i, step) in spec.setup_steps.iter().enumerate() {
         let _ = writeln!(out, "  {}. {step}", i.saturating_add(1));
     }
-    let _ = writeln!(out, "\nRedirect URI: {public_url}/data-integrations/{}/callback", spec.slug);
-    let auth = serde_json::to_value(spec.client_auth).ok().and_then(|v| v.as_str().map(str::to_owned));
-    let _ = writeln!(
-        out,
-        "Client authentication: {}; PKCE: {}",
-        auth.unwrap_or_default(),
-        if spec.pkce { "yes" } else { "no" }
-    );
-    if spec.scopes_configured_at_provider {
-        let _ = writeln!(out, "Scopes are chosen in the app's settings at {}; none are sent.", spec.name);
-    }
-    let describe = |scope: &str| spec.scope_descriptions.get(scope).map(String::as_str).unwrap_or("");
-    if !spec.default_scopes.is_empty() {
-        let _ = writeln!(out, "\nDefault scopes:");
-        for scope in &spec.default_scopes {
-            let _ = writeln!(out, "  {scope:<40} {}", describe(scope));
+    if let Some(oauth) = &spec.oauth {
+        let _ = writeln!(out, "\nRedirect URI: {public_url}/data-integrations/{}/callback", spec.slug);
+        let auth = serde_json::to_value(oauth.client_auth).ok().and_then(|v| v.as_str().map(str::to_owned));
+        let _ = writeln!(
+            out,
+            "Client authentication: {}; PKCE: {}",
+            auth.unwrap_or_default(),
+            if oauth.pkce { "yes" } else { "no" }
+        );
+        if oauth.scopes_configured_at_provider {
+            let _ = writeln!(out, "Scopes are chosen in the app's settings at {}; none are sent.", spec.name);
+        }
+        let describe = |scope: &str| oauth.scope_descriptions.get(scope).map(String::as_str).unwrap_or("");
+        if !oauth.default_scopes.is_empty() {
+            let _ = writeln!(out, "\nDefault scopes:");
+            for scope in &oauth.default_scopes {
+                let _ = writeln!(out, "  {scope:<40} {}", describe(scope));
+            }
+        }
+        for (name, scopes) in &oauth.scope_sets {
+            let _ = writeln!(out, "Scope set `{name}`:");
+            for scope in scopes {
+                let _ = writeln!(out, "  {scope:<40} {}", describe(scope));
+            }
         }
     }
-    for (name, scopes) in &spec.scope_sets {
-        let _ = writeln!(out, "Scope set `{name}`:");
-        for scope in scopes {
-            let _ = writeln!(out, "  {scope:<40} {}", describe(scope));
+    if let Some(key) = &spec.api_key {
+        let _ = writeln!(out, "\nAPI keys (auth_methods [\"api_key\"]):");
+        if let Some(help) = &key.key_help {
+            let _ = writeln!(out, "  Where: {help}");
+        }
+        let sent = match key.placement {
+            KeyPlacement::Header => {
+                format!("header {}: {}", key.header.as_deref().unwrap_or(""), key.format.as_deref().unwrap_or(""))
+            }
+            KeyPlacement::Query => format!("query parameter {}", key.query_param.as_deref().unwrap_or("")),
+            KeyPlacement::Basic => format!("Basic auth {}", key.basic.as_deref().unwrap_or("")),
+        };
+        let _ = writeln!(out, "  Sent as: {sent}");
+        if let Some(verify) = &key.verify {
+            let _ = writeln!(out, "  Checked with: {} {}", verify.method, verify.url);
         }
     }
     if !spec.params.is_empty() {

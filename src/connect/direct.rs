@@ -74,7 +74,8 @@ pub async fn connect_client(
     let spec = integration.spec().map_err(|e| DirectError::Misconfigured(e.to_string()))?;
     let requested_at = crate::time::now();
     let grant = Grant::ClientCredentials { scopes: &integration.scopes };
-    let answer = client::request_token(&state.http, integration, &spec, OAuthClient::of_account(&client), grant).await;
+    let oauth = spec.oauth().map_err(|e| DirectError::Misconfigured(e.to_string()))?;
+    let answer = client::request_token(&state.http, integration, oauth, OAuthClient::of_account(&client), grant).await;
     let grant = match answer {
         Ok(grant) => grant,
         Err(TokenError::InvalidClient { code, .. } | TokenError::InvalidGrant { code, .. }) => {

@@ -190,7 +190,8 @@ async fn exchange(
         pending.organization_id.as_deref(),
     )
     .await?;
-    match client::request_token(&state.http, integration, &spec, app.client(integration), grant).await {
+    let oauth = spec.oauth().map_err(|e| ConnectError::Misconfigured(e.to_string()))?;
+    match client::request_token(&state.http, integration, oauth, app.client(integration), grant).await {
         Ok(grant) => {
             let names = match app.client(integration).urls(integration) {
                 Ok(urls) => client::account_names(&state.http, &spec, urls, &grant).await,

@@ -123,7 +123,7 @@ pub fn requested_scopes(integration: &Integration) -> Vec<String> {
     if !integration.scopes.is_empty() {
         return integration.scopes.clone();
     }
-    integration.spec().map(|s| s.default_scopes.clone()).unwrap_or_default()
+    integration.spec().ok().and_then(|s| s.oauth.as_ref().map(|o| o.default_scopes.clone())).unwrap_or_default()
 }
 
 /// Records a new state and returns where to send the browser: the provider's
@@ -136,10 +136,11 @@ pub async fn begin(
     now: DateTime<Utc>,
 ) -> Result<Begun, ConnectError> {
     let spec = integration.spec()?;
+    let oauth = spec.oauth().map_err(|e| ConnectError::Misconfigured(e.to_string()))?;
     let raw_state = random_token(32);
     let state_hash = sha256_hex(&raw_state);
     let ring = state.keyring();
-    let pkce = spec.pkce.then(client::new_pkce);
+    let pkce = oauth.pkce.then(client::new_pkce);
     let verifier = pkce
         .as_ref()
         .map(|p| ring.seal_str(p.verifier.expose(), aad(columns::PKCE_VERIFIER, &state_hash)))
@@ -161,7 +162,7 @@ pub async fn begin(
     let redirect_uri = state.config.redirect_uri(&integration.slug);
     let provider_url = client::authorization_url(
         integration,
-        &spec,
+        oauth,
         app.client(integration),
         &redirect_uri,
         &raw_state,

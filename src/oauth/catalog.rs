@@ -84,6 +84,8 @@ pub enum CatalogError {
     MissingParam { provider: String, param: String },
     #[error("config parameter `{param}` of provider `{provider}` is invalid: {reason}")]
     InvalidParam { provider: String, param: String, reason: &'static str },
+    #[error("provider `{provider}` takes API keys only: it has no OAuth 2.0")]
+    NoOAuth { provider: String },
     #[error("provider `{provider}`: `{template}` does not resolve to an https URL on the provider's host")]
     InvalidUrl { provider: String, template: String },
 }
@@ -180,8 +182,7 @@ pub struct ApiKeySpec {
     pub verify: Option<VerifyRequest>,
 }
 
-/// One provider of the catalog. Parsed from an entry file (its OAuth fields under
-/// `[oauth]`), flat here: every catalog entry speaks OAuth 2.0 today.
+/// One provider of the catalog, as its entry file says (the slug is the file name).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProviderSpec {
     /// The file name (or the operator file's table key).
@@ -194,7 +195,7 @@ pub struct ProviderSpec {
     pub aliases: Vec<String>,
     /// The provider's pages every fact comes from.
     pub sources: Vec<String>,
-    /// Where an operator registers the OAuth app.
+    /// Where an operator registers the OAuth app (or a user creates a key).
     pub docs_url: String,
     pub setup_steps: Vec<String>,
     /// The base of the provider's REST API (may hold `{param}`s).
@@ -202,49 +203,71 @@ pub struct ProviderSpec {
     pub api_hosts: Vec<String>,
     /// Connect-time parameters, by name.
     pub params: BTreeMap<String, ParamSpec>,
+    /// Placeholders the integration must supply (the names of `params`).
+    #[serde(skip)]
+    pub config_params: Vec<String>,
+    /// How the provider speaks OAuth 2.0; `None` for a provider of API keys only.
+    pub oauth: Option<OAuthSpec>,
+    /// How the provider takes API keys (used by API-key integrations).
+    pub api_key: Option<ApiKeySpec>,
+}
+
+/// A provider's OAuth 2.0: its `[oauth]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSpec {
     pub authorization_url: String,
     pub token_url: String,
+    #[serde(default)]
     pub refresh_token_url: Option<String>,
     /// An RFC 7009-style endpoint (POST `token=…`), if the provider has one.
+    #[serde(default)]
     pub revocation_url: Option<String>,
+    /// A GET, made with the new access token, that answers the account's profile.
+    #[serde(default)]
+    pub userinfo_url: Option<String>,
     pub scope_separator: String,
     /// The authorization query key carrying scopes (Slack user scopes: `user_scope`).
+    #[serde(default = "default_scope_param")]
     pub scope_param: String,
     /// Scopes are chosen in the app's settings at the provider; none are sent.
+    #[serde(default)]
     pub scopes_configured_at_provider: bool,
     pub default_scopes: Vec<String>,
+    #[serde(default)]
     pub scope_sets: BTreeMap<String, Vec<String>>,
     /// One line for every scope named in the entry.
+    #[serde(default)]
     pub scope_descriptions: BTreeMap<String, String>,
+    #[serde(default)]
     pub authorization_params: BTreeMap<String, String>,
     pub client_auth: ClientAuth,
+    pub token_body_content_type: BodyContentType,
     pub pkce: bool,
     pub token_response: TokenResponseShape,
-    pub token_body_content_type: BodyContentType,
+    #[serde(default)]
     pub expires_in_as_string: bool,
+    /// `false`: tokens never expire; served as-is and never scheduled for refresh.
+    pub tokens_expire: bool,
+    /// The provider documents single-use refresh tokens (Pipes stores whichever comes back).
+    #[serde(default)]
+    pub refresh_token_rotation: bool,
     /// Error codes meaning the grant is dead and the user must reauthorize.
     pub invalid_grant_errors: Vec<String>,
     /// Provider-specific codes meaning the client credentials are wrong, on top
     /// of `invalid_client` and `unauthorized_client`.
+    #[serde(default)]
     pub invalid_client_errors: Vec<String>,
-    /// `false`: tokens never expire; served as-is and never scheduled for refresh.
-    pub tokens_expire: bool,
-    /// The provider documents single-use refresh tokens (Pipes stores whichever comes back).
-    pub refresh_token_rotation: bool,
-    /// Placeholders the integration must supply (the names of `params`).
-    pub config_params: Vec<String>,
     /// Where a code exchange's answer names the provider's account (its subject), as a
     /// dotted path into the JSON (`authed_user.id`), a claim of its ID token
     /// (`id_token.sub`), or a field of the `userinfo_url` answer (`userinfo.id`): stored as
     /// the account's `account_identifier`, so connecting the same account again updates it.
+    #[serde(default)]
     pub account_identifier: Option<String>,
     /// Where the provider names the account for people (an e-mail, a workspace), in the
     /// same forms: it fills an account's empty `account_display_name`.
+    #[serde(default)]
     pub account_display_name: Option<String>,
-    /// A GET, made with the new access token, that answers the account's profile.
-    pub userinfo_url: Option<String>,
-    /// The provider also takes API keys this way (used by API-key integrations).
-    pub api_key: Option<ApiKeySpec>,
 }
 
 /// An entry as written in its file.
@@ -266,55 +289,14 @@ struct EntryFile {
     api_hosts: Vec<String>,
     #[serde(default)]
     params: BTreeMap<String, ParamSpec>,
-    oauth: OAuthFile,
+    #[serde(default)]
+    oauth: Option<OAuthSpec>,
     #[serde(default)]
     api_key: Option<ApiKeySpec>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OAuthFile {
-    authorization_url: String,
-    token_url: String,
-    #[serde(default)]
-    refresh_token_url: Option<String>,
-    #[serde(default)]
-    revocation_url: Option<String>,
-    #[serde(default)]
-    userinfo_url: Option<String>,
-    scope_separator: String,
-    #[serde(default = "default_scope_param")]
-    scope_param: String,
-    #[serde(default)]
-    scopes_configured_at_provider: bool,
-    default_scopes: Vec<String>,
-    #[serde(default)]
-    scope_sets: BTreeMap<String, Vec<String>>,
-    #[serde(default)]
-    scope_descriptions: BTreeMap<String, String>,
-    #[serde(default)]
-    authorization_params: BTreeMap<String, String>,
-    client_auth: ClientAuth,
-    token_body_content_type: BodyContentType,
-    pkce: bool,
-    token_response: TokenResponseShape,
-    #[serde(default)]
-    expires_in_as_string: bool,
-    tokens_expire: bool,
-    #[serde(default)]
-    refresh_token_rotation: bool,
-    invalid_grant_errors: Vec<String>,
-    #[serde(default)]
-    invalid_client_errors: Vec<String>,
-    #[serde(default)]
-    account_identifier: Option<String>,
-    #[serde(default)]
-    account_display_name: Option<String>,
-}
-
 impl EntryFile {
     fn into_spec(self, slug: &str) -> ProviderSpec {
-        let o = self.oauth;
         ProviderSpec {
             slug: slug.to_owned(),
             name: self.name,
@@ -329,29 +311,7 @@ impl EntryFile {
             api_hosts: self.api_hosts,
             config_params: self.params.keys().cloned().collect(),
             params: self.params,
-            authorization_url: o.authorization_url,
-            token_url: o.token_url,
-            refresh_token_url: o.refresh_token_url,
-            revocation_url: o.revocation_url,
-            scope_separator: o.scope_separator,
-            scope_param: o.scope_param,
-            scopes_configured_at_provider: o.scopes_configured_at_provider,
-            default_scopes: o.default_scopes,
-            scope_sets: o.scope_sets,
-            scope_descriptions: o.scope_descriptions,
-            authorization_params: o.authorization_params,
-            client_auth: o.client_auth,
-            pkce: o.pkce,
-            token_response: o.token_response,
-            token_body_content_type: o.token_body_content_type,
-            expires_in_as_string: o.expires_in_as_string,
-            invalid_grant_errors: o.invalid_grant_errors,
-            invalid_client_errors: o.invalid_client_errors,
-            tokens_expire: o.tokens_expire,
-            refresh_token_rotation: o.refresh_token_rotation,
-            account_identifier: o.account_identifier,
-            account_display_name: o.account_display_name,
-            userinfo_url: o.userinfo_url,
+            oauth: self.oauth,
             api_key: self.api_key,
         }
     }
@@ -375,16 +335,13 @@ pub struct ResolvedUrls {
 impl ProviderSpec {
     /// Every URL template with its role, for checks that treat them alike.
     fn url_templates(&self) -> Vec<(&'static str, &str)> {
-        let mut urls =
-            vec![("authorization_url", self.authorization_url.as_str()), ("token_url", self.token_url.as_str())];
-        if let Some(url) = &self.refresh_token_url {
-            urls.push(("refresh_token_url", url));
-        }
-        if let Some(url) = &self.revocation_url {
-            urls.push(("revocation_url", url));
-        }
-        if let Some(url) = &self.userinfo_url {
-            urls.push(("userinfo_url", url));
+        let mut urls = Vec::new();
+        if let Some(o) = &self.oauth {
+            urls.push(("authorization_url", o.authorization_url.as_str()));
+            urls.push(("token_url", o.token_url.as_str()));
+            urls.extend(o.refresh_token_url.as_deref().map(|u| ("refresh_token_url", u)));
+            urls.extend(o.revocation_url.as_deref().map(|u| ("revocation_url", u)));
+            urls.extend(o.userinfo_url.as_deref().map(|u| ("userinfo_url", u)));
         }
         if let Some(url) = &self.api_base_url {
             urls.push(("api_base_url", url));
@@ -401,6 +358,29 @@ impl ProviderSpec {
     /// lands in the host, so `{subdomain}.zendesk.com` can only ever name a
     /// Zendesk host. Extra entries in `params` are ignored.
     pub fn resolve_urls(&self, params: &BTreeMap<String, String>) -> Result<ResolvedUrls, CatalogError> {
+        self.check_params(params)?;
+        let o = self.oauth()?;
+        let resolve = |template: &str| self.resolve_one(template, params);
+        let token_url = resolve(&o.token_url)?;
+        Ok(ResolvedUrls {
+            authorization_url: resolve(&o.authorization_url)?,
+            refresh_token_url: match &o.refresh_token_url {
+                Some(url) => resolve(url)?,
+                None => token_url.clone(),
+            },
+            token_url,
+            revocation_url: o.revocation_url.as_deref().map(resolve).transpose()?,
+            userinfo_url: o.userinfo_url.as_deref().map(resolve).transpose()?,
+        })
+    }
+
+    /// The entry's OAuth 2.0, or an error for a provider of API keys only.
+    pub fn oauth(&self) -> Result<&OAuthSpec, CatalogError> {
+        self.oauth.as_ref().ok_or_else(|| CatalogError::NoOAuth { provider: self.slug.clone() })
+    }
+
+    /// Checks every connect-time value `params` must hold for this entry.
+    fn check_params(&self, params: &BTreeMap<String, String>) -> Result<(), CatalogError> {
         for param in &self.config_params {
             let value = params
                 .get(param)
@@ -425,18 +405,7 @@ impl ProviderSpec {
                 reason,
             })?;
         }
-        let resolve = |template: &str| self.resolve_one(template, params);
-        let token_url = resolve(&self.token_url)?;
-        Ok(ResolvedUrls {
-            authorization_url: resolve(&self.authorization_url)?,
-            refresh_token_url: match &self.refresh_token_url {
-                Some(url) => resolve(url)?,
-                None => token_url.clone(),
-            },
-            token_url,
-            revocation_url: self.revocation_url.as_deref().map(resolve).transpose()?,
-            userinfo_url: self.userinfo_url.as_deref().map(resolve).transpose()?,
-        })
+        Ok(())
     }
 
     fn resolve_one(&self, template: &str, params: &BTreeMap<String, String>) -> Result<Url, CatalogError> {
@@ -464,7 +433,9 @@ impl ProviderSpec {
         }
         Ok(url)
     }
+}
 
+impl OAuthSpec {
     /// The scopes joined the way this provider expects them.
     pub fn scope_string(&self, scopes: &[String]) -> String {
         scopes.join(&self.scope_separator)
@@ -511,10 +482,7 @@ impl ProviderSpec {
     /// The `api_key.verify` URL with its `{param}`s filled, if the entry has one.
     pub fn verify_url(&self, params: &BTreeMap<String, String>) -> Result<Option<Url>, CatalogError> {
         let Some(verify) = self.api_key.as_ref().and_then(|k| k.verify.as_ref()) else { return Ok(None) };
-        if !self.config_params.is_empty() {
-            // Checks every value the way the OAuth endpoints are checked.
-            self.resolve_urls(params)?;
-        }
+        self.check_params(params)?;
         self.resolve_one(&verify.url, params).map(Some)
     }
 }

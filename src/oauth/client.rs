@@ -14,7 +14,7 @@ use oauth2::{
 use url::Url;
 
 use super::response::{classify, RawResponse, TokenError, TokenGrant};
-use crate::oauth::catalog::{BodyContentType, ClientAuth, ProviderSpec, ResolvedUrls};
+use crate::oauth::catalog::{BodyContentType, ClientAuth, OAuthSpec, ProviderSpec, ResolvedUrls};
 use crate::outbound::{ProviderClient, TargetError};
 use crate::secret::Secret;
 use crate::store::integrations::Integration;
@@ -69,7 +69,7 @@ pub fn new_pkce() -> Pkce {
 /// The provider's authorization URL for one connect attempt.
 pub fn authorization_url(
     integration: &Integration,
-    spec: &ProviderSpec,
+    oauth: &OAuthSpec,
     as_client: OAuthClient<'_>,
     redirect_uri: &str,
     state: &str,
@@ -83,10 +83,10 @@ pub fn authorization_url(
     let state = state.to_owned();
     let mut request = client.authorize_url(move || CsrfToken::new(state));
     // Scopes are joined with the provider's own separator (oauth2 would use a space).
-    if !spec.scopes_configured_at_provider && !scopes.is_empty() {
-        request = request.add_extra_param(spec.scope_param.clone(), spec.scope_string(scopes));
+    if !oauth.scopes_configured_at_provider && !scopes.is_empty() {
+        request = request.add_extra_param(oauth.scope_param.clone(), oauth.scope_string(scopes));
     }
-    for (name, value) in &spec.authorization_params {
+    for (name, value) in &oauth.authorization_params {
         request = request.add_extra_param(name.clone(), value.clone());
     }
     if let Some(pkce) = pkce {
@@ -117,7 +117,7 @@ pub enum Grant<'a> {
 pub async fn request_token(
     http: &ProviderClient,
     integration: &Integration,
-    spec: &ProviderSpec,
+    oauth: &OAuthSpec,
     as_client: OAuthClient<'_>,
     grant: Grant<'_>,
 ) -> Result<TokenGrant, TokenError> {
@@ -129,7 +129,7 @@ pub async fn request_token(
     http.check(token_url).map_err(refused_url)?;
     let mut client = BasicClient::new(ClientId::new(as_client.id.to_owned()))
         .set_token_uri(TokenUrl::from_url(token_url.clone()))
-        .set_auth_type(match spec.client_auth {
+        .set_auth_type(match oauth.client_auth {
             ClientAuth::BasicAuthHeader => AuthType::BasicAuth,
             ClientAuth::RequestBody => AuthType::RequestBody,
         });
@@ -140,7 +140,7 @@ pub async fn request_token(
     let sender = Sender {
         http: http.http().clone(),
         url: token_url.clone(),
-        json_body: spec.token_body_content_type == BodyContentType::Json,
+        json_body: oauth.token_body_content_type == BodyContentType::Json,
         captured: captured.clone(),
     };
     // oauth2's own parse of the body is ignored: the raw answer is read below,
@@ -163,7 +163,7 @@ pub async fn request_token(
             let mut req = client.exchange_client_credentials();
             // Joined with the provider's own separator (oauth2 would use a space).
             if !scopes.is_empty() {
-                req = req.add_extra_param("scope", spec.scope_string(scopes));
+                req = req.add_extra_param("scope", oauth.scope_string(scopes));
             }
             req.request_async(&sender).await.map(|_| ())
         }
@@ -173,7 +173,7 @@ pub async fn request_token(
         .unwrap_or_else(|e| e.into_inner())
         .take()
         .unwrap_or_else(|| Err(TokenError::Config("the token request could not be built".into())))?;
-    classify(spec, &raw)
+    classify(oauth, &raw)
 }
 
 /// A provider URL the outbound guard refuses: the integration must be fixed, so it
@@ -289,7 +289,7 @@ pub async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<
 pub async fn revoke(
     http: &ProviderClient,
     integration: &Integration,
-    spec: &ProviderSpec,
+    oauth: &OAuthSpec,
     as_client: OAuthClient<'_>,
     token: &Secret,
     hint: &str,
@@ -299,7 +299,7 @@ pub async fn revoke(
     http.check(&url).map_err(|e| format!("revocation_url {e}"))?;
     let mut form = vec![("token", token.expose().to_owned()), ("token_type_hint", hint.to_owned())];
     let mut request = http.http().post(url);
-    match (spec.client_auth, as_client.secret) {
+    match (oauth.client_auth, as_client.secret) {
         (ClientAuth::BasicAuthHeader, Some(secret)) => {
             request = request.basic_auth(as_client.id, Some(secret));
         }
@@ -344,8 +344,9 @@ pub async fn account_names(
     let wanted = |known: &Option<String>, path: &Option<String>| {
         known.is_none().then(|| path.as_deref().and_then(|p| p.strip_prefix("userinfo.")).map(str::to_owned)).flatten()
     };
-    let id_field = wanted(&names.identifier, &spec.account_identifier);
-    let name_field = wanted(&names.display_name, &spec.account_display_name);
+    let Some(oauth) = spec.oauth.as_ref() else { return names };
+    let id_field = wanted(&names.identifier, &oauth.account_identifier);
+    let name_field = wanted(&names.display_name, &oauth.account_display_name);
     if id_field.is_none() && name_field.is_none() {
         return names;
     }

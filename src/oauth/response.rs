@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::oauth::catalog::{ProviderSpec, TokenResponseShape};
+use crate::oauth::catalog::{OAuthSpec, TokenResponseShape};
 use crate::secret::Secret;
 
 /// The token endpoint's raw answer.
@@ -130,7 +130,7 @@ fn error_code(v: &Value) -> Option<String> {
 }
 
 /// Reads and classifies a token endpoint answer.
-pub fn classify(spec: &ProviderSpec, raw: &RawResponse) -> Result<TokenGrant, TokenError> {
+pub fn classify(oauth: &OAuthSpec, raw: &RawResponse) -> Result<TokenGrant, TokenError> {
     let status = raw.status;
     if status == 429 || status >= 500 {
         return Err(TokenError::Transient {
@@ -156,14 +156,14 @@ pub fn classify(spec: &ProviderSpec, raw: &RawResponse) -> Result<TokenGrant, To
         });
     };
     let envelope_failed =
-        spec.token_response == TokenResponseShape::Slack && json.get("ok") == Some(&Value::Bool(false));
+        oauth.token_response == TokenResponseShape::Slack && json.get("ok") == Some(&Value::Bool(false));
     if let Some(code) =
         error_code(&json).filter(|_| envelope_failed || json.get("access_token").is_none() || status >= 400)
     {
         let description = text(&json, "error_description").or_else(|| text(&json, "message"));
-        return Err(if spec.is_invalid_grant(&code) {
+        return Err(if oauth.is_invalid_grant(&code) {
             TokenError::InvalidGrant { code, description }
-        } else if spec.is_invalid_client(&code) || status == 401 {
+        } else if oauth.is_invalid_client(&code) || status == 401 {
             TokenError::InvalidClient { code, description }
         } else {
             TokenError::Rejected { code, description, status }
@@ -176,7 +176,7 @@ pub fn classify(spec: &ProviderSpec, raw: &RawResponse) -> Result<TokenGrant, To
         });
     }
     // Slack user tokens sit under `authed_user`; a bot token may sit at the top.
-    let body = match spec.token_response {
+    let body = match oauth.token_response {
         TokenResponseShape::Slack => {
             json.get("authed_user").filter(|u| u.get("access_token").is_some()).unwrap_or(&json)
         }
@@ -193,9 +193,9 @@ pub fn classify(spec: &ProviderSpec, raw: &RawResponse) -> Result<TokenGrant, To
         access_token: Secret::new(access_token),
         refresh_token: text(body, "refresh_token").map(Secret::new),
         expires_in: seconds(body, "expires_in"),
-        scopes: scopes(body, &spec.scope_separator),
-        subject: spec.account_identifier.as_deref().and_then(|path| subject(&json, path)),
-        display_name: spec.account_display_name.as_deref().and_then(|path| subject(&json, path)),
+        scopes: scopes(body, &oauth.scope_separator),
+        subject: oauth.account_identifier.as_deref().and_then(|path| subject(&json, path)),
+        display_name: oauth.account_display_name.as_deref().and_then(|path| subject(&json, path)),
     })
 }
 

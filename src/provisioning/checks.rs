@@ -92,21 +92,24 @@ impl Checker {
         }
     }
 
-    /// Whether the provider can authenticate accounts with `method`: API keys need the
-    /// catalog to say where the key goes; client credentials need a token endpoint.
+    /// Whether the catalog provider can authenticate accounts with `method`: API keys need
+    /// the entry to say where the key goes; OAuth and client credentials its `[oauth]`.
     pub(super) fn method_fits_provider(
         &mut self,
         method: AuthMethod,
         catalog: Option<&crate::oauth::catalog::ProviderSpec>,
     ) {
-        if method != AuthMethod::ApiKey {
-            return;
-        }
-        match catalog {
-            Some(spec) if spec.api_key.is_none() => self.push(
+        let Some(spec) = catalog else { return };
+        match method {
+            AuthMethod::ApiKey if spec.api_key.is_none() => self.push(
                 "auth_methods",
                 "unsupported",
                 format!("{} takes no API keys (the catalog entry has no `api_key`).", spec.name),
+            ),
+            AuthMethod::OAuth | AuthMethod::ClientCredentials if spec.oauth.is_none() => self.push(
+                "auth_methods",
+                "unsupported",
+                format!("{} takes API keys only: use `auth_methods: [\"api_key\"]`.", spec.name),
             ),
             _ => {}
         }
@@ -395,7 +398,7 @@ impl Checker {
         let catalog = if d.custom_provider.is_none() { Catalog::builtin().get(&d.provider) } else { None };
         let separator = match (&d.custom_provider, catalog) {
             (Some(c), _) => c.request_scope_separator.clone(),
-            (None, Some(spec)) => spec.scope_separator.clone(),
+            (None, Some(spec)) => spec.oauth.as_ref().map_or_else(|| " ".to_owned(), |o| o.scope_separator.clone()),
             (None, None) => " ".to_owned(),
         };
         if d.auth_method == AuthMethod::ApiKey && !d.scopes.is_empty() {
@@ -438,8 +441,13 @@ impl Checker {
                         );
                     }
                 }
-                match spec.resolve_urls(&d.settings) {
-                    Ok(_) => {}
+                // The values fill the OAuth endpoints, or a key provider's verification URL.
+                let resolved = match &spec.oauth {
+                    Some(_) => spec.resolve_urls(&d.settings).map(drop),
+                    None => spec.verify_url(&d.settings).map(drop),
+                };
+                match resolved {
+                    Ok(()) => {}
                     // Each organization names its own instance with its app.
                     Err(CatalogError::MissingParam { .. }) if d.credentials_type == CredentialsType::Organization => {}
                     Err(CatalogError::MissingParam { param, .. }) => self.push(

@@ -251,7 +251,9 @@ fn check_create(input: CreateIntegration, allow_private: bool) -> Result<Integra
         scopes: match input.scopes {
             Some(scopes) => scopes,
             // The catalog's defaults are what users consent to; a client asks for none unless told.
-            None if auth_method == AuthMethod::OAuth => catalog.map(|s| s.default_scopes.clone()).unwrap_or_default(),
+            None if auth_method == AuthMethod::OAuth => {
+                catalog.and_then(|s| s.oauth.as_ref()).map(|o| o.default_scopes.clone()).unwrap_or_default()
+            }
             None => Vec::new(),
         },
         client_id: client_id.unwrap_or_default(),
@@ -341,7 +343,7 @@ fn check_update(
             None => existing.scopes.clone(),
             Some(Some(scopes)) => scopes,
             Some(None) if existing.auth_method == AuthMethod::OAuth => {
-                catalog.map(|s| s.default_scopes.clone()).unwrap_or_default()
+                catalog.and_then(|s| s.oauth.as_ref()).map(|o| o.default_scopes.clone()).unwrap_or_default()
             }
             Some(None) => Vec::new(),
         },
@@ -392,7 +394,10 @@ fn server_side(
             let spec = Catalog::builtin().get(provider)?;
             let urls = spec.resolve_urls(settings).ok()?;
             let revocation = urls.revocation_url.map(String::from).unwrap_or_default();
-            Some((vec![urls.token_url.into(), urls.refresh_token_url.into(), revocation], spec.client_auth))
+            Some((
+                vec![urls.token_url.into(), urls.refresh_token_url.into(), revocation],
+                spec.oauth.as_ref()?.client_auth,
+            ))
         }
     }
 }

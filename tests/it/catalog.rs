@@ -15,6 +15,10 @@ fn provider(slug: &str) -> &'static pipes::oauth::catalog::ProviderSpec {
     Catalog::builtin().get(slug).unwrap_or_else(|| panic!("the catalog has no `{slug}`"))
 }
 
+fn oauth(slug: &str) -> &'static pipes::oauth::catalog::OAuthSpec {
+    provider(slug).oauth().unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[test]
 fn builtin_catalog_parses_and_has_no_problems() {
     let catalog = Catalog::builtin();
@@ -75,7 +79,7 @@ fn iteration_is_sorted_by_slug() {
 
 #[test]
 fn google_asks_for_offline_access_and_has_workspace_scope_sets() {
-    let google = provider("google");
+    let google = oauth("google");
     assert_eq!(google.authorization_params.get("access_type").map(String::as_str), Some("offline"));
     assert_eq!(google.authorization_params.get("prompt").map(String::as_str), Some("consent"));
     for set in ["gmail", "drive", "calendar"] {
@@ -88,24 +92,24 @@ fn google_asks_for_offline_access_and_has_workspace_scope_sets() {
 
 #[test]
 fn github_oauth_app_and_notion_tokens_never_expire() {
-    assert!(!provider("github").tokens_expire);
-    assert!(!provider("notion").tokens_expire);
+    assert!(!oauth("github").tokens_expire);
+    assert!(!oauth("notion").tokens_expire);
     // GitHub Apps issue expiring user tokens, so they are a separate entry.
-    assert!(provider("github-app").tokens_expire);
-    assert!(provider("google").tokens_expire);
+    assert!(oauth("github-app").tokens_expire);
+    assert!(oauth("google").tokens_expire);
 }
 
 #[test]
 fn notion_sends_json_with_basic_auth() {
-    let notion = provider("notion");
+    let notion = oauth("notion");
     assert_eq!(notion.token_body_content_type, BodyContentType::Json);
     assert_eq!(notion.client_auth, ClientAuth::BasicAuthHeader);
-    assert_eq!(provider("github").token_body_content_type, BodyContentType::Form);
+    assert_eq!(oauth("github").token_body_content_type, BodyContentType::Form);
 }
 
 #[test]
 fn slack_user_tokens_use_the_slack_response_shape_and_error_codes() {
-    let slack = provider("slack");
+    let slack = oauth("slack");
     assert_eq!(slack.token_response, TokenResponseShape::Slack);
     assert_eq!(slack.scope_param, "user_scope", "user tokens need user_scope, not scope");
     assert_eq!(slack.scope_separator, ",");
@@ -114,22 +118,23 @@ fn slack_user_tokens_use_the_slack_response_shape_and_error_codes() {
     assert!(!slack.is_invalid_grant("ratelimited"));
     assert!(slack.is_invalid_client("bad_client_secret"));
     assert!(slack.is_invalid_client("invalid_client"));
-    assert_eq!(provider("github").token_response, TokenResponseShape::Standard);
+    assert_eq!(oauth("github").token_response, TokenResponseShape::Standard);
 }
 
 #[test]
 fn every_provider_treats_invalid_grant_as_a_dead_grant() {
     for spec in Catalog::builtin().iter() {
-        assert!(spec.is_invalid_grant("invalid_grant"), "{}", spec.slug);
-        assert!(!spec.is_invalid_grant("temporarily_unavailable"), "{}", spec.slug);
+        let Some(o) = &spec.oauth else { continue };
+        assert!(o.is_invalid_grant("invalid_grant"), "{}", spec.slug);
+        assert!(!o.is_invalid_grant("temporarily_unavailable"), "{}", spec.slug);
     }
-    assert!(provider("hubspot").is_invalid_grant("BAD_REFRESH_TOKEN"));
+    assert!(oauth("hubspot").is_invalid_grant("BAD_REFRESH_TOKEN"));
 }
 
 #[test]
 fn atlassian_products_ask_for_the_api_audience_and_consent() {
     for slug in ["atlassian", "jira", "confluence"] {
-        let spec = provider(slug);
+        let spec = oauth(slug);
         assert_eq!(spec.authorization_params.get("audience").map(String::as_str), Some("api.atlassian.com"));
         assert_eq!(spec.authorization_params.get("prompt").map(String::as_str), Some("consent"));
         assert!(spec.default_scopes.iter().any(|s| s == "offline_access"), "{slug} needs a refresh token");
@@ -138,7 +143,7 @@ fn atlassian_products_ask_for_the_api_audience_and_consent() {
 
 #[test]
 fn dropbox_asks_for_offline_tokens_and_figma_refreshes_elsewhere() {
-    let dropbox = provider("dropbox");
+    let dropbox = oauth("dropbox");
     assert_eq!(dropbox.authorization_params.get("token_access_type").map(String::as_str), Some("offline"));
 
     let figma = provider("figma").resolve_urls(&BTreeMap::new()).expect("figma resolves");
@@ -148,11 +153,11 @@ fn dropbox_asks_for_offline_tokens_and_figma_refreshes_elsewhere() {
 
 #[test]
 fn providers_without_placeholders_resolve_to_https_and_refresh_at_the_token_url() {
-    for spec in Catalog::builtin().iter().filter(|p| p.config_params.is_empty()) {
+    for spec in Catalog::builtin().iter().filter(|p| p.config_params.is_empty() && p.oauth.is_some()) {
         let urls = spec.resolve_urls(&BTreeMap::new()).unwrap_or_else(|e| panic!("{}: {e}", spec.slug));
         assert_eq!(urls.authorization_url.scheme(), "https", "{}", spec.slug);
         assert_eq!(urls.token_url.scheme(), "https", "{}", spec.slug);
-        if spec.refresh_token_url.is_none() {
+        if oauth(&spec.slug).refresh_token_url.is_none() {
             assert_eq!(urls.refresh_token_url, urls.token_url, "{}", spec.slug);
         }
     }
@@ -340,8 +345,9 @@ fn unknown_fields_and_unknown_enum_values_are_parse_errors_naming_the_entry() {
     assert!(err.to_string().contains("tokens_expires"), "{err}");
     let bad_enum = GOOD.replace("\"request_body\"", "\"query_string\"");
     assert!(matches!(Catalog::from_toml_str(&bad_enum), Err(CatalogError::Entry { .. })));
-    let no_oauth = GOOD.split("[x.oauth]").next().unwrap().to_owned();
-    assert!(Catalog::from_toml_str(&no_oauth).unwrap_err().to_string().contains("oauth"));
+    // Neither [oauth] nor [api_key]: it parses, and validation names what is missing.
+    let neither = Catalog::from_toml_str(GOOD.split("[x.oauth]").next().unwrap()).expect("parses");
+    assert_eq!(neither.validate(), ["x: an entry needs [oauth], [api_key] or both"]);
     let catalog = Catalog::from_toml_str(GOOD).expect("the entry parses");
     assert!(catalog.validate().is_empty(), "{:?}", catalog.validate());
 }
@@ -376,8 +382,9 @@ fn every_entry_says_where_its_facts_come_from_and_how_to_set_it_up() {
     for p in Catalog::builtin().iter() {
         assert!(!p.sources.is_empty() && p.docs_url.starts_with("https://"), "{}", p.slug);
         assert!(!p.setup_steps.is_empty() && !p.categories.is_empty(), "{}", p.slug);
-        for scope in p.default_scopes.iter().chain(p.scope_sets.values().flatten()) {
-            assert!(p.scope_descriptions.contains_key(scope), "{}: {scope} has no description", p.slug);
+        let Some(o) = &p.oauth else { continue };
+        for scope in o.default_scopes.iter().chain(o.scope_sets.values().flatten()) {
+            assert!(o.scope_descriptions.contains_key(scope), "{}: {scope} has no description", p.slug);
         }
     }
 }
@@ -388,7 +395,7 @@ fn the_catalog_says_where_a_code_exchange_names_the_providers_account() {
     let answer = |slug: &str, body: serde_json::Value| {
         let raw =
             RawResponse { status: 200, retry_after: None, content_type: None, body: body.to_string().into_bytes() };
-        classify(provider(slug), &raw).expect("a token").subject
+        classify(oauth(slug), &raw).expect("a token").subject
     };
     let slack = json!({"ok": true, "authed_user": {"id": "U123", "access_token": "xoxp-1", "token_type": "user"}});
     assert_eq!(answer("slack", slack).as_deref(), Some("U123"));
@@ -414,7 +421,7 @@ fn the_catalog_says_where_a_code_exchange_names_the_account_for_people() {
     let answer = |slug: &str, body: serde_json::Value| {
         let raw =
             RawResponse { status: 200, retry_after: None, content_type: None, body: body.to_string().into_bytes() };
-        classify(provider(slug), &raw).expect("a token").display_name
+        classify(oauth(slug), &raw).expect("a token").display_name
     };
     let notion = json!({"access_token": "secret_1", "workspace_name": "Acme HQ", "owner": {"type": "workspace"}});
     assert_eq!(answer("notion", notion).as_deref(), Some("Acme HQ"));
@@ -424,6 +431,121 @@ fn the_catalog_says_where_a_code_exchange_names_the_account_for_people() {
     let google = json!({"access_token": "ya29", "id_token": format!("eyJhbGciOiJSUzI1NiJ9.{claims}.c2ln")});
     assert_eq!(answer("google", google).as_deref(), Some("ada@example.com"));
     // From the profile (read at connect time), not from the token answer.
-    assert_eq!(provider("github").account_display_name.as_deref(), Some("userinfo.login"));
+    assert_eq!(oauth("github").account_display_name.as_deref(), Some("userinfo.login"));
     assert_eq!(answer("github", json!({"access_token": "gho_1", "login": "octocat"})), None);
+}
+
+/// A token endpoint's answer, as the provider documents it, read with its catalog entry.
+fn answer(slug: &str, status: u16, body: serde_json::Value) -> Result<pipes::oauth::response::TokenGrant, String> {
+    let raw = pipes::oauth::response::RawResponse {
+        status,
+        retry_after: None,
+        content_type: Some("application/json".into()),
+        body: body.to_string().into_bytes(),
+    };
+    pipes::oauth::response::classify(oauth(slug), &raw).map_err(|e| e.label())
+}
+
+#[test]
+fn token_answers_are_read_with_each_providers_documented_quirks() {
+    use pipes::secret::Secret;
+    let expose = |s: &Secret| s.expose().to_owned();
+
+    // Slack (oauth.v2.access): the user token under `authed_user`, scopes comma-separated;
+    // a failure is HTTP 200 with `ok: false`.
+    let slack = answer(
+        "slack",
+        200,
+        json!({"ok": true, "app_id": "A0KRD7HC3", "authed_user": {"id": "U1234", "scope": "chat:write,channels:history",
+            "access_token": "xoxp-1234", "token_type": "user", "refresh_token": "xoxe-1-abc", "expires_in": 43200},
+            "team": {"id": "T9TK3CUKW", "name": "Slack Softworks"}}),
+    )
+    .unwrap();
+    assert_eq!(expose(&slack.access_token), "xoxp-1234");
+    assert_eq!(slack.refresh_token.as_ref().map(expose).as_deref(), Some("xoxe-1-abc"));
+    assert_eq!(slack.expires_in, Some(std::time::Duration::from_secs(43200)));
+    assert_eq!(slack.scopes, Some(vec!["chat:write".to_owned(), "channels:history".to_owned()]));
+    assert_eq!(slack.subject.as_deref(), Some("U1234"));
+    assert_eq!(
+        answer("slack", 200, json!({"ok": false, "error": "invalid_refresh_token"})).unwrap_err(),
+        "invalid_grant:invalid_refresh_token"
+    );
+    assert_eq!(
+        answer("slack", 200, json!({"ok": false, "error": "bad_client_secret"})).unwrap_err(),
+        "invalid_client:bad_client_secret"
+    );
+    assert_eq!(
+        answer("slack", 200, json!({"ok": false, "error": "ratelimited"})).unwrap_err(),
+        "rejected:ratelimited:200"
+    );
+
+    // Naver: `expires_in` is a string of seconds.
+    let naver = answer("naver", 200, json!({"access_token": "AAAAQosjWDJieBiQZc3to9YQp6HDLvrmyKC", "refresh_token": "c8ceMEJisO4Se7uGisHoX0f5JEii7JnipglQipkOn5Zp3tyP7dHQoP0zNKHUq2gY", "token_type": "bearer", "expires_in": "3600"})).unwrap();
+    assert_eq!(naver.expires_in, Some(std::time::Duration::from_secs(3600)));
+
+    // Salesforce: no `expires_in` at all (the session policy decides); the token is kept
+    // without an expiry and renewed when a call is refused.
+    let salesforce = answer(
+        "salesforce",
+        200,
+        json!({"access_token": "00DB0000000TfcR!AQQAQFhoK8vTMg", "signature": "d/SxeYBxH0GSVko0HMgcUxuZy0PA2cDDz1u7g7JtDHw=",
+            "scope": "refresh_token api", "instance_url": "https://yourInstance.salesforce.com",
+            "id": "https://login.salesforce.com/id/00DB0000000TfcRMAS/005B0000005Bk90IAC", "token_type": "Bearer", "issued_at": "1558553873237"}),
+    )
+    .unwrap();
+    assert_eq!(salesforce.expires_in, None);
+    assert_eq!(salesforce.refresh_token.as_ref().map(expose), None);
+    assert_eq!(salesforce.scopes, Some(vec!["refresh_token".to_owned(), "api".to_owned()]));
+
+    // HubSpot: a dead refresh token is `{"status": "BAD_REFRESH_TOKEN"}` with HTTP 400.
+    let hubspot = answer(
+        "hubspot",
+        400,
+        json!({"status": "BAD_REFRESH_TOKEN", "message": "missing or unknown refresh token", "correlationId": "1"}),
+    );
+    assert_eq!(hubspot.unwrap_err(), "invalid_grant:BAD_REFRESH_TOKEN");
+
+    // GitHub: errors arrive with HTTP 200; an expired refresh token is `bad_refresh_token`.
+    let github = answer(
+        "github",
+        200,
+        json!({"error": "bad_refresh_token", "error_description": "The refresh token passed is incorrect or expired."}),
+    );
+    assert_eq!(github.unwrap_err(), "invalid_grant:bad_refresh_token");
+    assert_eq!(
+        answer("github", 200, json!({"error": "bad_verification_code"})).unwrap_err(),
+        "rejected:bad_verification_code:200"
+    );
+    // GitHub OAuth-app tokens carry no expiry and no refresh token.
+    let plain = answer("github", 200, json!({"access_token": "gho_16C7e42F292c6912E7710c838347Ae178B4a", "scope": "repo,gist", "token_type": "bearer"})).unwrap();
+    assert_eq!((plain.expires_in, plain.scopes.map(|s| s.len())), (None, Some(2)));
+
+    // Zendesk (OAuth Tokens for Grant Types): `expires_in` in seconds, scopes space-separated.
+    let zendesk = answer("zendesk", 200, json!({"access_token": "gErypPlm4dOVgGRvA1ZzMH5MQ3nLo8bo", "refresh_token": "31048ba4d7c601302f3173f243da835f", "token_type": "bearer", "scope": "read write", "expires_in": 172800, "refresh_token_expires_in": 800000})).unwrap();
+    assert_eq!(zendesk.expires_in, Some(std::time::Duration::from_secs(172800)));
+    assert_eq!(zendesk.scopes, Some(vec!["read".to_owned(), "write".to_owned()]));
+
+    // Any provider: RFC 6749 §5.2 errors, 5xx and 429 are transient, unreadable 2xx too.
+    assert_eq!(answer("notion", 400, json!({"error": "invalid_grant"})).unwrap_err(), "invalid_grant:invalid_grant");
+    assert_eq!(answer("notion", 401, json!({"error": "invalid_client"})).unwrap_err(), "invalid_client:invalid_client");
+    assert_eq!(answer("notion", 503, json!({})).unwrap_err(), "transient:server_error:503");
+    assert_eq!(answer("notion", 429, json!({})).unwrap_err(), "transient:rate_limited:429");
+    assert_eq!(answer("notion", 200, json!({"token_type": "bearer"})).unwrap_err(), "transient:no_access_token:200");
+}
+
+#[test]
+fn api_key_entries_load_without_oauth_and_say_where_the_key_goes() {
+    let catalog = Catalog::builtin();
+    let keys_only: Vec<_> = catalog.iter().filter(|p| p.oauth.is_none()).collect();
+    assert!(keys_only.len() >= 50, "only {} API-key providers", keys_only.len());
+    for p in &keys_only {
+        let key = p.api_key.as_ref().unwrap_or_else(|| panic!("{} has neither [oauth] nor [api_key]", p.slug));
+        assert!(key.check_placement().is_ok(), "{}", p.slug);
+        assert!(matches!(p.oauth(), Err(CatalogError::NoOAuth { .. })), "{}", p.slug);
+    }
+    // Stripe's secret key goes in a Bearer header and is checked against the balance.
+    let stripe = provider("stripe").api_key.as_ref().unwrap();
+    assert_eq!((stripe.header.as_deref(), stripe.format.as_deref()), (Some("Authorization"), Some("Bearer {api_key}")));
+    let verify = stripe.verify.as_ref().unwrap();
+    assert_eq!((verify.method.as_str(), verify.url.as_str()), ("GET", "https://api.stripe.com/v1/balance"));
 }

@@ -404,6 +404,17 @@ async fn providers_searches_filters_and_shows_a_setup_guide_with_the_operators_e
         assert!(guide.stdout.contains(part), "{part:?} in {}", guide.stdout);
     }
     pipes(&app, &["providers", "show", "nope"], &[]).await.fails_with(1, "no provider `nope`");
+    // A provider of API keys: where the key goes and how it is checked, no OAuth app.
+    let keys = pipes(&app, &["providers", "show", "stripe"], &[]).await;
+    keys.ok();
+    for part in [
+        "Create an API key: https://",
+        "Sent as: header Authorization: Bearer {api_key}",
+        "Checked with: GET https://api.stripe.com/v1/balance",
+    ] {
+        assert!(keys.stdout.contains(part), "{part:?} in {}", keys.stdout);
+    }
+    assert!(!keys.stdout.contains("Redirect URI"), "{}", keys.stdout);
 
     // The operator's own entries, checked at start-up with the same rules.
     let dir = std::env::temp_dir().join(format!("pipes-cli-catalog-{}", app.unique));

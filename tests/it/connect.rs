@@ -320,7 +320,7 @@ async fn slack_shaped_code_exchanges_read_the_user_token_under_authed_user() {
             .await
             .unwrap()
             .unwrap();
-    let slack = pipes::oauth::catalog::Catalog::builtin().get("slack").unwrap().clone();
+    let slack = pipes::oauth::catalog::Catalog::builtin().get("slack").unwrap().oauth().unwrap().clone();
     let url = pipes::oauth::client::authorization_url(
         &integration,
         &slack,
@@ -445,9 +445,10 @@ async fn the_account_subject_and_name_come_from_the_profile_where_the_catalog_sa
     let p = api_integration(&app, "profiled", ClientAuthMethod::Basic, |_| {}).await;
     // GitHub's entry, pointed at the demo provider's profile endpoint.
     let mut spec = pipes::oauth::catalog::Catalog::builtin().get("github").unwrap().clone();
-    assert_eq!(spec.account_identifier.as_deref(), Some("userinfo.id"));
-    spec.account_identifier = Some("userinfo.sub".into());
-    spec.account_display_name = Some("userinfo.name".into());
+    let oauth = spec.oauth.as_mut().unwrap();
+    assert_eq!(oauth.account_identifier.as_deref(), Some("userinfo.id"));
+    oauth.account_identifier = Some("userinfo.sub".into());
+    oauth.account_display_name = Some("userinfo.name".into());
     let mut urls = spec.resolve_urls(&Default::default()).unwrap();
     urls.userinfo_url = Some(url::Url::parse(&format!("{}/userinfo", p.demo.base_url())).unwrap());
     let issued = p.demo.issue_grant("client-profiled", "octocat", &["read"]).unwrap();

@@ -510,3 +510,37 @@ async fn an_import_brings_api_keys_and_clients_checked_like_a_connect() {
     assert_eq!(accounts(&app).await, 2);
     assert!(events(&app).await.is_empty(), "an import is quiet");
 }
+
+#[tokio::test]
+async fn a_catalog_provider_of_api_keys_takes_only_api_key_integrations() {
+    let app = TestApp::spawn().await;
+    let (status, body) =
+        app.admin(Method::POST, "/data-integrations", Some(json!({"provider": "stripe", "enabled": true}))).await;
+    assert_eq!(status, 422, "{body}");
+    let errors = body["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e["field"] == "auth_methods" && e["message"].as_str().unwrap().contains("API keys only")),
+        "{body}"
+    );
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/data-integrations",
+            Some(json!({"provider": "stripe", "auth_methods": ["client_credentials"], "enabled": true})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/data-integrations",
+            Some(json!({"provider": "stripe", "auth_methods": ["api_key"], "enabled": true})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (body["auth_methods"].clone(), body["credentials"].clone()),
+        (json!(["api_key"]), Value::Null),
+        "{body}"
+    );
+}

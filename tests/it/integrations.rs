@@ -34,7 +34,7 @@ async fn a_catalog_provider_needs_only_credentials_and_its_secret_is_sealed_and_
     assert_eq!(created["auth_methods"], json!(["oauth"]));
     assert_eq!(created["custom_provider"], json!(null));
     assert_eq!(created["redirect_uri"], app.config().redirect_uri("github"));
-    let defaults = &pipes::oauth::catalog::Catalog::builtin().get("github").unwrap().default_scopes;
+    let defaults = &pipes::oauth::catalog::Catalog::builtin().get("github").unwrap().oauth().unwrap().default_scopes;
     assert_eq!(created["scopes"], json!(defaults));
     assert_eq!(
         created["credentials"],
@@ -271,7 +271,7 @@ async fn update_changes_fields_rotates_credentials_and_evicts_cached_tokens() {
         app.admin(Method::PUT, "/data-integrations/github", Some(json!({"custom_provider": {"name": "x"}}))).await;
     assert_eq!((status, answer["errors"][0]["field"].as_str()), (422, Some("custom_provider")));
     let (_, reset) = app.admin(Method::PUT, "/data-integrations/github", Some(json!({"scopes": null}))).await;
-    let defaults = &pipes::oauth::catalog::Catalog::builtin().get("github").unwrap().default_scopes;
+    let defaults = &pipes::oauth::catalog::Catalog::builtin().get("github").unwrap().oauth().unwrap().default_scopes;
     assert_eq!(reset["scopes"], json!(defaults), "null resets to the provider's defaults");
 }
 

@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use url::Url;
 
 use super::{
-    check_hostname, template_host, ApiKeySpec, KeyPlacement, ParamKind, ProviderSpec, CATEGORIES, SCOPE_SEPARATORS,
+    check_hostname, template_host, ApiKeySpec, KeyPlacement, OAuthSpec, ParamKind, ProviderSpec, CATEGORIES,
+    SCOPE_SEPARATORS,
 };
 
 /// Authorization query keys Pipes sets itself; a catalog entry may not override them.
@@ -102,6 +103,18 @@ impl ProviderSpec {
             problem(format!("params.{name} is declared, but no URL uses it"));
         }
 
+        match &self.oauth {
+            Some(oauth) => oauth.problems(&mut problem),
+            None if self.api_key.is_none() => problem("an entry needs [oauth], [api_key] or both".into()),
+            None => {}
+        }
+        out
+    }
+}
+
+impl OAuthSpec {
+    /// The `[oauth]` table's rules; each problem goes to `problem`.
+    fn problems(&self, problem: &mut impl FnMut(String)) {
         if !SCOPE_SEPARATORS.contains(&self.scope_separator.as_str()) {
             problem(format!("scope_separator {:?} is not one of {SCOPE_SEPARATORS:?}", self.scope_separator));
         }
@@ -168,7 +181,6 @@ impl ProviderSpec {
         if !self.tokens_expire && self.refresh_token_url.is_some() {
             problem("refresh_token_url is set but tokens_expire is false".into());
         }
-        out
     }
 }
 
