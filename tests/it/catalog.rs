@@ -314,7 +314,7 @@ fn a_broken_catalog_reports_every_problem_by_entry_and_field() {
 }
 
 const GOOD: &str = r##"
-[x]
+[xo]
 name = "X"
 description = "X"
 logo_color = "#000000"
@@ -323,7 +323,7 @@ sources = ["https://x.example.com/docs/oauth"]
 docs_url = "https://x.example.com/apps"
 setup_steps = ["Register an app with the Pipes redirect URI.", "Copy its client id and secret."]
 
-[x.oauth]
+[xo.oauth]
 authorization_url = "https://x.example.com/a"
 token_url = "https://x.example.com/t"
 scope_separator = " "
@@ -341,13 +341,13 @@ tokens_expire = true
 fn unknown_fields_and_unknown_enum_values_are_parse_errors_naming_the_entry() {
     let typo = GOOD.replace("tokens_expire = true\n", "tokens_expire = true\ntokens_expires = true\n");
     let err = Catalog::from_toml_str(&typo).expect_err("a misspelt key must not be ignored");
-    assert!(matches!(err, CatalogError::Entry { ref entry, .. } if entry == "x"), "{err}");
+    assert!(matches!(err, CatalogError::Entry { ref entry, .. } if entry == "xo"), "{err}");
     assert!(err.to_string().contains("tokens_expires"), "{err}");
     let bad_enum = GOOD.replace("\"request_body\"", "\"query_string\"");
     assert!(matches!(Catalog::from_toml_str(&bad_enum), Err(CatalogError::Entry { .. })));
     // Neither [oauth] nor [api_key]: it parses, and validation names what is missing.
-    let neither = Catalog::from_toml_str(GOOD.split("[x.oauth]").next().unwrap()).expect("parses");
-    assert_eq!(neither.validate(), ["x: an entry needs [oauth], [api_key] or both"]);
+    let neither = Catalog::from_toml_str(GOOD.split("[xo.oauth]").next().unwrap()).expect("parses");
+    assert_eq!(neither.validate(), ["xo: an entry needs [oauth], [api_key] or both"]);
     let catalog = Catalog::from_toml_str(GOOD).expect("the entry parses");
     assert!(catalog.validate().is_empty(), "{:?}", catalog.validate());
 }
@@ -358,21 +358,21 @@ fn an_operator_file_adds_and_overrides_entries_checked_with_the_built_in_ones() 
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("catalog.toml");
     let github = GOOD
-        .replace("[x]", "[github]")
-        .replace("[x.oauth]", "[github.oauth]")
+        .replace("[xo]", "[github]")
+        .replace("[xo.oauth]", "[github.oauth]")
         .replace("name = \"X\"", "name = \"GitHub Enterprise\"");
     std::fs::write(&path, format!("{GOOD}\n{github}")).unwrap();
     let merged = Catalog::with_operator_file(&path).expect("a sound file");
     assert_eq!(merged.len(), Catalog::compiled().len() + 1);
-    assert_eq!(merged.get("x").unwrap().name, "X");
+    assert_eq!(merged.get("xo").unwrap().name, "X");
     assert_eq!(merged.get("github").unwrap().name, "GitHub Enterprise");
     // An entry that breaks a rule, or an alias that takes a built-in slug: named with its field.
     let broken =
         GOOD.replace("categories = [\"developer-tools\"]", "categories = [\"developer-tools\"]\naliases = [\"slack\"]");
     std::fs::write(&path, broken.replace("https://x.example.com/t", "http://x.example.com/t")).unwrap();
     let err = Catalog::with_operator_file(&path).expect_err("refused").to_string();
-    assert!(err.contains("x: token_url: \"http://x.example.com/t\" is not an absolute https URL"), "{err}");
-    assert!(err.contains("x: aliases: `slack` already names `slack`"), "{err}");
+    assert!(err.contains("xo: token_url: \"http://x.example.com/t\" is not an absolute https URL"), "{err}");
+    assert!(err.contains("xo: aliases: `slack` already names `slack`"), "{err}");
     assert!(Catalog::with_operator_file(&dir.join("missing.toml")).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
