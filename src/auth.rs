@@ -28,6 +28,8 @@ const KEY_PREFIX: &str = "pipes_sk_";
 pub enum Role {
     Admin,
     Tokens,
+    /// Calls provider APIs through the relay; never sees a token.
+    Relay,
 }
 
 impl Role {
@@ -35,12 +37,24 @@ impl Role {
         match self {
             Role::Admin => "admin",
             Role::Tokens => "tokens",
+            Role::Relay => "relay",
         }
+    }
+
+    /// Whether the key may read tokens and credentials (`/token`, `/credentials`).
+    pub fn reads_tokens(self) -> bool {
+        matches!(self, Role::Admin | Role::Tokens)
+    }
+
+    /// Whether the key may call provider APIs through the relay.
+    pub fn relays(self) -> bool {
+        matches!(self, Role::Admin | Role::Relay)
     }
     pub fn parse(s: &str) -> Option<Role> {
         match s {
             "admin" => Some(Role::Admin),
             "tokens" => Some(Role::Tokens),
+            "relay" => Some(Role::Relay),
             _ => None,
         }
     }

@@ -35,6 +35,8 @@ pub enum Group {
     Callback,
     /// The widget's page, script and API.
     Widget,
+    /// Provider calls through the relay (`/relay/…`).
+    Relay,
     /// Every other route.
     Admin,
     /// API keys PostgreSQL did not know (by address only).
@@ -42,8 +44,15 @@ pub enum Group {
 }
 
 impl Group {
-    const ALL: [Group; 6] =
-        [Group::Token, Group::Authorize, Group::Callback, Group::Widget, Group::Admin, Group::UnknownKeys];
+    const ALL: [Group; 7] = [
+        Group::Token,
+        Group::Authorize,
+        Group::Callback,
+        Group::Widget,
+        Group::Relay,
+        Group::Admin,
+        Group::UnknownKeys,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -51,6 +60,7 @@ impl Group {
             Group::Authorize => "authorize",
             Group::Callback => "callback",
             Group::Widget => "widget",
+            Group::Relay => "relay",
             Group::Admin => "admin",
             Group::UnknownKeys => "unknown_keys",
         }
@@ -67,6 +77,9 @@ impl Group {
             || path.starts_with("/widgets/")
         {
             return Some(Group::Widget);
+        }
+        if path == "/relay" || path.starts_with("/relay/") {
+            return Some(Group::Relay);
         }
         let tail = path.strip_prefix("/data-integrations/").and_then(|rest| rest.split_once('/')).map(|(_, t)| t);
         Some(match tail {
@@ -135,6 +148,8 @@ impl Default for RateLimits {
         set(Group::Authorize, Scope::Address, 1_000);
         set(Group::Callback, Scope::Address, 100);
         set(Group::Widget, Scope::Address, 100);
+        set(Group::Relay, Scope::Key, 5_000);
+        set(Group::Relay, Scope::Address, 10_000);
         set(Group::Admin, Scope::Key, 1_000);
         set(Group::Admin, Scope::Address, 2_000);
         set(Group::UnknownKeys, Scope::Address, 20);
@@ -155,7 +170,7 @@ impl RateLimits {
             let (name, value) = entry.split_once('=').ok_or_else(|| format!("`{entry}`: write group.scope=N/s"))?;
             let (group, scope) = name.trim().split_once('.').ok_or_else(|| format!("`{name}`: write group.scope"))?;
             let group = Group::ALL.into_iter().find(|g| g.as_str() == group).ok_or_else(|| {
-                format!("`{group}`: groups are token, authorize, callback, widget, admin, unknown_keys")
+                format!("`{group}`: groups are token, authorize, callback, widget, relay, admin, unknown_keys")
             })?;
             let scope = [Scope::Key, Scope::Address]
                 .into_iter()

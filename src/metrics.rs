@@ -24,6 +24,9 @@ pub const PROVIDER_RESPONSES_REFUSED: &str = "pipes_provider_responses_refused_t
 pub const REFRESH_JOBS_DROPPED: &str = "pipes_refresh_jobs_dropped_total";
 pub const RATE_LIMITED: &str = "pipes_rate_limited_total";
 pub const CACHE_INVALIDATIONS_DRAINED: &str = "pipes_cache_invalidations_drained_total";
+pub const RELAY_REQUESTS: &str = "pipes_relay_requests_total";
+pub const RELAY_DURATION: &str = "pipes_relay_duration_seconds";
+pub const RELAY_BYTES: &str = "pipes_relay_bytes_total";
 
 /// Every metric name this code exports (checked against the dashboard in CI).
 pub const ALL: &[&str] = &[
@@ -46,6 +49,9 @@ pub const ALL: &[&str] = &[
     REFRESH_JOBS_DROPPED,
     RATE_LIMITED,
     CACHE_INVALIDATIONS_DRAINED,
+    RELAY_REQUESTS,
+    RELAY_DURATION,
+    RELAY_BYTES,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -60,7 +66,8 @@ pub fn recorder() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Full(TOKEN_READ_DURATION.into()), &fast)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SCHEDULER_TICK_DURATION.into()), &fast))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REFRESH_DURATION.into()), &slow))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REFRESH_LAG.into()), &slow));
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REFRESH_LAG.into()), &slow))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(RELAY_DURATION.into()), &fast));
             let recorder = match builder {
                 Ok(b) => b.build_recorder(),
                 Err(_) => PrometheusBuilder::new().build_recorder(),
@@ -78,6 +85,16 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(TOKEN_READS, "Token reads by provider and result.");
     describe_histogram!(TOKEN_READ_DURATION, Unit::Seconds, "Token read latency by result.");
+    describe_counter!(
+        RELAY_REQUESTS,
+        "Relayed provider calls by provider and outcome (the provider's status class, or Pipes' refusal)."
+    );
+    describe_histogram!(
+        RELAY_DURATION,
+        Unit::Seconds,
+        "Relayed provider calls: time to the provider's response headers, by provider."
+    );
+    describe_counter!(RELAY_BYTES, Unit::Bytes, "Bytes relayed by provider and direction (request, response).");
     describe_counter!(STALE_TOKENS_SERVED, "Tokens served with less than min_validity left (must stay 0).");
     describe_counter!(CACHE_DEGRADED, "Reads answered from PostgreSQL because Redis failed.");
     describe_counter!(REFRESH_JOBS_ENQUEUED, "Refresh jobs confirmed by the broker.");

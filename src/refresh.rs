@@ -43,6 +43,9 @@ pub enum Reason {
     OnDemand,
     /// A scheduled job: refresh unless `refresh_at` moved into the future meanwhile.
     Scheduled,
+    /// The provider refused token `version` before its time (the relay saw a 401):
+    /// refresh unless a newer token was stored meanwhile.
+    Rejected { version: i64 },
 }
 
 #[derive(Debug)]
@@ -133,6 +136,7 @@ impl Refresher {
             Reason::Scheduled => {
                 !account.is_fresh(now, self.min_validity) || account.refresh_at.is_some_and(|at| at <= now)
             }
+            Reason::Rejected { version } => account.token_version <= version,
         }
     }
 

@@ -112,8 +112,11 @@ where
     }
 }
 
-/// Any valid key: `admin` or `tokens`. For the two token routes.
+/// A key that may read tokens: `admin` or `tokens`. For the two token routes.
 pub struct AnyKey(pub Role);
+
+/// A key that may call provider APIs through the relay: `admin` or `relay`.
+pub struct RelayKey;
 
 /// An `admin` key.
 pub struct AdminKey;
@@ -152,7 +155,20 @@ async fn role_of(parts: &Parts, state: &AppState) -> Result<Role, ApiError> {
 impl FromRequestParts<AppState> for AnyKey {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        role_of(parts, state).await.map(AnyKey)
+        match role_of(parts, state).await? {
+            role if role.reads_tokens() => Ok(AnyKey(role)),
+            _ => Err(ApiError::Forbidden("This API key may only relay provider calls; it cannot read tokens.")),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for RelayKey {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match role_of(parts, state).await? {
+            role if role.relays() => Ok(RelayKey),
+            _ => Err(ApiError::Forbidden("This API key may not relay provider calls; use a `relay` (or admin) key.")),
+        }
     }
 }
 
@@ -163,6 +179,9 @@ impl FromRequestParts<AppState> for AdminKey {
             Role::Admin => Ok(AdminKey),
             Role::Tokens => {
                 Err(ApiError::Forbidden("This API key may only read tokens; this route needs an admin key."))
+            }
+            Role::Relay => {
+                Err(ApiError::Forbidden("This API key may only relay provider calls; this route needs an admin key."))
             }
         }
     }

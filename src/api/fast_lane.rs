@@ -121,8 +121,7 @@ fn route(path: &str) -> Option<(&str, Shape)> {
 fn answer(state: &AppState, parts: &axum::http::request::Parts, body: &[u8], shape: Shape) -> Option<Response> {
     let (slug, _) = route(parts.uri.path())?;
     let key = crate::api::extract::bearer_key(&parts.headers).ok()?;
-    // Either role may read tokens.
-    state.keys.recently_verified(key)?;
+    state.keys.recently_verified(key).filter(|role| role.reads_tokens())?;
     let target = super::tokens::parse_target(body).ok()?;
     let ready = state.reads.hit(slug, &target)?;
     let body = match shape {

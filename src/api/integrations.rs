@@ -63,6 +63,8 @@ pub struct CustomProviderView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub api_key: Option<crate::oauth::catalog::ApiKeySpec>,
+    /// The base of the provider's REST API, for the relay.
+    pub api_base_url: Option<String>,
 }
 
 /// A DataIntegration.
@@ -174,6 +176,7 @@ pub fn view(i: &Integration, config: &Config) -> DataIntegrationView {
             token_body_content_type: wire_name(&c.token_body_content_type),
             authenticate_via: wire_name(&c.authenticate_via),
             api_key: c.api_key.clone(),
+            api_base_url: c.api_base_url.clone(),
         }),
         config: i.settings.clone(),
         installation: None,

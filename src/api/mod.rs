@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod openapi_common;
 pub mod organization_configurations;
 pub mod rate_limit;
+pub mod relay;
 pub mod tokens;
 pub mod webhooks;
 pub mod widget;
@@ -99,6 +100,8 @@ pub fn router(state: AppState) -> Router {
     let (routes, doc) = routes(&state).split_for_parts();
     routes
         .merge(openapi::route(&openapi::document(doc)))
+        // A proxy, not an API of its own: documented in the README, not in the OpenAPI document.
+        .merge(relay::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

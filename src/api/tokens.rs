@@ -72,7 +72,7 @@ pub struct TokenRequest {
 }
 
 impl TokenRequest {
-    fn into_target(self) -> Result<ReadTarget, ApiError> {
+    pub(crate) fn into_target(self) -> Result<ReadTarget, ApiError> {
         let mut errors = Vec::new();
         let mut check = |field: &str, value: Option<&str>, required: bool| match value {
             None if required => errors.push(FieldError::new(field, "required", format!("`{field}` is required."))),

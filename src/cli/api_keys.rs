@@ -12,7 +12,7 @@ pub enum ApiKeysCommand {
         #[arg(long)]
         name: String,
         /// `admin` (everything) or `tokens` (only the token read routes).
-        #[arg(long, value_parser = ["admin", "tokens"])]
+        #[arg(long, value_parser = ["admin", "tokens", "relay"])]
         role: String,
     },
     /// Lists keys (never the keys themselves).
@@ -28,7 +28,7 @@ pub async fn run(config: &Config, cmd: ApiKeysCommand) -> anyhow::Result<()> {
     let db = crate::db::pool(&config.database_url, 2)?;
     match cmd {
         ApiKeysCommand::Create { name, role } => {
-            let role = Role::parse(&role).ok_or_else(|| anyhow::anyhow!("--role must be admin or tokens"))?;
+            let role = Role::parse(&role).ok_or_else(|| anyhow::anyhow!("--role must be admin, tokens or relay"))?;
             let name = name.trim();
             anyhow::ensure!(!name.is_empty(), "--name must not be empty");
             let (key, info) = auth::create_key(&db, name, role).await?;

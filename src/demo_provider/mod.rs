@@ -169,6 +169,8 @@ pub struct Stats {
     pub revocations: u64,
     pub grants_alive: u64,
     pub grants_revoked: u64,
+    /// Calls of the small protected API (`/api/me`, `/api/echo`).
+    pub api_requests: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +225,7 @@ impl DemoProvider {
             .route("/revoke", post(token::revoke))
             .route("/userinfo", get(token::userinfo))
             .route("/api/me", get(token::api_me))
+            .route("/api/echo", post(token::api_echo))
             .with_state(self.clone())
     }
 

@@ -101,21 +101,54 @@ pub(super) async fn userinfo(State(provider): State<DemoProvider>, headers: Head
     }
 }
 
-/// A small API protected by API keys: `GET /api/me` with `Authorization: Bearer <key>` or
-/// `X-Api-Key: <key>` answers `{"id", "name"}` of the key's account, else 401.
-pub(super) async fn api_me(State(provider): State<DemoProvider>, headers: HeaderMap) -> Response {
+/// The caller of the small API: an API key's account, or a live access token's user.
+fn api_caller(provider: &DemoProvider, headers: &HeaderMap) -> Option<String> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, key)| key.trim().to_owned());
-    let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned));
-    let account = key.and_then(|k| provider.lock().api_keys.get(&k).cloned());
-    match account {
+    let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned))?;
+    let state = provider.lock();
+    state.api_keys.get(&key).cloned().or_else(|| state.access_info(&key).map(|(user, _)| user))
+}
+
+/// A small protected API: `GET /api/me` with `Authorization: Bearer <key or access token>`
+/// or `X-Api-Key: <key>` answers `{"id", "name"}` of the caller, else 401.
+pub(super) async fn api_me(State(provider): State<DemoProvider>, headers: HeaderMap) -> Response {
+    provider.lock().stats.api_requests += 1;
+    match api_caller(&provider, &headers) {
         Some(account) => Json(json!({"id": account, "name": account})).into_response(),
-        None => (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_api_key"}))).into_response(),
+        None => (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_token"}))).into_response(),
     }
+}
+
+/// `POST /api/echo`: reads the body as it streams in and answers its length and SHA-256,
+/// the caller, and the request's content type; 401 without a good credential.
+pub(super) async fn api_echo(
+    State(provider): State<DemoProvider>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    use futures_util::StreamExt;
+    use sha2::Digest;
+    provider.lock().stats.api_requests += 1;
+    let Some(caller) = api_caller(&provider, &headers) else {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"error": "invalid_token"}))).into_response();
+    };
+    let mut stream = body.into_data_stream();
+    let (mut bytes, mut hash) = (0u64, sha2::Sha256::new());
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { return StatusCode::BAD_REQUEST.into_response() };
+        bytes += chunk.len() as u64;
+        hash.update(&chunk);
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    Json(
+        json!({"caller": caller, "bytes": bytes, "sha256": hex::encode(hash.finalize()), "content_type": content_type}),
+    )
+    .into_response()
 }
 
 /// Form body per RFC 6749 §3.2; a repeated parameter is an error (§3.1).

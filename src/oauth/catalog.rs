@@ -479,6 +479,13 @@ impl ApiKeySpec {
 }
 
 impl ProviderSpec {
+    /// The provider's API base URL with its `{param}`s filled, if the entry has one.
+    pub fn api_base(&self, params: &BTreeMap<String, String>) -> Result<Option<Url>, CatalogError> {
+        let Some(template) = &self.api_base_url else { return Ok(None) };
+        self.check_params(params)?;
+        self.resolve_one(template, params).map(Some)
+    }
+
     /// The `api_key.verify` URL with its `{param}`s filled, if the entry has one.
     pub fn verify_url(&self, params: &BTreeMap<String, String>) -> Result<Option<Url>, CatalogError> {
         let Some(verify) = self.api_key.as_ref().and_then(|k| k.verify.as_ref()) else { return Ok(None) };

@@ -191,8 +191,17 @@ impl Checker {
         let f = |name: &str| format!("custom_provider.{name}");
         let name = input.name.clone().or_else(|| current.map(|c| c.name.clone())).unwrap_or_default();
         self.text(&f("name"), &name, 200);
+        // An empty string clears it.
+        let api_base_url = match &input.api_base_url {
+            Some(v) if v.trim().is_empty() => None,
+            Some(v) => {
+                self.endpoint(&f("api_base_url"), v);
+                Some(v.trim().trim_end_matches('/').to_owned())
+            }
+            None => current.and_then(|c| c.api_base_url.clone()),
+        };
         if method == AuthMethod::ApiKey {
-            return self.api_key_provider(input, current, name);
+            return self.api_key_provider(input, current, name, api_base_url);
         }
         if input.api_key.is_some() {
             self.push(&f("api_key"), "not_allowed", "Only an `api_key` integration says where keys go.");
@@ -278,6 +287,7 @@ impl Checker {
             token_body_content_type,
             authenticate_via,
             api_key: None,
+            api_base_url,
         })
     }
 
@@ -287,6 +297,7 @@ impl Checker {
         input: &CustomProviderInput,
         current: Option<&CustomProvider>,
         name: String,
+        api_base_url: Option<String>,
     ) -> Option<CustomProvider> {
         let oauth_fields = [
             ("authorization_url", input.authorization_url.is_some()),
@@ -335,6 +346,7 @@ impl Checker {
             token_body_content_type: BodyContentType::Form,
             authenticate_via: ClientAuth::RequestBody,
             api_key: Some(key),
+            api_base_url,
         })
     }
 

@@ -54,6 +54,9 @@ pub struct CustomProviderInput {
     pub token_body_content_type: Option<String>,
     /// `request_body` (default) or `basic_auth_header`.
     pub authenticate_via: Option<String>,
+    /// Pipes' own: the base of the provider's REST API, which the relay calls (its host
+    /// only, and paths under it). An empty string clears it.
+    pub api_base_url: Option<String>,
     /// Pipes' own, for an `api_key` integration (which then takes no OAuth fields): where
     /// the key goes (`placement` `header` with `header` and `format` holding `{api_key}`,
     /// `query` with `query_param`, or `basic`), and optionally a `verify` request
@@ -413,6 +416,7 @@ async fn check_hosts(draft: &IntegrationDraft, allow_private: bool) -> Result<()
         Some(c) if c.api_key.is_some() => {
             let verify = c.api_key.as_ref().and_then(|k| k.verify.as_ref());
             urls.extend(verify.map(|v| ("custom_provider.api_key.verify.url".to_owned(), v.url.clone())));
+            urls.extend(c.api_base_url.clone().map(|u| ("custom_provider.api_base_url".to_owned(), u)));
         }
         Some(c) => {
             let f = |name: &str| format!("custom_provider.{name}");
@@ -422,6 +426,7 @@ async fn check_hosts(draft: &IntegrationDraft, allow_private: bool) -> Result<()
             urls.push((f("token_url"), c.token_url.clone()));
             urls.extend(c.refresh_token_url.clone().map(|u| (f("refresh_token_url"), u)));
             urls.extend(c.revocation_url.clone().map(|u| (f("revocation_url"), u)));
+            urls.extend(c.api_base_url.clone().map(|u| (f("api_base_url"), u)));
         }
         None => {
             // Only hosts filled from config can differ from the catalog's own.

@@ -23,6 +23,7 @@ mod policy;
 mod queue;
 mod redis_cluster;
 mod refresh_core;
+mod relay;
 mod sdk_node;
 mod sdk_python;
 mod securing;

@@ -55,6 +55,9 @@ pub struct CustomProvider {
     /// (`authorization_url` and `token_url` are empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<ApiKeySpec>,
+    /// The base of the provider's REST API: the relay calls its host, and paths under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base_url: Option<String>,
 }
 
 fn space() -> String {
@@ -259,6 +262,28 @@ impl Integration {
         Ok(self.derived.urls.get_or_init(|| urls))
     }
 
+    /// The base of the provider's REST API, if it has one: the custom provider's (checked
+    /// when saved), or the catalog's with the integration's config filled in.
+    pub fn api_base(&self) -> Result<Option<Url>, IntegrationError> {
+        let urls_error = |message: String| IntegrationError::Urls { slug: self.slug.clone(), message };
+        match &self.custom_provider {
+            Some(c) => c
+                .api_base_url
+                .as_deref()
+                .map(|u| Url::parse(u).map_err(|e| urls_error(format!("{u}: {e}"))))
+                .transpose(),
+            None => self.spec()?.api_base(&self.settings).map_err(|e| urls_error(e.to_string())),
+        }
+    }
+
+    /// The hosts the relay may call: the API base URL's, and the catalog's `api_hosts`.
+    pub fn api_hosts(&self) -> Result<Vec<String>, IntegrationError> {
+        let mut hosts: Vec<String> =
+            self.api_base()?.and_then(|u| u.host_str().map(str::to_ascii_lowercase)).into_iter().collect();
+        hosts.extend(self.spec()?.api_hosts.iter().map(|h| h.to_ascii_lowercase()));
+        Ok(hosts)
+    }
+
     /// The scopes members of `organization_id` are asked for: the organization's
     /// override, else the integration's.
     pub fn scopes_for(&self, organization_id: Option<&str>) -> &[String] {
@@ -288,7 +313,7 @@ pub fn custom_spec(slug: &str, c: &CustomProvider) -> ProviderSpec {
         sources: Vec::new(),
         docs_url: String::new(),
         setup_steps: Vec::new(),
-        api_base_url: None,
+        api_base_url: c.api_base_url.clone(),
         api_hosts: Vec::new(),
         params: BTreeMap::new(),
         config_params: Vec::new(),
