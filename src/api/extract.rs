@@ -118,6 +118,11 @@ pub struct AnyKey(pub Role);
 /// A key that may call provider APIs through the relay: `admin` or `relay`.
 pub struct RelayKey;
 
+/// `AppState` behind an `Arc`, for the hot routes (token reads, the relay): axum clones a
+/// route's state for every request, and there that clone would cost more than the work.
+#[derive(Clone)]
+pub struct Shared(pub std::sync::Arc<AppState>);
+
 /// An `admin` key.
 pub struct AdminKey;
 
@@ -162,9 +167,10 @@ impl FromRequestParts<AppState> for AnyKey {
     }
 }
 
-impl FromRequestParts<AppState> for RelayKey {
+impl FromRequestParts<Shared> for RelayKey {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let state = &state.0;
         match role_of(parts, state).await? {
             role if role.relays() => Ok(RelayKey),
             _ => Err(ApiError::Forbidden("This API key may not relay provider calls; use a `relay` (or admin) key.")),

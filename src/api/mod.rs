@@ -101,7 +101,7 @@ pub fn router(state: AppState) -> Router {
     routes
         .merge(openapi::route(&openapi::document(doc)))
         // A proxy, not an API of its own: documented in the README, not in the OpenAPI document.
-        .merge(relay::routes())
+        .merge(relay::routes(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

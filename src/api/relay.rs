@@ -28,7 +28,7 @@ use axum::{Json, Router};
 use futures_util::{StreamExt, TryStreamExt};
 use url::Url;
 
-use crate::api::extract::RelayKey;
+use crate::api::extract::{RelayKey, Shared};
 use crate::api::tokens::TokenRequest;
 use crate::auth_method::AuthMethod;
 use crate::metrics as m;
@@ -47,11 +47,12 @@ pub const MAX_RESPONSE_BYTES: u64 = 50 * 1024 * 1024;
 /// [`crate::api::REQUEST_TIMEOUT`], so the provider's own answer comes first.
 pub const TIMEOUT: Duration = Duration::from_secs(25);
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/relay", any(by_url))
         .route("/relay/{slug}", any(by_path_root))
         .route("/relay/{slug}/{*path}", any(by_path))
+        .with_state(Shared(Arc::new(state.clone())))
 }
 
 /// Why the relay answered itself instead of the provider: `{code, message}`.
@@ -110,7 +111,7 @@ enum Target<'a> {
 }
 
 async fn by_url(
-    State(state): State<AppState>,
+    State(Shared(state)): State<Shared>,
     key: RelayKey,
     method: Method,
     headers: HeaderMap,
@@ -130,7 +131,7 @@ async fn by_url(
 }
 
 async fn by_path_root(
-    State(state): State<AppState>,
+    State(Shared(state)): State<Shared>,
     key: RelayKey,
     Path(slug): Path<String>,
     method: Method,
@@ -143,7 +144,7 @@ async fn by_path_root(
 }
 
 async fn by_path(
-    State(state): State<AppState>,
+    State(Shared(state)): State<Shared>,
     key: RelayKey,
     Path((slug, _)): Path<(String, String)>,
     method: Method,

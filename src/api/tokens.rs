@@ -32,9 +32,7 @@ pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(token)).routes(routes!(credentials)).with_state(Shared(Arc::new(state.clone())))
 }
 
-/// `AppState` behind an `Arc`.
-#[derive(Clone)]
-pub struct Shared(Arc<AppState>);
+pub use crate::api::extract::Shared;
 
 /// `AnyKey` for routes whose state is `Shared`.
 pub struct TokenKey;
