@@ -96,6 +96,8 @@ impl Group {
 pub enum Scope {
     Key,
     Address,
+    /// The account owner a relayed call acts for (relay only).
+    Owner,
 }
 
 impl Scope {
@@ -103,6 +105,7 @@ impl Scope {
         match self {
             Scope::Key => "key",
             Scope::Address => "address",
+            Scope::Owner => "owner",
         }
     }
 }
@@ -150,6 +153,8 @@ impl Default for RateLimits {
         set(Group::Widget, Scope::Address, 100);
         set(Group::Relay, Scope::Key, 5_000);
         set(Group::Relay, Scope::Address, 10_000);
+        // One owner's account at one provider: a runaway agent slows itself, not the others.
+        set(Group::Relay, Scope::Owner, 200);
         set(Group::Admin, Scope::Key, 1_000);
         set(Group::Admin, Scope::Address, 2_000);
         set(Group::UnknownKeys, Scope::Address, 20);
@@ -172,10 +177,13 @@ impl RateLimits {
             let group = Group::ALL.into_iter().find(|g| g.as_str() == group).ok_or_else(|| {
                 format!("`{group}`: groups are token, authorize, callback, widget, relay, admin, unknown_keys")
             })?;
-            let scope = [Scope::Key, Scope::Address]
+            let scope = [Scope::Key, Scope::Address, Scope::Owner]
                 .into_iter()
                 .find(|s| s.as_str() == scope)
-                .ok_or_else(|| format!("`{scope}`: scopes are key and address"))?;
+                .ok_or_else(|| format!("`{scope}`: scopes are key, address and owner"))?;
+            if scope == Scope::Owner && group != Group::Relay {
+                return Err(format!("`{name}`: only relay is limited by owner"));
+            }
             if scope == Scope::Key && matches!(group, Group::Callback | Group::Widget | Group::UnknownKeys) {
                 return Err(format!("`{name}`: {} is limited by address only", group.as_str()));
             }
@@ -240,6 +248,11 @@ impl Limits {
     /// Counts one request of `group` made with a verified API key (by its digest).
     pub fn check_key(&self, group: Group, key_digest: &[u8; 32]) -> Result<(), Refused> {
         self.check(group, Scope::Key, self.fingerprint(key_digest))
+    }
+
+    /// Counts one relayed call for `owner`'s account of `slug`.
+    pub fn check_owner(&self, slug: &str, owner: &crate::owner::Owner) -> Result<(), Refused> {
+        self.check(Group::Relay, Scope::Owner, self.fingerprint((slug, owner)))
     }
 
     /// Refuses a key look-up from an address over its unknown-key budget.
@@ -316,6 +329,7 @@ impl Refused {
         let who = match self.scope {
             Scope::Key => "this API key",
             Scope::Address => "this client address",
+            Scope::Owner => "this account's owner",
         };
         let what = match self.group {
             Group::UnknownKeys => "unknown API keys".to_owned(),

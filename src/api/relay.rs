@@ -347,6 +347,9 @@ async fn relay(
         }
         Err(err) => return crate::error::ApiError::from(crate::read::ReadError::from(err)).into_response(),
     };
+    if let Err(refused) = state.limits.check_owner(slug, &owner.owner) {
+        return crate::error::ApiError::from(refused).into_response();
+    }
     let integration = &view.integration;
     let provider = integration.slug.clone();
     let count = |outcome: &'static str| {

@@ -238,3 +238,87 @@ async fn concurrent_relayed_calls_for_an_expired_token_make_one_refresh() {
     );
     assert_eq!(p.demo.refreshes(), 1, "one refresh for all of them");
 }
+
+#[tokio::test]
+async fn an_api_key_goes_where_the_provider_takes_it_and_oversized_bodies_are_refused() {
+    let app = TestApp::spawn().await;
+    let (demo, _) =
+        pipes::demo_provider::DemoProvider::spawn(pipes::demo_provider::DemoConfig::default()).await.unwrap();
+    demo.add_api_key("apikey_relay_0123456789", "keyed-account");
+    let base = demo.base_url();
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/data-integrations",
+            Some(json!({
+                "provider": "keyed",
+                "auth_methods": ["api_key"],
+                "enabled": true,
+                "custom_provider": {"name": "Keyed", "api_base_url": format!("{base}/api"), "api_key": {
+                    "placement": "header", "header": "X-Api-Key", "format": "{api_key}",
+                    "verify": {"method": "GET", "url": format!("{base}/api/me")}}},
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["custom_provider"]["api_base_url"], format!("{base}/api"));
+    let (status, body) = app
+        .admin(
+            Method::PUT,
+            "/data-integrations/keyed/api-key",
+            Some(json!({"user_id": "k1", "secret": "apikey_relay_0123456789"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let key = relay_key(&app).await;
+    let (status, _, body) = call(&app, &key, Method::GET, "/relay/keyed/me", &[("pipes-user-id", "k1")], None).await;
+    assert_eq!((status, json_of(&body)["id"].clone()), (200, json!("keyed-account")), "the key went in X-Api-Key");
+
+    // A declared body over the limit is refused before anything is sent; so is one that
+    // grows past it while streaming.
+    let before = demo.stats().api_requests;
+    let big = pipes::api::relay::MAX_REQUEST_BYTES + 1;
+    let (status, _, body) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/relay/keyed/echo",
+        &[("pipes-user-id", "k1")],
+        Some(vec![b'x'; big as usize].into()),
+    )
+    .await;
+    assert_eq!((status, json_of(&body)["code"].as_str()), (413, Some("request_too_large")));
+    assert_eq!(demo.stats().api_requests, before, "nothing was sent");
+    let chunk = vec![b'y'; 1024 * 1024];
+    let chunks = (0..11).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+    let (status, _, body) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/relay/keyed/echo",
+        &[("pipes-user-id", "k1")],
+        Some(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))),
+    )
+    .await;
+    assert_eq!((status, json_of(&body)["code"].as_str()), (413, Some("request_too_large")));
+}
+
+#[tokio::test]
+async fn one_owners_relayed_calls_are_limited_without_slowing_another_owner() {
+    let app = TestApp::spawn_with(|s| {
+        s.set("PIPES_RATE_LIMITS", "relay.owner=3/m");
+    })
+    .await;
+    let p = relayed(&app, "relayed").await;
+    seed_account(&app, &p, "u1", None, HOUR).await;
+    seed_account(&app, &p, "u2", None, HOUR).await;
+    let key = relay_key(&app).await;
+    for _ in 0..3 {
+        assert_eq!(call(&app, &key, Method::GET, "/relay/relayed/me", &[("pipes-user-id", "u1")], None).await.0, 200);
+    }
+    let (status, headers, _) =
+        call(&app, &key, Method::GET, "/relay/relayed/me", &[("pipes-user-id", "u1")], None).await;
+    assert_eq!(status, 429);
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(call(&app, &key, Method::GET, "/relay/relayed/me", &[("pipes-user-id", "u2")], None).await.0, 200);
+}
