@@ -167,25 +167,7 @@ async fn a_user_adds_and_removes_accounts_and_sees_the_organizations_read_only()
     let org = json!({ "user_id": "admin", "access_token": "org-token" });
     assert_eq!(app.admin(Method::POST, "/organizations/org_1/connected_accounts/shared", Some(org)).await.0, 201);
 
-    let (status, body) = app
-        .admin(Method::POST, "/widgets/token", Some(json!({ "user_id": "user_bob", "organization_id": "org_1" })))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let widget_url = app.url(&format!("/widget#token={}", body["token"].as_str().unwrap()));
-    let shots = root().join("artifacts/screenshots");
-    let run = tokio::process::Command::new("node")
-        .arg(root().join("tests/browser/widget-accounts.mjs"))
-        .args([widget_url.as_str(), shots.to_str().unwrap()])
-        .current_dir(root().join("tests/browser"))
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(SCENARIO_TIMEOUT, run).await.expect("the scenario finishes").expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("\"done\":true"),
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let shots = bobs_widget_scenario(&app, "widget-accounts.mjs").await;
 
     // Bob kept his first account; the organization's was not touched.
     let (_, listed) = app
@@ -263,25 +245,7 @@ async fn a_user_types_an_api_key_into_the_widget_and_sees_only_what_the_organiza
         .await;
     assert_eq!(status, 200, "{body}");
 
-    let (status, body) = app
-        .admin(Method::POST, "/widgets/token", Some(json!({ "user_id": "user_bob", "organization_id": "org_1" })))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let widget_url = app.url(&format!("/widget#token={}", body["token"].as_str().unwrap()));
-    let shots = root().join("artifacts/screenshots");
-    let run = tokio::process::Command::new("node")
-        .arg(root().join("tests/browser/widget-keys.mjs"))
-        .args([widget_url.as_str(), shots.to_str().unwrap()])
-        .current_dir(root().join("tests/browser"))
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(SCENARIO_TIMEOUT, run).await.expect("the scenario finishes").expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("\"done\":true"),
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let shots = bobs_widget_scenario(&app, "widget-keys.mjs").await;
 
     // Bob's account holds the key the provider accepted, and the wrong one left nothing.
     let (status, read) = app
@@ -303,4 +267,29 @@ async fn a_user_types_an_api_key_into_the_widget_and_sees_only_what_the_organiza
     for name in ["13-key-form", "14-key-refused", "15-key-connected"] {
         assert!(shots.join(format!("{name}.png")).is_file(), "screenshot {name}");
     }
+}
+
+/// Runs `tests/browser/{script}` on the hosted widget of `user_bob` in `org_1`, which
+/// must print `{"done": true}`; returns the screenshot directory.
+async fn bobs_widget_scenario(app: &TestApp, script: &str) -> PathBuf {
+    let (status, body) = app
+        .admin(Method::POST, "/widgets/token", Some(json!({ "user_id": "user_bob", "organization_id": "org_1" })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let widget_url = app.url(&format!("/widget#token={}", body["token"].as_str().unwrap()));
+    let shots = root().join("artifacts/screenshots");
+    let run = tokio::process::Command::new("node")
+        .arg(root().join("tests/browser").join(script))
+        .args([widget_url.as_str(), shots.to_str().unwrap()])
+        .current_dir(root().join("tests/browser"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(SCENARIO_TIMEOUT, run).await.expect("the scenario finishes").expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("\"done\":true"),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    shots
 }
