@@ -106,6 +106,8 @@ pub enum TokenResponseShape {
     Standard,
     /// Slack: the user token under `authed_user`, errors as HTTP 200 `{"ok": false, "error"}`.
     Slack,
+    /// RFC 6749 §5.1 fields inside an envelope object at `token_path`.
+    Nested,
 }
 
 /// Encoding of the token request body.
@@ -241,10 +243,17 @@ pub struct OAuthSpec {
     pub scope_descriptions: BTreeMap<String, String>,
     #[serde(default)]
     pub authorization_params: BTreeMap<String, String>,
+    /// Extra fields of every token request (Withings' `action=requesttoken`).
+    #[serde(default)]
+    pub token_params: BTreeMap<String, String>,
     pub client_auth: ClientAuth,
     pub token_body_content_type: BodyContentType,
     pub pkce: bool,
     pub token_response: TokenResponseShape,
+    /// `token_response = "nested"`: the dotted path of the object holding the tokens
+    /// (Withings: `body`).
+    #[serde(default)]
+    pub token_path: Option<String>,
     #[serde(default)]
     pub expires_in_as_string: bool,
     /// `false`: tokens never expire; served as-is and never scheduled for refresh.

@@ -153,17 +153,27 @@ pub async fn request_token(
             if let Some(v) = pkce_verifier {
                 req = req.set_pkce_verifier(PkceCodeVerifier::new(v.expose().to_owned()));
             }
+            for (name, value) in &oauth.token_params {
+                req = req.add_extra_param(name.clone(), value.clone());
+            }
             req.request_async(&sender).await.map(|_| ())
         }
         Grant::Refresh { refresh_token, scopes: _ } => {
             let token = RefreshToken::new(refresh_token.expose().to_owned());
-            client.exchange_refresh_token(&token).request_async(&sender).await.map(|_| ())
+            let mut req = client.exchange_refresh_token(&token);
+            for (name, value) in &oauth.token_params {
+                req = req.add_extra_param(name.clone(), value.clone());
+            }
+            req.request_async(&sender).await.map(|_| ())
         }
         Grant::ClientCredentials { scopes } => {
             let mut req = client.exchange_client_credentials();
             // Joined with the provider's own separator (oauth2 would use a space).
             if !scopes.is_empty() {
                 req = req.add_extra_param("scope", oauth.scope_string(scopes));
+            }
+            for (name, value) in &oauth.token_params {
+                req = req.add_extra_param(name.clone(), value.clone());
             }
             req.request_async(&sender).await.map(|_| ())
         }

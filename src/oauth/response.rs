@@ -181,6 +181,14 @@ pub fn classify(oauth: &OAuthSpec, raw: &RawResponse) -> Result<TokenGrant, Toke
             json.get("authed_user").filter(|u| u.get("access_token").is_some()).unwrap_or(&json)
         }
         TokenResponseShape::Standard => &json,
+        TokenResponseShape::Nested => oauth
+            .token_path
+            .as_deref()
+            .unwrap_or("")
+            .split('.')
+            .filter(|k| !k.is_empty())
+            .try_fold(&json, |at, key| at.get(key))
+            .unwrap_or(&json),
     };
     let Some(access_token) = text(body, "access_token") else {
         return Err(TokenError::Transient {

@@ -549,3 +549,44 @@ fn api_key_entries_load_without_oauth_and_say_where_the_key_goes() {
     let verify = stripe.verify.as_ref().unwrap();
     assert_eq!((verify.method.as_str(), verify.url.as_str()), ("GET", "https://api.stripe.com/v1/balance"));
 }
+
+#[test]
+fn a_nested_token_answer_is_read_at_its_token_path() {
+    // Withings-shaped: the tokens inside `body`, a status beside them.
+    let mut nested = oauth("github").clone();
+    nested.token_response = TokenResponseShape::Nested;
+    nested.token_path = Some("body".into());
+    nested.scope_separator = ",".into();
+    let raw = pipes::oauth::response::RawResponse {
+        status: 200,
+        retry_after: None,
+        content_type: Some("application/json".into()),
+        body: json!({"status": 0, "body": {"userid": "363", "access_token": "a075f8c14fb8df40b08ebc8508533dc332a6910a",
+            "refresh_token": "f631236f02b991810feb774765b6ae8e6c6839ca", "expires_in": 10800, "scope": "user.info,user.metrics",
+            "token_type": "Bearer"}})
+        .to_string()
+        .into_bytes(),
+    };
+    let grant = pipes::oauth::response::classify(&nested, &raw).expect("a token");
+    assert_eq!(grant.access_token.expose(), "a075f8c14fb8df40b08ebc8508533dc332a6910a");
+    assert_eq!(grant.expires_in, Some(std::time::Duration::from_secs(10800)));
+    assert_eq!(grant.scopes, Some(vec!["user.info".to_owned(), "user.metrics".to_owned()]));
+}
+
+#[test]
+fn token_params_and_token_paths_are_checked() {
+    let with = |extra: &str, oauth_extra: &str| {
+        let entry = GOOD.replace("tokens_expire = true\n", &format!("tokens_expire = true\n{oauth_extra}\n"));
+        let catalog = Catalog::from_toml_str(&format!("{entry}{extra}")).expect("parses");
+        catalog.validate()
+    };
+    assert!(with("", "token_params = { action = \"requesttoken\" }").is_empty());
+    let problems = with("", "token_params = { grant_type = \"password\", empty = \"\" }");
+    assert!(problems.iter().any(|p| p.contains("token_params may not set `grant_type`")), "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("token_params.empty is empty")), "{problems:?}");
+    let problems = with("", "token_path = \"body\"");
+    assert!(problems.iter().any(|p| p.contains("token_path goes with token_response nested only")), "{problems:?}");
+    let nested = GOOD.replace("token_response = \"standard\"", "token_response = \"nested\"");
+    let problems = Catalog::from_toml_str(&nested).expect("parses").validate();
+    assert!(problems.iter().any(|p| p.contains("token_response nested needs token_path")), "{problems:?}");
+}

@@ -516,3 +516,57 @@ async fn the_providers_name_for_an_account_fills_an_empty_label_and_never_replac
     assert_eq!(write(provider("other@example.com")).await.as_deref(), Some("Work"), "never replaces a label");
     drop(p);
 }
+
+#[tokio::test]
+async fn a_catalog_entrys_token_params_go_with_every_token_request() {
+    use axum::extract::State;
+    use std::sync::{Arc, Mutex};
+    // A token endpoint that keeps each request's form and answers a token.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let router = axum::Router::new()
+        .route(
+            "/token",
+            axum::routing::post(|State(seen): State<Arc<Mutex<Vec<String>>>>, body: String| async move {
+                seen.lock().unwrap().push(body);
+                axum::Json(json!({"access_token": "at", "refresh_token": "rt", "expires_in": 3600}))
+            }),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let app = TestApp::spawn().await;
+    api_integration(&app, "withings-like", ClientAuthMethod::Body, |_| {}).await;
+    let integration = pipes::store::integrations::by_slug(
+        &app.db,
+        app.state.keyring(),
+        "withings-like",
+        pipes::owner::Ownership::User,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut spec = pipes::oauth::catalog::Catalog::builtin().get("github").unwrap().oauth().unwrap().clone();
+    spec.token_params = [("action".to_owned(), "requesttoken".to_owned())].into();
+    let token_url = url::Url::parse(&format!("http://{addr}/token")).unwrap();
+    let urls = pipes::oauth::catalog::ResolvedUrls {
+        authorization_url: token_url.clone(),
+        token_url: token_url.clone(),
+        refresh_token_url: token_url,
+        revocation_url: None,
+        userinfo_url: None,
+    };
+    let as_client = pipes::oauth::client::OAuthClient { id: "c", secret: Some("s"), urls: Some(&urls) };
+    let redirect_uri = app.config().redirect_uri("withings-like");
+    let code = pipes::oauth::client::Grant::Code { code: "the-code", redirect_uri: &redirect_uri, pkce_verifier: None };
+    pipes::oauth::client::request_token(&app.state.http, &integration, &spec, as_client, code).await.unwrap();
+    let rt = pipes::secret::Secret::new("rt".to_owned());
+    let refresh = pipes::oauth::client::Grant::Refresh { refresh_token: &rt, scopes: &[] };
+    pipes::oauth::client::request_token(&app.state.http, &integration, &spec, as_client, refresh).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    for (form, grant) in seen.iter().zip(["authorization_code", "refresh_token"]) {
+        assert!(form.contains("action=requesttoken") && form.contains(&format!("grant_type={grant}")), "{form}");
+    }
+}

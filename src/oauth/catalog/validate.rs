@@ -9,9 +9,13 @@ use std::collections::BTreeSet;
 use url::Url;
 
 use super::{
-    check_hostname, template_host, ApiKeySpec, KeyPlacement, OAuthSpec, ParamKind, ProviderSpec, CATEGORIES,
-    SCOPE_SEPARATORS,
+    check_hostname, template_host, ApiKeySpec, KeyPlacement, OAuthSpec, ParamKind, ProviderSpec, TokenResponseShape,
+    CATEGORIES, SCOPE_SEPARATORS,
 };
+
+/// Token request fields Pipes sets itself; a catalog entry may not override them.
+const RESERVED_TOKEN_PARAMS: [&str; 8] =
+    ["grant_type", "code", "redirect_uri", "client_id", "client_secret", "refresh_token", "code_verifier", "scope"];
 
 /// Authorization query keys Pipes sets itself; a catalog entry may not override them.
 const RESERVED_AUTHORIZATION_PARAMS: [&str; 7] =
@@ -163,6 +167,24 @@ impl OAuthSpec {
             if value.is_empty() {
                 problem(format!("authorization_params.{key} is empty"));
             }
+        }
+        for (key, value) in &self.token_params {
+            if RESERVED_TOKEN_PARAMS.contains(&key.as_str()) || !is_param_name(key) {
+                problem(format!("token_params may not set `{key}`; Pipes sets it, or it is not a field name"));
+            }
+            if value.is_empty() {
+                problem(format!("token_params.{key} is empty"));
+            }
+        }
+        match (self.token_response, &self.token_path) {
+            (TokenResponseShape::Nested, None) => problem("token_response nested needs token_path".into()),
+            (TokenResponseShape::Nested, Some(path)) if path.split('.').any(|k| k.is_empty() || !is_param_name(k)) => {
+                problem(format!("token_path {path:?} must be dotted lowercase field names"))
+            }
+            (TokenResponseShape::Standard | TokenResponseShape::Slack, Some(_)) => {
+                problem("token_path goes with token_response nested only".into())
+            }
+            _ => {}
         }
         if !self.is_invalid_grant("invalid_grant") {
             problem("invalid_grant_errors must include \"invalid_grant\"".into());
