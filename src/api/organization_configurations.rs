@@ -107,11 +107,7 @@ fn view(
         enabled: organizations::enabled_for(i, c),
         scopes,
         config: match (i.credentials_type, c) {
-            (CredentialsType::Organization, Some(c)) => {
-                let mut values = i.settings.clone();
-                values.extend(c.config.clone());
-                values
-            }
+            (CredentialsType::Organization, Some(c)) => organizations::config_over(i, &c.config),
             _ => i.settings.clone(),
         },
         created_at: rfc3339(c.map_or(i.created_at, |c| c.created_at)),
@@ -154,9 +150,7 @@ fn check_config(integration: &Integration, config: &BTreeMap<String, String>, er
     if !unknown.is_empty() {
         return;
     }
-    let mut values = integration.settings.clone();
-    values.extend(config.clone());
-    match spec.resolve_urls(&values) {
+    match spec.resolve_urls(&organizations::config_over(integration, config)) {
         // The organization may name the rest later; authorizing needs them all.
         Ok(_) | Err(CatalogError::MissingParam { .. }) => {}
         Err(CatalogError::InvalidParam { param, reason, .. }) => {

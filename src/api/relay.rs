@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -50,7 +50,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(25);
 pub fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/relay", any(by_url))
-        .route("/relay/{slug}", any(by_path_root))
+        .route("/relay/{slug}", any(by_path))
         .route("/relay/{slug}/{*path}", any(by_path))
         .with_state(Shared(Arc::new(state.clone())))
 }
@@ -130,32 +130,20 @@ async fn by_url(
     relay(&state, key, &slug, Target::Url(&url), method, headers, body).await
 }
 
-async fn by_path_root(
-    State(Shared(state)): State<Shared>,
-    key: RelayKey,
-    Path(slug): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let tail = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    relay(&state, key, &slug, Target::Path(&tail), method, headers, body).await
-}
-
+/// `/relay/{slug}` and `/relay/{slug}/{path…}`: the slug, then the path as sent (still
+/// percent-encoded) and the query, read from the URI as the caller wrote it.
 async fn by_path(
     State(Shared(state)): State<Shared>,
     key: RelayKey,
-    Path((slug, _)): Path<(String, String)>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // The raw path as sent (still percent-encoded), after `/relay/{slug}`.
     let raw = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
-    let tail = raw.strip_prefix("/relay/").and_then(|rest| rest.split_once('/')).map_or("", |(_, t)| t);
-    relay(&state, key, &slug, Target::Path(tail), method, headers, body).await
+    let after = raw.strip_prefix("/relay/").unwrap_or("");
+    let (slug, tail) = after.split_at(after.find(['/', '?']).unwrap_or(after.len()));
+    relay(&state, key, slug, Target::Path(tail), method, headers, body).await
 }
 
 fn missing(header: &str, what: &str) -> Refusal {

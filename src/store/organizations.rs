@@ -192,6 +192,14 @@ pub async fn forget_unused(db: impl PgExecutor<'_>, slug: &str) -> Result<(), sq
     Ok(())
 }
 
+/// The provider config values for an organization's accounts: its own `config` over the
+/// integration's.
+pub fn config_over(integration: &Integration, config: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut values = integration.settings.clone();
+    values.extend(config.clone());
+    values
+}
+
 /// Whether members of an organization with configuration `configured` may connect
 /// accounts of `integration`: an organization can switch a provider off for itself, not
 /// on where the application switched it off.
@@ -258,9 +266,7 @@ pub fn app_of(
     let urls = if spec.config_params.is_empty() {
         None
     } else {
-        let mut values = integration.settings.clone();
-        values.extend(configured.config.clone());
-        Some(Box::new(spec.resolve_urls(&values).map_err(|e| match e {
+        Some(Box::new(spec.resolve_urls(&config_over(integration, &configured.config)).map_err(|e| match e {
             CatalogError::MissingParam { param, .. } => ConfigurationError::MissingConfig {
                 slug: integration.slug.clone(),
                 organization_id: organization_id.to_owned(),
